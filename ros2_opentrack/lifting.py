@@ -1,0 +1,242 @@
+"""2D masks -> denoised 3D observations (paper 3.1.1): lift with depth, keep the main DBSCAN cluster, voxelise.
+
+All masks of a frame are lifted and clustered together (one back-projection, one clustering call with the
+masks kept apart), because per-mask clustering calls cost more than the whole step budget."""
+from __future__ import annotations
+
+import logging
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import geometry
+from .errors import BackendUnavailable, ConfigError
+from .types import Frame, Mask2D, Observation
+
+log = logging.getLogger("ros2_opentrack")
+
+DBSCAN_BACKENDS = ("auto", "grid", "open3d", "sklearn")
+
+
+def lift_masks(frame: Frame, masks: Sequence[Mask2D], lift_cfg, dbscan_cfg, voxel_size: float,
+               rng: np.random.Generator, features: Optional[np.ndarray] = None
+               ) -> Tuple[List[Observation], Dict[str, int]]:
+    """Lift the validated masks of a validated frame. Returns (observations, dropped reason -> count).
+
+    ``features`` (N, D) are attached to the observations (row i to mask i) when given."""
+    dropped: Dict[str, int] = {}
+    if not masks:
+        return [], dropped
+    points, colors, group, counts = _lift_all(frame, masks, lift_cfg, rng)
+    small = counts < lift_cfg.min_mask_pixels
+    if small.any():
+        dropped["small_mask"] = int(small.sum())
+        keep = ~small[group]
+        points, colors, group = points[keep], colors[keep], group[keep]
+    if dbscan_cfg.enabled and len(points):
+        keep = main_cluster(points, group, dbscan_cfg.eps_m, dbscan_cfg.min_points, dbscan_cfg.backend)
+        points, colors, group = points[keep], colors[keep], group[keep]
+    observations = _to_observations(points, colors, group, masks, counts, small, voxel_size, features, dropped)
+    return observations, dropped
+
+
+def _lift_all(frame: Frame, masks: Sequence[Mask2D], cfg, rng) -> Tuple[np.ndarray, ...]:
+    """World points, colours and mask index of every sampled valid pixel; full-resolution valid pixel counts."""
+    s = int(cfg.pixel_stride)
+    depth = frame.depth
+    valid = (depth > cfg.depth_min_m) & (depth < cfg.depth_max_m)  # validated depth: NaN already 0
+    stack = np.stack([_eroded(m.mask, cfg.erode_px) for m in masks])
+    counts = np.count_nonzero(stack & valid[None], axis=(1, 2))
+    sub = stack[:, ::s, ::s] & valid[None, ::s, ::s]
+    group, rows, cols = np.nonzero(sub)
+    group, rows, cols = _cap_per_group(group, rows, cols, len(masks), cfg.max_points, rng)
+    u, v = cols * s, rows * s
+    z = depth[v, u]
+    pts = geometry.transform(frame.T_world_cam, geometry.pixels_to_camera(u, v, z, frame.K))
+    return pts, frame.rgb[v, u], group.astype(np.int32), counts
+
+
+def _eroded(mask: np.ndarray, erode_px: int) -> np.ndarray:
+    if erode_px <= 0:
+        return mask
+    import cv2
+
+    k = np.ones((2 * erode_px + 1, 2 * erode_px + 1), np.uint8)
+    return cv2.erode(mask.astype(np.uint8), k).astype(bool)
+
+
+def _cap_per_group(group, rows, cols, n_groups, max_points, rng):
+    """At most ``max_points`` per mask, a seeded random subset (np.nonzero returns groups in order)."""
+    sizes = np.bincount(group, minlength=n_groups)
+    if max_points <= 0 or sizes.max(initial=0) <= max_points:
+        return group, rows, cols
+    order = np.lexsort((rng.random(len(group)), group))
+    start = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    rank = np.arange(len(group)) - start[group[order]]
+    keep = np.sort(order[rank < max_points])
+    return group[keep], rows[keep], cols[keep]
+
+
+def _to_observations(points, colors, group, masks, counts, small, voxel_size, features, dropped):
+    observations: List[Observation] = []
+    order = np.argsort(group, kind="stable")
+    bounds = np.searchsorted(group[order], np.arange(len(masks) + 1))
+    for i, m in enumerate(masks):
+        if small[i]:
+            continue
+        sel = order[bounds[i]:bounds[i + 1]]
+        if len(sel) == 0:
+            dropped["no_cluster"] = dropped.get("no_cluster", 0) + 1
+            continue
+        pts = points[sel]
+        feat = features[i] if features is not None else np.zeros(0, np.float32)
+        observations.append(Observation(
+            voxels=geometry.voxel_keys(pts, voxel_size), points=pts, colors=colors[sel], feature=feat,
+            pixel_count=int(counts[i]), box=np.asarray(m.box, np.float32), score=float(m.score), label=m.label,
+            source_id=m.source_id, mask_index=i))
+    return observations
+
+
+# ---------------------------------------------------------------------------------------------------------
+# DBSCAN denoising: keep, for each group (mask), the cluster holding the most points
+
+
+def main_cluster(points: np.ndarray, group: np.ndarray, eps: float, min_points: int, backend: str = "auto") -> np.ndarray:
+    """Bool (N,): the point belongs to the largest DBSCAN cluster of its group."""
+    if len(points) == 0:
+        return np.zeros(0, bool)
+    labels = cluster_labels(points, group, eps, min_points, backend)
+    return _largest_per_group(labels, group)
+
+
+def cluster_labels(points: np.ndarray, group: np.ndarray, eps: float, min_points: int, backend: str = "auto") -> np.ndarray:
+    """Cluster label per point (-1 = noise); clusters never span two groups."""
+    if backend not in DBSCAN_BACKENDS:
+        raise ConfigError(f"dbscan.backend '{backend}' unknown (expected one of {', '.join(DBSCAN_BACKENDS)})")
+    if backend in ("auto", "grid"):
+        labels = grid_dbscan(points, group, eps, min_points)
+        if labels is not None or backend == "grid":
+            return labels if labels is not None else _sklearn_labels(points, group, eps, min_points)
+        backend = "sklearn"
+    if backend == "open3d":
+        return _open3d_labels(points, group, eps, min_points)
+    return _sklearn_labels(points, group, eps, min_points)
+
+
+def _largest_per_group(labels: np.ndarray, group: np.ndarray) -> np.ndarray:
+    ok = labels >= 0
+    if not ok.any():
+        return ok
+    n_labels = labels.max() + 1
+    sizes = np.bincount(labels[ok], minlength=n_labels)
+    label_group = np.full(n_labels, -1, np.int64)
+    label_group[labels[ok]] = group[ok]
+    # per group, the label with the largest size: sort by (group, -size) and take the first of each group
+    present = np.flatnonzero(sizes)
+    order = present[np.lexsort((-sizes[present], label_group[present]))]
+    first = np.ones(len(order), bool)
+    first[1:] = label_group[order[1:]] != label_group[order[:-1]]
+    best = np.zeros(n_labels, bool)
+    best[order[first]] = True
+    return ok & best[np.where(ok, labels, 0)]
+
+
+def _separated(points: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Shift each group far apart so one clustering call never joins two masks."""
+    span = float(np.ptp(points, axis=0).max()) + 10.0
+    out = points.astype(np.float64, copy=True)
+    out[:, 0] += group * span
+    return out
+
+
+def _sklearn_labels(points, group, eps, min_points) -> np.ndarray:
+    from sklearn.cluster import DBSCAN
+
+    return DBSCAN(eps=eps, min_samples=min_points).fit(_separated(points, group)).labels_.astype(np.int64)
+
+
+def _open3d_labels(points, group, eps, min_points) -> np.ndarray:
+    o3d = import_open3d()
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(_separated(points, group)))
+    return np.asarray(pcd.cluster_dbscan(eps=eps, min_points=min_points, print_progress=False), dtype=np.int64)
+
+
+def import_open3d():
+    """open3d, loading the libusb copy of the libusb-package wheel first when the system lacks it."""
+    try:
+        import ctypes
+
+        import libusb_package
+
+        ctypes.CDLL(libusb_package.get_library_path(), mode=ctypes.RTLD_GLOBAL)
+    except Exception:  # no wheel: the system library may still be there
+        pass
+    try:
+        import open3d as o3d
+    except Exception as exc:  # ImportError or OSError from a missing shared library
+        raise BackendUnavailable(f"open3d does not import here ({exc}); use dbscan.backend: grid or sklearn") from None
+    return o3d
+
+
+_AXIS_BITS = 16
+
+
+def grid_dbscan(points: np.ndarray, group: np.ndarray, eps: float, min_points: int) -> Optional[np.ndarray]:
+    """DBSCAN on a grid of eps/2 cells, all groups at once: a cell is core when its 3x3x3 neighbourhood (a
+    cube of side 1.5 eps) holds >= 0.75 min_points points; 26-adjacent core cells
+    form clusters; a non-core cell joins one adjacent core cell's cluster (border), others are noise.
+
+    None when the points span too many cells for the key packing (then use an exact backend)."""
+    cell = eps / 2.0
+    idx = np.floor(points / cell).astype(np.int64)
+    idx -= idx.min(axis=0) - 1
+    if idx.max() >= (1 << _AXIS_BITS) - 1 or group.max(initial=0) >= (1 << 14):
+        return None
+    keys = (group.astype(np.int64) << 48) | (idx[:, 0] << 32) | (idx[:, 1] << 16) | idx[:, 2]
+    order = np.argsort(keys, kind="stable")
+    sk = keys[order]
+    first = np.ones(len(sk), bool)
+    first[1:] = sk[1:] != sk[:-1]
+    cells = sk[first]
+    inverse = np.empty(len(keys), np.int64)
+    inverse[order] = np.cumsum(first) - 1
+    counts = np.diff(np.append(np.flatnonzero(first), len(sk)))
+    n = len(cells)
+    # the 13 "forward" neighbours; each pair is seen once and counted both ways
+    r = np.array([-1, 0, 1], dtype=np.int64)
+    off = np.stack(np.meshgrid(r, r, r, indexing="ij"), axis=-1).reshape(-1, 3)[14:]
+    deltas = (off[:, 0] << 32) + (off[:, 1] << 16) + off[:, 2]
+    src_parts, dst_parts = [], []
+    for d in deltas:
+        target = cells + d
+        pos = np.searchsorted(cells, target)
+        pos[pos == n] = n - 1
+        hit = np.flatnonzero(cells[pos] == target)
+        src_parts.append(hit)
+        dst_parts.append(pos[hit])
+    src = np.concatenate(src_parts)
+    dst = np.concatenate(dst_parts)
+    density = counts + np.bincount(src, weights=counts[dst], minlength=n) + np.bincount(dst, weights=counts[src], minlength=n)
+    # the 3x3x3 cube of side 1.5 eps holds ~0.75 of the points of the eps ball (0.81 in volume, 0.72 on
+    # a surface): scale the threshold so grid and exact DBSCAN call the same points core
+    core = density >= 0.75 * min_points
+    cell_label = _core_components(src, dst, core)
+    # border cells (not core) take the label of an adjacent core cell; the rest is noise (-1)
+    for a, b in ((src, dst), (dst, src)):
+        attach = ~core[a] & core[b]
+        cell_label[a[attach]] = cell_label[b[attach]]
+    return cell_label[inverse]
+
+
+def _core_components(src: np.ndarray, dst: np.ndarray, core: np.ndarray) -> np.ndarray:
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(core)
+    ok = core[src] & core[dst]
+    graph = coo_matrix((np.ones(int(ok.sum()), np.int8), (src[ok], dst[ok])), shape=(n, n)).tocsr()
+    _, comp = connected_components(graph, directed=False)
+    labels = np.full(n, -1, np.int64)
+    core_idx = np.flatnonzero(core)
+    _, labels[core_idx] = np.unique(comp[core_idx], return_inverse=True)
+    return labels

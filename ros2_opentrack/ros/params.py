@@ -1,0 +1,156 @@
+"""ROS parameters of the node: every core parameter (the OpenTrackConfig tree, flattened to dotted names, with
+its description) plus the node's own (frames, pose source, sync, queue, rates, output folder).
+
+Topic names are not parameters: they are the fixed relative names below, changed by remapping
+(``rgb:=/camera/color/image_raw``), as ROS intends."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Dict
+
+from rcl_interfaces.msg import ParameterDescriptor
+
+from .. import config as cfg_mod
+from ..config import OpenTrackConfig
+
+# Core parameters that may change while running (everything else is read once at start-up).
+DYNAMIC_CORE_PARAMETERS = ("perception.detector.vocabulary",)
+
+
+@dataclass
+class NodeParams:
+    world_frame: str = "map"  # fixed frame of the map: instances, markers and cloud are published in it
+    camera_frame: str = ""  # camera optical frame for the TF lookup; empty: the depth image's header.frame_id
+    pose_source: str = "tf"  # tf (world_frame -> camera frame) | pose (PoseStamped on 'pose') | odom (Odometry on 'odom')
+    tf_timeout_s: float = 0.1  # how long the worker waits for a camera pose at a frame's stamp
+    sync_tolerance_s: float = 0.02  # rgb / depth / masks stamps closer than this belong to one frame
+    sync_buffer: int = 10  # messages buffered per stream while waiting for partners
+    queue_size: int = 2  # frames waiting for the worker; when full the oldest is dropped (counted)
+    publish_rate_hz: float = 0.0  # instances topic rate cap (0: after every processed frame)
+    markers_rate_hz: float = 2.0  # markers + instance_cloud rate cap (0: after every processed frame)
+    cloud_max_points: int = 200000  # instance_cloud is subsampled to at most this many points
+    marker_points: int = 400  # points per instance in the points marker
+    output_dir: str = "~/.ros/opentrack"  # where the save service writes instances.json / .npz / .ply
+    warn_throttle_s: float = 5.0  # at most one warning per reason in this period
+
+
+def _node_param_docs() -> Dict[str, str]:
+    """Name -> the comment beside the field above (the parameter descriptions), as config.field_docs does."""
+    import inspect
+    import re
+
+    return {m.group(1): m.group(2).strip() for m in
+            (re.match(r"\s+(\w+):[^=]+=.*?#\s*(.+)$", line) for line in inspect.getsource(NodeParams).splitlines())
+            if m}
+
+
+NODE_PARAM_DOCS = _node_param_docs()
+POSE_SOURCES = ("tf", "pose", "odom")
+
+
+def declare_all(node) -> None:
+    """Declare the node's own and every core parameter with its default and description."""
+    for f in fields(NodeParams):
+        node.declare_parameter(f.name, getattr(NodeParams(), f.name),
+                               ParameterDescriptor(description=NODE_PARAM_DOCS[f.name]))
+    docs = cfg_mod.field_docs()
+    for name, default in cfg_mod.flatten(OpenTrackConfig()).items():
+        # dynamic typing: a YAML '1' for a float parameter is coerced by config.from_flat instead of rejected
+        node.declare_parameter(name, default, ParameterDescriptor(description=docs.get(name, ""),
+                                                                  dynamic_typing=True))
+
+
+def overrides(values: Dict[str, Any]) -> list:
+    """rclpy Parameter list for Node(parameter_overrides=...) from {name: value}; unknown names raise."""
+    from rclpy.parameter import Parameter
+
+    known = set(cfg_mod.flatten(OpenTrackConfig())) | {f.name for f in fields(NodeParams)} | {"use_sim_time"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise cfg_mod.ConfigError(f"unknown parameter(s): {', '.join(unknown)}")
+    return [Parameter(k, value=v) for k, v in values.items()]
+
+
+def read_node_params(node) -> NodeParams:
+    values = {f.name: node.get_parameter(f.name).value for f in fields(NodeParams)}
+    params = NodeParams(**values)
+    if params.pose_source not in POSE_SOURCES:
+        raise cfg_mod.ConfigError(f"parameter 'pose_source' = {params.pose_source!r}: expected one of "
+                                  f"{', '.join(POSE_SOURCES)}")
+    return params
+
+
+def read_config(node) -> OpenTrackConfig:
+    """The OpenTrackConfig of the node's current core parameter values (validated)."""
+    flat = {name: _plain(node.get_parameter(name).value) for name in cfg_mod.flatten(OpenTrackConfig())}
+    return cfg_mod.from_flat(flat)
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "array" else value
+
+
+# ---------------------------------------------------------------------------------------------------------
+# config/opentrack.yaml is generated from the dataclass tree, so it names every key with its default and its
+# description. Regenerate after changing config.py:  python -m ros2_opentrack.ros.params > config/opentrack.yaml
+
+_YAML_HEADER = """\
+# ros2_opentrack parameters: the whole OpenTrackConfig tree (ros2_opentrack/config.py), ROS-wrapped.
+# Load with `--ros-args --params-file config/opentrack.yaml` (node name: opentrack) or, without ROS,
+# through config.load_config (it unwraps ros__parameters), e.g. `opentrack run --config config/opentrack.yaml`.
+# Values are the dataclass defaults (the paper's settings, OpenTrack3D sec. 4.1); test_ros_params keeps them
+# equal. Node parameters (world_frame, pose_source, queue_size, ...) come from the launch file's arguments.
+# Generated by: python -m ros2_opentrack.ros.params > config/opentrack.yaml
+opentrack:
+  ros__parameters:
+"""
+
+
+def default_yaml(line_width: int = 110) -> str:
+    import dataclasses
+
+    docs = cfg_mod.field_docs()
+    lines: list = []
+
+    def emit(obj, prefix: str, indent: int) -> None:
+        pad = " " * indent
+        for f in dataclasses.fields(obj):
+            value, doc = getattr(obj, f.name), docs.get(prefix + f.name)
+            if dataclasses.is_dataclass(value):
+                cls_doc = (type(value).__doc__ or "").strip().splitlines()
+                cls_doc = cls_doc[0] if cls_doc and not cls_doc[0].startswith(type(value).__name__ + "(") else ""
+                lines.append(f"{pad}{f.name}:" + (f"  # {cls_doc}" if cls_doc else ""))
+                emit(value, prefix + f.name + ".", indent + 2)
+            elif isinstance(value, list) and len(pad + f.name) + sum(len(str(v)) + 4 for v in value) > line_width:
+                lines.append(f"{pad}{f.name}: [" + (f"  # {doc}" if doc else ""))
+                row = pad + "  "
+                for item in (_yaml_scalar(v) + "," for v in value):
+                    if len(row) + len(item) > line_width:
+                        lines.append(row.rstrip())
+                        row = pad + "  "
+                    row += item + " "
+                lines.append(row.rstrip().rstrip(","))
+                lines.append(pad + "]")
+            else:
+                lines.append(f"{pad}{f.name}: {_yaml_value(value)}" + (f"  # {doc}" if doc else ""))
+
+    emit(OpenTrackConfig(), "", 4)
+    return _YAML_HEADER + "\n".join(lines) + "\n"
+
+
+def _yaml_scalar(v: Any) -> str:
+    import json
+
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)
+    return repr(v)
+
+
+def _yaml_value(v: Any) -> str:
+    return "[" + ", ".join(_yaml_scalar(x) for x in v) + "]" if isinstance(v, list) else _yaml_scalar(v)
+
+
+if __name__ == "__main__":
+    print(default_yaml(), end="")

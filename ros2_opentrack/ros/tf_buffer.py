@@ -1,0 +1,143 @@
+"""A small TF buffer (no ROS imports): the fallback when tf2_ros is not installed (it has no PyPI wheel).
+
+Stores parent <- child transforms (static and timed), answers ``lookup(target, source, stamp)`` -> the 4x4
+transform mapping ``source`` coordinates into ``target`` (tf2's lookup_transform(target, source) convention),
+walking the tree through the common ancestor. Timed edges are interpolated between the two samples around the
+stamp (slerp); a stamp outside the stored range is answered only within ``tolerance`` of the nearest sample
+(no extrapolation), like tf2. ``wait_lookup`` blocks the calling (worker) thread up to a timeout for data that
+has not arrived yet.
+"""
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from ..errors import InputError
+from ..io.encodings import interpolate_pose
+from ..types import validate_pose
+
+
+class TransformUnavailable(LookupError):
+    """No transform between the frames at that time (missing edge, or the stamp is outside the stored range)."""
+
+
+class TfBuffer:
+    def __init__(self, cache_s: float = 10.0, tolerance: float = 0.05):
+        self.cache_s = float(cache_s)
+        self.tolerance = float(tolerance)
+        self._static: Dict[str, Tuple[str, np.ndarray]] = {}  # child -> (parent, T_parent_child)
+        self._timed: Dict[str, Tuple[str, List[float], List[np.ndarray]]] = {}  # child -> (parent, stamps, Ts)
+        self._cond = threading.Condition()
+
+    def set_transform(self, parent: str, child: str, T_parent_child, stamp: float, static: bool = False) -> None:
+        """Store one edge. Non-rigid / non-finite transforms raise InputError (and are not stored)."""
+        parent, child = _strip(parent), _strip(child)
+        if not parent or not child or parent == child:
+            raise InputError(f"transform needs two different frame ids, got parent '{parent}', child '{child}'")
+        T = validate_pose(T_parent_child)
+        with self._cond:
+            if static:
+                self._static[child] = (parent, T)
+            else:
+                self._insert_timed(parent, child, T, float(stamp))
+            self._cond.notify_all()
+
+    def _insert_timed(self, parent: str, child: str, T: np.ndarray, stamp: float) -> None:
+        old_parent, stamps, Ts = self._timed.get(child, (parent, [], []))
+        if old_parent != parent:  # re-parented: the old history no longer applies
+            stamps, Ts = [], []
+        i = bisect.bisect_left(stamps, stamp)
+        if i < len(stamps) and stamps[i] == stamp:
+            Ts[i] = T
+        else:
+            stamps.insert(i, stamp)
+            Ts.insert(i, T)
+        cut = bisect.bisect_left(stamps, stamps[-1] - self.cache_s)
+        self._timed[child] = (parent, stamps[cut:], Ts[cut:])
+
+    def lookup(self, target: str, source: str, stamp: float = 0.0) -> np.ndarray:
+        """T_target_source at ``stamp`` (0: the latest available). Raises TransformUnavailable."""
+        target, source = _strip(target), _strip(source)
+        with self._cond:
+            if target == source:
+                return np.eye(4)
+            up_src = self._chain(source)
+            up_tgt = self._chain(target)
+            common = next((f for f in up_src if f in up_tgt), None)
+            if common is None:
+                raise TransformUnavailable(f"no transform between '{target}' and '{source}' "
+                                           f"(frames known: {sorted(self.frames())})")
+            T_common_src = self._compose(source, common, stamp)
+            T_common_tgt = self._compose(target, common, stamp)
+            return np.linalg.inv(T_common_tgt) @ T_common_src
+
+    def wait_lookup(self, target: str, source: str, stamp: float, timeout_s: float) -> np.ndarray:
+        """Like ``lookup`` but waits up to ``timeout_s`` (wall time) for the transform to become available."""
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        while True:
+            try:
+                return self.lookup(target, source, stamp)
+            except TransformUnavailable:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise
+                with self._cond:
+                    self._cond.wait(min(remaining, 0.05))
+
+    def frames(self) -> set:
+        return set(self._static) | set(self._timed) | {p for p, *_ in self._static.values()} | \
+            {p for p, *_ in self._timed.values()}
+
+    def clear(self) -> None:
+        with self._cond:
+            self._timed.clear()  # static transforms stay, as in tf2 after a time jump
+
+    def _parent(self, child: str) -> Optional[str]:
+        if child in self._static:
+            return self._static[child][0]
+        if child in self._timed:
+            return self._timed[child][0]
+        return None
+
+    def _chain(self, frame: str) -> List[str]:
+        chain = [frame]
+        while True:
+            parent = self._parent(chain[-1])
+            if parent is None or parent in chain or len(chain) > 64:
+                return chain
+            chain.append(parent)
+
+    def _compose(self, frame: str, ancestor: str, stamp: float) -> np.ndarray:
+        T = np.eye(4)
+        while frame != ancestor:
+            parent = self._parent(frame)
+            T = self._edge(frame, stamp) @ T
+            frame = parent
+        return T
+
+    def _edge(self, child: str, stamp: float) -> np.ndarray:
+        if child in self._static:
+            return self._static[child][1]
+        parent, stamps, Ts = self._timed[child]
+        if stamp <= 0:
+            return Ts[-1]
+        i = bisect.bisect_left(stamps, stamp)
+        if i < len(stamps) and stamps[i] == stamp:
+            return Ts[i]
+        if 0 < i < len(stamps):
+            alpha = (stamp - stamps[i - 1]) / (stamps[i] - stamps[i - 1])
+            return interpolate_pose(Ts[i - 1], Ts[i], alpha)
+        nearest = 0 if i == 0 else len(stamps) - 1
+        if abs(stamps[nearest] - stamp) <= self.tolerance:
+            return Ts[nearest]
+        raise TransformUnavailable(
+            f"transform '{parent}' -> '{child}' at t={stamp:.3f} is outside the buffered range "
+            f"[{stamps[0]:.3f}, {stamps[-1]:.3f}] (no extrapolation beyond {self.tolerance} s)")
+
+
+def _strip(frame: str) -> str:
+    return str(frame or "").lstrip("/")

@@ -1,0 +1,544 @@
+"""Synthetic RGB-D scenes with ground truth: procedural rooms, the ScanNet room of ../shared/data, a camera
+trajectory that looks at the objects (with revisits), a numpy z-buffer point-splat renderer, and a model of a
+2D segmenter's errors (MaskNoise). Used by the demo, the quality benchmark and the tests.
+
+World frame: z up, floor at z = 0. Cameras are OpenCV (x right, y down, z forward), T_world_cam camera-to-world.
+Instance 0 is background (walls, floor, ceiling): it gets no mask and is ignored by evaluation."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import InputError
+from .types import Frame, Mask2D
+
+FALSE_BLOB_ID_BASE = 50000  # source ids of false-positive blobs start here (never a true instance id)
+SCANNET20 = ("wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf", "picture",
+             "counter", "desk", "curtain", "refrigerator", "shower curtain", "toilet", "sink", "bathtub",
+             "otherfurniture")  # 1-based semantic ids of the ScanNet npy export
+
+
+@dataclass
+class SyntheticScene:
+    points: np.ndarray  # (N, 3) float32 world
+    colors: np.ndarray  # (N, 3) uint8
+    instance: np.ndarray  # (N,) int32, 0 = background
+    labels: Dict[int, str]  # instance id -> class name
+    name: str = "synthetic"
+    radius: Optional[np.ndarray] = None  # (N,) float32 surface radius each point stands for (splat size)
+
+    def __post_init__(self):
+        self.points = np.ascontiguousarray(self.points, dtype=np.float32)
+        self.colors = np.ascontiguousarray(self.colors, dtype=np.uint8)
+        self.instance = np.ascontiguousarray(self.instance, dtype=np.int32)
+        n = len(self.points)
+        if self.points.shape != (n, 3) or self.colors.shape != (n, 3) or self.instance.shape != (n,):
+            raise InputError(f"scene '{self.name}': points (N,3), colors (N,3) and instance (N,) must agree, got "
+                             f"{self.points.shape}, {self.colors.shape}, {self.instance.shape}")
+        if self.radius is None:
+            self.radius = estimate_radius(self.points)
+        self.radius = np.asarray(self.radius, dtype=np.float32)
+
+    @property
+    def instance_ids(self) -> List[int]:
+        return [int(i) for i in np.unique(self.instance) if i != 0]
+
+    def class_ids(self) -> Dict[str, int]:
+        """Class name -> 1-based id (sorted names), the 'label' part of gt_instances.txt."""
+        return {name: k + 1 for k, name in enumerate(sorted(set(self.labels.values())))}
+
+    def gt_ids(self) -> np.ndarray:
+        """Per point label*1000+instance (ScanNet convention), 0 = ignore."""
+        cls = self.class_ids()
+        lut = {i: cls[self.labels[i]] * 1000 + i for i in self.instance_ids if i in self.labels}
+        out = np.zeros(len(self.points), np.int64)
+        for i, v in lut.items():
+            out[self.instance == i] = v
+        return out
+
+
+def estimate_radius(points: np.ndarray, k: int = 4) -> np.ndarray:
+    """Half the mean distance to the k nearest neighbours, times 1.5: a disc of that radius closes the surface."""
+    from scipy.spatial import cKDTree
+
+    if len(points) < k + 1:
+        return np.full(len(points), 0.01, np.float32)
+    d, _ = cKDTree(points).query(points, k=k + 1)
+    return (0.75 * d[:, 1:].mean(axis=1)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Procedural room
+
+# name -> (kind, size range (w, d, h) in m, colour choices (RGB))
+_CATALOG = {
+    "chair": ("chair", ((0.45, 0.5), (0.45, 0.5), (0.8, 0.95)), [(120, 72, 40), (40, 40, 45), (150, 30, 30)]),
+    "table": ("table", ((1.0, 1.4), (0.7, 0.9), (0.72, 0.76)), [(160, 110, 70), (225, 225, 220)]),
+    "cabinet": ("box", ((0.6, 0.9), (0.4, 0.5), (0.8, 1.3)), [(235, 232, 220), (110, 80, 55)]),
+    "box": ("box", ((0.35, 0.5), (0.3, 0.45), (0.25, 0.4)), [(190, 150, 100), (60, 90, 160)]),
+    "trash can": ("cylinder", ((0.3, 0.36), (0.3, 0.36), (0.4, 0.55)), [(70, 70, 75), (40, 120, 60)]),
+    "plant": ("plant", ((0.35, 0.45), (0.35, 0.45), (0.7, 1.0)), [(50, 130, 55)]),
+    "sofa": ("sofa", ((1.6, 2.0), (0.8, 0.9), (0.75, 0.85)), [(90, 100, 140), (130, 60, 50)]),
+    "shelf": ("box", ((0.8, 1.0), (0.3, 0.35), (1.4, 1.8)), [(140, 100, 60), (240, 240, 235)]),
+    "bin": ("cylinder", ((0.25, 0.3), (0.25, 0.3), (0.3, 0.4)), [(200, 60, 40), (40, 70, 170)]),
+}
+_ORDER = ["chair", "table", "cabinet", "box", "trash can", "chair", "plant", "sofa", "shelf", "bin", "box",
+          "cabinet", "chair", "trash can", "plant"]
+WALL_COLOR, FLOOR_COLOR, CEILING_COLOR = (205, 200, 185), (150, 125, 95), (235, 235, 235)
+
+
+def _grid(a0, a1, b0, b1, spacing, rng):
+    """Jittered grid samples of a rectangle: even coverage, so discs of 0.75 * spacing close the surface."""
+    na = max(2, int(np.ceil((a1 - a0) / spacing)))
+    nb = max(2, int(np.ceil((b1 - b0) / spacing)))
+    ga, gb = np.meshgrid((np.arange(na) + 0.5) / na, (np.arange(nb) + 0.5) / nb, indexing="ij")
+    ga = ga.ravel() + rng.uniform(-0.3, 0.3, ga.size) / na
+    gb = gb.ravel() + rng.uniform(-0.3, 0.3, gb.size) / nb
+    return a0 + (a1 - a0) * np.clip(ga, 0, 1), b0 + (b1 - b0) * np.clip(gb, 0, 1)
+
+
+def _box_surface(lo, hi, spacing, rng, faces="all"):
+    """Points on the faces of an axis-aligned box (bottom face omitted when faces='no_bottom')."""
+    lo, hi = np.asarray(lo, float), np.asarray(hi, float)
+    pts = []
+    for axis in range(3):
+        for side, value in ((0, lo[axis]), (1, hi[axis])):
+            if faces == "no_bottom" and axis == 2 and side == 0:
+                continue
+            if side == 1 and hi[axis] == lo[axis]:
+                continue  # a flat box (floor, wall) has one face
+            a, b = [i for i in range(3) if i != axis]
+            if hi[a] == lo[a] or hi[b] == lo[b]:
+                continue  # degenerate face of a flat box
+            pa, pb = _grid(lo[a], hi[a], lo[b], hi[b], spacing, rng)
+            p = np.empty((len(pa), 3))
+            p[:, a], p[:, b], p[:, axis] = pa, pb, value
+            pts.append(p)
+    return np.concatenate(pts)
+
+
+def _cylinder_surface(center_xy, radius, z0, z1, spacing, rng, top=True):
+    ang, zz = _grid(0.0, 2 * np.pi * radius, z0, z1, spacing, rng)
+    ang = ang / radius
+    side = np.stack([center_xy[0] + radius * np.cos(ang), center_xy[1] + radius * np.sin(ang), zz], 1)
+    if not top:
+        return side
+    cx, cy = _grid(-radius, radius, -radius, radius, spacing, rng)
+    inside = cx ** 2 + cy ** 2 <= radius ** 2
+    cap = np.stack([center_xy[0] + cx[inside], center_xy[1] + cy[inside], np.full(inside.sum(), z1)], 1)
+    return np.concatenate([side, cap])
+
+
+def _sphere_surface(center, radius, spacing, rng):
+    n = max(8, int(4 * np.pi * radius ** 2 / spacing ** 2))
+    k = np.arange(n) + 0.5  # Fibonacci sphere: even coverage
+    phi = np.arccos(1 - 2 * k / n)
+    theta = np.pi * (1 + 5 ** 0.5) * k + rng.uniform(0, 2 * np.pi)
+    v = np.stack([np.cos(theta) * np.sin(phi), np.sin(theta) * np.sin(phi), np.cos(phi)], 1)
+    return np.asarray(center) + radius * v
+
+
+def _object_points(kind, x, y, w, d, h, spacing, rng):
+    """Surface points of one object whose footprint is centred at (x, y), size w x d x h. Returns (pts, shade)
+    where shade (per point, 0..1) darkens sub-parts (legs, pot) for a less uniform look."""
+    lo = np.array([x - w / 2, y - d / 2, 0.0])
+    hi = np.array([x + w / 2, y + d / 2, h])
+    parts, shades = [], []
+
+    def add(p, s=1.0):
+        parts.append(p)
+        shades.append(np.full(len(p), s))
+
+    if kind == "box":
+        add(_box_surface(lo, hi, spacing, rng, "no_bottom"))
+    elif kind == "cylinder":
+        add(_cylinder_surface((x, y), w / 2, 0.0, h, spacing, rng))
+    elif kind == "table":
+        add(_box_surface([lo[0], lo[1], h - 0.04], [hi[0], hi[1], h], spacing, rng))
+        for cx, cy in ((lo[0] + 0.05, lo[1] + 0.05), (hi[0] - 0.05, lo[1] + 0.05), (lo[0] + 0.05, hi[1] - 0.05),
+                       (hi[0] - 0.05, hi[1] - 0.05)):
+            add(_box_surface([cx - 0.025, cy - 0.025, 0], [cx + 0.025, cy + 0.025, h - 0.04], spacing, rng,
+                             "no_bottom"), 0.8)
+    elif kind == "chair":
+        seat = 0.45
+        add(_box_surface([lo[0], lo[1], seat - 0.05], [hi[0], hi[1], seat], spacing, rng))
+        add(_box_surface([lo[0], hi[1] - 0.05, seat], [hi[0], hi[1], h], spacing, rng), 0.9)
+        for cx, cy in ((lo[0] + 0.03, lo[1] + 0.03), (hi[0] - 0.03, lo[1] + 0.03), (lo[0] + 0.03, hi[1] - 0.03),
+                       (hi[0] - 0.03, hi[1] - 0.03)):
+            add(_box_surface([cx - 0.02, cy - 0.02, 0], [cx + 0.02, cy + 0.02, seat - 0.05], spacing, rng,
+                             "no_bottom"), 0.7)
+    elif kind == "sofa":
+        add(_box_surface([lo[0], lo[1], 0], [hi[0], hi[1], 0.42], spacing, rng, "no_bottom"))
+        add(_box_surface([lo[0], hi[1] - 0.2, 0.42], [hi[0], hi[1], h], spacing, rng), 0.9)
+        add(_box_surface([lo[0], lo[1], 0.42], [lo[0] + 0.18, hi[1] - 0.2, 0.6], spacing, rng), 0.95)
+        add(_box_surface([hi[0] - 0.18, lo[1], 0.42], [hi[0], hi[1] - 0.2, 0.6], spacing, rng), 0.95)
+    elif kind == "plant":
+        pot_h = 0.3 * h
+        add(_cylinder_surface((x, y), 0.35 * w, 0.0, pot_h, spacing, rng), -1.0)  # terracotta pot
+        add(_sphere_surface((x, y, pot_h + 0.35 * (h - pot_h)), 0.5 * w, spacing, rng))
+    else:
+        raise ValueError(kind)
+    return np.concatenate(parts), np.concatenate(shades)
+
+
+def make_room(seed: int = 0, n_objects: int = 8, size: Tuple[float, float] = (5.0, 4.0), height: float = 2.5,
+              spacing: float = 0.02, wall_spacing: float = 0.035) -> SyntheticScene:
+    """A procedural room: floor, four walls, ceiling, and n_objects furniture items placed without overlap.
+
+    Colours are realistic and jittered per instance; the catalogue repeats classes (chairs, boxes, cabinets)
+    so that some pairs look alike, as in real rooms."""
+    if n_objects < 1:
+        raise InputError(f"n_objects must be >= 1, got {n_objects}")
+    rng = np.random.default_rng(seed)
+    W, D = size
+    pts, cols, inst, rad = [], [], [], []
+    labels: Dict[int, str] = {}
+
+    def add(p, color, iid, r, shade=None):
+        c = np.tile(np.asarray(color, float), (len(p), 1))
+        if shade is not None:
+            c = np.where(shade[:, None] < 0, np.array([170, 90, 60], float), c * np.abs(shade)[:, None])
+        c += rng.normal(0, 6, c.shape)  # texture
+        pts.append(p)
+        cols.append(np.clip(c, 0, 255))
+        inst.append(np.full(len(p), iid))
+        rad.append(np.full(len(p), r))
+
+    ws = wall_spacing
+    add(_box_surface([0, 0, 0], [W, D, 0], ws, rng), FLOOR_COLOR, 0, ws)
+    add(_box_surface([0, 0, height], [W, D, height], ws, rng), CEILING_COLOR, 0, ws)
+    for lo, hi in (([0, 0, 0], [W, 0, height]), ([0, D, 0], [W, D, height]), ([0, 0, 0], [0, D, height]),
+                   ([W, 0, 0], [W, D, height])):
+        p = _box_surface(lo, hi, ws, rng)
+        add(p, WALL_COLOR, 0, ws)
+
+    footprints: List[Tuple[float, float, float, float]] = []
+    for k in range(n_objects):
+        name = _ORDER[k % len(_ORDER)]
+        kind, sizes, palette = _CATALOG[name]
+        w, d, h = (rng.uniform(*s) for s in sizes)
+        placed = _place(rng, footprints, w, d, W, D)
+        if placed is None:
+            continue
+        x, y = placed
+        p, shade = _object_points(kind, x, y, w, d, h, spacing, rng)
+        base = np.asarray(palette[rng.integers(len(palette))], float)
+        color = np.clip(base * rng.uniform(0.92, 1.08), 0, 255)
+        iid = k + 1
+        add(p, color, iid, spacing, shade)
+        labels[iid] = name
+    points = np.concatenate(pts).astype(np.float32)
+    radius = 0.75 * np.concatenate(rad).astype(np.float32)
+    return SyntheticScene(points=points, colors=np.concatenate(cols).astype(np.uint8),
+                          instance=np.concatenate(inst).astype(np.int32), labels=labels,
+                          name=f"room_s{seed}_n{n_objects}", radius=radius)
+
+
+def _place(rng, footprints, w, d, W, D, tries=300):
+    for attempt in range(tries):
+        margin = 0.25 if attempt < tries // 2 else 0.05
+        x = rng.uniform(w / 2 + 0.1, W - w / 2 - 0.1)
+        y = rng.uniform(d / 2 + 0.1, D - d / 2 - 0.1)
+        box = (x - w / 2 - margin, y - d / 2 - margin, x + w / 2 + margin, y + d / 2 + margin)
+        if all(box[2] < f[0] or box[0] > f[2] or box[3] < f[1] or box[1] > f[3] for f in footprints):
+            footprints.append((x - w / 2, y - d / 2, x + w / 2, y + d / 2))
+            return x, y
+    return None
+
+
+def load_scannet_npy(path, background_classes: Sequence[int] = (0, 1, 2)) -> SyntheticScene:
+    """A ScanNet room exported as (N, 8) float rows x y z r g b semantic instance (semantic: 1-based ScanNet20).
+
+    Walls, floors and unannotated points (semantic 0, 1, 2) become background, as in ScanNet's instance
+    benchmark, which scores only the 18 object classes."""
+    path = Path(path)
+    try:
+        a = np.load(path)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read ScanNet point cloud '{path}': {exc}") from None
+    if a.ndim != 2 or a.shape[1] < 8:
+        raise InputError(f"'{path}' must be an (N, 8) array x y z r g b semantic instance, got {a.shape}")
+    sem = a[:, 6].astype(np.int64)
+    inst = a[:, 7].astype(np.int64)
+    inst = np.where(np.isin(sem, list(background_classes)), 0, inst)
+    labels = {}
+    for i in np.unique(inst):
+        if i == 0:
+            continue
+        s = np.bincount(sem[inst == i]).argmax()
+        labels[int(i)] = SCANNET20[s - 1] if 1 <= s <= len(SCANNET20) else f"class{s}"
+    pts = a[:, :3].astype(np.float32)
+    return SyntheticScene(points=pts - np.array([0, 0, pts[:, 2].min()], np.float32),
+                          colors=np.clip(a[:, 3:6], 0, 255).astype(np.uint8), instance=inst.astype(np.int32),
+                          labels=labels, name=path.stem)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Cameras
+
+
+def default_K(hw=(240, 320)) -> np.ndarray:
+    """Kinect-like intrinsics (about 63 deg horizontal field of view) for an image of size hw."""
+    h, w = hw
+    f = 0.82 * w
+    return np.array([[f, 0, (w - 1) / 2], [0, f, (h - 1) / 2], [0, 0, 1]], dtype=np.float64)
+
+
+def look_at(position, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
+    """Camera-to-world 4x4 of an OpenCV camera at position looking at target (world z up)."""
+    position, target = np.asarray(position, float), np.asarray(target, float)
+    z = target - position
+    z /= np.linalg.norm(z)
+    x = np.cross(z, up)
+    if np.linalg.norm(x) < 1e-6:
+        x = np.cross(z, (0.0, 1.0, 0.0))
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    T = np.eye(4)
+    T[:3, 0], T[:3, 1], T[:3, 2], T[:3, 3] = x, y, z, position
+    return T
+
+
+def make_trajectory(scene: SyntheticScene, n_frames: int = 60, seed: int = 0, revisit: float = 0.4) -> List[np.ndarray]:
+    """Poses that visit every object once in random order, then revisit a fraction of them from new angles.
+
+    Between waypoints the camera position and its look-at point move smoothly (cosine easing)."""
+    rng = np.random.default_rng(seed)
+    bg = scene.points[scene.instance == 0]
+    ref = bg if len(bg) else scene.points
+    lo = np.percentile(ref[:, :2], 1, axis=0) + 0.35
+    hi = np.percentile(ref[:, :2], 99, axis=0) - 0.35
+    ids = scene.instance_ids
+    if not ids:
+        raise InputError(f"scene '{scene.name}' has no object instances to look at")
+    centres = {i: scene.points[scene.instance == i].mean(axis=0) for i in ids}
+    boxes = {i: (scene.points[scene.instance == i].min(0), scene.points[scene.instance == i].max(0)) for i in ids}
+    order = list(rng.permutation(ids))
+    order += list(rng.choice(ids, size=max(1, int(round(revisit * len(ids)))), replace=False))
+    waypoints = [_viewpoint(rng, centres[i], lo, hi, boxes) for i in order]
+    n_way = len(waypoints)
+    poses = []
+    for k in range(n_frames):
+        s = k * (n_way - 1) / max(1, n_frames - 1)
+        a = min(int(s), n_way - 2) if n_way > 1 else 0
+        t = s - a
+        t = 0.5 - 0.5 * np.cos(np.pi * t)
+        (p0, g0), (p1, g1) = waypoints[a], waypoints[min(a + 1, n_way - 1)]
+        poses.append(look_at((1 - t) * p0 + t * p1, (1 - t) * g0 + t * g1))
+    return poses
+
+
+def _viewpoint(rng, centre, lo, hi, boxes):
+    """A camera position 1.2-2.6 m from an object, inside the room, not inside any object."""
+    best = None
+    for _ in range(60):
+        ang = rng.uniform(0, 2 * np.pi)
+        dist = rng.uniform(1.2, 2.6)
+        pos = np.array([centre[0] + dist * np.cos(ang), centre[1] + dist * np.sin(ang), rng.uniform(1.1, 1.7)])
+        pos[:2] = np.clip(pos[:2], lo, hi)
+        clear = all(not (np.all(pos[:2] > b[0][:2] - 0.3) and np.all(pos[:2] < b[1][:2] + 0.3)) for b in boxes.values())
+        if clear and np.linalg.norm(pos[:2] - centre[:2]) > 0.9:
+            best = pos
+            break
+        best = pos if best is None else best
+    target = centre + rng.normal(0, 0.1, 3)
+    return best, target
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Renderer
+
+
+def render(scene: SyntheticScene, K: np.ndarray, T_world_cam: np.ndarray, hw=(240, 320), near: float = 0.1,
+           scale: Optional[int] = None, max_splat_px: int = 5):
+    """Z-buffer point splatting -> (rgb uint8 HxWx3, depth float32 metres (0 = no surface), ids int32 HxW).
+
+    Each point is drawn as a disc of radius f * radius / z pixels (so surfaces close at any distance); the
+    nearest point wins every pixel. When discs would be large (camera close to a surface) the image is rendered
+    at 1/scale resolution and upsampled (nearest), which keeps the cost per frame bounded; scale=1 forces full
+    resolution, where a point that wins its own centre pixel re-projects exactly (its depth is its camera z)."""
+    if len(scene.points) >= 1 << 24:
+        raise InputError(f"scene '{scene.name}' has {len(scene.points)} points; the renderer takes < 16.7M")
+    h, w = hw
+    R, t = T_world_cam[:3, :3], T_world_cam[:3, 3]
+    pc = (scene.points.astype(np.float64) - t) @ R  # world -> camera: R^T (p - t)
+    z = pc[:, 2]
+    keep = z > near
+    zs = np.where(keep, z, 1.0)
+    if scale is None:
+        r_full = K[0, 0] * scene.radius[keep] / zs[keep]
+        scale = int(np.clip(np.ceil(np.percentile(r_full, 80) / 3.0), 1, 3)) if keep.any() else 1
+    Ks = K.astype(np.float64).copy()
+    Ks[:2, :2] /= scale
+    Ks[:2, 2] = (K[:2, 2] + 0.5) / scale - 0.5
+    hs, ws = -(-h // scale), -(-w // scale)
+    rgb, depth, ids = _splat(scene, pc, keep, zs, Ks, (hs, ws), max_splat_px)
+    if scale > 1:
+        up = lambda img: np.repeat(np.repeat(img, scale, 0), scale, 1)[:h, :w]  # noqa: E731
+        rgb, depth, ids = up(rgb), up(depth), up(ids)
+    return np.ascontiguousarray(rgb), np.ascontiguousarray(depth), np.ascontiguousarray(ids)
+
+
+def _splat(scene, pc, keep, zs, K, hw, max_splat_px):
+    h, w = hw
+    u = np.rint(K[0, 0] * pc[:, 0] / zs + K[0, 2]).astype(np.int64)
+    v = np.rint(K[1, 1] * pc[:, 1] / zs + K[1, 2]).astype(np.int64)
+    r = np.minimum(np.rint(K[0, 0] * scene.radius / zs), max_splat_px).astype(np.int64)
+    keep = keep & (u >= -r) & (u < w + r) & (v >= -r) & (v < h + r)
+    idx = np.flatnonzero(keep)
+    empty = np.iinfo(np.int64).max
+    zbuf = np.full(h * w, empty, np.int64)
+    key_all = (np.round(zs[idx] * 1e5).astype(np.int64) << 24) | idx  # depth first, point index last
+    r_idx = r[idx]
+    for radius in np.unique(r_idx):
+        in_r = r_idx == radius
+        sel, key = idx[in_r], key_all[in_r]
+        dy, dx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+        disc = dx ** 2 + dy ** 2 <= radius ** 2 + radius
+        for ox, oy in zip(dx[disc], dy[disc]):
+            uu, vv = u[sel] + ox, v[sel] + oy
+            ok = (uu >= 0) & (uu < w) & (vv >= 0) & (vv < h)
+            np.minimum.at(zbuf, vv[ok] * w + uu[ok], key[ok])
+    hit = zbuf != empty
+    winner = zbuf[hit] & ((1 << 24) - 1)
+    depth = np.zeros(h * w, np.float32)
+    depth[hit] = zs[winner]
+    rgb = np.zeros((h * w, 3), np.uint8)
+    rgb[hit] = scene.colors[winner]
+    ids = np.zeros(h * w, np.int32)
+    ids[hit] = scene.instance[winner]
+    return rgb.reshape(h, w, 3), depth.reshape(h, w), ids.reshape(h, w)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Segmenter error model
+
+
+@dataclass
+class MaskNoise:
+    """How a real 2D segmenter errs, applied to perfect instance masks.
+
+    p_drop: a mask is missed; p_edge: its boundary is eroded or dilated by 1..edge_px pixels;
+    false_blobs: mean number of spurious small masks per frame (radius blob_px); min_pixels: masks smaller than
+    this are not reported; depth_k: depth noise sigma = depth_k * z^2 (Kinect-like axial noise)."""
+
+    p_drop: float = 0.1
+    p_edge: float = 0.6
+    edge_px: int = 3
+    false_blobs: float = 0.3
+    blob_px: Tuple[int, int] = (6, 16)
+    min_pixels: int = 40
+    depth_k: float = 0.0025
+    seed: int = 0
+    _blob_counter: int = field(default=0, repr=False)
+
+    def perturb_masks(self, masks: List[Mask2D], rng: np.random.Generator, hw) -> List[Mask2D]:
+        import cv2
+
+        out = []
+        for m in masks:
+            if rng.random() < self.p_drop:
+                continue
+            mask = m.mask
+            if self.edge_px > 0 and rng.random() < self.p_edge:
+                k = int(rng.integers(1, self.edge_px + 1))
+                kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))
+                op = cv2.erode if rng.random() < 0.5 else cv2.dilate
+                mask = op(mask.astype(np.uint8), kernel).astype(bool)
+            if mask.sum() >= self.min_pixels:
+                out.append(Mask2D(mask=mask, score=float(np.clip(rng.normal(0.85, 0.08), 0.3, 1.0)),
+                                  source_id=m.source_id))
+        for _ in range(rng.poisson(self.false_blobs)):
+            out.append(self._blob(rng, hw))
+        return out
+
+    def _blob(self, rng, hw) -> Mask2D:
+        h, w = hw
+        yy, xx = np.mgrid[:h, :w]
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        ry, rx = rng.uniform(*self.blob_px, size=2)
+        mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+        self._blob_counter += 1
+        return Mask2D(mask=mask, score=float(rng.uniform(0.3, 0.7)), source_id=FALSE_BLOB_ID_BASE + self._blob_counter)
+
+    def perturb_depth(self, depth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if self.depth_k <= 0:
+            return depth
+        noisy = depth + rng.normal(0.0, 1.0, depth.shape).astype(np.float32) * self.depth_k * depth ** 2
+        return np.where(depth > 0, np.maximum(noisy, 0.0), 0.0).astype(np.float32)
+
+
+def masks_from_ids(ids: np.ndarray, min_pixels: int = 1) -> List[Mask2D]:
+    values, counts = np.unique(ids, return_counts=True)
+    return [Mask2D(mask=ids == v, score=1.0, source_id=int(v)) for v, c in zip(values, counts)
+            if v != 0 and c >= min_pixels]
+
+
+def render_sequence(scene: SyntheticScene, n_frames: int = 60, hw=(240, 320), seed: int = 0,
+                    noise: Optional[MaskNoise] = None, fps: float = 30.0) -> List[Frame]:
+    """Render a trajectory through the scene. Frames carry anonymous masks (label None; source_id = true id,
+    FALSE_BLOB_ID_BASE+k for spurious blobs) and, in frame.masks order, nothing else about the truth.
+    The perfect instance-id image of each frame is kept in ``frame_ids[i]`` of the returned list's attribute."""
+    K = default_K(hw)
+    rng = np.random.default_rng(seed + 1)
+    frames = _FrameList()
+    for k, T in enumerate(make_trajectory(scene, n_frames, seed)):
+        rgb, depth, ids = render(scene, K, T, hw)
+        masks = masks_from_ids(ids)
+        if noise is not None:
+            masks = noise.perturb_masks(masks, rng, hw)
+            depth = noise.perturb_depth(depth, rng)
+        frames.append(Frame(rgb=rgb, depth=depth, K=K.copy(), T_world_cam=T, stamp=k / fps, index=k, masks=masks))
+        frames.ids.append(ids)
+    return frames
+
+
+class _FrameList(list):
+    """A list of frames that also keeps each frame's true instance-id image (``.ids``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ids: List[np.ndarray] = []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Scene folder (ScanNet export layout)
+
+
+def write_scene_folder(scene: SyntheticScene, frames: Sequence[Frame], out_dir) -> Path:
+    """Write frames + ground truth as a ScanNet export folder that ScanNetReader and `opentrack eval` read.
+
+    instance/<i>.png holds the frame's masks (their source ids; larger masks first, so smaller ones stay on top)."""
+    import cv2
+
+    from .io.ply import write_ply
+
+    out = Path(out_dir)
+    for sub in ("color", "depth", "pose", "intrinsic", "instance"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for frame in frames:
+        i = frame.index
+        cv2.imwrite(str(out / "color" / f"{i}.jpg"), np.ascontiguousarray(frame.rgb[:, :, ::-1]),
+                    [cv2.IMWRITE_JPEG_QUALITY, 92])
+        depth_mm = np.clip(np.nan_to_num(frame.depth) * 1000.0 + 0.5, 0, 65535).astype(np.uint16)
+        cv2.imwrite(str(out / "depth" / f"{i}.png"), depth_mm)
+        np.savetxt(out / "pose" / f"{i}.txt", frame.T_world_cam, fmt="%.9f")
+        ids = np.zeros(frame.depth.shape, np.uint16)
+        for m in sorted(frame.masks or [], key=lambda m: -int(np.count_nonzero(m.mask))):
+            ids[m.mask] = m.source_id if m.source_id is not None else 0
+        cv2.imwrite(str(out / "instance" / f"{i}.png"), ids)
+    if frames:
+        K4 = np.eye(4)
+        K4[:3, :3] = frames[0].K
+        np.savetxt(out / "intrinsic" / "intrinsic_depth.txt", K4, fmt="%.6f")
+        np.savetxt(out / "intrinsic" / "intrinsic_color.txt", K4, fmt="%.6f")
+    (out / "instance_labels.json").write_text(json.dumps({str(k): v for k, v in sorted(scene.labels.items())}, indent=1))
+    write_ply(out / "points.ply", scene.points, scene.colors)
+    np.savetxt(out / "gt_instances.txt", scene.gt_ids(), fmt="%d")
+    names = {str(v): k for k, v in scene.class_ids().items()}
+    (out / "gt_label_names.json").write_text(json.dumps(names, indent=1))
+    return out

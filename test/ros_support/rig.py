@@ -1,0 +1,101 @@
+"""In-process test rig: the opentrack node plus a 'driver' node in the same process that publishes camera
+messages and collects every output. Used by test_ros_node.py and bench/bench_ros_latency.py."""
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from typing import Callable, Dict, List, Optional
+
+
+def init_ros(domain_id: int) -> None:
+    """Loopback-only DDS on a domain of the caller's own, then rclpy.init (once per process)."""
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    os.environ["ROS_DOMAIN_ID"] = str(domain_id)
+    import rclpy
+
+    if not rclpy.ok():
+        rclpy.init()
+
+
+class Rig:
+    def __init__(self, node, topics: Optional[Dict[str, str]] = None):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rosgraph_msgs.msg import Clock
+        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+        from std_msgs.msg import String
+        from tf2_msgs.msg import TFMessage
+        from visualization_msgs.msg import MarkerArray
+        from geometry_msgs.msg import PoseStamped
+
+        from ros2_opentrack.msg import Instance3DArray, QueryResult
+
+        t = {"rgb": "rgb", "depth": "depth", "masks": "masks", "camera_info": "camera_info", "pose": "pose",
+             **(topics or {})}
+        self.node = node
+        self.driver = rclpy.create_node("opentrack_test_driver")
+        d = self.driver
+        self.pubs = {
+            "rgb": d.create_publisher(Image, t["rgb"], 10), "depth": d.create_publisher(Image, t["depth"], 10),
+            "masks": d.create_publisher(Image, t["masks"], 10),
+            "camera_info": d.create_publisher(CameraInfo, t["camera_info"], 10),
+            "tf": d.create_publisher(TFMessage, "/tf", 100), "query": d.create_publisher(String, "query", 10),
+            "pose": d.create_publisher(PoseStamped, t["pose"], 10), "clock": d.create_publisher(Clock, "/clock", 10),
+        }
+        self.got: Dict[str, List] = defaultdict(list)
+        self.arrival: Dict[str, List[float]] = defaultdict(list)
+        for name, typ, topic in (("instances", Instance3DArray, "instances"), ("markers", MarkerArray, "markers"),
+                                 ("cloud", PointCloud2, "instance_cloud"), ("query_result", QueryResult, "query_result"),
+                                 ("diagnostics", DiagnosticArray, "/diagnostics")):
+            d.create_subscription(typ, topic, self._collector(name), 10)
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        self.executor.add_node(d)
+
+    def _collector(self, name: str) -> Callable:
+        def collect(msg):
+            self.got[name].append(msg)
+            self.arrival[name].append(time.perf_counter())
+        return collect
+
+    def spin_until(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            self.executor.spin_once(timeout_sec=0.01)
+        return predicate()
+
+    def spin_for(self, seconds: float) -> None:
+        self.spin_until(lambda: False, seconds)
+
+    def wait_for_subscribers(self, timeout: float = 5.0) -> bool:
+        return self.spin_until(lambda: all(self.pubs[k].get_subscription_count() > 0
+                                           for k in ("rgb", "depth", "camera_info")), timeout)
+
+    def publish(self, msgs: dict, with_tf: bool = True, order=("camera_info", "masks", "rgb", "depth")) -> None:
+        """One frame's messages (conversions.frame_messages): tf first, depth last (the sync anchor)."""
+        from tf2_msgs.msg import TFMessage
+
+        if with_tf and "tf" in msgs:
+            self.pubs["tf"].publish(TFMessage(transforms=[msgs["tf"]]))
+        for key in order:
+            if key in msgs:
+                self.pubs[key].publish(msgs[key])
+
+    def call(self, srv_type, name: str, timeout: float = 10.0):
+        client = self.driver.create_client(srv_type, name)
+        assert self.spin_until(client.service_is_ready, timeout), f"service {name} not available"
+        future = client.call_async(srv_type.Request())
+        assert self.spin_until(future.done, timeout), f"service {name} did not answer"
+        self.driver.destroy_client(client)
+        return future.result()
+
+    def close(self) -> None:
+        self.executor.remove_node(self.node)
+        self.executor.remove_node(self.driver)
+        self.node.destroy_node()
+        self.driver.destroy_node()
+        self.executor.shutdown()

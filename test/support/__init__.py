@@ -1,0 +1,1 @@
+"""Helpers for tests: tiny offline models and local servers."""

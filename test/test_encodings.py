@@ -1,0 +1,272 @@
+"""sensor_msgs/Image, CompressedImage, CameraInfo and pose codecs (ros2_opentrack.io.encodings)."""
+import struct
+
+import cv2
+import numpy as np
+import pytest
+
+from ros2_opentrack.errors import InputError
+from ros2_opentrack.io import encodings as enc
+
+RNG = np.random.default_rng(0)
+RGB = RNG.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+
+
+# -- raw images ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8"])
+@pytest.mark.parametrize("pad", [0, 5])
+def test_colour_round_trip_with_row_padding(encoding, pad):
+    channels = 4 if "a" in encoding[3:] else 3
+    step = 7 * channels + pad
+    h, w, s, data = enc.numpy_to_image(RGB, encoding, step=step)
+    assert (h, w, s, len(data)) == (5, 7, step, 5 * step)
+    out = enc.image_to_numpy(encoding, h, w, s, data)
+    assert out.dtype == np.uint8 and out.shape == (5, 7, 3)
+    np.testing.assert_array_equal(out, RGB)
+
+
+def test_bgr8_bytes_are_in_bgr_order():
+    _, _, _, data = enc.numpy_to_image(np.array([[[10, 20, 30]]], np.uint8), "bgr8")
+    assert data == bytes([30, 20, 10])
+    _, _, _, data = enc.numpy_to_image(np.array([[[10, 20, 30]]], np.uint8), "bgra8")
+    assert data == bytes([30, 20, 10, 255])
+    out = enc.image_to_numpy("bgra8", 1, 1, 4, bytes([30, 20, 10, 7]))
+    np.testing.assert_array_equal(out, [[[10, 20, 30]]])
+
+
+def test_mono8_gives_grey_rgb_and_accepts_hw():
+    grey = RNG.integers(0, 256, (4, 6), dtype=np.uint8)
+    h, w, s, data = enc.numpy_to_image(grey, "mono8", step=8)
+    out = enc.image_to_numpy("mono8", h, w, s, data)
+    assert out.shape == (4, 6, 3)
+    for c in range(3):
+        np.testing.assert_array_equal(out[..., c], grey)
+    # RGB in -> BT.601 grey: (0.299*100 + 0.587*50 + 0.114*200) = 82.05 -> 82
+    _, _, _, data = enc.numpy_to_image(np.array([[[100, 50, 200]]], np.uint8), "mono8")
+    assert data == bytes([82])
+
+
+@pytest.mark.parametrize("encoding,dtype", [("16UC1", np.uint16), ("mono16", np.uint16), ("32FC1", np.float32),
+                                            ("32SC1", np.int32), ("8UC1", np.uint8)])
+@pytest.mark.parametrize("pad", [0, 8])
+def test_single_channel_round_trip(encoding, dtype, pad):
+    if dtype == np.float32:
+        arr = RNG.random((4, 5)).astype(np.float32) * 5
+    else:
+        info = np.iinfo(dtype)
+        arr = RNG.integers(max(info.min, -100000), min(info.max, 100000), (4, 5)).astype(dtype)
+    itemsize = np.dtype(dtype).itemsize
+    h, w, s, data = enc.numpy_to_image(arr, encoding, step=5 * itemsize + pad)
+    out = enc.image_to_numpy(encoding, h, w, s, data)
+    assert out.dtype == dtype and out.shape == (4, 5)
+    np.testing.assert_array_equal(out, arr)
+
+
+def test_big_endian_16uc1_and_32fc1():
+    mm = np.array([[1, 256, 1000], [65535, 0, 4660]], np.uint16)
+    raw = mm.astype(">u2").tobytes()
+    assert raw[:2] == b"\x00\x01"  # really big-endian bytes
+    np.testing.assert_array_equal(enc.image_to_numpy("16UC1", 2, 3, 6, raw, is_bigendian=1), mm)
+    # the same bytes read as little-endian are byte-swapped values: 0x0100 = 256
+    assert enc.image_to_numpy("16UC1", 2, 3, 6, raw, is_bigendian=0)[0, 0] == 256
+    metres = np.array([[1.5, -2.25]], np.float32)
+    padded = metres.astype(">f4").tobytes() + b"\0\0\0\0"  # step 12 > 8
+    np.testing.assert_array_equal(enc.image_to_numpy("32FC1", 1, 2, 12, padded, is_bigendian=1), metres)
+
+
+def test_encoding_names_are_case_insensitive_and_data_may_be_an_array():
+    arr = np.array([[1, 2]], np.uint16)
+    _, _, _, data = enc.numpy_to_image(arr, "16UC1")
+    out = enc.image_to_numpy("16uc1", 1, 2, 4, np.frombuffer(data, np.uint8))
+    np.testing.assert_array_equal(out, arr)
+
+
+def test_decoded_image_owns_its_memory():
+    data = bytearray(enc.numpy_to_image(RGB, "rgb8")[3])
+    out = enc.image_to_numpy("rgb8", 5, 7, 21, data)
+    data[0] ^= 0xFF
+    assert out[0, 0, 0] == RGB[0, 0, 0]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("yuv422", 2, 2, 4, b"\0" * 8), "yuv422"),
+    (("rgb8", 2, 3, 8, b"\0" * 16), "step >= 9"),
+    (("16UC1", 2, 3, 6, b"\0" * 11), "expected height*step = 2*6 = 12"),
+    (("32FC1", 2, 2, 8, b"\0" * 20), "20 bytes"),
+    (("mono8", 0, 3, 3, b""), "empty size"),
+])
+def test_bad_raw_images_raise_input_error_naming_the_problem(args, needle):
+    with pytest.raises(InputError, match=needle.replace("*", r"\*")) as info:
+        enc.image_to_numpy(*args)
+    assert args[0] in str(info.value)  # names the encoding
+
+
+def test_unknown_encoding_lists_the_supported_ones():
+    with pytest.raises(InputError, match="expected one of rgb8, bgr8"):
+        enc.image_to_numpy("bayer_rggb8", 1, 1, 1, b"\0")
+
+
+@pytest.mark.parametrize("array,encoding,needle", [
+    (np.zeros((2, 2), np.uint8), "rgb8", "HxWx3"),
+    (np.zeros((2, 2, 3), np.float32), "rgb8", "uint8"),
+    (np.zeros((2, 2, 3), np.uint16), "16UC1", "HxW"),
+    (np.full((2, 2), -1, np.int32), "16UC1", "outside the uint16 range"),
+    (np.zeros((2, 2), np.float32), "16UC1", "must be uint16"),
+])
+def test_bad_arrays_to_encode_raise(array, encoding, needle):
+    with pytest.raises(InputError, match=needle):
+        enc.numpy_to_image(array, encoding)
+
+
+def test_step_too_small_when_encoding():
+    with pytest.raises(InputError, match="step >= 21"):
+        enc.numpy_to_image(RGB, "rgb8", step=20)
+
+
+# -- depth -------------------------------------------------------------------------------------------------
+
+def test_depth_to_metres():
+    mm = np.array([[0, 1000, 1234]], np.uint16)
+    np.testing.assert_allclose(enc.depth_to_metres(mm, "16UC1"), [[0.0, 1.0, 1.234]], rtol=1e-6)
+    np.testing.assert_allclose(enc.depth_to_metres(mm), [[0.0, 1.0, 1.234]], rtol=1e-6)  # dtype decides
+    m = np.array([[np.nan, 2.5, 0.0, -1.0, np.inf]], np.float32)
+    out = enc.depth_to_metres(m, "32FC1")
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, [[0.0, 2.5, 0.0, 0.0, 0.0]])
+    assert np.isnan(m[0, 0])  # input untouched
+    with pytest.raises(InputError, match="depth encoding 'rgb8'"):
+        enc.depth_to_metres(np.zeros((2, 2)), "rgb8")
+    with pytest.raises(InputError, match="integer millimetres"):
+        enc.depth_to_metres(np.zeros((2, 2), np.float32), "16UC1")
+
+
+# -- compressed --------------------------------------------------------------------------------------------
+
+def test_decode_png_and_jpeg():
+    ok, png = cv2.imencode(".png", RGB[..., ::-1].copy())
+    out = enc.decode_compressed("rgb8; png compressed bgr8", png.tobytes())
+    np.testing.assert_array_equal(out, RGB)
+    flat = np.full((16, 16, 3), (200, 40, 90), np.uint8)
+    ok, jpg = cv2.imencode(".jpg", flat[..., ::-1].copy(), [cv2.IMWRITE_JPEG_QUALITY, 100])
+    out = enc.decode_compressed("jpeg", jpg.tobytes())
+    assert out.shape == (16, 16, 3)
+    assert np.abs(out.astype(int) - flat).max() <= 3  # lossy, but channel order must be RGB
+    mm = np.array([[0, 500], [1000, 65535]], np.uint16)
+    ok, png16 = cv2.imencode(".png", mm)
+    np.testing.assert_array_equal(enc.decode_compressed("16UC1; png compressed", png16.tobytes()), mm)
+
+
+def test_decode_compressed_depth_16uc1_and_32fc1():
+    mm = np.array([[0, 500], [1000, 4000]], np.uint16)
+    ok, png = cv2.imencode(".png", mm)
+    data = struct.pack("<iff", 0, 0.0, 0.0) + png.tobytes()
+    np.testing.assert_array_equal(enc.decode_compressed("16UC1; compressedDepth png", data), mm)
+    # 32FC1: inverse depth quantised, d = A / (v - B); v = 0 invalid. A = 100, B = 0: v = 50 -> 2 m, v = 200 -> 0.5 m
+    inv = np.array([[0, 50], [200, 100]], np.uint16)
+    ok, png = cv2.imencode(".png", inv)
+    data = struct.pack("<iff", 0, 100.0, 0.0) + png.tobytes()
+    out = enc.decode_compressed("32FC1; compressedDepth", data)
+    np.testing.assert_allclose(out, [[0.0, 2.0], [0.5, 1.0]])
+
+
+@pytest.mark.parametrize("fmt,data,needle", [
+    ("jpeg", b"not an image at all", "could not be decoded"),
+    ("tiff", b"II*\0", "format 'tiff' is not supported"),
+    ("16UC1; compressedDepth rvl", struct.pack("<iff", 1, 0, 0) + b"\0" * 8, "RVL"),
+    ("16UC1; compressedDepth", struct.pack("<iff", 1, 0, 0) + b"\0" * 8, "RVL"),
+    ("16UC1; compressedDepth", b"\0\0", "12-byte header"),
+    ("png", b"", "no data"),
+])
+def test_bad_compressed_raise(fmt, data, needle):
+    with pytest.raises(InputError, match=needle):
+        enc.decode_compressed(fmt, data)
+
+
+# -- camera_info -------------------------------------------------------------------------------------------
+
+def test_intrinsics_from_k():
+    K = enc.intrinsics_from_k([500, 0, 320, 0, 510, 240, 0, 0, 1], hw=(480, 640))
+    np.testing.assert_array_equal(K, [[500, 0, 320], [0, 510, 240], [0, 0, 1]])
+    with pytest.raises(InputError, match="all zeros"):
+        enc.intrinsics_from_k(np.zeros(9))
+    with pytest.raises(InputError, match="9 values"):
+        enc.intrinsics_from_k([1, 2, 3])
+    with pytest.raises(InputError, match="non-finite"):
+        enc.intrinsics_from_k([np.nan] * 9)
+    with pytest.raises(InputError, match="outside"):
+        enc.intrinsics_from_k([500, 0, 900, 0, 500, 240, 0, 0, 1], hw=(480, 640))
+    fields = enc.camera_info_fields(K, 480, 640)
+    assert fields["distortion_model"] == "plumb_bob" and not fields["d"].any()
+    np.testing.assert_array_equal(fields["p"].reshape(3, 4)[:, :3], K)
+
+
+# -- poses -------------------------------------------------------------------------------------------------
+
+S = np.sqrt(0.5)
+
+
+def test_quaternion_90_degrees_about_z():
+    T = enc.pose_to_matrix([1, 2, 3], [0, 0, S, S])
+    np.testing.assert_allclose(T, [[0, -1, 0, 1], [1, 0, 0, 2], [0, 0, 1, 3], [0, 0, 0, 1]], atol=1e-12)
+    t, q = enc.matrix_to_pose(T)
+    np.testing.assert_allclose(t, [1, 2, 3])
+    np.testing.assert_allclose(q, [0, 0, S, S], atol=1e-12)
+
+
+@pytest.mark.parametrize("q,R", [
+    ([1, 0, 0, 0], [[1, 0, 0], [0, -1, 0], [0, 0, -1]]),  # 180 deg about x (w = 0: the non-trace branch)
+    ([0, S, 0, S], [[0, 0, 1], [0, 1, 0], [-1, 0, 0]]),  # 90 deg about y
+    ([0, 0, 0, 1], np.eye(3)),
+    ([0.5, 0.5, 0.5, 0.5], [[0, 0, 1], [1, 0, 0], [0, 1, 0]]),  # 120 deg about (1,1,1): x->y->z->x
+])
+def test_quaternion_known_rotations_and_back(q, R):
+    np.testing.assert_allclose(enc.quaternion_to_rotation(q), R, atol=1e-12)
+    np.testing.assert_allclose(enc.rotation_to_quaternion(np.asarray(R, float)), q, atol=1e-12)
+
+
+def test_quaternion_is_normalised_and_sign_fixed():
+    np.testing.assert_allclose(enc.quaternion_to_rotation([0, 0, 2, 2]), enc.quaternion_to_rotation([0, 0, S, S]),
+                               atol=1e-12)
+    R = enc.quaternion_to_rotation([0, 0, -S, -S])  # same rotation as +q
+    np.testing.assert_allclose(enc.rotation_to_quaternion(R), [0, 0, S, S], atol=1e-12)
+
+
+def test_random_pose_round_trip():
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        q = rng.normal(size=4)
+        t = rng.normal(size=3)
+        T = enc.pose_to_matrix(t, q)
+        t2, q2 = enc.matrix_to_pose(T)
+        q = q / np.linalg.norm(q) * np.sign(q[3])
+        np.testing.assert_allclose(q2, q, atol=1e-9)
+        np.testing.assert_allclose(enc.pose_to_matrix(t2, q2), T, atol=1e-12)
+
+
+@pytest.mark.parametrize("t,q,needle", [
+    ([0, 0, 0], [np.nan, 0, 0, 1], "non-finite"),
+    ([0, 0, 0], [0, 0, 0, 0], "zero length"),
+    ([0, np.nan, 0], [0, 0, 0, 1], "translation"),
+    ([0, 0], [0, 0, 0, 1], "translation"),
+    ([0, 0, 0], [0, 0, 1], "4 values"),
+])
+def test_bad_poses_raise(t, q, needle):
+    with pytest.raises(InputError, match=needle):
+        enc.pose_to_matrix(t, q)
+
+
+def test_matrix_to_pose_rejects_non_rigid():
+    with pytest.raises(InputError, match="not rigid"):
+        enc.matrix_to_pose(np.diag([2.0, 1, 1, 1]))
+
+
+def test_interpolate_pose_halfway():
+    T0 = enc.pose_to_matrix([0, 0, 0], [0, 0, 0, 1])
+    T1 = enc.pose_to_matrix([2, 0, 0], [0, 0, S, S])  # 90 deg about z
+    mid = enc.interpolate_pose(T0, T1, 0.5)
+    c, s = np.cos(np.pi / 4), np.sin(np.pi / 4)  # 45 deg about z
+    np.testing.assert_allclose(mid[:3, :3], [[c, -s, 0], [s, c, 0], [0, 0, 1]], atol=1e-12)
+    np.testing.assert_allclose(mid[:3, 3], [1, 0, 0])
+    np.testing.assert_allclose(enc.interpolate_pose(T0, T1, 0.0), T0, atol=1e-12)
+    np.testing.assert_allclose(enc.interpolate_pose(T0, T1, 1.0), T1, atol=1e-12)

@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+
+from ros2_opentrack import geometry as g
+
+K = np.array([[100.0, 0, 50], [0, 100.0, 40], [0, 0, 1]])
+# camera at (1, 2, 3), rotated 90 degrees about z
+T = np.array([[0, -1, 0, 1], [1, 0, 0, 2], [0, 0, 1, 3], [0, 0, 0, 1]], dtype=float)
+
+
+def test_backproject_known_pixel_to_known_world_point():
+    depth = np.zeros((80, 100), np.float32)
+    depth[10, 30] = 2.0
+    pts, px = g.backproject(depth, K)
+    assert px.tolist() == [[30, 10]]
+    np.testing.assert_allclose(pts[0], [-0.4, -0.6, 2.0], atol=1e-6)
+    np.testing.assert_allclose(g.transform(T, pts)[0], [1.6, 1.6, 5.0], atol=1e-6)
+
+
+def test_backproject_respects_mask_stride_and_range():
+    depth = np.full((8, 8), 1.0, np.float32)
+    depth[0, 0] = 10.0
+    mask = np.zeros((8, 8), bool)
+    mask[:4, :4] = True
+    pts, px = g.backproject(depth, K, mask=mask, stride=2, depth_max=5.0)
+    assert sorted(map(tuple, px.tolist())) == [(0, 2), (2, 0), (2, 2)]  # (0, 0) is beyond depth_max
+
+
+def test_project_inverts_backprojection():
+    uv, z = g.project(np.array([[1.6, 1.6, 5.0]]), T, K)
+    np.testing.assert_allclose(uv[0], [30, 10], atol=1e-4)
+    assert z[0] == pytest.approx(2.0)
+
+
+def test_voxel_keys_round_trip_with_negative_indices():
+    idx = np.array([[-1, 1, 2], [0, 0, 0], [-(2 ** 20), 2 ** 20 - 1, -5], [123456, -654321, 7]])
+    np.testing.assert_array_equal(g.unpack_keys(g.pack_keys(idx)), idx)
+    keys = g.voxel_keys(np.array([[-0.01, 0.06, 0.11]]), 0.05)
+    np.testing.assert_array_equal(g.unpack_keys(keys), [[-1, 1, 2]])
+    np.testing.assert_allclose(g.voxel_centers(keys, 0.05), [[-0.025, 0.075, 0.125]], atol=1e-7)
+
+
+def test_key_neighbourhood_adds_offsets_exactly():
+    deltas = g.key_neighbourhood(1)
+    assert len(deltas) == 7  # the voxel and its 6 face neighbours
+    base = g.pack_keys(np.array([[-3, 0, 5]]))[0]
+    got = {tuple(x) for x in g.unpack_keys(base + deltas)}
+    assert (-4, 0, 5) in got and (-3, -1, 5) in got and (-3, 0, 6) in got and len(got) == 7
+    assert len(g.key_neighbourhood(1, spherical=False)) == 27
+
+
+def test_voxel_iou():
+    assert g.voxel_iou(np.array([1, 2, 3]), np.array([2, 3, 4, 5])) == pytest.approx(2 / 5)
+    assert g.voxel_iou(np.array([], np.int64), np.array([1])) == 0.0
+
+
+def test_visibility_in_image_range_and_occlusion():
+    Tc = np.eye(4)
+    depth = np.full((80, 100), 2.0, np.float32)
+    pts = np.array([[0.0, 0.0, 1.0],     # in front of the surface: visible
+                    [0.0, 0.0, 2.05],    # on the surface within the margin: visible
+                    [0.0, 0.0, 3.0],     # behind the surface: occluded
+                    [5.0, 0.0, 1.0],     # outside the image
+                    [0.0, 0.0, -1.0]])   # behind the camera
+    vis, frustum, px = g.visibility(pts, Tc, K, depth, 0.1, 6.0, 0.1)
+    assert vis.tolist() == [True, True, False, False, False]
+    assert frustum.tolist() == [True, True, True, False, False]
+    assert px[0].tolist() == [50, 40]
+
+
+def test_frustum_box_test():
+    planes = g.frustum_planes(K, np.eye(4), (80, 100), 0.1, 5.0)
+    inside = g.boxes_in_frustum(np.array([[-0.1, -0.1, 1.0]]), np.array([[0.1, 0.1, 1.2]]), planes)
+    behind = g.boxes_in_frustum(np.array([[-0.1, -0.1, -2.0]]), np.array([[0.1, 0.1, -1.0]]), planes)
+    far = g.boxes_in_frustum(np.array([[-0.1, -0.1, 7.0]]), np.array([[0.1, 0.1, 8.0]]), planes)
+    near_far = g.boxes_in_frustum(np.array([[-0.1, -0.1, 5.2]]), np.array([[0.1, 0.1, 5.3]]), planes, margin=0.5)
+    assert inside.tolist() == [True] and behind.tolist() == [False] and far.tolist() == [False]
+    assert near_far.tolist() == [True]
+
+
+def test_box_gap():
+    gap = g.box_gap(np.zeros(3), np.ones(3), np.array([4.0, 1.0, 0.0]), np.array([5.0, 2.0, 1.0]))
+    assert float(gap) == pytest.approx(3.0)

@@ -1,0 +1,113 @@
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _core_scene import cube, look_at, make_frame, orbit  # noqa: E402
+
+from ros2_opentrack import geometry  # noqa: E402
+from ros2_opentrack.config import OpenTrackConfig  # noqa: E402
+from ros2_opentrack.pipeline import Pipeline  # noqa: E402
+from ros2_opentrack.refine import PointStore, SceneMap, expand, pairwise_iou  # noqa: E402
+
+HW = (240, 320)
+RED = (200, 30, 30)
+
+
+def config():
+    cfg = OpenTrackConfig()
+    cfg.masks.source = "dataset"
+    cfg.perception.features.name = "color_hist"
+    cfg.keyframes.every_n = 1
+    cfg.lift.min_mask_pixels = 20
+    cfg.refine.min_observations = 1
+    cfg.refine.every_n_keyframes = 0
+    return cfg
+
+
+def test_point_store_votes_and_keeps_consistent_voxels():
+    s = PointStore(0.1, cap=100)
+    s.add_points(np.array([[0.05, 0.05, 0.05], [1.05, 0.05, 0.05], [2.05, 0.05, 0.05]]), np.zeros((3, 3), np.uint8))
+    for _ in range(10):
+        s.vote(np.array([True, True, False]), np.array([True, False, False]))
+    s.vote(np.array([True, True, False]), np.array([False, True, False]))  # voxel 1 once in the mask
+    assert s.visible.tolist() == [11, 11, 0] and s.in_mask.tolist() == [10, 1, 0]
+    assert s.kept(0.5, 2).tolist() == [True, False, False]  # 0 votes and never in mask: not kept
+    assert s.kept(0.05, 2).tolist() == [True, True, False]
+
+
+def test_point_store_cap_and_merge_add_counters():
+    a = PointStore(0.1, cap=2)
+    a.add_points(np.array([[0.05, 0, 0], [0.15, 0, 0], [0.25, 0, 0]]), np.zeros((3, 3), np.uint8))
+    assert len(a) == 2
+    a.vote(np.array([True, True]), np.array([True, True]))
+    b = PointStore(0.1, cap=10)
+    b.add_points(np.array([[0.05, 0, 0], [0.55, 0, 0]]), np.zeros((2, 3), np.uint8))
+    b.vote(np.array([True, True]), np.array([True, False]))
+    a.cap = 10
+    a.merge(b)
+    assert len(a) == 3 and a.visible.tolist() == [2, 1, 1] and a.in_mask.tolist() == [2, 1, 0]
+
+
+def test_refinement_removes_planted_outliers():
+    boxes = [cube((0, 0, 0.4), 0.6)]
+    cfg = config()
+    cfg.refine.tau_vis = 0.8  # the paper's value for fully observed scenes: floating points near the object
+    pipe = Pipeline(cfg)      # project into its mask from some views (4 of 9 here), never from most
+    poses = orbit((0, 0, 0.4), 3.0, 1.5, np.arange(0, 360, 30))
+    r = pipe.step(make_frame(boxes, [RED], poses[0], hw=HW, index=0))
+    track = pipe.tracker.tracks[r.created[0]]
+    # depth bleeding: points floating beside the object and on the floor behind it joined the track
+    outliers = np.array([[0.0, 0.7, 0.4], [0.5, 0.5, 0.5], [-0.6, 0.0, 0.3], [0.7, -0.7, 0.01], [0.0, 0.0, 1.2]])
+    track.store.add_points(outliers, np.zeros((5, 3), np.uint8))
+    track.store.in_mask[np.isin(track.store.keys, geometry.voxel_keys(outliers, 0.02))] = 1
+    for i, T in enumerate(poses[1:], 1):
+        pipe.step(make_frame(boxes, [RED], T, hw=HW, index=i))
+    (inst,) = pipe.finalize()
+    lo, hi = boxes[0]
+    inside = ((inst.points >= lo - 0.03) & (inst.points <= hi + 0.03)).all(axis=1)
+    assert inside.all()  # every outlier voted out
+    assert len(inst.points) > 1000  # the object itself stays
+
+
+def test_split_track_is_merged_into_the_longer_one():
+    cfg = config()
+    cfg.masks.oracle_ids = True  # a new source id per frame: every observation opens a track (a split)
+    boxes = [cube((0, 0, 0.4), 0.6)]
+    pipe = Pipeline(cfg)
+    results = []
+    for i in range(3):
+        f = make_frame(boxes, [RED], look_at((-3, -1 + 0.2 * i, 1.2), (0, 0, 0.4)), hw=HW, index=i)
+        f.masks[0].source_id = 100 + i
+        results.append(pipe.step(f))
+    ids = [r.created[0] for r in results]
+    assert len(pipe.tracker.tracks) == 3
+    pipe.tracker.tracks[ids[1]].observations = 5  # the longest survives
+    merged = pipe._refine_and_merge(only_dirty=False)
+    assert merged == {ids[0]: ids[1], ids[2]: ids[1]}
+    (inst,) = pipe.instances()
+    assert inst.id == ids[1] and inst.observations == 7
+    assert pipe.stats.merged == 2
+
+
+def test_pairwise_iou_matches_the_definition():
+    a = [np.array([1, 2, 3]), np.array([10, 11])]
+    b = [np.array([2, 3, 4, 5]), np.array([11]), np.array([], np.int64)]
+    iou = pairwise_iou(a, b)
+    np.testing.assert_allclose(iou, [[2 / 5, 0, 0], [0, 0.5, 0]])
+
+
+def test_expansion_adds_scene_voxels_near_the_track_only():
+    scene = SceneMap(0.02, 10_000)
+    line = np.stack([np.arange(0, 1.0, 0.02) + 0.01, np.full(50, 0.01), np.full(50, 0.01)], 1)
+    scene.add(line, np.zeros((50, 3), np.uint8))
+    s = PointStore(0.02, cap=1000)
+    s.add_points(line[:10], np.zeros((10, 3), np.uint8))
+    s.in_mask[:] = 1
+    added = expand(s, scene, 0.03)  # radius 0.03 m = 1.5 voxels -> rounds to 2 voxels
+    assert added == 2
+    assert s.kept(0.1, 2).sum() == 10  # unvoted expansion candidates wait for their votes
+    scene_small = SceneMap(0.02, 20)
+    scene_small.add(line, np.zeros((50, 3), np.uint8))
+    assert scene_small.n_points <= 20  # the cap holds (oldest blocks dropped)

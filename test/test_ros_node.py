@@ -1,0 +1,268 @@
+"""The opentrack node in-process, fed by a second node in the same process: a small rendered room (masks on the
+masks topic), bad input of every kind, query / save / reset / vocabulary, and a 7-Scenes bag when available."""
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy")
+pytest.importorskip("ros2_opentrack.msg", reason="messages not built: run scripts/build_msgs.sh")
+pytest.importorskip("tf2_msgs.msg", reason="tf2_msgs not built: run scripts/build_msgs.sh")
+sys.path.insert(0, str(Path(__file__).parent / "ros_support"))
+
+from rig import Rig, init_ros  # noqa: E402
+
+init_ros(domain_id=60 + os.getpid() % 40)  # before any rclpy use; loopback only
+
+import rclpy  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+
+from ros2_opentrack import synthetic  # noqa: E402
+from ros2_opentrack.ros import conversions as conv  # noqa: E402
+from ros2_opentrack.ros import params  # noqa: E402
+from ros2_opentrack.ros.node import OpenTrackNode  # noqa: E402
+
+SEVEN_SCENES = Path(__file__).resolve().parents[2] / "shared" / "data" / "7scenes_redkitchen"
+BASE = {"masks.source": "topic", "perception.features.name": "color_hist", "perception.text_matcher.name": "none",
+        "perception.labeler.name": "none", "keyframes.every_n": 1, "markers_rate_hz": 0.0, "tf_timeout_s": 0.1,
+        "warn_throttle_s": 0.0}
+
+
+@pytest.fixture(scope="module")
+def room_frames():
+    scene = synthetic.make_room(seed=0, n_objects=5)
+    return synthetic.render_sequence(scene, n_frames=10, hw=(120, 160))
+
+
+@pytest.fixture
+def rig(tmp_path):
+    rigs = []
+
+    def make(extra=None, **node_kwargs):
+        values = {**BASE, "output_dir": str(tmp_path / "saved"), **(extra or {})}
+        node = OpenTrackNode(parameter_overrides=params.overrides(values), **node_kwargs)
+        r = Rig(node)
+        assert r.wait_for_subscribers()
+        rigs.append(r)
+        return r
+
+    yield make
+    for r in rigs:
+        r.close()
+
+
+def stamp_of(i: int) -> float:
+    return 100.0 + i / 30.0
+
+
+def feed(r: Rig, frames, start: int = 0):
+    """Publish frames one at a time, each waiting for its Instance3DArray."""
+    for k, f in enumerate(frames):
+        n = len(r.got["instances"])
+        r.publish(conv.frame_messages(f, stamp_of(start + k)))
+        assert r.spin_until(lambda: len(r.got["instances"]) > n, 10.0), f"no output for frame {start + k}"
+
+
+def test_room_instances_markers_cloud_frames_and_stamps(rig, room_frames):
+    r = rig()
+    feed(r, room_frames)
+    last = r.got["instances"][-1]
+    assert last.header.frame_id == "map"
+    assert conv.stamp_to_sec(last.header.stamp) == pytest.approx(stamp_of(len(room_frames) - 1), abs=1e-6)
+    assert [conv.stamp_to_sec(m.header.stamp) for m in r.got["instances"]] == \
+        pytest.approx([stamp_of(i) for i in range(len(room_frames))], abs=1e-6)
+    assert len(last.instances) >= 3  # a room of 5 objects seen from 10 views
+    assert all(i.point_count > 0 and i.observation_count >= 2 for i in last.instances)
+    truth = {int(i.id) for i in r.node.pipeline.instances()}
+    assert {int(i.id) for i in last.instances} == truth
+    last_stamp = conv.stamp_to_sec(last.header.stamp)
+    assert r.spin_until(lambda: r.got["cloud"] and conv.stamp_to_sec(r.got["cloud"][-1].header.stamp) == last_stamp
+                        and r.got["markers"] and r.got["markers"][-1].markers[-1].header.stamp == last.header.stamp,
+                        2.0)
+    markers = r.got["markers"][-1].markers
+    assert {m.header.frame_id for m in markers} == {"map"}
+    shown = {m.id for m in markers if m.ns == "instance_boxes" and m.action == m.ADD}
+    assert shown == truth
+    cloud = r.got["cloud"][-1]
+    assert cloud.header.frame_id == "map"
+    pts, cols, ids = conv.cloud_from_msg(cloud)
+    assert set(np.unique(ids).tolist()) == truth and len(pts) == sum(i.point_count for i in last.instances)
+    diag = r.got["diagnostics"][-1].status[0]
+    values = {kv.key: kv.value for kv in diag.values}
+    assert int(values["frames_processed"]) == len(room_frames) and int(values["drops_total"]) == 0
+
+
+def test_query_save_reset_and_vocabulary(rig, room_frames, tmp_path):
+    r = rig()
+    feed(r, room_frames)
+    ids = sorted(int(i.id) for i in r.got["instances"][-1].instances)
+    # an unlabelled map answers, with no match
+    r.pubs["query"].publish(String(data="red mug"))
+    assert r.spin_until(lambda: r.got["query_result"], 5.0)
+    assert r.got["query_result"][-1].query == "red mug" and list(r.got["query_result"][-1].ids) == []
+    # a labeller result arrives for one track: the query now finds it (text matcher 'none': label match)
+    r.node.pipeline.tracker.tracks[ids[0]].label = "red mug"
+    r.node._instances_dirty = True
+    r.pubs["query"].publish(String(data="red mug"))
+    assert r.spin_until(lambda: len(r.got["query_result"]) >= 2, 5.0)
+    answer = r.got["query_result"][-1]
+    assert list(answer.ids)[:1] == [ids[0]] and answer.instances[0].label == "red mug" and answer.error == ""
+    assert r.spin_until(lambda: any(m.ns == "query_highlight" and m.id == ids[0] for a in r.got["markers"]
+                                    for m in a.markers), 2.0)
+
+    reply = r.call(Trigger, "/opentrack/save")
+    assert reply.success, reply.message
+    saved = tmp_path / "saved"
+    doc = json.loads((saved / "instances.json").read_text())
+    assert sorted(i["id"] for i in doc["instances"]) == ids
+    assert (saved / "instances.npz").is_file() and (saved / "instances.ply").is_file()
+
+    result = r.node.set_parameters([Parameter("perception.detector.vocabulary", value=["mug", "kettle"])])
+    assert result[0].successful
+    assert r.spin_until(lambda: r.node.pipeline.vocabulary == ["mug", "kettle"], 2.0)
+    assert not r.node.set_parameters([Parameter("tracking.alpha", value=0.9)])[0].successful  # start-up only
+
+    assert r.call(Trigger, "/opentrack/reset").success
+    assert r.node.pipeline.instances() == []
+    n = len(r.got["instances"])
+    r.publish(conv.frame_messages(room_frames[0], stamp_of(50)))
+    assert r.spin_until(lambda: len(r.got["instances"]) > n, 5.0)
+    assert list(r.got["instances"][-1].instances) == []  # one observation is not an instance yet
+
+
+def _bad(msgs, key, **changes):
+    out = dict(msgs)
+    old = msgs[key]
+    new = type(old)()
+    for field in old.get_fields_and_field_types():
+        setattr(new, field, getattr(old, field))
+    for name, value in changes.items():
+        setattr(new, name, value)
+    out[key] = new
+    return out
+
+
+def test_bad_input_is_counted_and_survived(rig, room_frames):
+    from geometry_msgs.msg import TransformStamped
+    from tf2_msgs.msg import TFMessage
+
+    r = rig()
+    feed(r, room_frames[:2])
+    f = room_frames[2]
+
+    def send(msgs, with_tf=True):
+        r.publish(msgs, with_tf=with_tf)
+        r.spin_for(0.25)
+
+    good = lambda k: conv.frame_messages(f, stamp_of(10 + k))  # noqa: E731
+    send(_bad(good(0), "rgb", encoding="yuv422"))  # wrong encoding
+    m = good(1)
+    send(_bad(m, "depth", data=bytes(m["depth"].data)[:-10]))  # size mismatch (truncated data)
+    send(_bad(good(2), "camera_info", k=np.zeros(9)))  # camera_info with zeros (then the frame still works)
+    send(good(3), with_tf=False)  # no TF at this stamp (last TF is 2/30 s older than the tolerance allows)
+    nan_tf = good(4)
+    t = nan_tf["tf"]
+    r.pubs["tf"].publish(TFMessage(transforms=[TransformStamped(header=t.header, child_frame_id=t.child_frame_id)]))
+    bad_pose = TransformStamped(header=t.header, child_frame_id=t.child_frame_id, transform=t.transform)
+    bad_pose.transform.translation.x = float("nan")
+    r.pubs["tf"].publish(TFMessage(transforms=[bad_pose]))
+    send(nan_tf, with_tf=False)
+    send(good(-5))  # stamps out of order: older than frames already processed
+    r.pubs["query"].publish(String(data="   "))  # empty query
+    assert r.spin_until(lambda: r.got["query_result"], 2.0)
+    assert r.got["query_result"][-1].error.startswith("empty query")
+    info = _bad(good(6), "camera_info", width=999)
+    send(info)  # camera_info of another image size
+    drops = r.node.drops()
+    for reason in ("bad_rgb", "bad_depth", "bad_camera_info", "no_pose", "bad_tf", "sync_out_of_order",
+                   "empty_query"):
+        assert drops.get(reason, 0) >= 1, (reason, drops)
+    assert drops.get("internal_error", 0) == 0
+    # and the node goes on: a good frame still gives its output
+    feed(r, [room_frames[3]], start=20)
+    assert conv.stamp_to_sec(r.got["instances"][-1].header.stamp) == pytest.approx(stamp_of(20), abs=1e-6)
+
+
+def test_pose_topic_source_and_sim_time(rig, room_frames):
+    from rosgraph_msgs.msg import Clock
+
+    r = rig({"pose_source": "pose", "use_sim_time": True})
+    r.pubs["clock"].publish(Clock(clock=conv.sec_to_stamp(1234.5)))
+    r.spin_for(0.3)
+    for k, f in enumerate(room_frames[:4]):
+        msgs = conv.frame_messages(f, stamp_of(k))
+        r.pubs["pose"].publish(msgs["pose"])
+        n = len(r.got["instances"])
+        r.publish(msgs, with_tf=False)
+        assert r.spin_until(lambda: len(r.got["instances"]) > n, 10.0)
+    assert r.node.drops() == {}
+    r.pubs["query"].publish(String(data="chair"))
+    assert r.spin_until(lambda: r.got["query_result"], 5.0)
+    assert conv.stamp_to_sec(r.got["query_result"][-1].header.stamp) == pytest.approx(1234.5)  # the /clock time
+
+
+def _depth_band_masks(depth_m: np.ndarray, min_px: int = 1500) -> np.ndarray:
+    """A stand-in 2D instance source for real frames (no model weights here): connected regions of 0.4 m depth
+    bands, as a label image."""
+    import cv2
+
+    labels = np.zeros(depth_m.shape, np.uint16)
+    band = np.where(depth_m > 0, np.floor(depth_m / 0.4).astype(int) + 1, 0)
+    next_id = 1
+    for b in np.unique(band[band > 0]):
+        n, comp, stats, _ = cv2.connectedComponentsWithStats((band == b).astype(np.uint8), connectivity=4)
+        for c in range(1, n):
+            if stats[c, cv2.CC_STAT_AREA] >= min_px:
+                labels[comp == c] = next_id
+                next_id += 1
+    return labels
+
+
+def test_sevenscenes_bag_through_the_node(rig, tmp_path):
+    if not SEVEN_SCENES.is_dir():
+        pytest.skip(f"7-Scenes data not found at {SEVEN_SCENES}")
+    rosbag = pytest.importorskip("ros2_opentrack.io.rosbag")
+    from rclpy.serialization import deserialize_message
+    from rosbags.highlevel import AnyReader
+    from sensor_msgs.msg import CameraInfo, Image
+    from tf2_msgs.msg import TFMessage
+
+    bag = tmp_path / "redkitchen.mcap"
+    rosbag.convert_scene_to_bag(SEVEN_SCENES, bag, stride=10, max_frames=6, progress=False)
+    t = rosbag.BagTopics()
+    r = rig({"lift.min_mask_pixels": 300}, cli_args=["--ros-args", "-r", f"rgb:={t.rgb}", "-r", f"depth:={t.depth}",
+                                                      "-r", f"camera_info:={t.camera_info}"])
+    r.pubs.update(rgb=r.driver.create_publisher(Image, t.rgb, 10), depth=r.driver.create_publisher(Image, t.depth, 10),
+                  camera_info=r.driver.create_publisher(CameraInfo, t.camera_info, 10))
+    assert r.wait_for_subscribers()
+    types = {t.rgb: Image, t.depth: Image, t.camera_info: CameraInfo, t.tf: TFMessage}
+    frames, current = [], {}
+    with AnyReader([bag]) as reader:
+        for conn, _, raw in reader.messages([c for c in reader.connections if c.topic in types]):
+            msg = deserialize_message(bytes(raw), types[conn.topic])
+            key = {t.rgb: "rgb", t.depth: "depth", t.camera_info: "camera_info", t.tf: "tf"}[conn.topic]
+            current[key] = msg
+            if {"rgb", "depth", "camera_info", "tf"} <= set(current):
+                frames.append(current)
+                current = {}
+    assert len(frames) >= 4
+    stamps = []
+    for msgs in frames:
+        depth = conv.depth_from_msg(msgs["depth"])
+        msgs["masks"] = conv.image_msg(_depth_band_masks(depth), "16UC1", msgs["depth"].header)
+        r.pubs["tf"].publish(msgs["tf"])
+        n = len(r.got["instances"])
+        r.publish(msgs, with_tf=False)
+        assert r.spin_until(lambda: len(r.got["instances"]) > n, 15.0), r.node.drops()
+        stamps.append(conv.stamp_to_sec(msgs["depth"].header.stamp))
+    got = [conv.stamp_to_sec(m.header.stamp) for m in r.got["instances"]]
+    assert got == pytest.approx(stamps, abs=1e-6)
+    assert {m.header.frame_id for m in r.got["instances"]} == {"map"}
+    assert r.got["instances"][-1].instances, "real frames with depth-band masks should give instances"
+    assert r.got["cloud"] and r.got["cloud"][-1].header.frame_id == "map"
+    assert r.got["markers"] and all(m.header.frame_id == "map" for m in r.got["markers"][-1].markers)

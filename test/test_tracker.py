@@ -1,0 +1,144 @@
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _core_scene import cube, look_at, make_frame, orbit  # noqa: E402
+
+from ros2_opentrack.config import OpenTrackConfig  # noqa: E402
+from ros2_opentrack.pipeline import Pipeline  # noqa: E402
+from ros2_opentrack.tracker import Tracker  # noqa: E402
+from ros2_opentrack.types import Observation, TrackState  # noqa: E402
+
+HW = (240, 320)
+RED, GREEN = (200, 30, 30), (30, 200, 30)
+
+
+def config(**tracking):
+    cfg = OpenTrackConfig()
+    cfg.masks.source = "dataset"
+    cfg.perception.features.name = "color_hist"
+    cfg.keyframes.every_n = 1
+    cfg.lift.min_mask_pixels = 20
+    cfg.refine.every_n_keyframes = 0
+    cfg.refine.min_observations = 1
+    for k, v in tracking.items():
+        setattr(cfg.tracking, k, v)
+    return cfg
+
+
+def run(pipe, boxes, colors, poses, drop=()):
+    results = []
+    for i, T in enumerate(poses):
+        f = make_frame(boxes, colors, T, hw=HW, index=i)
+        f.masks = [m for m in f.masks if m.source_id not in drop]
+        results.append(pipe.step(f))
+    return results
+
+
+def test_two_look_alike_chairs_3m_apart_stay_two_tracks():
+    boxes = [cube((0, 0, 0.4), 0.6), cube((3, 0, 0.4), 0.6)]
+    pipe = Pipeline(config())
+    # first only the left chair is seen, then only the right one (the left one still in the frustum), then both
+    poses = [look_at((-0.5, -3, 1.5), (0, 0, 0.4)), look_at((3.5, -3, 1.5), (3, 0, 0.4)),
+             look_at((1.5, -4, 1.5), (1.5, 0, 0.4))]
+    run(pipe, boxes, [RED, RED], poses[:1], drop={1})
+    r = run(pipe, boxes, [RED, RED], poses[1:2], drop={0})[0]
+    assert len(r.created) == 1  # a look-alike 3 m away is a new object, not the same track
+    run(pipe, boxes, [RED, RED], poses[2:])
+    assert len(pipe.tracker.tracks) == 2
+    centres = sorted(round(float(i.centroid[0])) for i in pipe.finalize())
+    assert centres == [0, 3]
+
+
+def test_one_chair_from_far_apart_views_stays_one_track():
+    boxes = [cube((0, 0, 0.4), (0.6, 0.6, 0.8))]
+    pipe = Pipeline(config())
+    poses = [look_at((-3, 0, 0.6), (0, 0, 0.4)), look_at((3, 0, 0.6), (0, 0, 0.4))]  # opposite sides
+    r = run(pipe, boxes, [RED], poses)
+    t_first = pipe.tracker.tracks[r[0].created[0]]
+    assert r[1].created == [] and r[1].matched == 1 and len(pipe.tracker.tracks) == 1
+    assert t_first.observations == 2
+
+
+def test_orbit_of_three_objects_gives_three_tracks():
+    boxes = [cube((0, 0, 0.4), 0.6), cube((3, 0, 0.4), 0.6), cube((1.5, 2, 0.3), (0.4, 0.4, 0.6))]
+    pipe = Pipeline(config())
+    results = run(pipe, boxes, [RED, RED, GREEN], orbit((1.5, 0.5, 0.3), 4.0, 1.5, np.arange(0, 360, 30)))
+    assert len(pipe.tracker.tracks) == 3
+    assert sum(t.observations for t in pipe.tracker.tracks.values()) == sum(r.n_observations for r in results)
+
+
+def test_greedy_iou_baseline_and_oracle_association():
+    boxes = [cube((0, 0, 0.4), (0.6, 0.6, 0.8))]
+    poses = [look_at((-3, 0, 0.6), (0, 0, 0.4)), look_at((3, 0, 0.6), (0, 0, 0.4))]
+    greedy = Pipeline(config(association="greedy_iou"))
+    r = run(greedy, boxes, [RED], poses)
+    assert len(r[1].created) == 1  # no appearance cue: opposite faces share no voxel, the baseline splits
+    cfg = config(association="greedy_iou")
+    cfg.masks.oracle_ids = True
+    oracle = Pipeline(cfg)
+    r = run(oracle, boxes, [RED], poses)
+    assert r[1].created == [] and len(oracle.tracker.tracks) == 1
+
+
+def test_lifecycle_active_dormant_rematched_then_terminated():
+    boxes = [cube((0, 0, 0.4), 0.6)]
+    pipe = Pipeline(config(dormant_after=3, tau_dorm=4))
+    pose = look_at((-3, -1, 1.2), (0, 0, 0.4))
+    r = run(pipe, boxes, [RED], [pose])
+    tid = r[0].created[0]
+    t = pipe.tracker.tracks[tid]
+    run(pipe, boxes, [RED], [pose] * 2, drop={0})
+    assert t.state == TrackState.ACTIVE and t.misses == 2
+    run(pipe, boxes, [RED], [pose], drop={0})
+    assert t.state == TrackState.DORMANT
+    r = run(pipe, boxes, [RED], [pose])
+    assert r[0].matched == 1 and r[0].created == [] and t.state == TrackState.ACTIVE and t.misses == 0
+    results = run(pipe, boxes, [RED], [pose] * 7, drop={0})
+    assert [x.terminated for x in results[:6]] == [[]] * 6 and results[6].terminated == [tid]
+    assert tid not in pipe.tracker.tracks and len(pipe.tracker.index) == 0
+    assert pipe.stats.terminated == 1
+
+
+def test_out_of_view_and_occluded_tracks_do_not_age():
+    boxes = [cube((0, 0, 0.4), 0.6), cube((-2, 0, 1.0), (0.2, 3.0, 2.0))]  # a wall that can hide the object
+    pipe = Pipeline(config(dormant_after=2, tau_dorm=2))
+    r = run(pipe, boxes, [RED, GREEN], [look_at((2, 0, 1.0), (0, 0, 0.4))], drop={1})
+    t = pipe.tracker.tracks[r[0].created[0]]
+    run(pipe, boxes, [RED, GREEN], [look_at((2, 0, 1.0), (5, 0, 0.4))] * 10, drop={1})  # looking away
+    assert t.misses == 0 and t.state == TrackState.ACTIVE
+    run(pipe, boxes, [RED, GREEN], [look_at((-3.5, 0, 1.0), (0, 0, 0.4))] * 10, drop={1})  # behind the wall
+    assert t.misses == 0 and t.id in pipe.tracker.tracks
+
+
+def _obs(center, feature):
+    pts = (np.asarray(center) + np.random.default_rng(0).uniform(-0.2, 0.2, (200, 3))).astype(np.float32)
+    from ros2_opentrack.geometry import voxel_keys
+
+    return Observation(voxels=voxel_keys(pts, 0.05), points=pts, colors=np.zeros((200, 3), np.uint8),
+                       feature=np.asarray(feature, np.float32), pixel_count=200, box=np.zeros(4, np.float32))
+
+
+def test_hungarian_prefers_the_best_joint_assignment():
+    cfg = config()
+    tr = Tracker(cfg.tracking, cfg.refine, cfg.lift)
+    frame = make_frame([], [], look_at((0, -5, 1), (0, 0, 0)), hw=HW)
+    a = tr._open(_obs((0, 0, 0.5), [1, 0]), frame)
+    b = tr._open(_obs((0.1, 0, 0.5), [0, 1]), frame)
+    pairs = tr.associate([_obs((0.05, 0, 0.5), [0, 1]), _obs((0.05, 0, 0.5), [1, 0])], [a.id, b.id])
+    assert sorted(pairs) == [(0, b.id), (1, a.id)]
+
+
+def test_candidates_come_from_the_spatial_index_only():
+    cfg = config()
+    tr = Tracker(cfg.tracking, cfg.refine, cfg.lift)
+    frame = make_frame([], [], look_at((0, -3, 1), (0, 0, 0.4)), hw=HW)
+    near = tr._open(_obs((0, 0, 0.4), [1, 0]), frame)
+    for i in range(200):  # far behind the camera or far away
+        tr._open(_obs((50 + i, 50, 0.4), [1, 0]), frame)
+    behind = tr._open(_obs((0, -6, 1), [1, 0]), frame)
+    cands = tr.candidates(frame)
+    assert near.id in cands and behind.id not in cands and len(cands) == 1
