@@ -27,7 +27,7 @@ ARGUMENTS = [
     ("pose_source", "tf", "tf | pose | odom"),
     ("mask_source", "model", "model (detector + segmenter) | topic (masks_topic)"),
     ("sync_tolerance_s", "0.02", "rgb / depth / masks stamp matching tolerance in seconds"),
-    ("queue_size", "2", "frames waiting for the worker (oldest dropped when full)"),
+    ("queue_size", "1", "frames waiting for the worker (oldest dropped when full)"),
     ("output_dir", "~/.ros/opentrack", "folder written by the ~/save service"),
     ("use_sim_time", "false", "use /clock (bag replay)"),
 ]

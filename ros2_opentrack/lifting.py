@@ -45,15 +45,31 @@ def _lift_all(frame: Frame, masks: Sequence[Mask2D], cfg, rng) -> Tuple[np.ndarr
     s = int(cfg.pixel_stride)
     depth = frame.depth
     valid = (depth > cfg.depth_min_m) & (depth < cfg.depth_max_m)  # validated depth: NaN already 0
-    stack = np.stack([_eroded(m.mask, cfg.erode_px) for m in masks])
-    counts = np.count_nonzero(stack & valid[None], axis=(1, 2))
-    sub = stack[:, ::s, ::s] & valid[None, ::s, ::s]
-    group, rows, cols = np.nonzero(sub)
+    counts = np.zeros(len(masks), np.int64)
+    parts = []
+    for i, m in enumerate(masks):  # each mask is only read inside its box
+        x0, y0, x1, y1 = _box_slice(m, depth.shape, s)
+        mask = _eroded(m.mask[y0:y1, x0:x1], cfg.erode_px) & valid[y0:y1, x0:x1]
+        counts[i] = np.count_nonzero(mask)
+        r, c = np.nonzero(mask[::s, ::s])
+        parts.append((np.full(len(r), i, np.int32), r * s + y0, c * s + x0))
+    group = np.concatenate([p[0] for p in parts])
+    rows = np.concatenate([p[1] for p in parts]) // s
+    cols = np.concatenate([p[2] for p in parts]) // s
     group, rows, cols = _cap_per_group(group, rows, cols, len(masks), cfg.max_points, rng)
     u, v = cols * s, rows * s
     z = depth[v, u]
     pts = geometry.transform(frame.T_world_cam, geometry.pixels_to_camera(u, v, z, frame.K))
     return pts, frame.rgb[v, u], group.astype(np.int32), counts
+
+
+def _box_slice(m: Mask2D, hw, stride: int):
+    """The mask's box, widened to the stride grid so sampling stays aligned with the full image."""
+    h, w = hw
+    box = m.box if m.box is not None else (0, 0, w, h)
+    x0 = max(0, int(box[0]) // stride * stride)
+    y0 = max(0, int(box[1]) // stride * stride)
+    return x0, y0, min(w, int(np.ceil(box[2]))), min(h, int(np.ceil(box[3])))
 
 
 def _eroded(mask: np.ndarray, erode_px: int) -> np.ndarray:
@@ -62,7 +78,8 @@ def _eroded(mask: np.ndarray, erode_px: int) -> np.ndarray:
     import cv2
 
     k = np.ones((2 * erode_px + 1, 2 * erode_px + 1), np.uint8)
-    return cv2.erode(mask.astype(np.uint8), k).astype(bool)
+    # pixels outside the crop count as background, so cropping to the box does not change the result
+    return cv2.erode(mask.astype(np.uint8), k, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
 
 
 def _cap_per_group(group, rows, cols, n_groups, max_points, rng):

@@ -189,9 +189,14 @@ class Pipeline:
 
     def _keyframe(self, frame: Frame, masks: List[Mask2D], result: StepResult, timer: "_Timer") -> None:
         h, w = frame.depth.shape
-        stack = np.stack([m.mask for m in masks]) if masks else np.zeros((0, h, w), bool)
         result.n_masks = len(masks)
-        feats = self.features.extract(frame.rgb, stack) if (self.features is not None and len(masks)) else None
+        feats = None
+        if self.features is not None and masks:
+            if hasattr(self.features, "extract_boxed"):  # weight-free backends: per-box fast path
+                feats = self.features.extract_boxed(frame.rgb, [m.mask for m in masks], [m.box for m in masks])
+            else:
+                stack = np.stack([m.mask for m in masks]) if masks else np.zeros((0, h, w), bool)
+                feats = self.features.extract(frame.rgb, stack)
         timer.lap("features")
         observations, dropped = lift_masks(frame, masks, self.cfg.lift, self.cfg.dbscan,
                                            self.cfg.tracking.voxel_size_m, self.rng, feats)
@@ -202,7 +207,7 @@ class Pipeline:
         if self.cfg.refine.tau_exp > 0:
             self._add_to_scene_map(frame)
             timer.lap("map")
-        outcome = self.tracker.step(frame, observations, stack)
+        outcome = self.tracker.step(frame, observations, [m.mask for m in masks])
         result.created = outcome.created
         result.matched = len(outcome.matched) - len(outcome.created)
         result.terminated = outcome.terminated

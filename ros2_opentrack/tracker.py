@@ -70,8 +70,9 @@ class Tracker:
         self.removed: List[Track] = []  # removed since the owner last drained it (their views to release)
 
     # ---------------------------------------------------------------------------------------------
-    def step(self, frame: Frame, observations: Sequence[Observation], masks: Optional[np.ndarray]) -> StepOutcome:
-        """One keyframe: associate, update or open tracks, vote, age the missed ones."""
+    def step(self, frame: Frame, observations: Sequence[Observation], masks=None) -> StepOutcome:
+        """One keyframe: associate, update or open tracks, vote, age the missed ones. ``masks``: the frame's
+        HxW bool masks (a list or an (N, H, W) array), indexed by Observation.mask_index."""
         out = StepOutcome()
         out.candidates = self.candidates(frame)
         out.matched = self.associate(observations, out.candidates)
@@ -216,14 +217,15 @@ class Tracker:
         visible, frustum, px = geometry.visibility(pts, frame.T_world_cam, frame.K, frame.depth,
                                                    self.lift_cfg.depth_min_m, self.lift_cfg.depth_max_m,
                                                    self.cfg.occlusion_margin_m)
-        owner = np.repeat(np.arange(len(ids)), sizes)
-        mask_idx = np.array([mask_of.get(t, -1) for t in ids])[owner]
         in_mask = np.zeros(len(pts), bool)
-        if masks is not None and len(masks):
-            sel = np.flatnonzero(mask_idx >= 0)
-            in_mask[sel] = masks[mask_idx[sel], px[sel, 1], px[sel, 0]]
-        seen: Dict[int, bool] = {}
         bounds = np.r_[0, np.cumsum(sizes)]
+        if masks is not None and len(masks):
+            for k, tid in enumerate(ids):
+                mi = mask_of.get(tid, -1)
+                if mi >= 0:
+                    s = slice(bounds[k], bounds[k + 1])
+                    in_mask[s] = masks[mi][px[s, 1], px[s, 0]]
+        seen: Dict[int, bool] = {}
         for k, (tid, store) in enumerate(zip(ids, stores)):
             s = slice(bounds[k], bounds[k + 1])
             store.vote(visible[s], in_mask[s])

@@ -188,6 +188,9 @@ def source():
                   patch_size=16)
     model = transformers.Owlv2ForObjectDetection(
         transformers.Owlv2Config(text_config=text, vision_config=vision, projection_dim=32))
+    with torch.no_grad():  # random box heads predict slivers; a zero last layer predicts OWLv2's anchor boxes
+        model.box_head.dense2.weight.zero_()
+        model.box_head.dense2.bias.zero_()
     det = Owlv2Detector(model, tok, slow_image_processor()(size={"height": 64, "width": 64}), ["cup", "plant"],
                         score_threshold=0.0, max_detections=4)
     return ModelMaskSource(det, Sam2Segmenter.build("tiny", image_size=256))
@@ -209,6 +212,12 @@ def test_model_source_gives_labelled_masks(source):
         assert m.label in ("cup", "plant") and 0.0 <= m.score <= 1.0
     assert len(masks) + source.empty_masks == len(dets)
     np.testing.assert_allclose(masks[0].box, dets.boxes[0])
+    # OWLv2 anchors: 16 px boxes centred on the patch grid's corners (16, 32, 48, 64 px of the 64 px padded
+    # square), clipped to the 64x48 image; the row centred at y = 64 lies in the padding and is dropped
+    cells = np.array([[cx - 8, cy - 8, min(cx + 8, 64), min(cy + 8, 48)]
+                      for cy in (16, 32, 48) for cx in (16, 32, 48, 64)], np.float32)
+    for box in dets.boxes:
+        assert np.abs(cells - box).max(axis=1).min() < 0.05
 
 
 def test_model_source_without_detections_is_empty(source):

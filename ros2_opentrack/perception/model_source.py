@@ -28,6 +28,10 @@ class ModelMaskSource:
     def from_config(cls, perception_cfg: Any) -> "ModelMaskSource":
         from .registry import build
 
+        for role in ("detector", "segmenter"):
+            if getattr(perception_cfg, role).name == "none":
+                raise ConfigError(f"masks.source: model needs perception.{role} (it is 'none'); "
+                                  f"use masks.source dataset or topic to run without models")
         return cls(build("detector", perception_cfg.detector, perception_cfg),
                    build("segmenter", perception_cfg.segmenter, perception_cfg))
 

@@ -156,11 +156,19 @@ class Sam2Segmenter:
             log.debug("segmenter: %d degenerate box(es) dropped", dropped)
         if not keep.any():
             return masks, ious
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.half):
+        with torch.inference_mode(), torch.autocast("cuda", dtype=self._autocast_dtype(), enabled=self.half):
             logits, scores = self._decode(rgb, clipped[keep])
             masks[keep] = (logits > self.mask_threshold).cpu().numpy()
         ious[keep] = scores.float().cpu().numpy()
         return masks, ious
+
+    @staticmethod
+    def _autocast_dtype():
+        """Half precision under autocast (weights stay fp32): bfloat16 where the GPU has it, as SAM2's own demos
+        do, since some Hiera activations overflow fp16; float16 on older GPUs."""
+        import torch
+
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float16
 
     def _decode(self, rgb: np.ndarray, boxes: np.ndarray):
         """One batched prompt-encoder + mask-decoder call -> (B, H, W) logits at image size, (B,) IoU."""

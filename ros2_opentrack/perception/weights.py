@@ -129,6 +129,9 @@ def resolve_file(ref: str, role: str, perception_cfg: Any = None,
     local = find_local(ref, perception_cfg)
     if local is not None:
         return local
+    cached = hf_cached(repo, Path(ref).name) if repo is not None else None
+    if cached is not None:
+        return cached
     reason = ""
     if download is not None and not is_offline(perception_cfg):
         try:

@@ -44,7 +44,8 @@ def instance_markers(inst: Instance, header: Header, max_points: int = 400) -> L
         pts = pts[np.linspace(0, len(pts) - 1, max_points).astype(int)]
     points = Marker(header=header, ns=NS_POINTS, id=int(inst.id), type=Marker.POINTS, action=Marker.ADD,
                     pose=Pose(orientation=Quaternion(w=1.0)), scale=Vector3(x=0.015, y=0.015),
-                    color=colour_of(inst.id, 1.0), points=[Point(x=float(x), y=float(y), z=float(z)) for x, y, z in pts])
+                    color=colour_of(inst.id, 1.0),
+                    points=[Point(x=float(x), y=float(y), z=float(z)) for x, y, z in pts])
     return [box, text, points]
 
 

@@ -256,7 +256,7 @@ class OpenTrackNode(Node):
             response.success = True
             response.message = f"{len(instances)} instances written to {out}: " + \
                 ", ".join(sorted(Path(p).name for p in paths.values()))
-        except (OSError, OpenTrackError) as exc:
+        except (OSError, ValueError, OpenTrackError) as exc:  # InputError is a ValueError
             response.success, response.message = False, f"save to {out} failed: {exc}"
         return response
 
@@ -436,6 +436,8 @@ class OpenTrackNode(Node):
         self.frames.close()
         if self._worker.is_alive() and threading.current_thread() is not self._worker:
             self._worker.join(timeout=5.0)
+        if hasattr(self.pipeline, "close"):  # stops the labeller thread
+            self.pipeline.close()
         super().destroy_node()
 
 

@@ -21,11 +21,11 @@ DYNAMIC_CORE_PARAMETERS = ("perception.detector.vocabulary",)
 class NodeParams:
     world_frame: str = "map"  # fixed frame of the map: instances, markers and cloud are published in it
     camera_frame: str = ""  # camera optical frame for the TF lookup; empty: the depth image's header.frame_id
-    pose_source: str = "tf"  # tf (world_frame -> camera frame) | pose (PoseStamped on 'pose') | odom (Odometry on 'odom')
+    pose_source: str = "tf"  # tf (world_frame -> camera frame) | pose (PoseStamped 'pose') | odom (Odometry 'odom')
     tf_timeout_s: float = 0.1  # how long the worker waits for a camera pose at a frame's stamp
     sync_tolerance_s: float = 0.02  # rgb / depth / masks stamps closer than this belong to one frame
     sync_buffer: int = 10  # messages buffered per stream while waiting for partners
-    queue_size: int = 2  # frames waiting for the worker; when full the oldest is dropped (counted)
+    queue_size: int = 1  # frames waiting for the worker, oldest dropped when full (counted); 1: latest wins
     publish_rate_hz: float = 0.0  # instances topic rate cap (0: after every processed frame)
     markers_rate_hz: float = 2.0  # markers + instance_cloud rate cap (0: after every processed frame)
     cloud_max_points: int = 200000  # instance_cloud is subsampled to at most this many points

@@ -1,0 +1,126 @@
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _core_scene import cube, make_frame, orbit  # noqa: E402
+
+from ros2_opentrack.config import OpenTrackConfig  # noqa: E402
+from ros2_opentrack.perception.color_hist import ColorHistogramFeatures  # noqa: E402
+from ros2_opentrack.perception.registry import build  # noqa: E402
+from ros2_opentrack.pipeline import Pipeline  # noqa: E402
+
+HW = (240, 320)
+BOXES = [cube((0, 0, 0.4), 0.6), cube((2.5, 0, 0.4), 0.6), cube((1.2, 1.8, 0.3), (0.4, 0.4, 0.6))]
+COLOURS = [(200, 30, 30), (30, 30, 200), (30, 200, 30)]
+
+
+def config(every_n=1):
+    cfg = OpenTrackConfig()
+    cfg.masks.source = "dataset"
+    cfg.perception.features.name = "color_hist"
+    cfg.keyframes.every_n = every_n
+    cfg.lift.min_mask_pixels = 20
+    cfg.refine.every_n_keyframes = 4
+    cfg.refine.min_observations = 2
+    return cfg
+
+
+def frames(n=12):
+    rng = np.random.default_rng(0)
+    return [make_frame(BOXES, COLOURS, T, hw=HW, index=i, rng=rng)
+            for i, T in enumerate(orbit((1.2, 0.5, 0.3), 4.0, 1.5, np.linspace(0, 330, n)))]
+
+
+def test_color_hist_features_are_normalised_and_discriminative():
+    fx = build("features", OpenTrackConfig().perception.features.__class__(name="color_hist"))
+    assert isinstance(fx, ColorHistogramFeatures)
+    rgb = np.zeros((40, 40, 3), np.uint8)
+    rgb[:, :20] = (200, 30, 30)
+    rgb[:, 20:] = (30, 30, 200)
+    masks = np.zeros((4, 40, 40), bool)
+    masks[0, :20, :20] = True
+    masks[1, 20:, :20] = True
+    masks[2, :, 20:] = True
+    f = fx.extract(rgb, masks)
+    assert f.shape == (4, fx.dim)
+    np.testing.assert_allclose(np.linalg.norm(f[:3], axis=1), 1.0, atol=1e-6)
+    assert f[0] @ f[1] == pytest.approx(1.0) and f[0] @ f[2] < 0.1
+    assert not f[3].any()  # an empty mask gives the zero vector
+
+
+def test_end_to_end_three_objects():
+    pipe = Pipeline(config())
+    results = [pipe.step(f) for f in frames()]
+    assert all(r.keyframe and r.error is None for r in results)
+    assert set(results[0].timings_ms) >= {"features", "lift", "track", "views", "total"}
+    insts = pipe.finalize()
+    assert len(insts) == 3
+    for inst in insts:
+        near = [i for i, (lo, hi) in enumerate(BOXES)
+                if ((inst.points >= lo - 0.05) & (inst.points <= hi + 0.05)).all(axis=1).mean() > 0.95]
+        assert len(near) == 1
+        assert inst.observations >= 8 and inst.first_seen <= inst.last_seen and 1 <= len(inst.views) <= 3
+        assert inst.colors.shape == inst.points.shape and inst.points.dtype == np.float32
+    s = pipe.stats
+    assert s.frames == s.keyframes == 12 and s.active == 3
+
+
+def test_keyframe_selection_every_n_and_motion():
+    pipe = Pipeline(config(every_n=3))
+    fs = frames(7)
+    assert [pipe.step(f).keyframe for f in fs] == [True, False, False, True, False, False, True]
+    cfg = config(every_n=0)
+    cfg.keyframes.min_translation_m = 1.0
+    pipe = Pipeline(cfg)
+    # orbit steps of 30 degrees at radius 4 m are ~2.1 m apart; repeating a frame does not move the camera
+    flags = [pipe.step(f).keyframe for f in [fs[0], fs[0], fs[1], fs[1]]]
+    assert flags == [True, False, True, False]
+    cfg = config(every_n=1)
+    cfg.keyframes.max_rate_hz = 0.5  # stamps are 1 s apart: every second frame
+    pipe = Pipeline(cfg)
+    assert [pipe.step(f).keyframe for f in fs[:4]] == [True, False, True, False]
+
+
+def test_deterministic_given_seed_and_reset():
+    a = Pipeline(config())
+    b = Pipeline(config())
+    fs = frames(6)
+    for f in fs:
+        a.step(f)
+        b.step(f)
+    ia, ib = a.finalize(), b.finalize()
+    assert [i.id for i in ia] == [i.id for i in ib]
+    for x, y in zip(ia, ib):
+        np.testing.assert_array_equal(x.points, y.points)
+    a.reset()
+    assert a.instances() == [] and a.stats.frames == 0 and len(a.images) == 0
+    a.step(fs[0])
+    assert min(a.tracker.tracks) > max(i.id for i in ia)  # ids stay unique across reset
+
+
+def test_query_delegates_to_answer_query():
+    pytest.importorskip("ros2_opentrack.query")
+    from ros2_opentrack.errors import InputError
+
+    pipe = Pipeline(config())
+    pipe._text_matcher = None
+    pipe.cfg.perception.text_matcher.name = "none"
+    for f in frames(4):
+        pipe.step(f)
+    with pytest.raises(InputError):
+        pipe.query("")
+
+
+def test_synthetic_room_end_to_end():
+    synthetic = pytest.importorskip("ros2_opentrack.synthetic")
+    scene = synthetic.make_room(seed=0, n_objects=4)
+    seq = synthetic.render_sequence(scene, n_frames=20, hw=(120, 160), seed=0)
+    pipe = Pipeline(config())
+    for f in seq:
+        r = pipe.step(f)
+        assert r.error is None
+    insts = pipe.finalize()
+    assert 1 <= len(insts) <= 4 * 3
