@@ -145,7 +145,7 @@ class LabelerConfig:
     min_observations: int = 3  # a track is labelled once it has been seen this many times
     relabel_growth: float = 2.0  # re-label when the track's voxel count grew by this factor since last label
     device: str = "auto"  # auto | cpu | cuda | cuda:N (transformers transport)
-    half: bool = True  # fp16 on CUDA (transformers transport)
+    half: bool = True  # half precision on CUDA: bf16 where supported (Qwen-VL overflows fp16), else fp16
 @dataclass
 class TextMatcherConfig:
     name: str = "minilm"  # minilm | none (exact / substring label match)

@@ -290,6 +290,12 @@ class MllmLabeler:
                 results[i] = self._result(requests[i], answer)
         return results  # type: ignore[return-value]
 
+    def close(self) -> None:
+        """Release the transport's worker threads (openai); a no-op for the local model."""
+        close = getattr(self.transport, "close", None)
+        if close is not None:
+            close()
+
     def _complete(self, prompts: List[Prompt]) -> List[Answer]:
         try:
             answers = list(self.transport.complete(prompts))
