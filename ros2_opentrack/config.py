@@ -75,6 +75,7 @@ class TrackingConfig:
     min_visible_fraction: float = 0.25  # a missed track ages only when this fraction of it was visible
     index_cell_m: float = 1.0  # cell size of the spatial hash grid of track boxes
     max_gap_m: float = 1.0  # a pair is admissible only when the observation's box is this close to the track's
+    visible_iou: bool = True  # IoU against the track's voxels visible from this camera (in view, not occluded)
 
 
 @dataclass

@@ -39,6 +39,14 @@ class Track:
     box_min: np.ndarray = field(default_factory=lambda: np.zeros(3))
     box_max: np.ndarray = field(default_factory=lambda: np.zeros(3))
     dirty: bool = True  # changed since the last refinement
+    _centers_of: Optional[np.ndarray] = field(default=None, repr=False)  # the voxels array _centers belongs to
+    _centers: Optional[np.ndarray] = field(default=None, repr=False)
+
+    def voxel_centers(self, voxel_size: float) -> np.ndarray:
+        """World centres of ``voxels``, cached until ``voxels`` is replaced."""
+        if self._centers_of is not self.voxels:
+            self._centers_of, self._centers = self.voxels, geometry.voxel_centers(self.voxels, voxel_size)
+        return self._centers
 
     def update_box(self) -> None:
         pts = self.store.centers()
@@ -75,7 +83,7 @@ class Tracker:
         HxW bool masks (a list or an (N, H, W) array), indexed by Observation.mask_index."""
         out = StepOutcome()
         out.candidates = self.candidates(frame)
-        out.matched = self.associate(observations, out.candidates)
+        out.matched = self.associate(observations, out.candidates, frame)
         for obs_i, tid in out.matched:
             self._absorb(self.tracks[tid], observations[obs_i], frame)
         matched_obs = {i for i, _ in out.matched}
@@ -112,8 +120,10 @@ class Tracker:
         return [t for t, k in zip(near, ok) if k]
 
     # ---------------------------------------------------------------------------------------------
-    def associate(self, observations: Sequence[Observation], candidate_ids: Sequence[int]) -> List[Tuple[int, int]]:
-        """(observation index, track id) pairs."""
+    def associate(self, observations: Sequence[Observation], candidate_ids: Sequence[int],
+                  frame: Optional[Frame] = None) -> List[Tuple[int, int]]:
+        """(observation index, track id) pairs. With ``frame`` (and tracking.visible_iou) the spatial term is the
+        IoU with the part of each track this camera can see now, not with the union of all its views."""
         if not observations:
             return []
         if self.oracle_ids:
@@ -121,7 +131,10 @@ class Tracker:
         if not candidate_ids:
             return []
         tracks = [self.tracks[t] for t in candidate_ids]
-        iou = pairwise_iou([o.voxels for o in observations], [t.voxels for t in tracks])
+        track_voxels = [t.voxels for t in tracks]
+        if frame is not None and self.cfg.visible_iou:
+            track_voxels = self._visible_voxels(frame, tracks)
+        iou = pairwise_iou([o.voxels for o in observations], track_voxels)
         gate = self._spatial_gate(observations, tracks)
         if self.cfg.association == "greedy_iou":
             return self._associate_greedy(observations, candidate_ids, np.where(gate, iou, 0.0))
@@ -132,6 +145,20 @@ class Tracker:
 
         rows, cols = linear_sum_assignment(-score)
         return [(int(r), candidate_ids[c]) for r, c in zip(rows, cols) if score[r, c] >= self.cfg.tau_match]
+
+    def _visible_voxels(self, frame: Frame, tracks) -> List[np.ndarray]:
+        """Each track's voxels inside this frustum and not occluded by this depth (one projection for all):
+        one view's observation can only cover what the camera sees, so IoU with the whole track (every side
+        of the object seen so far) would fall as the track grows and split objects seen from a new side."""
+        centers = [t.voxel_centers(self.cfg.voxel_size_m) for t in tracks]
+        sizes = np.array([len(c) for c in centers])
+        if sizes.sum() == 0:
+            return [t.voxels for t in tracks]
+        visible, _, _ = geometry.visibility(np.concatenate(centers), frame.T_world_cam, frame.K, frame.depth,
+                                            self.lift_cfg.depth_min_m, self.lift_cfg.depth_max_m,
+                                            self.cfg.occlusion_margin_m)
+        bounds = np.r_[0, np.cumsum(sizes)]
+        return [t.voxels[visible[bounds[k]:bounds[k + 1]]] for k, t in enumerate(tracks)]
 
     def _spatial_gate(self, observations, tracks) -> np.ndarray:
         """A pair is admissible only when the observation's box is within max_gap_m of the track's: appearance
