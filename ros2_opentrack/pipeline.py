@@ -311,6 +311,7 @@ class Pipeline:
                 continue
             label = t.label if t.label is not None else t.det_label
             score = t.label_score if t.label is not None else t.det_score_sum / max(1, t.observations)
+            score *= objectness(t.observations, rc.objectness_half_obs)
             out.append(Instance(id=t.id, points=t.store.centers()[keep], colors=t.store.colors[keep], label=label,
                                 score=float(score), observations=t.observations, state=t.state,
                                 first_seen=t.first_seen, last_seen=t.last_seen, views=list(t.views),
@@ -379,6 +380,12 @@ class Pipeline:
                              terminated=self.tracker.terminated_total, merged=self._merged,
                              labelled=sum(t.label is not None for t in self.tracker.tracks.values()),
                              images_stored=len(self.images), image_bytes=self.images.nbytes)
+
+
+def objectness(observations: int, half: float) -> float:
+    """Track length as objectness (the paper's NMS order, 3.2.3): n / (n + half) grows with every keyframe
+    that re-observes the object, so short partial tracks rank below objects seen all along."""
+    return observations / (observations + half) if half > 0 else 1.0
 
 
 class _Timer:

@@ -51,13 +51,14 @@ class PointStore:
             return
         vis = np.zeros(len(sel), np.uint16) if visible is None else np.asarray(visible)[first][sel]
         inm = np.zeros(len(sel), np.uint16) if in_mask is None else np.asarray(in_mask)[first][sel]
-        all_keys = np.concatenate([self.keys, keys[sel]])
-        order = np.argsort(all_keys, kind="stable")
-        self.keys = all_keys[order]
-        self.colors = np.concatenate([self.colors, np.asarray(colors)[first][sel]])[order]
-        self.visible = np.concatenate([self.visible, vis.astype(np.uint16)])[order]
-        self.in_mask = np.concatenate([self.in_mask, inm.astype(np.uint16)])[order]
-        self._centers = None
+        new_keys = keys[sel]  # sorted: insert in place, O(n) instead of re-sorting the store
+        at = np.searchsorted(self.keys, new_keys)
+        if self._centers is not None:
+            self._centers = np.insert(self._centers, at, geometry.voxel_centers(new_keys, self.voxel), axis=0)
+        self.keys = np.insert(self.keys, at, new_keys)
+        self.colors = np.insert(self.colors, at, np.asarray(colors)[first][sel], axis=0)
+        self.visible = np.insert(self.visible, at, vis.astype(np.uint16))
+        self.in_mask = np.insert(self.in_mask, at, inm.astype(np.uint16))
 
     def vote(self, visible: np.ndarray, in_mask: np.ndarray) -> None:
         """One keyframe's votes: ``visible`` and ``in_mask`` are bool per stored voxel (in_mask implies visible)."""
@@ -161,11 +162,15 @@ class SceneMap:
 
 
 def expand(store: PointStore, scene: SceneMap, radius_m: float, max_box_voxels: int = 2_000_000) -> int:
-    """Add the scene voxels within ``radius_m`` of the store's consistent voxels (paper's P'_k) as unvoted
+    """Add the scene voxels within ``radius_m`` of the store's in-mask voxels (paper's P'_k) as unvoted
     candidates. Returns how many were added."""
     if radius_m <= 0 or len(store) == 0 or scene.n_points == 0:
         return 0
-    centers = store.centers()
+    seed = store.in_mask > 0  # grow from voxels the masks confirmed, never from unvoted candidates: else
+    if not seed.any():  # each refinement would creep one more radius into the surroundings (unbounded)
+        return 0
+    seed_keys = store.keys[seed]
+    centers = store.centers()[seed]
     bmin, bmax = centers.min(axis=0) - radius_m, centers.max(axis=0) + radius_m
     if np.prod((bmax - bmin) / store.voxel) > max_box_voxels:  # huge tracks (walls): skip
         return 0
@@ -177,7 +182,7 @@ def expand(store: PointStore, scene: SceneMap, radius_m: float, max_box_voxels: 
     r = max(1, int(round(radius_m / store.voxel)))
     near = np.zeros(len(keys), bool)
     for d in geometry.key_neighbourhood(r):
-        near |= _isin_sorted(keys + d, store.keys)
+        near |= _isin_sorted(keys + d, seed_keys)
     before = len(store)
     store.add_keys(keys[near], colors[near])
     return len(store) - before

@@ -216,9 +216,10 @@ class Tracker:
 
     def _absorb(self, t: Track, obs: Observation, frame: Frame) -> None:
         room = self.cfg.max_track_voxels - len(t.voxels)
-        if room > 0:
-            new = obs.voxels[~np.isin(obs.voxels, t.voxels, assume_unique=True)][:room]
-            t.voxels = np.union1d(t.voxels, new)
+        if room > 0:  # both sorted: insert the new keys in place (O(n), no re-sort)
+            at = np.minimum(np.searchsorted(t.voxels, obs.voxels), max(0, len(t.voxels) - 1))
+            new = obs.voxels[t.voxels[at] != obs.voxels][:room] if len(t.voxels) else obs.voxels[:room]
+            t.voxels = np.insert(t.voxels, np.searchsorted(t.voxels, new), new)
         if len(obs.feature) and len(obs.feature) == len(t.feature):
             m = self.cfg.feature_momentum
             f = m * t.feature + (1.0 - m) * obs.feature
@@ -318,10 +319,12 @@ class Tracker:
             near = [u for u in self.index.query(t.box_min, t.box_max) if u != tid and u in self.tracks]
             if not near:
                 continue
-            iou = pairwise_iou([t.voxels], [self.tracks[u].voxels for u in near])[0]
-            for u, v in zip(near, iou):
+            others = [self.tracks[u] for u in near]
+            iou = pairwise_iou([t.voxels], [o.voxels for o in others])[0]
+            contained = self._contained_duplicates(t, others, iou)
+            for u, v, c in zip(near, iou, contained):
                 other = self.tracks[u]
-                if v >= self.refine_cfg.tau_merge:
+                if v >= self.refine_cfg.tau_merge or c:
                     keep, drop = (t, other) if (t.observations, -t.id) >= (other.observations, -other.id) else (other, t)
                     self._merge(keep, drop)
                     merged[drop.id] = keep.id
@@ -332,6 +335,20 @@ class Tracker:
                 kept = merged[kept]
             merged[removed] = kept
         return merged
+
+    def _contained_duplicates(self, t: Track, others, iou: np.ndarray) -> np.ndarray:
+        """A partial track (one side of an object) lies mostly inside the whole one: IoU stays low, but the
+        overlap over the smaller track is high. Merge those only when they also look alike (a mug inside a
+        table mask that bled over it must stay apart)."""
+        rc = self.refine_cfg
+        if rc.tau_contain <= 0 or not others:
+            return np.zeros(len(others), bool)
+        a = float(len(t.voxels))
+        b = np.array([len(o.voxels) for o in others], np.float64)
+        inter = iou * (a + b) / (1.0 + iou)
+        contain = inter / np.maximum(1.0, np.minimum(a, b))
+        cos = self._cosine([t], others)[0] if len(t.feature) else np.ones(len(others))
+        return (contain >= rc.tau_contain) & (cos >= rc.contain_min_cos)
 
     def _merge(self, keep: Track, drop: Track) -> None:
         keep.voxels = np.union1d(keep.voxels, drop.voxels)[: self.cfg.max_track_voxels]

@@ -86,8 +86,9 @@ def decode_jpeg(data: bytes) -> np.ndarray:
 
 
 def view_rank(view) -> tuple:
-    """Sort key, best first: fraction of the track inside the view's frustum, then projected mask area."""
-    return (-float(view.visible_fraction), -int(view.mask_area), -int(view.frame_index))
+    """Sort key, best first: fraction of the track inside the view's frustum, then projected mask area, then
+    the older view (a revisit that is only as good does not replace a stored image: no churn)."""
+    return (-float(view.visible_fraction), -int(view.mask_area), int(view.frame_index))
 
 
 def would_keep(views: list, candidate, top_k: int) -> bool:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections import defaultdict
-from typing import Callable, Dict, List, Optional
+from collections import defaultdict, deque
+from typing import Any, Callable, Dict, List, Optional
 
 
 def init_ros(domain_id: int) -> None:
@@ -19,7 +19,9 @@ def init_ros(domain_id: int) -> None:
 
 
 class Rig:
-    def __init__(self, node, topics: Optional[Dict[str, str]] = None):
+    def __init__(self, node, topics: Optional[Dict[str, str]] = None, keep: Optional[int] = None):
+        """``keep``: how many received messages per output to keep (None: all; arrival times are always kept
+        for instances), so long benchmarks do not measure their own collector's memory."""
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.executors import SingleThreadedExecutor
@@ -44,7 +46,9 @@ class Rig:
             "tf": d.create_publisher(TFMessage, "/tf", 100), "query": d.create_publisher(String, "query", 10),
             "pose": d.create_publisher(PoseStamped, t["pose"], 10), "clock": d.create_publisher(Clock, "/clock", 10),
         }
-        self.got: Dict[str, List] = defaultdict(list)
+        self.got: Dict[str, Any] = defaultdict(lambda: deque(maxlen=keep))
+        self.counts: Dict[str, int] = defaultdict(int)
+        self.stamps: List[int] = []  # header stamps (ns) of every received Instance3DArray
         self.arrival: Dict[str, List[float]] = defaultdict(list)
         for name, typ, topic in (("instances", Instance3DArray, "instances"), ("markers", MarkerArray, "markers"),
                                  ("cloud", PointCloud2, "instance_cloud"), ("query_result", QueryResult, "query_result"),
@@ -57,7 +61,10 @@ class Rig:
     def _collector(self, name: str) -> Callable:
         def collect(msg):
             self.got[name].append(msg)
-            self.arrival[name].append(time.perf_counter())
+            self.counts[name] += 1
+            if name == "instances":
+                self.arrival[name].append(time.perf_counter())
+                self.stamps.append(msg.header.stamp.sec * 10 ** 9 + msg.header.stamp.nanosec)
         return collect
 
     def spin_until(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
