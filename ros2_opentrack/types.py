@@ -175,6 +175,15 @@ def validate_intrinsics(K, hw=None) -> np.ndarray:
     return K
 
 
+def scale_intrinsics(K: np.ndarray, from_hw, to_hw) -> np.ndarray:
+    """K of an image of size from_hw (h, w), rescaled to an image of size to_hw (a resized, not cropped, image)."""
+    sy, sx = to_hw[0] / from_hw[0], to_hw[1] / from_hw[1]
+    K = np.array(K, dtype=np.float64, copy=True)
+    K[0, :] *= sx
+    K[1, :] *= sy
+    return K
+
+
 def validate_pose(T) -> np.ndarray:
     """A finite rigid 4x4 transform; small numerical drift in the rotation is re-orthonormalised."""
     T = np.asarray(T, dtype=np.float64)

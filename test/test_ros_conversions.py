@@ -109,8 +109,10 @@ def test_camera_info_and_pose_conversions():
     assert (K[0, 0], K[1, 1], K[0, 2], K[1, 2]) == (500, 510, 320, 240)
     with pytest.raises(InputError, match="all zeros"):
         conv.intrinsics_from_camera_info(CameraInfo(width=640, height=480))
-    with pytest.raises(InputError, match="640x480"):
-        conv.intrinsics_from_camera_info(info, (240, 320))
+    half = conv.intrinsics_from_camera_info(info, (240, 320))  # same aspect: a resized image, K rescaled
+    assert (half[0, 0], half[1, 1], half[0, 2], half[1, 2]) == (250, 255, 160, 120)
+    with pytest.raises(InputError, match="640x480.*another aspect ratio"):
+        conv.intrinsics_from_camera_info(info, (240, 640))
     T = np.eye(4)
     T[:3, :3] = [[0, -1, 0], [1, 0, 0], [0, 0, 1]]  # 90 degrees about z
     T[:3, 3] = [1, 2, 3]

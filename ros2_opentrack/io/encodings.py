@@ -275,6 +275,23 @@ def intrinsics_from_k(k: Sequence[float], hw: Optional[Tuple[int, int]] = None) 
     return validate_intrinsics(arr.reshape(3, 3), hw)
 
 
+def camera_info_intrinsics(k: Sequence[float], info_hw: Tuple[int, int], image_hw: Tuple[int, int]) -> np.ndarray:
+    """K for an image of size image_hw from a camera_info of size info_hw (0, 0 = unknown size).
+
+    A camera_info of another size with the same aspect ratio describes a resized image: K is rescaled. Another
+    aspect ratio means a cropped or unrelated image, which no rescaling fixes: InputError."""
+    from ..types import scale_intrinsics, validate_intrinsics
+
+    K = intrinsics_from_k(k)
+    (ih, iw), (h, w) = info_hw, image_hw
+    if ih and iw and (ih, iw) != (h, w):
+        if abs(iw * h - ih * w) > max(iw, w):
+            raise InputError(f"camera_info is for a {iw}x{ih} image but the depth image is {w}x{h} "
+                             f"(another aspect ratio: expected the camera_info of the depth image)")
+        K = scale_intrinsics(K, (ih, iw), (h, w))
+    return validate_intrinsics(K, (h, w))
+
+
 def camera_info_fields(K, height: int, width: int) -> dict:
     """CameraInfo field values for a pinhole camera with no distortion (plumb_bob, d = 0)."""
     K = np.asarray(K, dtype=np.float64).reshape(3, 3)

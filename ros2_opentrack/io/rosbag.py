@@ -520,14 +520,9 @@ class RosbagReader:
         if info is None:
             raise _Drop("no_camera_info", f"no {self.topics.camera_info} message could be read")
         try:
-            K = enc.intrinsics_from_k(info.k).copy()
+            return enc.camera_info_intrinsics(info.k, (info.height, info.width), depth_hw)
         except InputError as exc:
             raise _Drop("camera_info_invalid", f"{self.topics.camera_info}: {exc}") from None
-        h, w = depth_hw
-        if info.width and info.height and (info.width, info.height) != (w, h):
-            K[0] *= w / info.width
-            K[1] *= h / info.height
-        return K
 
     def _pose(self, stamp: float, image_frame: str) -> np.ndarray:
         t = self.topics

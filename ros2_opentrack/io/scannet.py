@@ -18,7 +18,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from ..errors import InputError
-from ..types import Frame, Mask2D, resize_image, validate_frame
+from ..types import Frame, Mask2D, resize_image, scale_intrinsics, validate_frame
 
 log = logging.getLogger(__name__)
 
@@ -126,15 +126,6 @@ def read_intrinsics(path: Path) -> np.ndarray:
     if M.shape not in ((3, 3), (4, 4)):
         raise InputError(f"intrinsics '{path}' has shape {M.shape}, expected a 3x3 or 4x4 matrix")
     return M[:3, :3].copy()
-
-
-def scale_intrinsics(K: np.ndarray, from_hw: Tuple[int, int], to_hw: Tuple[int, int]) -> np.ndarray:
-    """K of an image of size from_hw, rescaled to an image of size to_hw (pixel-centre convention ignored)."""
-    sy, sx = to_hw[0] / from_hw[0], to_hw[1] / from_hw[1]
-    K = K.copy()
-    K[0, :] *= sx
-    K[1, :] *= sy
-    return K
 
 
 def numeric_stems(folder: Path, suffix: str) -> Dict[int, Path]:

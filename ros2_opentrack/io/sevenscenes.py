@@ -14,9 +14,8 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from ..errors import InputError
-from ..types import Frame
-from .scannet import FPS, FolderReader, FrameDropped, read_color, read_depth_mm, read_intrinsics, read_pose, \
-    scale_intrinsics
+from ..types import Frame, scale_intrinsics
+from .scannet import FPS, FolderReader, FrameDropped, read_color, read_depth_mm, read_intrinsics, read_pose
 
 SEVENSCENES_LAYOUT = "a 7-Scenes folder: frame-XXXXXX.color.jpg, frame-XXXXXX.depth.png, frame-XXXXXX.pose.txt"
 INVALID_DEPTH = 65535

@@ -76,10 +76,11 @@ def masks_from_label_image(msg: Image) -> List[Mask2D]:
 
 
 def intrinsics_from_camera_info(msg: CameraInfo, hw: Optional[Tuple[int, int]] = None) -> np.ndarray:
-    """3x3 K; raises InputError for an uncalibrated (all-zero) camera_info or one of another image size."""
-    if hw is not None and (msg.height, msg.width) != (0, 0) and (msg.height, msg.width) != tuple(hw):
-        raise InputError(f"camera_info is for a {msg.width}x{msg.height} image but depth is {hw[1]}x{hw[0]}")
-    return encodings.intrinsics_from_k(msg.k, hw)
+    """3x3 K for an image of size hw; InputError for an uncalibrated (all-zero) camera_info or one of another
+    aspect ratio (one of another size with the same aspect is rescaled, as for bags)."""
+    if hw is None:
+        return encodings.intrinsics_from_k(msg.k)
+    return encodings.camera_info_intrinsics(msg.k, (msg.height, msg.width), tuple(hw))
 
 
 def image_msg(array: np.ndarray, encoding: str, header: Header) -> Image:
