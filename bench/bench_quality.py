@@ -10,6 +10,7 @@ false blobs, depth noise sigma = k z^2). Prints one table; --json writes the fig
 
     .venv/bin/python bench/bench_quality.py                     # ScanNet room + 3 procedural rooms
     .venv/bin/python bench/bench_quality.py --rooms 1 --frames 60 --no-scannet
+    .venv/bin/python bench/bench_quality.py --methods tracker --set tracking.visible_iou=false   # an ablation
 """
 from __future__ import annotations
 

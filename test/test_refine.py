@@ -2,6 +2,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _core_scene import cube, look_at, make_frame, orbit  # noqa: E402
@@ -111,3 +112,42 @@ def test_expansion_adds_scene_voxels_near_the_track_only():
     scene_small = SceneMap(0.02, 20)
     scene_small.add(line, np.zeros((50, 3), np.uint8))
     assert scene_small.n_points <= 20  # the cap holds (oldest blocks dropped)
+
+
+def test_expansion_grows_from_in_mask_voxels_only_never_from_candidates():
+    scene = SceneMap(0.02, 10_000)
+    line = np.stack([np.arange(0, 1.0, 0.02) + 0.01, np.full(50, 0.01), np.full(50, 0.01)], 1)
+    scene.add(line, np.zeros((50, 3), np.uint8))
+    s = PointStore(0.02, cap=1000)
+    s.add_points(line[:10], np.zeros((10, 3), np.uint8))
+    s.in_mask[:] = 1
+    assert expand(s, scene, 0.03) == 2
+    assert expand(s, scene, 0.03) == 0  # unvoted candidates do not seed more: no creep along the line
+    assert len(s) == 12
+
+
+def test_point_store_inserts_keep_keys_sorted_and_centres_in_step():
+    s = PointStore(0.1, cap=100)
+    rng = np.random.default_rng(3)
+    s.add_points(rng.uniform(0, 1, (30, 3)), np.zeros((30, 3), np.uint8))
+    s.centers()  # cached, then updated in place by the next insert
+    s.add_points(rng.uniform(-1, 2, (40, 3)), np.full((40, 3), 7, np.uint8))
+    assert np.all(np.diff(s.keys) > 0) and len(s.colors) == len(s.keys) == len(s.visible)
+    np.testing.assert_allclose(s.centers(), geometry.voxel_centers(s.keys, 0.1))
+
+
+def test_instance_score_is_detector_score_times_track_length_objectness():
+    from ros2_opentrack.pipeline import objectness
+
+    assert objectness(10, 10.0) == 0.5 and objectness(30, 10.0) == 0.75 and objectness(3, 0.0) == 1.0
+    boxes = [cube((0, 0, 0.4), 0.6)]
+    cfg = config()
+    pipe = Pipeline(cfg)
+    for i, T in enumerate(orbit((0, 0, 0.4), 3.0, 1.5, [-100, -90, -80])):
+        f = make_frame(boxes, [RED], T, hw=HW, index=i)
+        for m in f.masks:
+            m.score = 0.8
+        pipe.step(f)
+    (inst,) = pipe.finalize()
+    assert inst.observations == 3
+    assert inst.score == pytest.approx(0.8 * 3 / (3 + cfg.refine.objectness_half_obs))

@@ -142,3 +142,52 @@ def test_candidates_come_from_the_spatial_index_only():
     behind = tr._open(_obs((0, -6, 1), [1, 0]), frame)
     cands = tr.candidates(frame)
     assert near.id in cands and behind.id not in cands and len(cands) == 1
+
+
+def _cluster(center, n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    pts = (np.asarray(center) + rng.uniform(-0.1, 0.1, (n, 3))).astype(np.float32)
+    from ros2_opentrack.geometry import voxel_keys
+
+    return Observation(voxels=voxel_keys(pts, 0.05), points=pts, colors=np.zeros((n, 3), np.uint8),
+                       feature=np.array([1.0, 0.0], np.float32), pixel_count=n, box=np.zeros(4, np.float32))
+
+
+def test_spatial_term_uses_the_part_of_the_track_this_camera_can_see():
+    cfg = config(alpha=0.0, tau_match=0.8)  # IoU only, strict
+    tr = Tracker(cfg.tracking, cfg.refine, cfg.lift)
+    frame = make_frame([], [], look_at((0, -3, 1), (0, 0, 0.4)), hw=HW)
+    front, back = _cluster((0, 0, 0.5)), _cluster((0, -6, 1.0), seed=1)  # back: behind the camera
+    both = Observation(voxels=np.union1d(front.voxels, back.voxels), points=np.r_[front.points, back.points],
+                       colors=np.r_[front.colors, back.colors], feature=front.feature, pixel_count=400,
+                       box=np.zeros(4, np.float32))
+    t = tr._open(both, frame)
+    whole = len(front.voxels) / len(both.voxels)  # IoU with every voxel of the track: about 0.5
+    assert whole < 0.8
+    assert tr.associate([front], [t.id]) == []  # union-of-all-views IoU: rejected
+    visible = tr._visible_voxels(frame, [t])[0]
+    np.testing.assert_array_equal(visible, front.voxels)  # the back cluster is out of this frustum
+    assert tr.associate([front], [t.id], frame) == [(0, t.id)]  # view-consistent IoU = 1
+    tr.cfg.visible_iou = False
+    assert tr.associate([front], [t.id], frame) == []
+
+
+def test_contained_partial_track_merges_only_when_enabled_and_alike():
+    cfg = config()
+    frame = make_frame([], [], look_at((0, -3, 1), (0, 0, 0.4)), hw=HW)
+    big = _cluster((0, 0, 0.5), n=2000)
+    part = _cluster((0, 0, 0.5), n=2000)
+    part.voxels = big.voxels[: len(big.voxels) // 5]  # one side: 20% of the object, IoU 0.2
+    results = {}
+    for tau_contain, feature in ((0.0, [1, 0]), (0.8, [0, 1]), (0.8, [1, 0])):
+        cfg.refine.tau_contain = tau_contain
+        tr = Tracker(cfg.tracking, cfg.refine, cfg.lift)
+        a = tr._open(big, frame)
+        a.observations = 5
+        part.feature = np.asarray(feature, np.float32)
+        b = tr._open(part, frame)
+        results[(tau_contain, tuple(feature))] = tr.merge_duplicates(only_dirty=False)
+        if results[(tau_contain, tuple(feature))]:
+            assert results[(tau_contain, tuple(feature))] == {b.id: a.id}
+    assert results[(0.0, (1, 0))] == {} and results[(0.8, (0, 1))] == {}  # off / look different: apart
+    assert len(results[(0.8, (1, 0))]) == 1

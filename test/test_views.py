@@ -124,3 +124,10 @@ def test_a_failing_labeller_never_breaks_tracking():
     (inst,) = pipe.finalize(wait_s=2.0)
     assert inst.label is None and inst.observations == 4
     pipe.close()
+
+
+def test_a_revisit_that_is_only_as_good_does_not_replace_the_stored_view():
+    kept = [_view(1, 0.5, 100, idx=3), _view(2, 0.5, 100, idx=7)]
+    assert not would_keep(kept, _view(3, 0.5, 100, idx=50), 2)  # equal rank: the older image stays
+    ranked, dropped = keep_top_k(kept + [_view(3, 0.5, 100, idx=50)], 2)
+    assert [v.image_key for v in ranked] == [1, 2] and [v.image_key for v in dropped] == [3]
