@@ -210,7 +210,7 @@ def grid_dbscan(points: np.ndarray, group: np.ndarray, eps: float, min_points: i
     if idx.max() >= (1 << _AXIS_BITS) - 1 or group.max(initial=0) >= (1 << 14):
         return None
     keys = (group.astype(np.int64) << 48) | (idx[:, 0] << 32) | (idx[:, 1] << 16) | idx[:, 2]
-    order = np.argsort(keys, kind="stable")
+    order = np.argsort(keys)  # only the cell of each point matters: no stable sort needed
     sk = keys[order]
     first = np.ones(len(sk), bool)
     first[1:] = sk[1:] != sk[:-1]
@@ -219,18 +219,7 @@ def grid_dbscan(points: np.ndarray, group: np.ndarray, eps: float, min_points: i
     inverse[order] = np.cumsum(first) - 1
     counts = np.diff(np.append(np.flatnonzero(first), len(sk)))
     n = len(cells)
-    # the 13 "forward" neighbours; each pair is seen once and counted both ways
-    r = np.array([-1, 0, 1], dtype=np.int64)
-    off = np.stack(np.meshgrid(r, r, r, indexing="ij"), axis=-1).reshape(-1, 3)[14:]
-    deltas = (off[:, 0] << 32) + (off[:, 1] << 16) + off[:, 2]
-    src_parts, dst_parts = [], []
-    for d in deltas:
-        target = cells + d
-        pos = np.searchsorted(cells, target)
-        pos[pos == n] = n - 1
-        hit = np.flatnonzero(cells[pos] == target)
-        src_parts.append(hit)
-        dst_parts.append(pos[hit])
+    src_parts, dst_parts = _forward_neighbours(cells)
     src = np.concatenate(src_parts)
     dst = np.concatenate(dst_parts)
     density = counts + np.bincount(src, weights=counts[dst], minlength=n) + np.bincount(dst, weights=counts[src], minlength=n)
@@ -243,6 +232,28 @@ def grid_dbscan(points: np.ndarray, group: np.ndarray, eps: float, min_points: i
         attach = ~core[a] & core[b]
         cell_label[a[attach]] = cell_label[b[attach]]
     return cell_label[inverse]
+
+
+# the 13 "forward" neighbours (each pair is seen once, counted both ways) as (dx, dy) columns and their dz
+_FORWARD_COLUMNS = (((0, 0), (1,)), ((0, 1), (-1, 0, 1)), ((1, -1), (-1, 0, 1)), ((1, 0), (-1, 0, 1)),
+                    ((1, 1), (-1, 0, 1)))
+
+
+def _forward_neighbours(cells: np.ndarray):
+    """(src, dst) index lists of occupied forward-neighbour cells of the sorted unique ``cells``. Keys differing
+    only in z by -1, 0, +1 are consecutive integers, so one search per (dx, dy) column finds all three."""
+    n = len(cells)
+    src_parts, dst_parts = [], []
+    for (dx, dy), dzs in _FORWARD_COLUMNS:
+        base = cells + ((dx << 32) + (dy << 16))
+        pos = np.searchsorted(cells, base + dzs[0])
+        for dz in dzs:
+            hit = cells[np.minimum(pos, n - 1)] == base + dz
+            idx = np.flatnonzero(hit)
+            src_parts.append(idx)
+            dst_parts.append(pos[idx])
+            pos = pos + hit
+    return src_parts, dst_parts
 
 
 def _core_components(src: np.ndarray, dst: np.ndarray, core: np.ndarray) -> np.ndarray:

@@ -70,6 +70,7 @@ class Pipeline:
         self.features = features if features is not None else registry.build("features", p.features, p)
         self.labeler = labeler if labeler is not None else registry.build("labeler", p.labeler, p)
         self._text_matcher = text_matcher
+        self._share_text_matcher()  # a given matcher serves the labeller too (no second model load)
         self.vocabulary: List[str] = list(p.detector.vocabulary)
         self.worker = LabelWorker(self.labeler, p.labeler.max_batch, box_thickness=self.cfg.views.box_thickness_px) \
             if self.labeler is not None else None
@@ -351,12 +352,22 @@ class Pipeline:
 
     @property
     def text_matcher(self):
+        """Built on first use; shared with a labeller that has a ``text_matcher`` slot (MllmLabeler), so the
+        sentence model is loaded once: the labeller's own matcher is reused when it built one first."""
+        if self._text_matcher is None:
+            self._text_matcher = getattr(self.labeler, "text_matcher", None)
         if self._text_matcher is None:
             from .perception import registry
 
             p = self.cfg.perception
             self._text_matcher = registry.build("text_matcher", p.text_matcher, p)
+        self._share_text_matcher()
         return self._text_matcher
+
+    def _share_text_matcher(self) -> None:
+        if self._text_matcher is not None and hasattr(self.labeler, "text_matcher") \
+                and getattr(self.labeler, "text_matcher", None) is None:
+            self.labeler.text_matcher = self._text_matcher
 
     def query(self, text: str):
         from .query import answer_query

@@ -216,9 +216,14 @@ def validate_mask(m: Mask2D, depth_hw, rgb_hw) -> Optional[Mask2D]:
         else:
             raise InputError(f"mask of shape {mask.shape} does not fit the {depth_hw[1]}x{depth_hw[0]} image")
     mask = mask.astype(bool, copy=False)
-    if not mask.any():
+    rows = np.flatnonzero(mask.any(axis=1))  # one pass over the image answers "empty?" and half the box
+    if len(rows) == 0:
         return None
-    box = mask_box(mask) if m.box is None else np.asarray(m.box, dtype=np.float32)
+    if m.box is None:
+        cols = np.flatnonzero(mask[rows[0]:rows[-1] + 1].any(axis=0))  # only the rows that hold the mask
+        box = np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=np.float32)
+    else:
+        box = np.asarray(m.box, dtype=np.float32)
     return Mask2D(mask=mask, box=box, score=float(m.score), label=m.label, source_id=m.source_id)
 
 

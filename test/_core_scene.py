@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ros2_opentrack.config import OpenTrackConfig, from_flat
 from ros2_opentrack.types import Frame, Mask2D
 
 
@@ -84,3 +85,18 @@ def orbit(center, radius, height, angles_deg):
         pos[2] = height
         out.append(look_at(pos, center))
     return out
+
+
+def core_config(every_n=1, refine_every=None, min_observations=1, **overrides) -> OpenTrackConfig:
+    """The core tests' config: dataset masks, colour-histogram features, every frame a keyframe, small masks
+    allowed. ``refine_every`` sets refine.every_n_keyframes (None: the default); ``overrides`` are dotted
+    names with the dots written as double underscores, e.g. tracking__alpha=0.0."""
+    cfg = OpenTrackConfig()
+    cfg.masks.source = "dataset"
+    cfg.perception.features.name = "color_hist"
+    cfg.keyframes.every_n = every_n
+    cfg.lift.min_mask_pixels = 20
+    cfg.refine.min_observations = min_observations
+    if refine_every is not None:
+        cfg.refine.every_n_keyframes = refine_every
+    return from_flat({k.replace("__", "."): v for k, v in overrides.items()}, cfg) if overrides else cfg

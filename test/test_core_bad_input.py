@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _core_scene import cube, look_at, make_frame  # noqa: E402
+from _core_scene import core_config, cube, look_at, make_frame  # noqa: E402
 
-from ros2_opentrack.config import OpenTrackConfig  # noqa: E402
 from ros2_opentrack.pipeline import Pipeline  # noqa: E402
 from ros2_opentrack.types import Frame, Mask2D  # noqa: E402
 
@@ -19,12 +18,7 @@ POSE = look_at((-3, -1, 1.2), (0, 0, 0.4))
 
 @pytest.fixture
 def pipe():
-    cfg = OpenTrackConfig()
-    cfg.masks.source = "dataset"
-    cfg.perception.features.name = "color_hist"
-    cfg.keyframes.every_n = 1
-    cfg.lift.min_mask_pixels = 20
-    cfg.refine.min_observations = 1
+    cfg = core_config()
     p = Pipeline(cfg)
     r = p.step(make_frame(BOXES, [(200, 30, 30)], POSE, hw=HW, index=0))
     assert len(r.created) == 1

@@ -5,10 +5,9 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _core_scene import cube, look_at, make_frame, orbit  # noqa: E402
+from _core_scene import core_config, cube, look_at, make_frame, orbit  # noqa: E402
 
 from ros2_opentrack import geometry  # noqa: E402
-from ros2_opentrack.config import OpenTrackConfig  # noqa: E402
 from ros2_opentrack.pipeline import Pipeline  # noqa: E402
 from ros2_opentrack.refine import PointStore, SceneMap, expand, pairwise_iou  # noqa: E402
 
@@ -17,14 +16,7 @@ RED = (200, 30, 30)
 
 
 def config():
-    cfg = OpenTrackConfig()
-    cfg.masks.source = "dataset"
-    cfg.perception.features.name = "color_hist"
-    cfg.keyframes.every_n = 1
-    cfg.lift.min_mask_pixels = 20
-    cfg.refine.min_observations = 1
-    cfg.refine.every_n_keyframes = 0
-    return cfg
+    return core_config(refine_every=0)
 
 
 def test_point_store_votes_and_keeps_consistent_voxels():

@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _core_scene import cube, look_at, make_frame, orbit  # noqa: E402
+from _core_scene import core_config, cube, look_at, make_frame, orbit  # noqa: E402
 
-from ros2_opentrack.config import OpenTrackConfig  # noqa: E402
 from ros2_opentrack.pipeline import Pipeline  # noqa: E402
 from ros2_opentrack.tracker import Tracker  # noqa: E402
 from ros2_opentrack.types import Observation, TrackState  # noqa: E402
@@ -17,16 +16,7 @@ RED, GREEN = (200, 30, 30), (30, 200, 30)
 
 
 def config(**tracking):
-    cfg = OpenTrackConfig()
-    cfg.masks.source = "dataset"
-    cfg.perception.features.name = "color_hist"
-    cfg.keyframes.every_n = 1
-    cfg.lift.min_mask_pixels = 20
-    cfg.refine.every_n_keyframes = 0
-    cfg.refine.min_observations = 1
-    for k, v in tracking.items():
-        setattr(cfg.tracking, k, v)
-    return cfg
+    return core_config(refine_every=0, **{f"tracking__{k}": v for k, v in tracking.items()})
 
 
 def run(pipe, boxes, colors, poses, drop=()):

@@ -5,9 +5,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _core_scene import cube, look_at, make_frame, orbit  # noqa: E402
+from _core_scene import core_config, cube, look_at, make_frame, orbit  # noqa: E402
 
-from ros2_opentrack.config import OpenTrackConfig  # noqa: E402
 from ros2_opentrack.perception.base import LabelResult  # noqa: E402
 from ros2_opentrack.pipeline import Pipeline  # noqa: E402
 from ros2_opentrack.types import View  # noqa: E402
@@ -18,15 +17,7 @@ COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
 
 
 def config(top_k=2):
-    cfg = OpenTrackConfig()
-    cfg.masks.source = "dataset"
-    cfg.perception.features.name = "color_hist"
-    cfg.keyframes.every_n = 1
-    cfg.lift.min_mask_pixels = 20
-    cfg.refine.min_observations = 1
-    cfg.views.top_k = top_k
-    cfg.perception.labeler.min_observations = 2
-    return cfg
+    return core_config(views__top_k=top_k, perception__labeler__min_observations=2)
 
 
 class DominantColourLabeler:
