@@ -72,7 +72,7 @@ class TrackingConfig:
     max_track_voxels: int = 200000  # a track never grows past this many voxels (memory bound)
     association: str = "hungarian"  # hungarian (paper eq. 1) | greedy_iou (baseline: voxel IoU only, greedy)
     occlusion_margin_m: float = 0.1  # a point counts as visible when its depth <= observed depth + this
-    min_visible_fraction: float = 0.25  # a missed track ages only when this fraction of it was visible
+    min_visible_fraction: float = 0.25  # a track this much in view counts as seen: if missed it ages, and it cannot take an observation it does not overlap
     index_cell_m: float = 1.0  # cell size of the spatial hash grid of track boxes
     max_gap_m: float = 1.0  # a pair is admissible only when the observation's box is this close to the track's
     visible_iou: bool = True  # IoU against the track's voxels visible from this camera (in view, not occluded)

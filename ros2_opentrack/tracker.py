@@ -64,6 +64,9 @@ class StepOutcome:
     in_frustum: Dict[int, float] = field(default_factory=dict)  # track id -> fraction of its points in view
 
 
+_MIN_SEEN_VOXELS = 10  # slivers (a few voxels at a silhouette) say nothing about where an object is
+
+
 class Tracker:
     def __init__(self, tracking_cfg, refine_cfg, lift_cfg, oracle_ids: bool = False):
         self.cfg = tracking_cfg
@@ -123,7 +126,8 @@ class Tracker:
     def associate(self, observations: Sequence[Observation], candidate_ids: Sequence[int],
                   frame: Optional[Frame] = None) -> List[Tuple[int, int]]:
         """(observation index, track id) pairs. With ``frame`` (and tracking.visible_iou) the spatial term is the
-        IoU with the part of each track this camera can see now, not with the union of all its views."""
+        IoU with the part of each track this camera can see now, not with the union of all its views, and a track
+        the camera plainly sees elsewhere cannot take an observation by appearance alone (_seen_elsewhere)."""
         if not observations:
             return []
         if self.oracle_ids:
@@ -136,6 +140,8 @@ class Tracker:
             track_voxels = self._visible_voxels(frame, tracks)
         iou = pairwise_iou([o.voxels for o in observations], track_voxels)
         gate = self._spatial_gate(observations, tracks)
+        if self.cfg.visible_iou:
+            gate &= ~self._seen_elsewhere(observations, tracks, track_voxels, iou)
         if self.cfg.association == "greedy_iou":
             return self._associate_greedy(observations, candidate_ids, np.where(gate, iou, 0.0))
         cos = self._cosine(observations, tracks)
@@ -169,6 +175,17 @@ class Tracker:
         tmax = np.array([t.box_max for t in tracks])
         gap = geometry.box_gap(omin[:, None], omax[:, None], tmin[None], tmax[None])
         return gap <= self.cfg.max_gap_m
+
+    def _seen_elsewhere(self, observations, tracks, visible_voxels, iou) -> np.ndarray:
+        """(observations, tracks) pairs where the camera sees much of the track (min_visible_fraction of it) and
+        the observation shares none of its voxels: the track is plainly somewhere else, so appearance alone (a
+        look-alike neighbour) must not join them. Tracks seen from a new side show little of themselves and stay
+        free to match by appearance; slivers on either side are too small to tell."""
+        shown = np.array([len(v) for v in visible_voxels])
+        seen = (shown >= self.cfg.min_visible_fraction * np.array([len(t.voxels) for t in tracks])) & \
+            (shown >= _MIN_SEEN_VOXELS)
+        sized = np.array([len(o.voxels) for o in observations]) >= _MIN_SEEN_VOXELS
+        return (iou <= 0.0) & seen[None, :] & sized[:, None]
 
     @staticmethod
     def _cosine(observations, tracks) -> np.ndarray:

@@ -181,3 +181,27 @@ def test_contained_partial_track_merges_only_when_enabled_and_alike():
             assert results[(tau_contain, tuple(feature))] == {b.id: a.id}
     assert results[(0.0, (1, 0))] == {} and results[(0.8, (0, 1))] == {}  # off / look different: apart
     assert len(results[(0.8, (1, 0))]) == 1
+
+
+def test_lookalike_neighbour_appearing_beside_a_seen_track_opens_its_own_track():
+    """Two identical red boxes 0.5 m apart (inside max_gap_m, so the box gate lets the pair through). The first
+    keyframe sees only A. In the second, B appears while A is plainly in view but its mask was missed (segmenters
+    miss objects): B's observation shares no voxel with what the camera sees of A, so appearance alone (cos ~ 1,
+    s >= alpha > tau_match) must not put B into A's track."""
+    boxes = [cube((0, 0, 0.4), 0.4), cube((0, 0.9, 0.4), 0.4)]
+    pose = look_at((-3, 0.45, 1.0), (0, 0.45, 0.4))
+
+    def two_keyframes(pipe):
+        first = run(pipe, boxes, [RED, RED], [pose], drop=(1,))[0]
+        frame = make_frame(boxes, [RED, RED], pose, hw=HW, index=1)
+        frame.masks = [m for m in frame.masks if m.source_id == 1]  # A in view, its mask missed
+        return first, pipe.step(frame)
+
+    pipe = Pipeline(config())
+    first, second = two_keyframes(pipe)
+    assert len(first.created) == 1 and second.matched == 0 and len(second.created) == 1
+    assert len(pipe.tracker.tracks) == 2
+    # the paper's score alone joins them: the seen-elsewhere gate is what keeps them apart
+    plain = Pipeline(config(visible_iou=False))
+    _, joined = two_keyframes(plain)
+    assert joined.matched == 1 and joined.created == [] and len(plain.tracker.tracks) == 1
