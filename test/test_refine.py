@@ -91,13 +91,19 @@ def test_pairwise_iou_matches_the_definition():
     np.testing.assert_allclose(iou, [[2 / 5, 0, 0], [0, 0.5, 0]])
 
 
-def test_expansion_adds_scene_voxels_near_the_track_only():
+def _line_scene_and_track():
+    """A 1 m line of scene voxels (2 cm) and a track holding its first 10, all seen inside the track's mask."""
     scene = SceneMap(0.02, 10_000)
     line = np.stack([np.arange(0, 1.0, 0.02) + 0.01, np.full(50, 0.01), np.full(50, 0.01)], 1)
     scene.add(line, np.zeros((50, 3), np.uint8))
     s = PointStore(0.02, cap=1000)
     s.add_points(line[:10], np.zeros((10, 3), np.uint8))
     s.in_mask[:] = 1
+    return scene, s, line
+
+
+def test_expansion_adds_scene_voxels_near_the_track_only():
+    scene, s, line = _line_scene_and_track()
     added = expand(s, scene, 0.03)  # radius 0.03 m = 1.5 voxels -> rounds to 2 voxels
     assert added == 2
     assert s.kept(0.1, 2).sum() == 10  # unvoted expansion candidates wait for their votes
@@ -107,12 +113,7 @@ def test_expansion_adds_scene_voxels_near_the_track_only():
 
 
 def test_expansion_grows_from_in_mask_voxels_only_never_from_candidates():
-    scene = SceneMap(0.02, 10_000)
-    line = np.stack([np.arange(0, 1.0, 0.02) + 0.01, np.full(50, 0.01), np.full(50, 0.01)], 1)
-    scene.add(line, np.zeros((50, 3), np.uint8))
-    s = PointStore(0.02, cap=1000)
-    s.add_points(line[:10], np.zeros((10, 3), np.uint8))
-    s.in_mask[:] = 1
+    scene, s, _ = _line_scene_and_track()
     assert expand(s, scene, 0.03) == 2
     assert expand(s, scene, 0.03) == 0  # unvoted candidates do not seed more: no creep along the line
     assert len(s) == 12
