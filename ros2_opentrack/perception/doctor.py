@@ -160,18 +160,15 @@ def system_rows(config: Any) -> List[Row]:
 
 
 def _open3d_row(required: bool) -> Row:
-    """open3d needs libusb-1.0: the copy in the libusb-package wheel is loaded first when the system lacks it."""
+    """open3d needs libusb-1.0: import_open3d loads the libusb-package wheel's copy first when the system lacks it."""
+    from ..errors import BackendUnavailable
+    from ..lifting import import_open3d
+
     try:
-        import ctypes
-
-        import libusb_package
-
-        path = libusb_package.get_library_path()
-        if path:
-            ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
-    except Exception:
-        pass
-    ok, msg = _try_import("open3d")
+        import_open3d()
+        ok, msg = True, "ok (open3d)"
+    except BackendUnavailable as exc:
+        ok, msg = False, str(exc)
     return Row("open3d", "open3d", "cpu", msg, "DBSCAN/PLY (sklearn fallback)" if not required else "dbscan.backend",
                ok, required=required)
 
