@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import InputError
+
 
 def draw_red_box(rgb: np.ndarray, box, thickness: int = 3, color=(255, 0, 0)) -> np.ndarray:
     """A copy of ``rgb`` with an axis-aligned rectangle drawn on it; the box is clipped to the image.
@@ -47,12 +49,7 @@ class ImageStore:
         return key
 
     def put(self, key: int, rgb: np.ndarray, refs: int) -> None:
-        import cv2
-
-        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, self.quality])
-        if not ok:
-            raise RuntimeError("JPEG encoding of a keyframe image failed")
-        self._images[key] = [buf.tobytes(), int(refs)]
+        self._images[key] = [encode_jpeg(rgb, self.quality), int(refs)]
 
     def jpeg(self, key: int) -> bytes:
         return self._images[key][0]
@@ -76,6 +73,20 @@ class ImageStore:
 
     def clear(self) -> None:
         self._images.clear()
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
+    """JPEG bytes of an HxWx3 uint8 RGB image (the one encoder for stored keyframes and labeller requests)."""
+    import cv2
+
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.size == 0:
+        raise InputError(f"JPEG encoding needs a non-empty HxWx3 RGB image, got shape {rgb.shape}")
+    bgr = np.ascontiguousarray(rgb[..., ::-1], dtype=np.uint8)
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise InputError(f"could not JPEG-encode an image of shape {rgb.shape}")
+    return buf.tobytes()
 
 
 def decode_jpeg(data: bytes) -> np.ndarray:

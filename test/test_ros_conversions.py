@@ -16,7 +16,7 @@ from ros2_opentrack.msg import Instance3D, Instance3DArray  # noqa: E402
 from ros2_opentrack.ros import conversions as conv  # noqa: E402
 from ros2_opentrack.ros.markers import MarkerBook  # noqa: E402
 from ros2_opentrack.ros.sync import DropOldestQueue, StampSync  # noqa: E402
-from ros2_opentrack.ros.tf_buffer import TfBuffer, TransformUnavailable  # noqa: E402
+from ros2_opentrack.tf_tree import TfBuffer, TransformUnavailable  # noqa: E402
 from ros2_opentrack.types import Instance, TrackState  # noqa: E402
 
 HEADER = Header(frame_id="map", stamp=conv.sec_to_stamp(12.25))
@@ -162,6 +162,22 @@ def test_tf_buffer_chain_interpolation_and_limits():
     bad[0, 3] = np.nan
     with pytest.raises(InputError):
         tf.set_transform("map", "base", bad, 3.0)
+
+
+def test_tf_buffer_never_interpolates_across_a_gap():
+    tf = TfBuffer(cache_s=float("inf"), tolerance=0.05, interp_reach_s=0.05)
+    for t, x in ((0.0, 0.0), (0.1, 1.0), (1.0, 10.0), (1.02, 10.2)):
+        T = np.eye(4)
+        T[0, 3] = x
+        tf.set_transform("map", "cam", T, t)
+    assert tf.lookup("map", "cam", 0.05)[0, 3] == pytest.approx(0.5)  # both samples 50 ms away: slerp
+    assert tf.lookup("map", "cam", 1.01)[0, 3] == pytest.approx(10.1)
+    assert tf.lookup("map", "cam", 0.14)[0, 3] == pytest.approx(1.0)  # in a 0.9 s gap: the nearest sample
+    with pytest.raises(TransformUnavailable, match="no sample within 0.05 s"):
+        tf.lookup("map", "cam", 0.5)
+    assert tf.lookup("map", "cam", 0.0)[0, 3] == 0.0 and tf.lookup("map", "cam")[0, 3] == pytest.approx(10.2)
+    tf.interpolate = False
+    assert tf.lookup("map", "cam", 0.04)[0, 3] == pytest.approx(0.0)  # nearest sample within tolerance
 
 
 def test_marker_book_deletes_vanished_ids():

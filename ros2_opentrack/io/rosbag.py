@@ -21,6 +21,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 import numpy as np
 
 from ..errors import InputError
+from ..tf_tree import TfBuffer, TransformUnavailable
 from ..types import Frame, Mask2D, validate_frame
 from . import encodings as enc
 
@@ -181,88 +182,15 @@ def _mcap_readable_prefix(path: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Poses: a small TF buffer (static + time-stamped edges) and a time series for pose / odometry topics.
+# Poses: TF topics and pose / odometry topics (one timed edge world <- camera) go into the core TF buffer.
+
+_SERIES_PARENT, _SERIES_CHILD = "world", "pose"  # the edge a pose / odometry topic is stored as
 
 
-class _PoseSeries:
-    """Time-stamped 4x4 transforms; lookup by nearest sample or slerp between the two around t."""
-
-    def __init__(self):
-        self.stamps: List[float] = []
-        self.mats: List[np.ndarray] = []
-
-    def add(self, stamp: float, T: np.ndarray) -> None:
-        i = bisect.bisect(self.stamps, stamp)
-        self.stamps.insert(i, stamp)
-        self.mats.insert(i, T)
-
-    def __len__(self) -> int:
-        return len(self.stamps)
-
-    def lookup(self, t: float, tolerance: float, interpolate: bool) -> Optional[np.ndarray]:
-        i = bisect.bisect_left(self.stamps, t)
-        before = i - 1 if i > 0 else None
-        after = i if i < len(self.stamps) else None
-        if after is not None and abs(self.stamps[after] - t) < 1e-9:
-            return self.mats[after]
-        if interpolate and before is not None and after is not None and \
-                t - self.stamps[before] <= tolerance and self.stamps[after] - t <= tolerance:
-            t0, t1 = self.stamps[before], self.stamps[after]
-            return enc.interpolate_pose(self.mats[before], self.mats[after], (t - t0) / (t1 - t0))
-        best = min((j for j in (before, after) if j is not None), key=lambda j: abs(self.stamps[j] - t),
-                   default=None)
-        if best is None or abs(self.stamps[best] - t) > tolerance:
-            return None
-        return self.mats[best]
-
-
-class _TfBuffer:
-    """Transforms parent <- child from /tf_static (timeless) and /tf (time series), chained between frames."""
-
-    def __init__(self):
-        self.static: Dict[str, Tuple[str, np.ndarray]] = {}
-        self.dynamic: Dict[str, Tuple[str, _PoseSeries]] = {}
-
-    def add(self, msg, static: bool) -> None:
-        for tr in msg.transforms:
-            parent, child = _frame(tr.header.frame_id), _frame(tr.child_frame_id)
-            T = enc.pose_to_matrix(_xyz(tr.transform.translation), _xyzw(tr.transform.rotation))
-            if static:
-                self.static[child] = (parent, T)
-            else:
-                self.dynamic.setdefault(child, (parent, _PoseSeries()))[1].add(_stamp(tr.header), T)
-
-    def __bool__(self) -> bool:
-        return bool(self.static or self.dynamic)
-
-    def _to_root(self, frame: str, t: float, tolerance: float, interpolate: bool):
-        """(root frame, T_root_frame, missing edge or None) walking child -> parent edges."""
-        T = np.eye(4)
-        seen = set()
-        while frame not in seen:
-            seen.add(frame)
-            if frame in self.static:
-                parent, edge = self.static[frame]
-            elif frame in self.dynamic:
-                parent, series = self.dynamic[frame]
-                edge = series.lookup(t, tolerance, interpolate)
-                if edge is None:
-                    return frame, T, f"{parent} -> {frame}"
-            else:
-                return frame, T, None
-            T = edge @ T
-            frame = parent
-        return frame, T, None
-
-    def lookup(self, target: str, source: str, t: float, tolerance: float, interpolate: bool):
-        """T_target_source at time t, or (None, why)."""
-        root_s, T_rs, miss_s = self._to_root(source, t, tolerance, interpolate)
-        root_t, T_rt, miss_t = self._to_root(target, t, tolerance, interpolate)
-        if miss_s or miss_t:
-            return None, f"no transform {miss_s or miss_t} within {tolerance} s of t={t:.3f}"
-        if root_s != root_t:
-            return None, f"frames '{target}' and '{source}' are not connected in TF"
-        return np.linalg.inv(T_rt) @ T_rs, None
+def _add_tf_message(buffer: TfBuffer, msg, static: bool) -> None:
+    for tr in msg.transforms:
+        T = enc.pose_to_matrix(_xyz(tr.transform.translation), _xyzw(tr.transform.rotation))
+        buffer.set_transform(tr.header.frame_id, tr.child_frame_id, T, _stamp(tr.header), static=static)
 
 
 def _frame(name: str) -> str:
@@ -369,8 +297,9 @@ class RosbagReader:
         small = [t.camera_info, t.tf, t.tf_static] + [t.pose if self.pose_source == "pose" else t.odom]
         stamps: Dict[str, List[float]] = {name: [] for name in image_topics}
         self._infos: List[Tuple[float, object]] = []
-        self._tf = _TfBuffer()
-        self._poses = _PoseSeries()
+        tol = self.pose_tolerance_s  # bags keep all samples and never interpolate across a longer gap
+        self._tf = TfBuffer(cache_s=float("inf"), tolerance=tol, interpolate=self.interpolate, interp_reach_s=tol)
+        self._poses = TfBuffer(cache_s=float("inf"), tolerance=tol, interpolate=self.interpolate, interp_reach_s=tol)
         self._odom_child: Optional[str] = None
         for conn, _, raw in bag.messages(image_topics + small):
             if conn.topic in stamps:
@@ -392,7 +321,7 @@ class RosbagReader:
             if conn.topic == t.camera_info:
                 self._infos.append((_stamp(msg.header), msg))
             elif conn.topic in (t.tf, t.tf_static) and conn.msgtype == _TF:
-                self._tf.add(msg, static=conn.topic == t.tf_static)
+                _add_tf_message(self._tf, msg, static=conn.topic == t.tf_static)
             elif conn.topic in (t.pose, t.odom):
                 self._add_pose(msg, conn.msgtype)
         except InputError as exc:  # NaN quaternion and the like: that sample is unusable, the rest is fine
@@ -409,7 +338,8 @@ class RosbagReader:
                 self._odom_child = _frame(msg.child_frame_id)
         else:
             raise InputError(f"pose topic has type {msgtype}; expected {_POSE_STAMPED}, {_POSE_COV} or {_ODOM}")
-        self._poses.add(_stamp(msg.header), enc.pose_to_matrix(_xyz(pose.position), _xyzw(pose.orientation)))
+        T = enc.pose_to_matrix(_xyz(pose.position), _xyzw(pose.orientation))
+        self._poses.set_transform(_SERIES_PARENT, _SERIES_CHILD, T, _stamp(msg.header))
 
     def _match(self, ref: List[float], other: List[float]) -> Dict[int, int]:
         """rgb message index -> index of the other topic's message nearest in stamp, within tolerance."""
@@ -526,17 +456,18 @@ class RosbagReader:
 
     def _pose(self, stamp: float, image_frame: str) -> np.ndarray:
         t = self.topics
-        tol, interp = self.pose_tolerance_s, self.interpolate
         if self.pose_source == "tf":
             camera = _frame(t.camera_frame) or image_frame
-            T, why = self._tf.lookup(_frame(t.world_frame), camera, stamp, tol, interp)
-            if T is None:
-                raise _Drop("no_pose_within_tolerance", f"TF {t.world_frame} <- {camera}: {why}")
-            return T
-        T = self._poses.lookup(stamp, tol, interp)
-        if T is None:
+            try:
+                return self._tf.lookup(t.world_frame, camera, stamp)
+            except TransformUnavailable as exc:
+                raise _Drop("no_pose_within_tolerance", f"TF {t.world_frame} <- {camera}: {exc}") from None
+        try:
+            T = self._poses.lookup(_SERIES_PARENT, _SERIES_CHILD, stamp)
+        except TransformUnavailable:
             topic = t.pose if self.pose_source == "pose" else t.odom
-            raise _Drop("no_pose_within_tolerance", f"no {topic} message within {tol} s of t={stamp:.3f}")
+            raise _Drop("no_pose_within_tolerance",
+                        f"no {topic} message within {self.pose_tolerance_s} s of t={stamp:.3f}") from None
         if self.pose_source == "odom":
             T = T @ self._odom_to_camera(image_frame)
         return T
@@ -546,14 +477,14 @@ class RosbagReader:
         camera = _frame(self.topics.camera_frame) or image_frame
         if not self._odom_child or self._odom_child == camera:
             return np.eye(4)
-        T, _ = self._tf.lookup(self._odom_child, camera, 0.0, float("inf"), False)
-        if T is None:
+        try:
+            return self._tf.lookup(self._odom_child, camera)  # the mount: static, or else its latest sample
+        except TransformUnavailable:
             if not self._warned["odom_mount"]:
                 log.warning("%s: no static TF %s -> %s: using the odometry pose as the camera pose",
                             self.path, self._odom_child, camera)
             self._warned["odom_mount"] += 1
             return np.eye(4)
-        return T
 
     def _masks(self, bag: _Bag, parts, stamp: float) -> List[Mask2D]:
         name = self.topics.masks

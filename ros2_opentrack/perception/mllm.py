@@ -24,7 +24,8 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 
 import numpy as np
 
-from ..errors import BackendUnavailable, ConfigError, InputError
+from ..errors import BackendUnavailable, ConfigError
+from ..views import encode_jpeg
 from .base import LabelRequest, LabelResult
 from .prompts import Prompt, build_prompt, parse_answer
 
@@ -156,12 +157,7 @@ def _model_folder(model, ref: str) -> str:
 
 
 def jpeg_data_url(rgb: np.ndarray, quality: int = 90) -> str:
-    import cv2
-
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise InputError(f"could not JPEG-encode an image of shape {rgb.shape}")
-    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
+    return "data:image/jpeg;base64," + base64.b64encode(encode_jpeg(rgb, quality)).decode("ascii")
 
 
 class OpenAITransport:

@@ -41,7 +41,7 @@ from . import conversions as conv
 from .markers import MarkerBook
 from .params import DYNAMIC_CORE_PARAMETERS, NodeParams, declare_all, read_config, read_node_params
 from .sync import DropOldestQueue, StampSync
-from .tf_buffer import TfBuffer, TransformUnavailable
+from ..tf_tree import TfBuffer, TransformUnavailable
 
 try:  # a real ROS install has tf2_ros; the PyPI wheels do not (the node then keeps its own small buffer)
     import tf2_ros
@@ -117,7 +117,10 @@ class OpenTrackNode(Node):
     def _setup_pose_source(self) -> None:
         p = self.params
         self._tf2 = None
-        self.tf_buffer = TfBuffer(tolerance=max(p.sync_tolerance_s, 0.05))
+        tolerance = max(p.sync_tolerance_s, 0.05)
+        # tf2's rule: interpolate between any two samples, extrapolate only within the tolerance (localisation
+        # often publishes map -> odom at a few Hz; a gap limit would drop every frame between its samples)
+        self.tf_buffer = TfBuffer(tolerance=tolerance)
         if p.pose_source == "tf":
             if tf2_ros is not None:
                 self._tf2 = tf2_ros.Buffer()
@@ -335,15 +338,16 @@ class OpenTrackNode(Node):
     def _camera_pose(self, image_frame: str, stamp: float) -> np.ndarray:
         p = self.params
         camera = p.camera_frame or image_frame
+        at = stamp if stamp > 0 else None  # an unstamped image takes the latest pose, as tf2's Time(0)
         try:
             if p.pose_source != "tf":
-                T = self.tf_buffer.wait_lookup(p.world_frame, POSE_CHILD, stamp, p.tf_timeout_s)
+                T = self.tf_buffer.wait_lookup(p.world_frame, POSE_CHILD, at, p.tf_timeout_s)
             elif self._tf2 is not None:
                 T = self._tf2_lookup(p.world_frame, camera, stamp)
             else:
                 if not camera:
                     raise FrameDrop("no_pose", "the depth image has no frame_id and camera_frame is not set")
-                T = self.tf_buffer.wait_lookup(p.world_frame, camera, stamp, p.tf_timeout_s)
+                T = self.tf_buffer.wait_lookup(p.world_frame, camera, at, p.tf_timeout_s)
         except TransformUnavailable as exc:
             raise FrameDrop("no_pose", str(exc)) from None
         return _reasoned("bad_pose", validate_pose, T)

@@ -1,11 +1,13 @@
-"""A small TF buffer (no ROS imports): the fallback when tf2_ros is not installed (it has no PyPI wheel).
+"""A small TF buffer (no ROS imports): serves the ROS node (where tf2_ros, which has no PyPI wheel, is missing)
+and the bag reader (TF topics, and pose / odometry topics as one timed edge world <- camera).
 
 Stores parent <- child transforms (static and timed), answers ``lookup(target, source, stamp)`` -> the 4x4
 transform mapping ``source`` coordinates into ``target`` (tf2's lookup_transform(target, source) convention),
-walking the tree through the common ancestor. Timed edges are interpolated between the two samples around the
-stamp (slerp); a stamp outside the stored range is answered only within ``tolerance`` of the nearest sample
-(no extrapolation), like tf2. ``wait_lookup`` blocks the calling (worker) thread up to a timeout for data that
-has not arrived yet.
+walking the tree through the common ancestor. A timed edge at a stamp is: the sample at that stamp; else the
+slerp between the two samples around it when ``interpolate`` and both lie within ``interp_reach_s`` of the stamp
+(never across a longer gap: the motion in between is unknown); else the nearest sample within ``tolerance``
+(no extrapolation, like tf2). ``wait_lookup`` blocks the calling (worker) thread up to a timeout for data that
+has not arrived yet. ``cache_s`` bounds the history per edge (``float('inf')`` keeps all, as a bag reader wants).
 """
 from __future__ import annotations
 
@@ -16,19 +18,24 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..errors import InputError
-from ..io.encodings import interpolate_pose
-from ..types import validate_pose
+from .errors import InputError
+from .io.encodings import interpolate_pose
+from .types import validate_pose
 
 
 class TransformUnavailable(LookupError):
-    """No transform between the frames at that time (missing edge, or the stamp is outside the stored range)."""
+    """No transform between the frames at that time (missing edge, or no sample close enough to the stamp)."""
 
 
 class TfBuffer:
-    def __init__(self, cache_s: float = 10.0, tolerance: float = 0.05):
+    def __init__(self, cache_s: float = 10.0, tolerance: float = 0.05, interpolate: bool = True,
+                 interp_reach_s: Optional[float] = None):
+        """``interp_reach_s``: the farthest a sample may lie from the stamp to be interpolated from (None: any
+        distance, i.e. interpolation across gaps of any length)."""
         self.cache_s = float(cache_s)
         self.tolerance = float(tolerance)
+        self.interpolate = bool(interpolate)
+        self.interp_reach_s = float("inf") if interp_reach_s is None else float(interp_reach_s)
         self._static: Dict[str, Tuple[str, np.ndarray]] = {}  # child -> (parent, T_parent_child)
         self._timed: Dict[str, Tuple[str, List[float], List[np.ndarray]]] = {}  # child -> (parent, stamps, Ts)
         self._cond = threading.Condition()
@@ -56,11 +63,13 @@ class TfBuffer:
         else:
             stamps.insert(i, stamp)
             Ts.insert(i, T)
-        cut = bisect.bisect_left(stamps, stamps[-1] - self.cache_s)
-        self._timed[child] = (parent, stamps[cut:], Ts[cut:])
+        if self.cache_s != float("inf"):
+            cut = bisect.bisect_left(stamps, stamps[-1] - self.cache_s)
+            stamps, Ts = stamps[cut:], Ts[cut:]
+        self._timed[child] = (parent, stamps, Ts)
 
-    def lookup(self, target: str, source: str, stamp: float = 0.0) -> np.ndarray:
-        """T_target_source at ``stamp`` (0: the latest available). Raises TransformUnavailable."""
+    def lookup(self, target: str, source: str, stamp: Optional[float] = None) -> np.ndarray:
+        """T_target_source at ``stamp`` (None: the latest available). Raises TransformUnavailable."""
         target, source = _strip(target), _strip(source)
         with self._cond:
             if target == source:
@@ -75,7 +84,7 @@ class TfBuffer:
             T_common_tgt = self._compose(target, common, stamp)
             return np.linalg.inv(T_common_tgt) @ T_common_src
 
-    def wait_lookup(self, target: str, source: str, stamp: float, timeout_s: float) -> np.ndarray:
+    def wait_lookup(self, target: str, source: str, stamp: Optional[float], timeout_s: float) -> np.ndarray:
         """Like ``lookup`` but waits up to ``timeout_s`` (wall time) for the transform to become available."""
         deadline = time.monotonic() + max(0.0, timeout_s)
         while True:
@@ -91,6 +100,9 @@ class TfBuffer:
     def frames(self) -> set:
         return set(self._static) | set(self._timed) | {p for p, *_ in self._static.values()} | \
             {p for p, *_ in self._timed.values()}
+
+    def __bool__(self) -> bool:
+        return bool(self._static or self._timed)
 
     def clear(self) -> None:
         with self._cond:
@@ -111,7 +123,7 @@ class TfBuffer:
                 return chain
             chain.append(parent)
 
-    def _compose(self, frame: str, ancestor: str, stamp: float) -> np.ndarray:
+    def _compose(self, frame: str, ancestor: str, stamp: Optional[float]) -> np.ndarray:
         T = np.eye(4)
         while frame != ancestor:
             parent = self._parent(frame)
@@ -119,21 +131,26 @@ class TfBuffer:
             frame = parent
         return T
 
-    def _edge(self, child: str, stamp: float) -> np.ndarray:
+    def _edge(self, child: str, stamp: Optional[float]) -> np.ndarray:
         if child in self._static:
             return self._static[child][1]
         parent, stamps, Ts = self._timed[child]
-        if stamp <= 0:
+        if stamp is None:
             return Ts[-1]
         i = bisect.bisect_left(stamps, stamp)
         if i < len(stamps) and stamps[i] == stamp:
             return Ts[i]
-        if 0 < i < len(stamps):
+        if self.interpolate and 0 < i < len(stamps) and \
+                max(stamp - stamps[i - 1], stamps[i] - stamp) <= self.interp_reach_s:
             alpha = (stamp - stamps[i - 1]) / (stamps[i] - stamps[i - 1])
             return interpolate_pose(Ts[i - 1], Ts[i], alpha)
-        nearest = 0 if i == 0 else len(stamps) - 1
+        nearest = min((j for j in (i - 1, i) if 0 <= j < len(stamps)), key=lambda j: abs(stamps[j] - stamp))
         if abs(stamps[nearest] - stamp) <= self.tolerance:
             return Ts[nearest]
+        if stamps[0] < stamp < stamps[-1]:
+            raise TransformUnavailable(
+                f"transform '{parent}' -> '{child}' has no sample within {self.tolerance} s of t={stamp:.3f} "
+                f"(gap [{stamps[i - 1]:.3f}, {stamps[i]:.3f}])")
         raise TransformUnavailable(
             f"transform '{parent}' -> '{child}' at t={stamp:.3f} is outside the buffered range "
             f"[{stamps[0]:.3f}, {stamps[-1]:.3f}] (no extrapolation beyond {self.tolerance} s)")
