@@ -139,15 +139,23 @@ def _as_depth(depth) -> np.ndarray:
     return depth.astype(np.float32, copy=False)
 
 
+def check_rgb(rgb, who: str = "rgb", min_side: int = 1) -> np.ndarray:
+    """An RGB uint8 HxWx3 array (returned contiguous), else InputError naming ``who`` and what arrived."""
+    if rgb is None:
+        raise InputError(f"{who}: rgb image is None (unreadable file or empty message?)")
+    try:
+        arr = np.asarray(rgb)
+    except Exception as exc:
+        raise InputError(f"{who} must be uint8 HxWx3, got {type(rgb).__name__} ({exc})") from None
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) < min_side:
+        raise InputError(f"{who} must be uint8 HxWx3 (at least {min_side}x{min_side}), "
+                         f"got shape {arr.shape} dtype {arr.dtype}")
+    return np.ascontiguousarray(arr)
+
+
 def _as_rgb(rgb, depth_hw) -> np.ndarray:
-    rgb = np.asarray(rgb)
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise InputError(f"rgb must be an HxWx3 image, got shape {rgb.shape}")
-    if rgb.dtype != np.uint8:
-        raise InputError(f"rgb must be uint8, got dtype {rgb.dtype}")
-    if rgb.shape[:2] != depth_hw:
-        rgb = resize_image(rgb, depth_hw)
-    return np.ascontiguousarray(rgb)
+    rgb = check_rgb(rgb)
+    return resize_image(rgb, depth_hw) if rgb.shape[:2] != depth_hw else rgb
 
 
 def resize_image(image: np.ndarray, hw, nearest: bool = False) -> np.ndarray:

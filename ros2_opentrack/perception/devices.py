@@ -45,21 +45,9 @@ def torch_dtype(device: str, half: bool):
 
 def check_rgb(rgb, who: str = "image"):
     """An RGB uint8 HxWx3 array (returned contiguous), else InputError naming what arrived."""
-    import numpy as np
+    from ..types import check_rgb as _check_rgb
 
-    from ..errors import InputError
-
-    if rgb is None:
-        raise InputError(f"{who}: rgb image is None (unreadable file or empty message?)")
-    try:
-        arr = np.asarray(rgb)
-    except Exception as exc:
-        raise InputError(f"{who}: rgb must be a uint8 HxWx3 array, got {type(rgb).__name__} ({exc})") from None
-    if arr.dtype == object or arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise InputError(f"{who}: rgb must be a uint8 HxWx3 array, got shape {arr.shape} dtype {arr.dtype}")
-    if arr.dtype != np.uint8:
-        raise InputError(f"{who}: rgb must be uint8 (0-255), got dtype {arr.dtype}")
-    return np.ascontiguousarray(arr)
+    return _check_rgb(rgb, f"{who}: rgb")
 
 
 def check_masks(masks, hw, who: str = "masks"):

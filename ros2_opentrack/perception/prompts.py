@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import InputError
+from ..types import check_rgb
 
 CLOSED_TEMPLATE = ("Identify the object shown in the red rectangle. Return the class name from {classes}. "
                    "If no object is shown, return 'none'.")
@@ -60,10 +61,7 @@ def build_prompt(request) -> Prompt:
     if not images:
         raise InputError(f"label request for track {request.track_id} carries no image")
     for i, image in enumerate(images):
-        arr = np.asarray(image)
-        if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8 or arr.shape[0] < 2 or arr.shape[1] < 2:
-            raise InputError(f"label request for track {request.track_id}: image {i} must be uint8 HxWx3, "
-                             f"got shape {arr.shape} dtype {arr.dtype}")
+        check_rgb(image, f"label request for track {request.track_id}: image {i}", min_side=2)
     return Prompt(text=build_prompt_text(request.mode, request.choices), images=images)
 
 
