@@ -100,14 +100,6 @@ def key_neighbourhood(radius: int, spherical: bool = True) -> np.ndarray:
     return (off[:, 0] << (2 * _BITS)) + (off[:, 1] << _BITS) + off[:, 2]
 
 
-def voxel_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two sorted unique key arrays."""
-    if len(a) == 0 or len(b) == 0:
-        return 0.0
-    inter = len(np.intersect1d(a, b, assume_unique=True))
-    return inter / float(len(a) + len(b) - inter)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Projection and visibility
 

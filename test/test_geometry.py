@@ -49,11 +49,6 @@ def test_key_neighbourhood_adds_offsets_exactly():
     assert len(g.key_neighbourhood(1, spherical=False)) == 27
 
 
-def test_voxel_iou():
-    assert g.voxel_iou(np.array([1, 2, 3]), np.array([2, 3, 4, 5])) == pytest.approx(2 / 5)
-    assert g.voxel_iou(np.array([], np.int64), np.array([1])) == 0.0
-
-
 def test_visibility_in_image_range_and_occlusion():
     Tc = np.eye(4)
     depth = np.full((80, 100), 2.0, np.float32)

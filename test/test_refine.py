@@ -89,6 +89,7 @@ def test_pairwise_iou_matches_the_definition():
     b = [np.array([2, 3, 4, 5]), np.array([11]), np.array([], np.int64)]
     iou = pairwise_iou(a, b)
     np.testing.assert_allclose(iou, [[2 / 5, 0, 0], [0, 0.5, 0]])
+    assert pairwise_iou([np.array([], np.int64)], [np.array([1])]).tolist() == [[0.0]]
 
 
 def _line_scene_and_track():
