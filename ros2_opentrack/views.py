@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import InputError
+from .types import check_rgb
 
 
 def draw_red_box(rgb: np.ndarray, box, thickness: int = 3, color=(255, 0, 0)) -> np.ndarray:
@@ -79,10 +80,8 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
     """JPEG bytes of an HxWx3 uint8 RGB image (the one encoder for stored keyframes and labeller requests)."""
     import cv2
 
-    rgb = np.asarray(rgb)
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.size == 0:
-        raise InputError(f"JPEG encoding needs a non-empty HxWx3 RGB image, got shape {rgb.shape}")
-    bgr = np.ascontiguousarray(rgb[..., ::-1], dtype=np.uint8)
+    rgb = check_rgb(rgb, "image to JPEG-encode")
+    bgr = np.ascontiguousarray(rgb[..., ::-1])
     ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         raise InputError(f"could not JPEG-encode an image of shape {rgb.shape}")
