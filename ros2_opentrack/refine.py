@@ -44,7 +44,7 @@ class PointStore:
     def add_keys(self, keys: np.ndarray, colors: np.ndarray, visible=None, in_mask=None) -> None:
         """Add voxels not yet stored (first colour wins), within the cap; counters start at 0 unless given."""
         keys, first = np.unique(keys, return_index=True)
-        new = ~_isin_sorted(keys, self.keys)
+        new = ~isin_sorted(keys, self.keys)
         room = max(0, self.cap - len(self.keys))
         sel = np.flatnonzero(new)[:room]
         if len(sel) == 0:
@@ -79,7 +79,7 @@ class PointStore:
 
     def merge(self, other: "PointStore") -> None:
         """Union with another store; counters of shared voxels add up."""
-        shared = _isin_sorted(other.keys, self.keys)
+        shared = isin_sorted(other.keys, self.keys)
         pos = np.searchsorted(self.keys, other.keys[shared])
         self.visible[pos] = np.minimum(self.visible[pos].astype(np.int32) + other.visible[shared], 65535)
         self.in_mask[pos] = np.minimum(self.in_mask[pos].astype(np.int32) + other.in_mask[shared], 65535)
@@ -87,7 +87,8 @@ class PointStore:
         self.add_keys(other.keys[rest], other.colors[rest], other.visible[rest], other.in_mask[rest])
 
 
-def _isin_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+def isin_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    """np.isin for a sorted ``sorted_keys``, by binary search."""
     if len(sorted_keys) == 0:
         return np.zeros(len(values), bool)
     pos = np.minimum(np.searchsorted(sorted_keys, values), len(sorted_keys) - 1)
@@ -131,7 +132,7 @@ class SceneMap:
             self.blocks[block] = (keys, colors)
             self.n_points += len(keys)
             return
-        new = ~_isin_sorted(keys, old[0])
+        new = ~isin_sorted(keys, old[0])
         if not new.any():
             self.blocks[block] = old
             return
@@ -175,14 +176,14 @@ def expand(store: PointStore, scene: SceneMap, radius_m: float, max_box_voxels: 
     if np.prod((bmax - bmin) / store.voxel) > max_box_voxels:  # huge tracks (walls): skip
         return 0
     keys, colors = scene.in_box(bmin, bmax)
-    cand = ~_isin_sorted(keys, store.keys)
+    cand = ~isin_sorted(keys, store.keys)
     keys, colors = keys[cand], colors[cand]
     if len(keys) == 0:
         return 0
     r = max(1, int(round(radius_m / store.voxel)))
     near = np.zeros(len(keys), bool)
     for d in geometry.key_neighbourhood(r):
-        near |= _isin_sorted(keys + d, seed_keys)
+        near |= isin_sorted(keys + d, seed_keys)
     before = len(store)
     store.add_keys(keys[near], colors[near])
     return len(store) - before

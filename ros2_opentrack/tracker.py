@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import geometry
-from .refine import PointStore, SceneMap, expand, merge_order, pairwise_iou
+from .refine import PointStore, SceneMap, expand, isin_sorted, merge_order, pairwise_iou
 from .spatial_index import SpatialIndex
 from .types import Frame, Observation, TrackState, View
 
@@ -234,8 +234,7 @@ class Tracker:
     def _absorb(self, t: Track, obs: Observation, frame: Frame) -> None:
         room = self.cfg.max_track_voxels - len(t.voxels)
         if room > 0:  # both sorted: insert the new keys in place (O(n), no re-sort)
-            at = np.minimum(np.searchsorted(t.voxels, obs.voxels), max(0, len(t.voxels) - 1))
-            new = obs.voxels[t.voxels[at] != obs.voxels][:room] if len(t.voxels) else obs.voxels[:room]
+            new = obs.voxels[~isin_sorted(obs.voxels, t.voxels)][:room]
             t.voxels = np.insert(t.voxels, np.searchsorted(t.voxels, new), new)
         if len(obs.feature) and len(obs.feature) == len(t.feature):
             m = self.cfg.feature_momentum
