@@ -187,21 +187,6 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="frame", file=sys.stderr, dynamic_ncols=True)
 
 
-def scene_map(pipe):
-    """(points, colours) of the pipeline's scene map, or None when it has none (then map.ply = instance points)."""
-    try:
-        from .geometry import voxel_centers
-
-        scene = pipe.tracker.scene
-        if not scene.blocks:
-            return None
-        keys = np.concatenate([b[0] for b in scene.blocks.values()])
-        colors = np.concatenate([b[1] for b in scene.blocks.values()])
-        return voxel_centers(keys, scene.voxel).astype(np.float32), colors
-    except (AttributeError, ImportError, ValueError):
-        return None
-
-
 def open_reader(args, cfg):
     from .io import open_scene
 
@@ -216,7 +201,7 @@ def cmd_run(args) -> int:
     reader = open_reader(args, cfg)
     pipe, instances, seconds, _ = run_pipeline(cfg, reader, progress=not args.no_progress)
     meta = {"scene": str(args.scene), "frames": pipe.stats.frames, "seconds": round(seconds, 3)}
-    paths = write_outputs(instances, args.out, scene_map(pipe), meta=meta)
+    paths = write_outputs(instances, args.out, pipe.map_points(), meta=meta)
     print_summary(pipe, reader, instances, seconds, paths)
     pipe.close() if hasattr(pipe, "close") else None
     return 0
@@ -356,7 +341,7 @@ def cmd_demo(args) -> int:
     cfg = from_flat(DEMO_SETTINGS, cfg)
     reader = open_scene(scene_dir, with_masks=True)
     pipe, instances, seconds, _ = run_pipeline(cfg, reader, progress=False)
-    write_outputs(instances, root / "run", scene_map(pipe))
+    write_outputs(instances, root / "run", pipe.map_points())
     result = evaluate_run(root / "run", scene_dir)
     print_summary(pipe, reader, instances, seconds)
     print(f"result      {len(instances)} instances found for {len(scene.instance_ids)} objects: "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -222,6 +222,12 @@ class Pipeline:
         self._release_removed()
         self._labels(outcome)
         timer.lap("label")
+
+    def map_points(self) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+        """(points, colours) of the scene map for map.ply; None before any keyframe (writers then use the
+        instances' points)."""
+        points, colors = self.tracker.scene.points()
+        return (points, colors) if len(points) else None
 
     def _add_to_scene_map(self, frame: Frame) -> None:
         pts, px = geometry.backproject(frame.depth, frame.K, stride=_MAP_STRIDE, depth_min=self.cfg.lift.depth_min_m,

@@ -157,6 +157,14 @@ class SceneMap:
             return np.zeros(0, np.int64), np.zeros((0, 3), np.uint8)
         return np.concatenate(keys), np.concatenate(colors)
 
+    def points(self) -> Tuple[np.ndarray, np.ndarray]:
+        """(N, 3) float32 voxel centres and (N, 3) uint8 colours of every stored scene point."""
+        if not self.blocks:
+            return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
+        keys = np.concatenate([b[0] for b in self.blocks.values()])
+        colors = np.concatenate([b[1] for b in self.blocks.values()])
+        return geometry.voxel_centers(keys, self.voxel), colors
+
     def clear(self) -> None:
         self.blocks.clear()
         self.n_points = 0

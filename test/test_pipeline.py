@@ -64,6 +64,26 @@ def test_end_to_end_three_objects():
     assert s.frames == s.keyframes == 12 and s.active == 3
 
 
+def test_scene_map_holds_the_observed_surfaces_only():
+    from scipy.spatial import cKDTree
+
+    from ros2_opentrack import geometry
+
+    pipe = Pipeline(config())
+    assert pipe.map_points() is None  # nothing seen yet: writers fall back to the instances' points
+    seen = frames(4)
+    for f in seen:
+        pipe.step(f)
+    points, colors = pipe.map_points()
+    assert len(points) > 100 and colors.shape == points.shape and colors.dtype == np.uint8
+    surface = np.concatenate([geometry.transform(f.T_world_cam, geometry.backproject(f.depth, f.K)[0])
+                              for f in seen])
+    gap, _ = cKDTree(surface).query(points)
+    assert gap.max() <= pipe.cfg.refine.map_voxel_m  # every map point is a voxel centre of a seen surface
+    pipe.reset()
+    assert pipe.map_points() is None
+
+
 def test_keyframe_selection_every_n_and_motion():
     pipe = Pipeline(config(every_n=3))
     fs = frames(7)

@@ -254,7 +254,8 @@ class OpenTrackNode(Node):
 
             with self._lock:
                 instances = self.pipeline.instances()
-            paths = write_outputs(instances, out, meta={"source": "opentrack_node", "stamp": time.time(),
+                scene_map = self.pipeline.map_points()
+            paths = write_outputs(instances, out, scene_map, meta={"source": "opentrack_node", "stamp": time.time(),
                                                         "world_frame": self.params.world_frame})
             response.success = True
             response.message = f"{len(instances)} instances written to {out}: " + \
