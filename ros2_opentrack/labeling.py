@@ -104,3 +104,85 @@ class LabelWorker:
             results = [LabelResult(track_id=j.track_id, label=None, error=str(exc)) for j in batch]
         for r in results:
             self.results.put(r)
+
+
+@dataclass
+class LabelState:
+    label: Optional[str] = None
+    score: float = 0.0
+    labelled_size: int = 0  # track voxel count when the last request was sent
+    pending: bool = False
+
+
+class TrackLabels:
+    """The one owner of MLLM label state per track: when to ask (stable, grown since the last answer), the
+    asynchronous worker, and the answers. Tracking never waits for it."""
+
+    def __init__(self, labeler, labeler_cfg, box_thickness: int = 3):
+        self.cfg = labeler_cfg
+        self.worker = LabelWorker(labeler, labeler_cfg.max_batch, box_thickness=box_thickness) \
+            if labeler is not None else None
+        self._state: dict = {}  # track id -> LabelState
+
+    def get(self, track_id: int) -> LabelState:
+        return self._state.get(track_id) or LabelState()
+
+    @property
+    def labelled(self) -> int:
+        return sum(s.label is not None for s in self._state.values())
+
+    def request(self, tracks, views, vocabulary: List[str]) -> None:
+        """Ask for labels of the given tracks that are due: seen min_observations times, not waiting for an
+        answer, and grown by relabel_growth since the last request."""
+        if self.worker is None:
+            return
+        self.collect()
+        for t in tracks:
+            s = self._state.setdefault(t.id, LabelState())
+            if s.pending or t.observations < self.cfg.min_observations:
+                continue
+            if s.labelled_size and len(t.voxels) < self.cfg.relabel_growth * s.labelled_size:
+                continue
+            jpegs = views.jpegs(t.id)
+            if jpegs and self.worker.submit(LabelJob(t.id, jpegs, list(vocabulary), self.cfg.mode)):
+                s.pending, s.labelled_size = True, len(t.voxels)
+
+    def collect(self) -> None:
+        """Take the answers that arrived; answers for tracks merged or ended meanwhile are dropped."""
+        if self.worker is None:
+            return
+        for r in self.worker.poll():
+            s = self._state.get(r.track_id)
+            if s is None:
+                continue
+            s.pending = False
+            if r.error:
+                log.warning("labelling track %d failed: %s", r.track_id, r.error)
+                continue
+            s.label, s.score = r.label, float(r.score)
+
+    def move(self, from_id: int, to_id: int) -> None:
+        """A merge: the kept track keeps its label, else takes the removed one's."""
+        moved = self._state.pop(from_id, None)
+        if moved is not None and moved.label is not None:
+            kept = self._state.setdefault(to_id, LabelState())
+            if kept.label is None:
+                kept.label, kept.score = moved.label, moved.score
+
+    def forget(self, track_ids) -> None:
+        for tid in track_ids:
+            self._state.pop(tid, None)
+
+    def wait(self, timeout_s: float) -> None:
+        if self.worker is not None:
+            self.worker.wait(timeout_s)
+            self.collect()
+
+    def clear(self) -> None:
+        self._state.clear()
+        if self.worker is not None:
+            self.worker.poll()
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()

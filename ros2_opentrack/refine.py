@@ -1,173 +1,36 @@
-"""Streaming consistency refinement (paper eq. 2) and NMS-style duplicate merging (paper 3.2.3).
+"""Consistency refinement (paper eq. 2, streaming) and NMS-style duplicate merging (paper 3.2.3).
 
 Paper eq. 2 votes, for each point of a track, over every frame that sees it: is it inside the track's mask?
-Streaming, each track keeps per fine voxel two counters (keyframes it was visible in, keyframes it fell in
-the track's mask) that are updated at each keyframe where the track is a candidate; no frame is stored."""
+Streaming, each track keeps per fine voxel two counters (keyframes it was visible in, keyframes it fell in the
+track's mask; voxel_store.PointStore) updated at every keyframe where the track is a candidate; no frame is
+stored. Refinement grows a track into the scene map near its confirmed voxels (tau_exp), then drops the
+voxels whose in-mask ratio stays under tau_vis. Merging joins duplicates, longer track first."""
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Dict, Optional, Tuple
+from typing import Dict, List
 
 import numpy as np
 
 from . import geometry
+from .association import cosine_matrix, pairwise_iou
+from .types import TrackState
+from .voxel_store import PointStore, SceneMap, isin_sorted
 
 
-class PointStore:
-    """A track's points at the fine resolution: sorted voxel keys, colours and the two vote counters."""
-
-    def __init__(self, voxel_size: float, cap: int):
-        self.voxel = float(voxel_size)
-        self.cap = int(cap)
-        self.keys = np.zeros(0, np.int64)
-        self.colors = np.zeros((0, 3), np.uint8)
-        self.visible = np.zeros(0, np.uint16)
-        self.in_mask = np.zeros(0, np.uint16)
-        self._centers: Optional[np.ndarray] = None
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    @property
-    def nbytes(self) -> int:
-        return self.keys.nbytes + self.colors.nbytes + self.visible.nbytes + self.in_mask.nbytes
-
-    def centers(self) -> np.ndarray:
-        if self._centers is None:
-            self._centers = geometry.voxel_centers(self.keys, self.voxel)
-        return self._centers
-
-    def add_points(self, points: np.ndarray, colors: np.ndarray) -> None:
-        keys = geometry.voxel_keys(points, self.voxel, unique=False)
-        self.add_keys(keys, colors)
-
-    def add_keys(self, keys: np.ndarray, colors: np.ndarray, visible=None, in_mask=None) -> None:
-        """Add voxels not yet stored (first colour wins), within the cap; counters start at 0 unless given."""
-        keys, first = np.unique(keys, return_index=True)
-        new = ~isin_sorted(keys, self.keys)
-        room = max(0, self.cap - len(self.keys))
-        sel = np.flatnonzero(new)[:room]
-        if len(sel) == 0:
-            return
-        vis = np.zeros(len(sel), np.uint16) if visible is None else np.asarray(visible)[first][sel]
-        inm = np.zeros(len(sel), np.uint16) if in_mask is None else np.asarray(in_mask)[first][sel]
-        new_keys = keys[sel]  # sorted: insert in place, O(n) instead of re-sorting the store
-        at = np.searchsorted(self.keys, new_keys)
-        if self._centers is not None:
-            self._centers = np.insert(self._centers, at, geometry.voxel_centers(new_keys, self.voxel), axis=0)
-        self.keys = np.insert(self.keys, at, new_keys)
-        self.colors = np.insert(self.colors, at, np.asarray(colors)[first][sel], axis=0)
-        self.visible = np.insert(self.visible, at, vis.astype(np.uint16))
-        self.in_mask = np.insert(self.in_mask, at, inm.astype(np.uint16))
-
-    def vote(self, visible: np.ndarray, in_mask: np.ndarray) -> None:
-        """One keyframe's votes: ``visible`` and ``in_mask`` are bool per stored voxel (in_mask implies visible)."""
-        self.visible = np.minimum(self.visible.astype(np.int32) + visible, 65535).astype(np.uint16)
-        self.in_mask = np.minimum(self.in_mask.astype(np.int32) + (in_mask & visible), 65535).astype(np.uint16)
-
-    def kept(self, tau_vis: float, min_visible: int) -> np.ndarray:
-        """Consistent voxels: voted on (visible >= min_visible) and in-mask ratio >= tau_vis; voxels not yet
-        voted on are kept when they were ever inside the mask (pure expansion candidates are not)."""
-        voted = self.visible >= max(1, min_visible)
-        ratio_ok = self.in_mask >= tau_vis * self.visible.astype(np.float32)
-        return np.where(voted, ratio_ok, self.in_mask > 0)
-
-    def prune(self, keep: np.ndarray) -> None:
-        self.keys, self.colors = self.keys[keep], self.colors[keep]
-        self.visible, self.in_mask = self.visible[keep], self.in_mask[keep]
-        self._centers = None
-
-    def merge(self, other: "PointStore") -> None:
-        """Union with another store; counters of shared voxels add up."""
-        shared = isin_sorted(other.keys, self.keys)
-        pos = np.searchsorted(self.keys, other.keys[shared])
-        self.visible[pos] = np.minimum(self.visible[pos].astype(np.int32) + other.visible[shared], 65535)
-        self.in_mask[pos] = np.minimum(self.in_mask[pos].astype(np.int32) + other.in_mask[shared], 65535)
-        rest = ~shared
-        self.add_keys(other.keys[rest], other.colors[rest], other.visible[rest], other.in_mask[rest])
-
-
-def isin_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
-    """np.isin for a sorted ``sorted_keys``, by binary search."""
-    if len(sorted_keys) == 0:
-        return np.zeros(len(values), bool)
-    pos = np.minimum(np.searchsorted(sorted_keys, values), len(sorted_keys) - 1)
-    return sorted_keys[pos] == values
-
-
-class SceneMap:
-    """The scene's points at the fine resolution in blocks of 32^3 voxels, for expansion (paper tau_exp).
-    Bounded: past ``max_points`` the least recently updated blocks are dropped."""
-
-    BLOCK_SHIFT = 5
-
-    def __init__(self, voxel_size: float, max_points: int):
-        self.voxel = float(voxel_size)
-        self.max_points = int(max_points)
-        self.blocks: "OrderedDict[int, Tuple[np.ndarray, np.ndarray]]" = OrderedDict()
-        self.n_points = 0
-
-    def _block_of(self, keys: np.ndarray) -> np.ndarray:
-        return geometry.pack_keys(geometry.unpack_keys(keys) >> self.BLOCK_SHIFT)
-
-    def add(self, points: np.ndarray, colors: np.ndarray) -> None:
-        if len(points) == 0:
-            return
-        keys, first = np.unique(geometry.voxel_keys(points, self.voxel, unique=False), return_index=True)
-        colors = colors[first]
-        blocks = self._block_of(keys)
-        order = np.argsort(blocks, kind="stable")
-        blocks, keys, colors = blocks[order], keys[order], colors[order]
-        starts = np.flatnonzero(np.r_[True, blocks[1:] != blocks[:-1]])
-        ends = np.r_[starts[1:], len(blocks)]
-        for s, e in zip(starts, ends):
-            self._merge_block(int(blocks[s]), keys[s:e], colors[s:e])
-        while self.n_points > self.max_points and self.blocks:
-            _, (old_keys, _) = self.blocks.popitem(last=False)
-            self.n_points -= len(old_keys)
-
-    def _merge_block(self, block: int, keys: np.ndarray, colors: np.ndarray) -> None:
-        old = self.blocks.pop(block, None)
-        if old is None:
-            self.blocks[block] = (keys, colors)
-            self.n_points += len(keys)
-            return
-        new = ~isin_sorted(keys, old[0])
-        if not new.any():
-            self.blocks[block] = old
-            return
-        all_keys = np.concatenate([old[0], keys[new]])
-        order = np.argsort(all_keys, kind="stable")
-        self.blocks[block] = (all_keys[order], np.concatenate([old[1], colors[new]])[order])
-        self.n_points += int(new.sum())
-
-    def in_box(self, bmin, bmax) -> Tuple[np.ndarray, np.ndarray]:
-        """Keys and colours of the map voxels in the blocks overlapping the box."""
-        lo = np.floor(np.asarray(bmin) / self.voxel).astype(np.int64) >> self.BLOCK_SHIFT
-        hi = np.floor(np.asarray(bmax) / self.voxel).astype(np.int64) >> self.BLOCK_SHIFT
-        keys, colors = [], []
-        for i in range(lo[0], hi[0] + 1):
-            for j in range(lo[1], hi[1] + 1):
-                for k in range(lo[2], hi[2] + 1):
-                    b = self.blocks.get(int(geometry.pack_keys(np.array([[i, j, k]]))[0]))
-                    if b is not None:
-                        keys.append(b[0])
-                        colors.append(b[1])
-        if not keys:
-            return np.zeros(0, np.int64), np.zeros((0, 3), np.uint8)
-        return np.concatenate(keys), np.concatenate(colors)
-
-    def points(self) -> Tuple[np.ndarray, np.ndarray]:
-        """(N, 3) float32 voxel centres and (N, 3) uint8 colours of every stored scene point."""
-        if not self.blocks:
-            return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
-        keys = np.concatenate([b[0] for b in self.blocks.values()])
-        colors = np.concatenate([b[1] for b in self.blocks.values()])
-        return geometry.voxel_centers(keys, self.voxel), colors
-
-    def clear(self) -> None:
-        self.blocks.clear()
-        self.n_points = 0
+def refine_track(track, scene: SceneMap, refine_cfg, voxel_size: float, max_voxels: int) -> None:
+    """Expansion from the scene map, then the consistency vote prunes the track; its coarse voxels and box
+    follow its consistent points."""
+    rc = refine_cfg
+    if rc.tau_exp > 0:
+        expand(track.store, scene, rc.tau_exp)
+    keep = track.store.kept(rc.tau_vis, rc.min_visible)
+    if keep.any() and not keep.all():
+        decided = track.store.visible >= max(1, rc.min_visible)
+        track.store.prune(keep | ~decided)  # undecided expansion candidates wait for their votes
+    consistent = track.store.centers()[track.store.kept(rc.tau_vis, rc.min_visible)]
+    if len(consistent):
+        track.voxels = geometry.voxel_keys(consistent, voxel_size)[:max_voxels]
+    track.update_box()
 
 
 def expand(store: PointStore, scene: SceneMap, radius_m: float, max_box_voxels: int = 2_000_000) -> int:
@@ -197,29 +60,69 @@ def expand(store: PointStore, scene: SceneMap, radius_m: float, max_box_voxels: 
     return len(store) - before
 
 
-def pairwise_iou(voxels_a, voxels_b) -> np.ndarray:
-    """(len(a), len(b)) voxel IoU between two lists of sorted unique key arrays, in one sparse product."""
-    from scipy.sparse import csr_matrix
+def merge_duplicates(tracker, only_dirty: bool = True) -> Dict[int, int]:
+    """NMS by voxel IoU >= tau_merge (or containment, see contained_duplicates), longest track first; the
+    shorter is merged into the longer and removed from ``tracker``. Returns removed id -> kept id."""
+    rc = tracker.refine_cfg
+    merged: Dict[int, int] = {}
+    for tid in merge_order({t.id: t.observations for t in tracker.tracks.values()}):
+        t = tracker.tracks.get(tid)
+        if t is None or (only_dirty and not t.dirty):
+            continue
+        near = [u for u in tracker.index.query(t.box_min, t.box_max) if u != tid and u in tracker.tracks]
+        if not near:
+            continue
+        others = [tracker.tracks[u] for u in near]
+        iou = pairwise_iou([t.voxels], [o.voxels for o in others])[0]
+        contained = contained_duplicates(t, others, iou, rc)
+        for other, v, c in zip(others, iou, contained):
+            if v >= rc.tau_merge or c:
+                keep, drop = (t, other) if (t.observations, -t.id) >= (other.observations, -other.id) else (other, t)
+                merge_tracks(keep, drop, tracker.cfg.max_track_voxels)
+                tracker.index.insert(keep.id, keep.box_min, keep.box_max)
+                tracker.remove(drop.id)
+                merged[drop.id] = keep.id
+                if drop is t:
+                    break
+    for removed, kept in list(merged.items()):  # chains a -> b -> c report the final survivor
+        while kept in merged:
+            kept = merged[kept]
+        merged[removed] = kept
+    return merged
 
-    na, nb = len(voxels_a), len(voxels_b)
-    if na == 0 or nb == 0:
-        return np.zeros((na, nb))
-    size_a = np.array([len(v) for v in voxels_a], np.float64)
-    size_b = np.array([len(v) for v in voxels_b], np.float64)
-    keys_a = np.concatenate(voxels_a) if size_a.sum() else np.zeros(0, np.int64)
-    if len(keys_a) == 0:
-        return np.zeros((na, nb))
-    uniq, inv_a = np.unique(keys_a, return_inverse=True)
-    row_a = np.repeat(np.arange(na), size_a.astype(np.int64))
-    keys_b = np.concatenate(voxels_b) if size_b.sum() else np.zeros(0, np.int64)
-    row_b = np.repeat(np.arange(nb), size_b.astype(np.int64))
-    pos = np.minimum(np.searchsorted(uniq, keys_b), len(uniq) - 1)
-    hit = uniq[pos] == keys_b
-    A = csr_matrix((np.ones(len(inv_a), np.float32), (row_a, inv_a.ravel())), shape=(na, len(uniq)))
-    B = csr_matrix((np.ones(int(hit.sum()), np.float32), (row_b[hit], pos[hit])), shape=(nb, len(uniq)))
-    inter = (A @ B.T).toarray()
-    union = size_a[:, None] + size_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+
+def contained_duplicates(t, others: List, iou: np.ndarray, refine_cfg) -> np.ndarray:
+    """A partial track (one side of an object) lies mostly inside the whole one: IoU stays low, but the
+    overlap over the smaller track is high. Merge those only when they also look alike (a mug inside a
+    table mask that bled over it must stay apart)."""
+    rc = refine_cfg
+    if rc.tau_contain <= 0 or not others:
+        return np.zeros(len(others), bool)
+    a = float(len(t.voxels))
+    b = np.array([len(o.voxels) for o in others], np.float64)
+    inter = iou * (a + b) / (1.0 + iou)
+    contain = inter / np.maximum(1.0, np.minimum(a, b))
+    cos = cosine_matrix([t.feature], [o.feature for o in others])[0] if len(t.feature) else np.ones(len(others))
+    return (contain >= rc.tau_contain) & (cos >= rc.contain_min_cos)
+
+
+def merge_tracks(keep, drop, max_voxels: int) -> None:
+    """Fold ``drop`` into ``keep``: voxels and counters united, features weighted by observations."""
+    keep.voxels = np.union1d(keep.voxels, drop.voxels)[:max_voxels]
+    w = keep.observations + drop.observations
+    if len(keep.feature) == len(drop.feature) and len(keep.feature):
+        f = (keep.observations * keep.feature + drop.observations * drop.feature) / w
+        keep.feature = (f / max(float(np.linalg.norm(f)), 1e-12)).astype(np.float32)
+    keep.store.merge(drop.store)
+    keep.observations = w
+    keep.det_score_sum += drop.det_score_sum
+    keep.first_seen, keep.first_frame = min(keep.first_seen, drop.first_seen), min(keep.first_frame, drop.first_frame)
+    keep.last_seen, keep.last_frame = max(keep.last_seen, drop.last_seen), max(keep.last_frame, drop.last_frame)
+    keep.det_label = keep.det_label or drop.det_label
+    keep.misses = min(keep.misses, drop.misses)
+    keep.state = TrackState.ACTIVE if TrackState.ACTIVE in (keep.state, drop.state) else keep.state
+    keep.dirty = True
+    keep.update_box()
 
 
 def merge_order(observations: Dict[int, int]) -> list:

@@ -1,7 +1,9 @@
-"""Visual-spatial tracking (paper eq. 1) with the active / dormant / terminated life cycle.
+"""Tracks and their life cycle (active / dormant / terminated): one keyframe's observations continue tracks
+(association.py, paper eq. 1) or open new ones; every candidate is voted on for consistency refinement.
 
 Only tracks whose box lies near the camera frustum are candidates (a hash grid of track boxes finds them),
-so the work per keyframe depends on what the camera sees, not on the size of the map."""
+so the work per keyframe depends on what the camera sees, not on the size of the map. Tracking state only:
+views and labels are owned by views.TrackViews and labeling.TrackLabels, keyed by track id."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -10,9 +12,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import geometry
-from .refine import PointStore, SceneMap, expand, isin_sorted, merge_order, pairwise_iou
+from .association import Associator
+from .refine import merge_duplicates, refine_track
 from .spatial_index import SpatialIndex
-from .types import Frame, Observation, TrackState, View
+from .types import Frame, Observation, TrackState
+from .voxel_store import PointStore, SceneMap, isin_sorted
 
 
 @dataclass
@@ -28,14 +32,9 @@ class Track:
     observations: int = 1
     state: TrackState = TrackState.ACTIVE
     misses: int = 0  # keyframes it should have been seen but was not (reset on a match)
-    views: List[View] = field(default_factory=list)
-    source_id: Optional[int] = None
-    det_label: Optional[str] = None
+    source_id: Optional[int] = None  # dataset instance id (masks.oracle_ids studies)
+    det_label: Optional[str] = None  # first detector class seen for it
     det_score_sum: float = 0.0
-    label: Optional[str] = None
-    label_score: float = 0.0
-    labelled_size: int = 0  # voxel count when the last label request was sent
-    label_pending: bool = False
     box_min: np.ndarray = field(default_factory=lambda: np.zeros(3))
     box_max: np.ndarray = field(default_factory=lambda: np.zeros(3))
     dirty: bool = True  # changed since the last refinement
@@ -64,21 +63,17 @@ class StepOutcome:
     in_frustum: Dict[int, float] = field(default_factory=dict)  # track id -> fraction of its points in view
 
 
-_MIN_SEEN_VOXELS = 10  # slivers (a few voxels at a silhouette) say nothing about where an object is
-
-
 class Tracker:
     def __init__(self, tracking_cfg, refine_cfg, lift_cfg, oracle_ids: bool = False):
         self.cfg = tracking_cfg
         self.refine_cfg = refine_cfg
         self.lift_cfg = lift_cfg
-        self.oracle_ids = oracle_ids
         self.tracks: Dict[int, Track] = {}
         self.index = SpatialIndex(tracking_cfg.index_cell_m)
         self.scene = SceneMap(refine_cfg.map_voxel_m, refine_cfg.max_map_points)
         self.next_id = 1
         self.terminated_total = 0
-        self.removed: List[Track] = []  # removed since the owner last drained it (their views to release)
+        self.associate = Associator(tracking_cfg, lift_cfg, oracle_ids)
 
     # ---------------------------------------------------------------------------------------------
     def step(self, frame: Frame, observations: Sequence[Observation], masks=None) -> StepOutcome:
@@ -86,7 +81,7 @@ class Tracker:
         HxW bool masks (a list or an (N, H, W) array), indexed by Observation.mask_index."""
         out = StepOutcome()
         out.candidates = self.candidates(frame)
-        out.matched = self.associate(observations, out.candidates, frame)
+        out.matched = self.associate(observations, out.candidates, self.tracks, frame)
         for obs_i, tid in out.matched:
             self._absorb(self.tracks[tid], observations[obs_i], frame)
         matched_obs = {i for i, _ in out.matched}
@@ -121,102 +116,6 @@ class Tracker:
         bmax = np.array([self.tracks[t].box_max for t in near])
         ok = geometry.boxes_in_frustum(bmin, bmax, planes, margin)
         return [t for t, k in zip(near, ok) if k]
-
-    # ---------------------------------------------------------------------------------------------
-    def associate(self, observations: Sequence[Observation], candidate_ids: Sequence[int],
-                  frame: Optional[Frame] = None) -> List[Tuple[int, int]]:
-        """(observation index, track id) pairs. With ``frame`` (and tracking.visible_iou) the spatial term is the
-        IoU with the part of each track this camera can see now, not with the union of all its views, and a track
-        the camera plainly sees elsewhere cannot take an observation by appearance alone (_seen_elsewhere)."""
-        if not observations:
-            return []
-        if self.oracle_ids:
-            return self._associate_oracle(observations)
-        if not candidate_ids:
-            return []
-        tracks = [self.tracks[t] for t in candidate_ids]
-        track_voxels = [t.voxels for t in tracks]
-        if frame is not None and self.cfg.visible_iou:
-            track_voxels = self._visible_voxels(frame, tracks)
-        iou = pairwise_iou([o.voxels for o in observations], track_voxels)
-        gate = self._spatial_gate(observations, tracks)
-        if self.cfg.visible_iou:
-            gate &= ~self._seen_elsewhere(observations, tracks, track_voxels, iou)
-        if self.cfg.association == "greedy_iou":
-            return self._associate_greedy(observations, candidate_ids, np.where(gate, iou, 0.0))
-        cos = self._cosine(observations, tracks)
-        score = self.cfg.alpha * cos + (1.0 - self.cfg.alpha) * iou
-        score = np.where(gate, score, -1.0)
-        from scipy.optimize import linear_sum_assignment
-
-        rows, cols = linear_sum_assignment(-score)
-        return [(int(r), candidate_ids[c]) for r, c in zip(rows, cols) if score[r, c] >= self.cfg.tau_match]
-
-    def _visible_voxels(self, frame: Frame, tracks) -> List[np.ndarray]:
-        """Each track's voxels inside this frustum and not occluded by this depth (one projection for all):
-        one view's observation can only cover what the camera sees, so IoU with the whole track (every side
-        of the object seen so far) would fall as the track grows and split objects seen from a new side."""
-        centers = [t.voxel_centers(self.cfg.voxel_size_m) for t in tracks]
-        sizes = np.array([len(c) for c in centers])
-        if sizes.sum() == 0:
-            return [t.voxels for t in tracks]
-        visible, _, _ = geometry.visibility(np.concatenate(centers), frame.T_world_cam, frame.K, frame.depth,
-                                            self.lift_cfg.depth_min_m, self.lift_cfg.depth_max_m,
-                                            self.cfg.occlusion_margin_m)
-        bounds = np.r_[0, np.cumsum(sizes)]
-        return [t.voxels[visible[bounds[k]:bounds[k + 1]]] for k, t in enumerate(tracks)]
-
-    def _spatial_gate(self, observations, tracks) -> np.ndarray:
-        """A pair is admissible only when the observation's box is within max_gap_m of the track's: appearance
-        alone must never join two look-alike objects metres apart (eq. 1 gives them s >= alpha)."""
-        omin = np.array([o.points.min(axis=0) for o in observations])
-        omax = np.array([o.points.max(axis=0) for o in observations])
-        tmin = np.array([t.box_min for t in tracks])
-        tmax = np.array([t.box_max for t in tracks])
-        gap = geometry.box_gap(omin[:, None], omax[:, None], tmin[None], tmax[None])
-        return gap <= self.cfg.max_gap_m
-
-    def _seen_elsewhere(self, observations, tracks, visible_voxels, iou) -> np.ndarray:
-        """(observations, tracks) pairs where the camera sees much of the track (min_visible_fraction of it) and
-        the observation shares none of its voxels: the track is plainly somewhere else, so appearance alone (a
-        look-alike neighbour) must not join them. Tracks seen from a new side show little of themselves and stay
-        free to match by appearance; slivers on either side are too small to tell."""
-        shown = np.array([len(v) for v in visible_voxels])
-        seen = (shown >= self.cfg.min_visible_fraction * np.array([len(t.voxels) for t in tracks])) & \
-            (shown >= _MIN_SEEN_VOXELS)
-        sized = np.array([len(o.voxels) for o in observations]) >= _MIN_SEEN_VOXELS
-        return (iou <= 0.0) & seen[None, :] & sized[:, None]
-
-    @staticmethod
-    def _cosine(observations, tracks) -> np.ndarray:
-        fo = np.stack([o.feature for o in observations]) if len(observations[0].feature) else None
-        ft = np.stack([t.feature for t in tracks]) if len(tracks[0].feature) else None
-        if fo is None or ft is None or fo.shape[1] != ft.shape[1]:
-            return np.zeros((len(observations), len(tracks)))
-        return np.clip(fo @ ft.T, -1.0, 1.0)
-
-    def _associate_greedy(self, observations, candidate_ids, iou) -> List[Tuple[int, int]]:
-        """Baseline: largest observation first, each takes the unused track with the best IoU >= tau_match."""
-        pairs, used = [], set()
-        for i in sorted(range(len(observations)), key=lambda k: -observations[k].pixel_count):
-            for j in np.argsort(-iou[i], kind="stable"):
-                if iou[i, j] < self.cfg.tau_match:
-                    break
-                if j not in used:
-                    used.add(j)
-                    pairs.append((i, candidate_ids[j]))
-                    break
-        return pairs
-
-    def _associate_oracle(self, observations) -> List[Tuple[int, int]]:
-        by_source = {t.source_id: t.id for t in self.tracks.values() if t.source_id is not None}
-        pairs, used = [], set()
-        for i, o in enumerate(observations):
-            tid = by_source.get(o.source_id)
-            if o.source_id is not None and tid is not None and tid not in used:
-                used.add(tid)
-                pairs.append((i, tid))
-        return pairs
 
     # ---------------------------------------------------------------------------------------------
     def _open(self, obs: Observation, frame: Frame) -> Track:
@@ -301,98 +200,26 @@ class Tracker:
         t = self.tracks.pop(tid, None)
         if t is not None:
             t.state = TrackState.TERMINATED
-            self.removed.append(t)
         return t
 
     # ---------------------------------------------------------------------------------------------
     def refine(self, only_dirty: bool = True) -> None:
-        """Expansion from the scene map, then the consistency vote prunes each changed track."""
-        rc = self.refine_cfg
+        """Consistency refinement (refine.refine_track) of every changed track; boxes re-indexed."""
         for t in list(self.tracks.values()):
             if only_dirty and not t.dirty:
                 continue
-            if rc.tau_exp > 0:
-                expand(t.store, self.scene, rc.tau_exp)
-            keep = t.store.kept(rc.tau_vis, rc.min_visible)
-            if keep.any() and not keep.all():
-                decided = t.store.visible >= max(1, rc.min_visible)
-                t.store.prune(keep | ~decided)  # undecided expansion candidates wait for their votes
-            consistent = t.store.centers()[t.store.kept(rc.tau_vis, rc.min_visible)]
-            if len(consistent):
-                t.voxels = geometry.voxel_keys(consistent, self.cfg.voxel_size_m)[: self.cfg.max_track_voxels]
-            t.update_box()
+            refine_track(t, self.scene, self.refine_cfg, self.cfg.voxel_size_m, self.cfg.max_track_voxels)
             self.index.insert(t.id, t.box_min, t.box_max)
 
     def merge_duplicates(self, only_dirty: bool = True) -> Dict[int, int]:
-        """NMS by voxel IoU >= tau_merge, longest track first; the shorter is merged into the longer.
-        Returns removed id -> kept id."""
-        merged: Dict[int, int] = {}
-        ids = merge_order({t.id: t.observations for t in self.tracks.values()})
-        for tid in ids:
-            t = self.tracks.get(tid)
-            if t is None or (only_dirty and not t.dirty):
-                continue
-            near = [u for u in self.index.query(t.box_min, t.box_max) if u != tid and u in self.tracks]
-            if not near:
-                continue
-            others = [self.tracks[u] for u in near]
-            iou = pairwise_iou([t.voxels], [o.voxels for o in others])[0]
-            contained = self._contained_duplicates(t, others, iou)
-            for u, v, c in zip(near, iou, contained):
-                other = self.tracks[u]
-                if v >= self.refine_cfg.tau_merge or c:
-                    keep, drop = (t, other) if (t.observations, -t.id) >= (other.observations, -other.id) else (other, t)
-                    self._merge(keep, drop)
-                    merged[drop.id] = keep.id
-                    if drop is t:
-                        break
-        for removed, kept in list(merged.items()):  # chains a -> b -> c report the final survivor
-            while kept in merged:
-                kept = merged[kept]
-            merged[removed] = kept
-        return merged
-
-    def _contained_duplicates(self, t: Track, others, iou: np.ndarray) -> np.ndarray:
-        """A partial track (one side of an object) lies mostly inside the whole one: IoU stays low, but the
-        overlap over the smaller track is high. Merge those only when they also look alike (a mug inside a
-        table mask that bled over it must stay apart)."""
-        rc = self.refine_cfg
-        if rc.tau_contain <= 0 or not others:
-            return np.zeros(len(others), bool)
-        a = float(len(t.voxels))
-        b = np.array([len(o.voxels) for o in others], np.float64)
-        inter = iou * (a + b) / (1.0 + iou)
-        contain = inter / np.maximum(1.0, np.minimum(a, b))
-        cos = self._cosine([t], others)[0] if len(t.feature) else np.ones(len(others))
-        return (contain >= rc.tau_contain) & (cos >= rc.contain_min_cos)
-
-    def _merge(self, keep: Track, drop: Track) -> None:
-        keep.voxels = np.union1d(keep.voxels, drop.voxels)[: self.cfg.max_track_voxels]
-        w = keep.observations + drop.observations
-        if len(keep.feature) == len(drop.feature) and len(keep.feature):
-            f = (keep.observations * keep.feature + drop.observations * drop.feature) / w
-            keep.feature = (f / max(float(np.linalg.norm(f)), 1e-12)).astype(np.float32)
-        keep.store.merge(drop.store)
-        keep.views, drop.views = keep.views + drop.views, []  # the owner trims them back to top-K
-        keep.observations = w
-        keep.det_score_sum += drop.det_score_sum
-        keep.first_seen, keep.first_frame = min(keep.first_seen, drop.first_seen), min(keep.first_frame, drop.first_frame)
-        keep.last_seen, keep.last_frame = max(keep.last_seen, drop.last_seen), max(keep.last_frame, drop.last_frame)
-        keep.label = keep.label or drop.label
-        keep.det_label = keep.det_label or drop.det_label
-        keep.misses = min(keep.misses, drop.misses)
-        keep.state = TrackState.ACTIVE if TrackState.ACTIVE in (keep.state, drop.state) else keep.state
-        keep.dirty = True
-        keep.update_box()
-        self.index.insert(keep.id, keep.box_min, keep.box_max)
-        self.remove(drop.id)
+        """Duplicate merging (refine.merge_duplicates). Returns removed id -> kept id."""
+        return merge_duplicates(self, only_dirty)
 
     def mark_clean(self) -> None:
         for t in self.tracks.values():
             t.dirty = False
 
     def reset(self) -> None:
-        self.removed.clear()
         self.tracks.clear()
         self.index.clear()
         self.scene.clear()

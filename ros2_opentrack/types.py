@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import enum
+import logging
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from .errors import InputError
+
+log = logging.getLogger("ros2_opentrack")
 
 
 @dataclass
@@ -109,8 +112,11 @@ class Instance:
 _ROTATION_TOLERANCE = 1e-3
 
 
-def validate_frame(frame: Frame) -> Frame:
-    """Check a frame against the contract and normalise it (dtypes, rgb resized to depth). Raises InputError."""
+def validate_frame(frame: Frame, mask_drops: Optional[Dict[str, int]] = None) -> Frame:
+    """Check a frame against the contract and normalise it (dtypes, rgb resized to depth). Raises InputError
+    for a bad frame; a bad mask only drops itself, counted by reason into ``mask_drops``."""
+    if not isinstance(frame, Frame):
+        raise InputError(f"expected a Frame, got {type(frame).__name__}")
     depth = _as_depth(frame.depth)
     h, w = depth.shape
     rgb = _as_rgb(frame.rgb, (h, w))
@@ -120,8 +126,12 @@ def validate_frame(frame: Frame) -> Frame:
     if not valid.any():
         raise InputError(f"frame {frame.index}: depth has no valid pixel (all zero or NaN)")
     depth = np.where(valid, depth, 0.0).astype(np.float32, copy=False)
-    masks = None if frame.masks is None else [validate_mask(m, (h, w), rgb.shape[:2]) for m in frame.masks]
-    masks = None if masks is None else [m for m in masks if m is not None]
+    masks = None
+    if frame.masks is not None:
+        masks, drops = validate_masks(frame.masks, (h, w), np.asarray(frame.rgb).shape[:2], f"frame {frame.index}")
+        for reason, n in drops.items():
+            if mask_drops is not None:
+                mask_drops[reason] = mask_drops.get(reason, 0) + n
     return Frame(rgb=rgb, depth=depth, K=K, T_world_cam=T, stamp=float(frame.stamp), index=frame.index,
                  masks=masks, frame_id=frame.frame_id)
 
@@ -233,6 +243,25 @@ def validate_mask(m: Mask2D, depth_hw, rgb_hw) -> Optional[Mask2D]:
     else:
         box = np.asarray(m.box, dtype=np.float32)
     return Mask2D(mask=mask, box=box, score=float(m.score), label=m.label, source_id=m.source_id)
+
+
+def validate_masks(masks, depth_hw, rgb_hw, where: str = "frame") -> Tuple[List[Mask2D], Dict[str, int]]:
+    """Each mask checked on its own (validate_mask): a bad one drops only itself. Returns the good masks and
+    the drop counts by reason (bad_mask, empty_mask)."""
+    kept: List[Mask2D] = []
+    drops: Dict[str, int] = {}
+    for m in masks:
+        try:
+            ok = validate_mask(m, depth_hw, rgb_hw)
+        except (InputError, TypeError, ValueError, AttributeError) as exc:
+            log.warning("%s: mask dropped: %s", where, exc)
+            drops["bad_mask"] = drops.get("bad_mask", 0) + 1
+            continue
+        if ok is None:
+            drops["empty_mask"] = drops.get("empty_mask", 0) + 1
+        else:
+            kept.append(ok)
+    return kept, drops
 
 
 def _same_aspect(a, b) -> bool:

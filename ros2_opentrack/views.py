@@ -117,3 +117,65 @@ def keep_top_k(views: list, top_k: int) -> tuple:
 def boxed_view(store: ImageStore, view, thickness: int = 3) -> np.ndarray:
     """The view's keyframe image with the track's box drawn in red (what the labeller sees)."""
     return draw_red_box(store.decode(view.image_key), view.box, thickness=thickness)
+
+
+class TrackViews:
+    """The one owner of every track's top-K views and of the keyframe images they point to (the tracker
+    knows nothing of images). Views follow a track through merges and are released when it ends."""
+
+    def __init__(self, views_cfg):
+        self.top_k = int(views_cfg.top_k)
+        self.box_thickness = int(views_cfg.box_thickness_px)
+        self.images = ImageStore(views_cfg.jpeg_quality)
+        self._views: dict = {}  # track id -> [View], best first
+
+    def of(self, track_id: int) -> list:
+        return list(self._views.get(track_id, ()))
+
+    def offer(self, rgb: np.ndarray, candidates) -> None:
+        """One keyframe's candidate views, (track id, View) pairs: each joins its track's top-K when it ranks
+        there; the frame's image is stored once, and only when some track kept it."""
+        key = self.images.reserve()
+        refs = 0
+        for track_id, view in candidates:
+            views = self._views.get(track_id, [])
+            if not would_keep(views, view, self.top_k):
+                continue
+            view.image_key = key
+            refs += 1
+            self._views[track_id] = self._trim(views + [view])
+        if refs:
+            self.images.put(key, rgb, refs)
+
+    def move(self, from_id: int, to_id: int) -> None:
+        """A merge: the removed track's views compete for the kept track's top-K."""
+        moved = self._views.pop(from_id, [])
+        if moved:
+            self._views[to_id] = self._trim(self._views.get(to_id, []) + moved)
+
+    def forget(self, track_ids) -> None:
+        for tid in track_ids:
+            for v in self._views.pop(tid, ()):
+                self.images.release(v.image_key)
+
+    def clear(self) -> None:
+        self._views.clear()
+        self.images.clear()
+
+    def jpegs(self, track_id: int) -> list:
+        """(jpeg bytes, box) of the track's stored views, best first: what a label request carries."""
+        return [(self.images.jpeg(v.image_key), v.box) for v in self._views.get(track_id, ())
+                if v.image_key in self.images]
+
+    def image(self, view, boxed: bool = True) -> np.ndarray:
+        """The stored keyframe image of a view (decoded), with the track's box drawn in red by default."""
+        if view.image_key not in self.images:
+            raise InputError(f"view of frame {view.frame_index}: its image is no longer stored (view dropped)")
+        rgb = self.images.decode(view.image_key)
+        return draw_red_box(rgb, view.box, self.box_thickness) if boxed else rgb
+
+    def _trim(self, views: list) -> list:
+        kept, dropped = keep_top_k(views, self.top_k)
+        for v in dropped:
+            self.images.release(v.image_key)
+        return kept

@@ -112,7 +112,7 @@ def test_deterministic_given_seed_and_reset():
     for x, y in zip(ia, ib):
         np.testing.assert_array_equal(x.points, y.points)
     a.reset()
-    assert a.instances() == [] and a.stats.frames == 0 and len(a.images) == 0
+    assert a.instances() == [] and a.stats.frames == 0 and len(a.views.images) == 0
     a.step(fs[0])
     assert min(a.tracker.tracks) > max(i.id for i in ia)  # ids stay unique across reset
 

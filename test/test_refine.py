@@ -9,7 +9,9 @@ from _core_scene import core_config, cube, look_at, make_frame, orbit  # noqa: E
 
 from ros2_opentrack import geometry  # noqa: E402
 from ros2_opentrack.pipeline import Pipeline  # noqa: E402
-from ros2_opentrack.refine import PointStore, SceneMap, expand, pairwise_iou  # noqa: E402
+from ros2_opentrack.association import pairwise_iou  # noqa: E402
+from ros2_opentrack.refine import expand  # noqa: E402
+from ros2_opentrack.voxel_store import PointStore, SceneMap  # noqa: E402
 
 HW = (240, 320)
 RED = (200, 30, 30)

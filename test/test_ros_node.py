@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ros2_opentrack.labeling import LabelState
+
 pytest.importorskip("rclpy")
 pytest.importorskip("ros2_opentrack.msg", reason="messages not built: run scripts/build_msgs.sh")
 pytest.importorskip("tf2_msgs.msg", reason="tf2_msgs not built: run scripts/build_msgs.sh")
@@ -107,7 +109,7 @@ def test_query_save_reset_and_vocabulary(rig, room_frames, tmp_path):
     assert r.spin_until(lambda: r.got["query_result"], 5.0)
     assert r.got["query_result"][-1].query == "red mug" and list(r.got["query_result"][-1].ids) == []
     # a labeller result arrives for one track: the query now finds it (text matcher 'none': label match)
-    r.node.pipeline.tracker.tracks[ids[0]].label = "red mug"
+    r.node.pipeline.labels._state.setdefault(ids[0], LabelState()).label = "red mug"
     r.node._instances_dirty = True
     r.pubs["query"].publish(String(data="red mug"))
     assert r.spin_until(lambda: len(r.got["query_result"]) >= 2, 5.0)

@@ -118,7 +118,7 @@ def test_hungarian_prefers_the_best_joint_assignment():
     frame = make_frame([], [], look_at((0, -5, 1), (0, 0, 0)), hw=HW)
     a = tr._open(_obs((0, 0, 0.5), [1, 0]), frame)
     b = tr._open(_obs((0.1, 0, 0.5), [0, 1]), frame)
-    pairs = tr.associate([_obs((0.05, 0, 0.5), [0, 1]), _obs((0.05, 0, 0.5), [1, 0])], [a.id, b.id])
+    pairs = tr.associate([_obs((0.05, 0, 0.5), [0, 1]), _obs((0.05, 0, 0.5), [1, 0])], [a.id, b.id], tr.tracks)
     assert sorted(pairs) == [(0, b.id), (1, a.id)]
 
 
@@ -154,12 +154,12 @@ def test_spatial_term_uses_the_part_of_the_track_this_camera_can_see():
     t = tr._open(both, frame)
     whole = len(front.voxels) / len(both.voxels)  # IoU with every voxel of the track: about 0.5
     assert whole < 0.8
-    assert tr.associate([front], [t.id]) == []  # union-of-all-views IoU: rejected
-    visible = tr._visible_voxels(frame, [t])[0]
+    assert tr.associate([front], [t.id], tr.tracks) == []  # union-of-all-views IoU: rejected
+    visible = tr.associate.visible_voxels(frame, [t])[0]
     np.testing.assert_array_equal(visible, front.voxels)  # the back cluster is out of this frustum
-    assert tr.associate([front], [t.id], frame) == [(0, t.id)]  # view-consistent IoU = 1
+    assert tr.associate([front], [t.id], tr.tracks, frame) == [(0, t.id)]  # view-consistent IoU = 1
     tr.cfg.visible_iou = False
-    assert tr.associate([front], [t.id], frame) == []
+    assert tr.associate([front], [t.id], tr.tracks, frame) == []
 
 
 def test_contained_partial_track_merges_only_when_enabled_and_alike():

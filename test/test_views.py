@@ -73,18 +73,16 @@ def test_views_bounded_and_images_shared_and_dropped():
     for i, T in enumerate(orbit((1, 0, 0.4), 4.0, 1.5, np.arange(0, 360, 20))):
         pipe.step(make_frame(boxes, [COLOURS["red"], COLOURS["blue"]], T, hw=HW, index=i))
     tracks = list(pipe.tracker.tracks.values())
-    assert all(len(t.views) == 2 for t in tracks)
-    keys = {v.image_key for t in tracks for v in t.views}
-    assert len(pipe.images) == len(keys) <= 4  # only kept images stay stored
-    v = tracks[0].views[0]
+    assert all(len(pipe.views.of(t.id)) == 2 for t in tracks)
+    keys = {v.image_key for t in tracks for v in pipe.views.of(t.id)}
+    assert len(pipe.views.images) == len(keys) <= 4  # only kept images stay stored
+    v = pipe.views.of(tracks[0].id)[0]
     img = pipe.view_image(v)
     x0, y0, x1, y1 = (int(round(float(c))) for c in v.box)
     assert tuple(img[y0, x0 + 5]) == (255, 0, 0) and tuple(img[y1 - 1, x1 - 5]) == (255, 0, 0)
     assert pipe.view_image(v, boxed=False).shape == HW + (3,)
-    for t in list(tracks):
-        pipe.tracker.remove(t.id)
-    pipe._release_removed()
-    assert len(pipe.images) == 0
+    pipe.views.forget([t.id for t in tracks])  # what the pipeline does when tracks end
+    assert len(pipe.views.images) == 0
 
 
 def test_async_labels_arrive_without_stalling_and_relabel_on_growth():

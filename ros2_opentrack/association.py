@@ -1,0 +1,156 @@
+"""Which observation of a keyframe continues which track: the visual-spatial score of paper eq. 1.
+
+    s = alpha * cos(f_T, f_I) + (1 - alpha) * IoU_voxel,   Hungarian assignment, accepted when s >= tau_match
+
+Two gates keep eq. 1 from joining look-alikes: a pair is admissible only when the boxes are within max_gap_m, and
+a track the camera plainly sees elsewhere cannot take an observation by appearance alone. With visible_iou the
+IoU is taken against the part of the track this camera can see now. Modes (tracking.association): hungarian
+(the paper), greedy_iou (the baseline: voxel IoU only, greedy); masks.oracle_ids associates by dataset ids.
+"""
+from __future__ import annotations
+
+from typing import List, Mapping, Sequence, Tuple
+
+import numpy as np
+
+from . import geometry
+from .types import Frame, Observation
+
+Pairs = List[Tuple[int, int]]  # (observation index, track id)
+
+_MIN_SEEN_VOXELS = 10  # slivers (a few voxels at a silhouette) say nothing about where an object is
+
+
+class Associator:
+    def __init__(self, tracking_cfg, lift_cfg, oracle_ids: bool = False):
+        self.cfg = tracking_cfg
+        self.lift_cfg = lift_cfg
+        self.oracle_ids = oracle_ids
+
+    def __call__(self, observations: Sequence[Observation], candidate_ids: Sequence[int], tracks: Mapping,
+                 frame: Frame = None) -> Pairs:
+        """Pairs for this keyframe. ``tracks``: id -> Track (the oracle looks beyond the candidates)."""
+        if not observations:
+            return []
+        if self.oracle_ids:
+            return associate_by_source_id(observations, tracks.values())
+        if not candidate_ids:
+            return []
+        candidates = [tracks[t] for t in candidate_ids]
+        track_voxels = [t.voxels for t in candidates]
+        if frame is not None and self.cfg.visible_iou:
+            track_voxels = self.visible_voxels(frame, candidates)
+        iou = pairwise_iou([o.voxels for o in observations], track_voxels)
+        gate = spatial_gate(observations, candidates, self.cfg.max_gap_m)
+        if self.cfg.visible_iou:
+            gate &= ~self.seen_elsewhere(observations, candidates, track_voxels, iou)
+        if self.cfg.association == "greedy_iou":
+            return associate_greedy(observations, candidate_ids, np.where(gate, iou, 0.0), self.cfg.tau_match)
+        cos = cosine_matrix([o.feature for o in observations], [t.feature for t in candidates])
+        score = np.where(gate, self.cfg.alpha * cos + (1.0 - self.cfg.alpha) * iou, -1.0)
+        return associate_hungarian(score, candidate_ids, self.cfg.tau_match)
+
+    def visible_voxels(self, frame: Frame, tracks) -> List[np.ndarray]:
+        """Each track's voxels inside this frustum and not occluded by this depth (one projection for all):
+        one view's observation can only cover what the camera sees, so IoU with the whole track (every side
+        of the object seen so far) would fall as the track grows and split objects seen from a new side."""
+        centers = [t.voxel_centers(self.cfg.voxel_size_m) for t in tracks]
+        sizes = np.array([len(c) for c in centers])
+        if sizes.sum() == 0:
+            return [t.voxels for t in tracks]
+        visible, _, _ = geometry.visibility(np.concatenate(centers), frame.T_world_cam, frame.K, frame.depth,
+                                            self.lift_cfg.depth_min_m, self.lift_cfg.depth_max_m,
+                                            self.cfg.occlusion_margin_m)
+        bounds = np.r_[0, np.cumsum(sizes)]
+        return [t.voxels[visible[bounds[k]:bounds[k + 1]]] for k, t in enumerate(tracks)]
+
+    def seen_elsewhere(self, observations, tracks, visible_voxels, iou) -> np.ndarray:
+        """(observations, tracks) pairs where the camera sees much of the track (min_visible_fraction of it) and
+        the observation shares none of its voxels: the track is plainly somewhere else, so appearance alone (a
+        look-alike neighbour) must not join them. Tracks seen from a new side show little of themselves and stay
+        free to match by appearance; slivers on either side are too small to tell."""
+        shown = np.array([len(v) for v in visible_voxels])
+        seen = (shown >= self.cfg.min_visible_fraction * np.array([len(t.voxels) for t in tracks])) & \
+            (shown >= _MIN_SEEN_VOXELS)
+        sized = np.array([len(o.voxels) for o in observations]) >= _MIN_SEEN_VOXELS
+        return (iou <= 0.0) & seen[None, :] & sized[:, None]
+
+
+def spatial_gate(observations, tracks, max_gap_m: float) -> np.ndarray:
+    """A pair is admissible only when the observation's box is within max_gap_m of the track's: appearance
+    alone must never join two look-alike objects metres apart (eq. 1 gives them s >= alpha)."""
+    omin = np.array([o.points.min(axis=0) for o in observations])
+    omax = np.array([o.points.max(axis=0) for o in observations])
+    tmin = np.array([t.box_min for t in tracks])
+    tmax = np.array([t.box_max for t in tracks])
+    return geometry.box_gap(omin[:, None], omax[:, None], tmin[None], tmax[None]) <= max_gap_m
+
+
+def associate_hungarian(score: np.ndarray, candidate_ids: Sequence[int], tau_match: float) -> Pairs:
+    """The paper's rule: one-to-one assignment maximising the total score, pairs below tau_match rejected."""
+    from scipy.optimize import linear_sum_assignment
+
+    rows, cols = linear_sum_assignment(-score)
+    return [(int(r), candidate_ids[c]) for r, c in zip(rows, cols) if score[r, c] >= tau_match]
+
+
+def associate_greedy(observations, candidate_ids, iou: np.ndarray, tau_match: float) -> Pairs:
+    """Baseline: largest observation first, each takes the unused track with the best IoU >= tau_match."""
+    pairs, used = [], set()
+    for i in sorted(range(len(observations)), key=lambda k: -observations[k].pixel_count):
+        for j in np.argsort(-iou[i], kind="stable"):
+            if iou[i, j] < tau_match:
+                break
+            if j not in used:
+                used.add(j)
+                pairs.append((i, candidate_ids[j]))
+                break
+    return pairs
+
+
+def associate_by_source_id(observations, tracks) -> Pairs:
+    """Upper bound for studies: an observation continues the track opened from the same dataset instance id."""
+    by_source = {t.source_id: t.id for t in tracks if t.source_id is not None}
+    pairs, used = [], set()
+    for i, o in enumerate(observations):
+        tid = by_source.get(o.source_id)
+        if o.source_id is not None and tid is not None and tid not in used:
+            used.add(tid)
+            pairs.append((i, tid))
+    return pairs
+
+
+def cosine_matrix(features_a: Sequence[np.ndarray], features_b: Sequence[np.ndarray]) -> np.ndarray:
+    """(len(a), len(b)) cosine of L2-normalised descriptors; zeros when either side has none or dims differ
+    (the spatial term then decides alone)."""
+    if not len(features_a) or not len(features_b) or not len(features_a[0]) or not len(features_b[0]):
+        return np.zeros((len(features_a), len(features_b)))
+    fa, fb = np.stack(features_a), np.stack(features_b)
+    if fa.shape[1] != fb.shape[1]:
+        return np.zeros((len(fa), len(fb)))
+    return np.clip(fa @ fb.T, -1.0, 1.0)
+
+
+def pairwise_iou(voxels_a, voxels_b) -> np.ndarray:
+    """(len(a), len(b)) voxel IoU between two lists of sorted unique key arrays, in one sparse product."""
+    from scipy.sparse import csr_matrix
+
+    na, nb = len(voxels_a), len(voxels_b)
+    if na == 0 or nb == 0:
+        return np.zeros((na, nb))
+    size_a = np.array([len(v) for v in voxels_a], np.float64)
+    size_b = np.array([len(v) for v in voxels_b], np.float64)
+    keys_a = np.concatenate(voxels_a) if size_a.sum() else np.zeros(0, np.int64)
+    if len(keys_a) == 0:
+        return np.zeros((na, nb))
+    uniq, inv_a = np.unique(keys_a, return_inverse=True)
+    row_a = np.repeat(np.arange(na), size_a.astype(np.int64))
+    keys_b = np.concatenate(voxels_b) if size_b.sum() else np.zeros(0, np.int64)
+    row_b = np.repeat(np.arange(nb), size_b.astype(np.int64))
+    pos = np.minimum(np.searchsorted(uniq, keys_b), len(uniq) - 1)
+    hit = uniq[pos] == keys_b
+    A = csr_matrix((np.ones(len(inv_a), np.float32), (row_a, inv_a.ravel())), shape=(na, len(uniq)))
+    B = csr_matrix((np.ones(int(hit.sum()), np.float32), (row_b[hit], pos[hit])), shape=(nb, len(uniq)))
+    inter = (A @ B.T).toarray()
+    union = size_a[:, None] + size_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)

@@ -1,0 +1,167 @@
+"""Voxel stores at the fine resolution: a track's points with their consistency counters (PointStore) and the
+scene's points in bounded blocks (SceneMap). Keys are sorted int64 voxel keys (geometry.voxel_keys)."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Optional, Tuple
+
+import numpy as np
+
+from . import geometry
+
+
+class PointStore:
+    """A track's points at the fine resolution: sorted voxel keys, colours and the two vote counters."""
+
+    def __init__(self, voxel_size: float, cap: int):
+        self.voxel = float(voxel_size)
+        self.cap = int(cap)
+        self.keys = np.zeros(0, np.int64)
+        self.colors = np.zeros((0, 3), np.uint8)
+        self.visible = np.zeros(0, np.uint16)
+        self.in_mask = np.zeros(0, np.uint16)
+        self._centers: Optional[np.ndarray] = None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.colors.nbytes + self.visible.nbytes + self.in_mask.nbytes
+
+    def centers(self) -> np.ndarray:
+        if self._centers is None:
+            self._centers = geometry.voxel_centers(self.keys, self.voxel)
+        return self._centers
+
+    def add_points(self, points: np.ndarray, colors: np.ndarray) -> None:
+        keys = geometry.voxel_keys(points, self.voxel, unique=False)
+        self.add_keys(keys, colors)
+
+    def add_keys(self, keys: np.ndarray, colors: np.ndarray, visible=None, in_mask=None) -> None:
+        """Add voxels not yet stored (first colour wins), within the cap; counters start at 0 unless given."""
+        keys, first = np.unique(keys, return_index=True)
+        new = ~isin_sorted(keys, self.keys)
+        room = max(0, self.cap - len(self.keys))
+        sel = np.flatnonzero(new)[:room]
+        if len(sel) == 0:
+            return
+        vis = np.zeros(len(sel), np.uint16) if visible is None else np.asarray(visible)[first][sel]
+        inm = np.zeros(len(sel), np.uint16) if in_mask is None else np.asarray(in_mask)[first][sel]
+        new_keys = keys[sel]  # sorted: insert in place, O(n) instead of re-sorting the store
+        at = np.searchsorted(self.keys, new_keys)
+        if self._centers is not None:
+            self._centers = np.insert(self._centers, at, geometry.voxel_centers(new_keys, self.voxel), axis=0)
+        self.keys = np.insert(self.keys, at, new_keys)
+        self.colors = np.insert(self.colors, at, np.asarray(colors)[first][sel], axis=0)
+        self.visible = np.insert(self.visible, at, vis.astype(np.uint16))
+        self.in_mask = np.insert(self.in_mask, at, inm.astype(np.uint16))
+
+    def vote(self, visible: np.ndarray, in_mask: np.ndarray) -> None:
+        """One keyframe's votes: ``visible`` and ``in_mask`` are bool per stored voxel (in_mask implies visible)."""
+        self.visible = np.minimum(self.visible.astype(np.int32) + visible, 65535).astype(np.uint16)
+        self.in_mask = np.minimum(self.in_mask.astype(np.int32) + (in_mask & visible), 65535).astype(np.uint16)
+
+    def kept(self, tau_vis: float, min_visible: int) -> np.ndarray:
+        """Consistent voxels: voted on (visible >= min_visible) and in-mask ratio >= tau_vis; voxels not yet
+        voted on are kept when they were ever inside the mask (pure expansion candidates are not)."""
+        voted = self.visible >= max(1, min_visible)
+        ratio_ok = self.in_mask >= tau_vis * self.visible.astype(np.float32)
+        return np.where(voted, ratio_ok, self.in_mask > 0)
+
+    def prune(self, keep: np.ndarray) -> None:
+        self.keys, self.colors = self.keys[keep], self.colors[keep]
+        self.visible, self.in_mask = self.visible[keep], self.in_mask[keep]
+        self._centers = None
+
+    def merge(self, other: "PointStore") -> None:
+        """Union with another store; counters of shared voxels add up."""
+        shared = isin_sorted(other.keys, self.keys)
+        pos = np.searchsorted(self.keys, other.keys[shared])
+        self.visible[pos] = np.minimum(self.visible[pos].astype(np.int32) + other.visible[shared], 65535)
+        self.in_mask[pos] = np.minimum(self.in_mask[pos].astype(np.int32) + other.in_mask[shared], 65535)
+        rest = ~shared
+        self.add_keys(other.keys[rest], other.colors[rest], other.visible[rest], other.in_mask[rest])
+
+
+def isin_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    """np.isin for a sorted ``sorted_keys``, by binary search."""
+    if len(sorted_keys) == 0:
+        return np.zeros(len(values), bool)
+    pos = np.minimum(np.searchsorted(sorted_keys, values), len(sorted_keys) - 1)
+    return sorted_keys[pos] == values
+
+
+class SceneMap:
+    """The scene's points at the fine resolution in blocks of 32^3 voxels, for expansion (paper tau_exp).
+    Bounded: past ``max_points`` the least recently updated blocks are dropped."""
+
+    BLOCK_SHIFT = 5
+
+    def __init__(self, voxel_size: float, max_points: int):
+        self.voxel = float(voxel_size)
+        self.max_points = int(max_points)
+        self.blocks: "OrderedDict[int, Tuple[np.ndarray, np.ndarray]]" = OrderedDict()
+        self.n_points = 0
+
+    def _block_of(self, keys: np.ndarray) -> np.ndarray:
+        return geometry.pack_keys(geometry.unpack_keys(keys) >> self.BLOCK_SHIFT)
+
+    def add(self, points: np.ndarray, colors: np.ndarray) -> None:
+        if len(points) == 0:
+            return
+        keys, first = np.unique(geometry.voxel_keys(points, self.voxel, unique=False), return_index=True)
+        colors = colors[first]
+        blocks = self._block_of(keys)
+        order = np.argsort(blocks, kind="stable")
+        blocks, keys, colors = blocks[order], keys[order], colors[order]
+        starts = np.flatnonzero(np.r_[True, blocks[1:] != blocks[:-1]])
+        ends = np.r_[starts[1:], len(blocks)]
+        for s, e in zip(starts, ends):
+            self._merge_block(int(blocks[s]), keys[s:e], colors[s:e])
+        while self.n_points > self.max_points and self.blocks:
+            _, (old_keys, _) = self.blocks.popitem(last=False)
+            self.n_points -= len(old_keys)
+
+    def _merge_block(self, block: int, keys: np.ndarray, colors: np.ndarray) -> None:
+        old = self.blocks.pop(block, None)
+        if old is None:
+            self.blocks[block] = (keys, colors)
+            self.n_points += len(keys)
+            return
+        new = ~isin_sorted(keys, old[0])
+        if not new.any():
+            self.blocks[block] = old
+            return
+        all_keys = np.concatenate([old[0], keys[new]])
+        order = np.argsort(all_keys, kind="stable")
+        self.blocks[block] = (all_keys[order], np.concatenate([old[1], colors[new]])[order])
+        self.n_points += int(new.sum())
+
+    def in_box(self, bmin, bmax) -> Tuple[np.ndarray, np.ndarray]:
+        """Keys and colours of the map voxels in the blocks overlapping the box."""
+        lo = np.floor(np.asarray(bmin) / self.voxel).astype(np.int64) >> self.BLOCK_SHIFT
+        hi = np.floor(np.asarray(bmax) / self.voxel).astype(np.int64) >> self.BLOCK_SHIFT
+        keys, colors = [], []
+        for i in range(lo[0], hi[0] + 1):
+            for j in range(lo[1], hi[1] + 1):
+                for k in range(lo[2], hi[2] + 1):
+                    b = self.blocks.get(int(geometry.pack_keys(np.array([[i, j, k]]))[0]))
+                    if b is not None:
+                        keys.append(b[0])
+                        colors.append(b[1])
+        if not keys:
+            return np.zeros(0, np.int64), np.zeros((0, 3), np.uint8)
+        return np.concatenate(keys), np.concatenate(colors)
+
+    def points(self) -> Tuple[np.ndarray, np.ndarray]:
+        """(N, 3) float32 voxel centres and (N, 3) uint8 colours of every stored scene point."""
+        if not self.blocks:
+            return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
+        keys = np.concatenate([b[0] for b in self.blocks.values()])
+        colors = np.concatenate([b[1] for b in self.blocks.values()])
+        return geometry.voxel_centers(keys, self.voxel), colors
+
+    def clear(self) -> None:
+        self.blocks.clear()
+        self.n_points = 0
