@@ -173,6 +173,10 @@ class TrackLabels:
         for tid in track_ids:
             self._state.pop(tid, None)
 
+    def restore(self, states: dict) -> None:
+        """Replace the label state with a loaded one (nothing is pending after a restart)."""
+        self._state = {tid: LabelState(s.label, s.score, s.labelled_size, False) for tid, s in states.items()}
+
     def wait(self, timeout_s: float) -> None:
         if self.worker is not None:
             self.worker.wait(timeout_s)

@@ -257,6 +257,34 @@ class Pipeline:
     def close(self) -> None:
         self.labels.close()
 
+    def save_state(self, folder) -> None:
+        """Write the resumable map state (map_state.py) to ``folder``, replacing it atomically."""
+        from . import map_state
+
+        self.labels.collect()
+        map_state.save(self, folder)
+
+    def load_state(self, folder) -> None:
+        """Continue from a saved map state. Everything is read and checked first; the live map is replaced
+        only on success (a bad state raises map_state.MapStateError and leaves it untouched)."""
+        from . import map_state
+
+        loaded = map_state.load(folder, self.cfg)
+        dims = {len(t.feature) for t in loaded.tracker.tracks.values()}
+        want = getattr(self.features, "dim", None)
+        if dims and want is not None and dims != {want}:
+            raise map_state.MapStateError(f"map state '{folder}' holds {dims.pop()}-d descriptors, the configured "
+                                          f"features backend gives {want}-d: use the backend it was built with")
+        self.labels.clear()
+        self.tracker = loaded.tracker
+        self.views.restore(loaded.views, loaded.images, loaded.next_image_key)
+        self.labels.restore(loaded.labels)
+        if loaded.vocabulary:
+            self.set_vocabulary(loaded.vocabulary)
+        self.keyframes.reset()
+        c = loaded.counters
+        self._frames, self._keyframes, self._merged = c["frames"], c["keyframes"], c["merged"]
+
     def set_vocabulary(self, classes: List[str]) -> None:
         classes = [str(c).strip() for c in classes if str(c).strip()]
         if not classes:

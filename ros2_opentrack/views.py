@@ -69,6 +69,18 @@ class ImageStore:
         if entry[1] <= 0:
             del self._images[key]
 
+    @property
+    def next_key(self) -> int:
+        return self._next
+
+    def entries(self) -> list:
+        """(key, jpeg bytes, reference count) of every stored image (for the map state)."""
+        return [(k, data, refs) for k, (data, refs) in self._images.items()]
+
+    def restore(self, entries, next_key: int) -> None:
+        self._images = {int(k): [data, int(refs)] for k, data, refs in entries}
+        self._next = int(next_key)
+
     def decode(self, key: int) -> np.ndarray:
         return decode_jpeg(self.jpeg(key))
 
@@ -161,6 +173,11 @@ class TrackViews:
     def clear(self) -> None:
         self._views.clear()
         self.images.clear()
+
+    def restore(self, views: dict, images: list, next_key: int) -> None:
+        """Replace everything with a loaded state (map_state.load): views per track and the images they use."""
+        self._views = {tid: list(v) for tid, v in views.items() if v}
+        self.images.restore(images, next_key)
 
     def jpegs(self, track_id: int) -> list:
         """(jpeg bytes, box) of the track's stored views, best first: what a label request carries."""
