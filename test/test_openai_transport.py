@@ -1,6 +1,7 @@
 """The openai transport against a chat-completions server on 127.0.0.1 started by the test. The main server
 answers through the tiny Qwen-VL (transformers transport), so the request is decoded exactly as a real server
 would: K JPEG images with the red box, the prompt text, the model name and the API key header."""
+import re
 import threading
 
 import numpy as np
@@ -10,7 +11,7 @@ from ros2_opentrack.config import LabelerConfig, PerceptionConfig
 from ros2_opentrack.errors import ConfigError
 from ros2_opentrack.perception.base import LabelRequest
 from ros2_opentrack.perception.mllm import MllmLabeler, OpenAITransport, TransformersTransport
-from ros2_opentrack.perception.prompts import Prompt, build_prompt_text
+from ros2_opentrack.perception.prompts import Prompt, build_prompt_text, parse_answer
 from ros2_opentrack.views import draw_red_box
 from support.chat_server import ChatServer
 from support.tiny_qwen_vl import save_tiny_qwen_vl
@@ -81,8 +82,10 @@ def test_requests_carry_images_prompt_model_and_key_and_answers_are_parsed(tiny_
                            [build_prompt_text("tasks", ["open the door", "sit down"])])
     for result, request in zip(results, requests):
         assert result.raw == answers[build_prompt_text(request.mode, request.choices), len(request.images)]
-        assert result.label in request.choices + [None]
-        assert result.label is not None or result.error is not None or result.raw.strip()
+        expected = parse_answer(re.sub(r"<think>.*?</think>", "", result.raw, flags=re.S).strip(), request.mode,
+                                request.choices)  # the server's own answer, parsed against this request's choices
+        assert (result.label, result.task_indices, result.error) == \
+            (expected.label, expected.task_indices, expected.error), result
 
 
 def test_key_is_read_from_the_named_env_var_at_request_time_and_never_stored(monkeypatch):
