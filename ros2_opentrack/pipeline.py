@@ -189,15 +189,11 @@ class Pipeline:
         return frame.masks
 
     def _keyframe(self, frame: Frame, masks: List[Mask2D], result: StepResult, timer: "_Timer") -> None:
-        h, w = frame.depth.shape
         result.n_masks = len(masks)
         feats = None
         if self.features is not None and masks:
-            if hasattr(self.features, "extract_boxed"):  # weight-free backends: per-box fast path
-                feats = self.features.extract_boxed(frame.rgb, [m.mask for m in masks], [m.box for m in masks])
-            else:
-                stack = np.stack([m.mask for m in masks]) if masks else np.zeros((0, h, w), bool)
-                feats = self.features.extract(frame.rgb, stack)
+            boxes = np.asarray([m.box for m in masks], np.float32).reshape(-1, 4)
+            feats = self.features.extract(frame.rgb, [m.mask for m in masks], boxes)
         timer.lap("features")
         observations, dropped = lift_masks(frame, masks, self.cfg.lift, self.cfg.dbscan,
                                            self.cfg.tracking.voxel_size_m, self.rng, feats)
@@ -353,15 +349,15 @@ class Pipeline:
         if not classes:
             raise InputError("vocabulary must hold at least one non-empty class name")
         self.vocabulary = classes
-        if self.mask_source is not None and hasattr(self.mask_source, "set_vocabulary"):
+        if self.mask_source is not None:
             self.mask_source.set_vocabulary(classes)
 
     @property
     def text_matcher(self):
         """Built on first use; shared with a labeller that has a ``text_matcher`` slot (MllmLabeler), so the
         sentence model is loaded once: the labeller's own matcher is reused when it built one first."""
-        if self._text_matcher is None:
-            self._text_matcher = getattr(self.labeler, "text_matcher", None)
+        if self._text_matcher is None and self.labeler is not None:
+            self._text_matcher = self.labeler.text_matcher
         if self._text_matcher is None:
             from .perception import registry
 
@@ -371,8 +367,7 @@ class Pipeline:
         return self._text_matcher
 
     def _share_text_matcher(self) -> None:
-        if self._text_matcher is not None and hasattr(self.labeler, "text_matcher") \
-                and getattr(self.labeler, "text_matcher", None) is None:
+        if self._text_matcher is not None and self.labeler is not None and self.labeler.text_matcher is None:
             self.labeler.text_matcher = self._text_matcher
 
     def query(self, text: str):

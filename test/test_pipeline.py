@@ -40,7 +40,8 @@ def test_color_hist_features_are_normalised_and_discriminative():
     masks[0, :20, :20] = True
     masks[1, 20:, :20] = True
     masks[2, :, 20:] = True
-    f = fx.extract(rgb, masks)
+    boxes = np.tile(np.float32([0, 0, 40, 40]), (4, 1))
+    f = fx.extract(rgb, masks, boxes)
     assert f.shape == (4, fx.dim)
     np.testing.assert_allclose(np.linalg.norm(f[:3], axis=1), 1.0, atol=1e-6)
     assert f[0] @ f[1] == pytest.approx(1.0) and f[0] @ f[2] < 0.1
