@@ -83,7 +83,8 @@ class DbscanConfig:
     enabled: bool = param(True, "denoise each lifted mask (off: keep every lifted point)")
     eps_m: float = param(0.05, "neighbourhood radius of DBSCAN")
     min_points: int = param(10, "points within eps_m for a core point")
-    backend: DbscanBackend = param("auto", "auto (= grid) | grid (fast grid DBSCAN, all masks at once) | open3d | sklearn")
+    backend: DbscanBackend = param("auto", "auto (= grid) | grid (fast grid DBSCAN, all masks at once) | open3d "
+                                           "| sklearn")
 
 
 @dataclass
