@@ -178,7 +178,7 @@ def run_set(name: str, spec: Dict[str, str], args, device: str, rgb: np.ndarray,
     dino_size = "tiny" if args.quick else spec["dinov2"]
     features = build_dinov2(dino_size, device, half, use_trt, args.dino_size)
     grid = features.grid(rgb.shape[:2])
-    t = timeit(lambda: features.extract(rgb, masks), device, args.repeats, args.warmup)
+    t = timeit(lambda: features.extract(rgb, masks, boxes), device, args.repeats, args.warmup)
     times[f"features DINOv2-{dino_size}{' +TensorRT' if features.backend == 'tensorrt' else ''} "
           f"({grid[0]}x{grid[1]} patches)"] = t
     return times

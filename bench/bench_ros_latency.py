@@ -41,10 +41,10 @@ class SlowFeatures:
     def __init__(self, inner, seconds: float):
         self.inner, self.seconds, self.dim, self.calls = inner, seconds, inner.dim, 0
 
-    def extract(self, rgb, masks):
+    def extract(self, rgb, masks, boxes):
         self.calls += 1
         time.sleep(self.seconds)
-        return self.inner.extract(rgb, masks)
+        return self.inner.extract(rgb, masks, boxes)
 
 
 def make_node(extra: dict, features=None):

@@ -6,7 +6,7 @@
     opentrack query DIR "red mug"                    rank the saved instances of a run by text
     opentrack convert SCENE out.mcap                 scene folder -> ROS 2 bag
     opentrack bench SCENE                            per-stage timings
-    opentrack doctor                                 which backends can run here
+    opentrack doctor [--all]                         which backends can run here (--all: every known one)
 
 Errors in the input (InputError, ConfigError, BackendUnavailable) print one line to stderr and exit with 2."""
 from __future__ import annotations
@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     doc = sub.add_parser("doctor", help="check which backends, weights and devices are usable here")
     doc.add_argument("--config", help="YAML config to check (default: config/opentrack.yaml)")
     doc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    doc.add_argument("--all", action="store_true", help="also list every backend this build knows, not only the "
+                                                        "configured ones")
     return p
 
 
@@ -306,7 +308,7 @@ def cmd_convert(args) -> int:
 def cmd_doctor(args) -> int:
     from .perception.doctor import run_doctor
 
-    return int(run_doctor(load_cli_config(args.config, args.set)))
+    return int(run_doctor(load_cli_config(args.config, args.set), all_backends=args.all))
 
 
 # ---------------------------------------------------------------------------------------------------------

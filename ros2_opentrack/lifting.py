@@ -10,12 +10,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import geometry
+from .config import DBSCAN_BACKENDS
 from .errors import BackendUnavailable, ConfigError
 from .types import Frame, Mask2D, Observation
 
 log = logging.getLogger("ros2_opentrack")
-
-DBSCAN_BACKENDS = ("auto", "grid", "open3d", "sklearn")
 
 
 def lift_masks(frame: Frame, masks: Sequence[Mask2D], lift_cfg, dbscan_cfg, voxel_size: float,
@@ -127,13 +126,18 @@ def main_cluster(points: np.ndarray, group: np.ndarray, eps: float, min_points: 
 
 
 def cluster_labels(points: np.ndarray, group: np.ndarray, eps: float, min_points: int, backend: str = "auto") -> np.ndarray:
-    """Cluster label per point (-1 = noise); clusters never span two groups."""
+    """Cluster label per point (-1 = noise); clusters never span two groups. An explicit backend runs exactly
+    that backend; only auto chooses (grid, or sklearn where the grid cannot hold the points)."""
     if backend not in DBSCAN_BACKENDS:
         raise ConfigError(f"dbscan.backend '{backend}' unknown (expected one of {', '.join(DBSCAN_BACKENDS)})")
     if backend in ("auto", "grid"):
         labels = grid_dbscan(points, group, eps, min_points)
-        if labels is not None or backend == "grid":
-            return labels if labels is not None else _sklearn_labels(points, group, eps, min_points)
+        if labels is not None:
+            return labels
+        if backend == "grid":
+            raise ConfigError(f"dbscan.backend 'grid' cannot cluster these points: they span more than "
+                              f"{(1 << _AXIS_BITS) - 2} cells of eps/2 = {eps / 2} m per axis, or the frame has "
+                              f"{1 << 14} or more masks; use dbscan.backend auto or sklearn")
         backend = "sklearn"
     if backend == "open3d":
         return _open3d_labels(points, group, eps, min_points)

@@ -169,9 +169,8 @@ class Pipeline:
         """(N, D) mask-averaged descriptors, one backend call per keyframe."""
         if self.features is None or not masks:
             return None
-        if hasattr(self.features, "extract_boxed"):  # weight-free backends: per-box fast path
-            return self.features.extract_boxed(frame.rgb, [m.mask for m in masks], [m.box for m in masks])
-        return self.features.extract(frame.rgb, np.stack([m.mask for m in masks]))
+        boxes = np.asarray([m.box for m in masks], np.float32).reshape(-1, 4)
+        return self.features.extract(frame.rgb, [m.mask for m in masks], boxes)
 
     def _lift(self, frame: Frame, masks: List[Mask2D], features, result: StepResult) -> List[Observation]:
         observations, dropped = lift_masks(frame, masks, self.cfg.lift, self.cfg.dbscan,
@@ -290,15 +289,15 @@ class Pipeline:
         if not classes:
             raise InputError("vocabulary must hold at least one non-empty class name")
         self.vocabulary = classes
-        if self.mask_source is not None and hasattr(self.mask_source, "set_vocabulary"):
+        if self.mask_source is not None:
             self.mask_source.set_vocabulary(classes)
 
     @property
     def text_matcher(self):
         """Built on first use; shared with a labeller that has a ``text_matcher`` slot (MllmLabeler), so the
         sentence model is loaded once: the labeller's own matcher is reused when it built one first."""
-        if self._text_matcher is None:
-            self._text_matcher = getattr(self.labeler, "text_matcher", None)
+        if self._text_matcher is None and self.labeler is not None:
+            self._text_matcher = self.labeler.text_matcher
         if self._text_matcher is None:
             from .perception import registry
 
@@ -308,8 +307,7 @@ class Pipeline:
         return self._text_matcher
 
     def _share_text_matcher(self) -> None:
-        if self._text_matcher is not None and hasattr(self.labeler, "text_matcher") \
-                and getattr(self.labeler, "text_matcher", None) is None:
+        if self._text_matcher is not None and self.labeler is not None and self.labeler.text_matcher is None:
             self.labeler.text_matcher = self._text_matcher
 
     def query(self, text: str):

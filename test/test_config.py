@@ -102,3 +102,49 @@ def test_every_parameter_has_a_description():
     missing = [k for k in flat if k not in docs]
     # every leaf becomes a ROS parameter, and each needs a description
     assert not missing, missing
+
+
+@pytest.mark.parametrize("name", sorted(C.field_choices()))
+def test_an_invalid_choice_is_rejected_naming_the_allowed_values(name):
+    allowed = C.field_choices()[name]
+    assert C.get_value(C.OpenTrackConfig(), name) in allowed
+    expected = C.one_of(allowed)
+    with pytest.raises(ConfigError, match=rf"'{name}' = 'bogus': expected {expected}"):
+        C.from_flat({name: "bogus"})  # rejected while the tree is built
+    cfg = C.OpenTrackConfig()
+    group, leaf = name.rsplit(".", 1)
+    setattr(C.get_value(cfg, group), leaf, "bogus")
+    with pytest.raises(ConfigError, match=rf"'{name}' = 'bogus': expected {expected}"):
+        cfg.validate()  # and when set on the object directly
+
+
+def test_choices_are_the_constants_the_code_branches_on():
+    from ros2_opentrack import lifting
+    from ros2_opentrack.perception import prompts
+
+    choices = C.field_choices()
+    assert choices["dbscan.backend"] == C.DBSCAN_BACKENDS is lifting.DBSCAN_BACKENDS
+    assert choices["perception.labeler.mode"] == C.LABEL_MODES is prompts.MODES
+    assert choices["perception.labeler.transport"] == C.LABELER_TRANSPORTS
+    assert choices["masks.source"] == C.MASK_SOURCES and choices["tracking.association"] == C.ASSOCIATIONS
+
+
+def test_field_docs_come_from_field_metadata_not_source(monkeypatch):
+    import inspect
+
+    def no_source(obj):
+        raise OSError("no .py sources in this install")
+
+    monkeypatch.setattr(inspect, "getsource", no_source)
+    docs = C.field_docs()
+    assert set(docs) == set(C.flatten(C.OpenTrackConfig()))  # every leaf
+    assert all(docs.values())
+    # a description written over two source lines comes back whole
+    assert docs["tracking.min_visible_fraction"] == ("a track this much in view counts as seen: if missed it ages, "
+                                                     "and it cannot take an observation it does not overlap")
+
+
+def test_param_copies_a_list_default():
+    a, b = C.DetectorConfig(), C.DetectorConfig()
+    a.vocabulary.append("robot")
+    assert "robot" not in b.vocabulary and b.vocabulary == list(C.DEFAULT_VOCABULARY)

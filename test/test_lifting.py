@@ -3,7 +3,7 @@ import pytest
 
 from ros2_opentrack.config import OpenTrackConfig
 from ros2_opentrack.errors import BackendUnavailable, ConfigError
-from ros2_opentrack.lifting import cluster_labels, lift_masks, main_cluster
+from ros2_opentrack.lifting import cluster_labels, grid_dbscan, lift_masks, main_cluster
 from ros2_opentrack.types import Frame, Mask2D
 
 
@@ -118,3 +118,30 @@ def test_lift_ignores_invalid_depth_under_the_mask():
     masks = [_mask((60, 80), slice(20, 40), slice(30, 50))]
     obs, dropped = lift_masks(frame, masks, cfg.lift, cfg.dbscan, 0.05, np.random.default_rng(0))
     assert obs == [] and dropped == {"small_mask": 1}
+
+
+def test_an_explicit_grid_backend_runs_the_grid_never_sklearn(monkeypatch):
+    import ros2_opentrack.lifting as L
+
+    def no_exact(*args):
+        raise AssertionError("an exact backend ran although grid was asked for")
+
+    monkeypatch.setattr(L, "_sklearn_labels", no_exact)
+    monkeypatch.setattr(L, "_open3d_labels", no_exact)
+    calls = []
+    monkeypatch.setattr(L, "grid_dbscan", lambda *a: calls.append(1) or grid_dbscan(*a))
+    pts, grp, _ = planted()
+    assert main_cluster(pts, grp, 0.05, 10, "grid").any() and calls == [1]
+
+
+def test_grid_that_cannot_hold_the_points_raises_naming_it_while_auto_falls_back(monkeypatch):
+    import ros2_opentrack.lifting as L
+
+    far = np.array([[0, 0, 0], [0.01, 0, 0], [5000.0, 0, 0]], np.float32)  # > 65534 cells of 2.5 cm
+    grp = np.zeros(3, int)
+    with pytest.raises(ConfigError, match="dbscan.backend 'grid'"):
+        cluster_labels(far, grp, 0.05, 2, "grid")
+    used = []
+    real = L._sklearn_labels
+    monkeypatch.setattr(L, "_sklearn_labels", lambda *a: used.append("sklearn") or real(*a))
+    assert cluster_labels(far, grp, 0.05, 2, "auto").tolist() == [0, 0, -1] and used == ["sklearn"]

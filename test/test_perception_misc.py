@@ -167,6 +167,77 @@ def test_doctor_flags_an_unknown_backend():
     assert run_doctor(cfg, out) == 1 and "unknown backend" in out.getvalue()
 
 
+class FakeFeatures:
+    """A backend known only to a test: the registry line is all that makes the doctor list it."""
+
+    dim = 3
+
+    @staticmethod
+    def requirements(cfg, perception_cfg=None):
+        from ros2_opentrack.perception.base import Requirements
+
+        return Requirements(modules=("json",), weights="fake-weights.bin", device="cpu")
+
+    @classmethod
+    def from_config(cls, cfg, perception_cfg=None):
+        return cls()
+
+    def extract(self, rgb, masks, boxes):
+        return np.ones((len(masks), self.dim), np.float32) / np.sqrt(self.dim)
+
+
+@pytest.fixture
+def fake_backend(monkeypatch):
+    import sys
+    import types
+
+    from ros2_opentrack.perception import registry
+
+    module = types.ModuleType("fake_backend_module")
+    module.FakeFeatures = FakeFeatures
+    monkeypatch.setitem(sys.modules, "fake_backend_module", module)
+    monkeypatch.setitem(registry.BACKENDS["features"], "fake", "fake_backend_module:FakeFeatures")
+    return registry
+
+
+def test_a_registered_backend_appears_in_doctor_without_a_doctor_edit(fake_backend, tmp_path):
+    cfg = weight_free_config()
+    cfg.perception.weights_dir = str(tmp_path)
+    cfg.perception.features.name = "fake"
+    out = io.StringIO()
+    assert run_doctor(cfg, out) == 1  # its declared weights are missing
+    row = next(line for line in out.getvalue().splitlines() if line.startswith("features"))
+    assert "fake" in row and "ok (json)" in row and "FAIL" in row and "fake-weights.bin" in row
+    (tmp_path / "fake-weights.bin").write_bytes(b"x")
+    out = io.StringIO()
+    assert run_doctor(cfg, out) == 0 and "unknown backend" not in out.getvalue()
+    assert fake_backend.build("features", cfg.perception.features).dim == 3
+
+
+def test_doctor_all_lists_every_registered_backend(fake_backend):
+    from ros2_opentrack.cli import main
+    from ros2_opentrack.perception.doctor import model_rows
+
+    cfg = weight_free_config()
+    rows = model_rows(cfg, all_backends=True)
+    listed = {(r.role, r.backend.split(" ")[0]) for r in rows}
+    known = {(role, name) for role, names in fake_backend.BACKENDS.items() for name in names}
+    assert known <= listed and ("features", "fake") in listed
+    others = [r for r in rows if r.backend != getattr(cfg.perception, r.role).name]
+    assert others and not any(r.required for r in others)  # informational: they never change the exit code
+    assert main(["doctor", "--all", "--set", "masks.source=dataset", "--set", "perception.features.name=color_hist",
+                 "--set", "perception.text_matcher.name=none", "--set", "dbscan.backend=sklearn"]) == 0
+
+
+def test_every_registered_backend_declares_from_config_and_requirements():
+    from ros2_opentrack.perception import registry
+    from ros2_opentrack.perception.base import Backend
+
+    for role, names in registry.BACKENDS.items():
+        for name in names:
+            assert isinstance(registry.backend_class(role, name), Backend), (role, name)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # model mask source (real tiny OWLv2 detector + real SAM2 tiny segmenter)
 

@@ -10,6 +10,7 @@ from _core_scene import core_config, cube, make_frame, orbit  # noqa: E402
 
 from ros2_opentrack import synthetic  # noqa: E402
 from ros2_opentrack.config import OpenTrackConfig  # noqa: E402
+from ros2_opentrack.errors import InputError  # noqa: E402
 from ros2_opentrack.eval.ap import evaluate_points, transfer_to_gt  # noqa: E402
 from ros2_opentrack.perception.color_hist import ColorHistogramFeatures  # noqa: E402
 from ros2_opentrack.perception.registry import build  # noqa: E402
@@ -40,11 +41,27 @@ def test_color_hist_features_are_normalised_and_discriminative():
     masks[0, :20, :20] = True
     masks[1, 20:, :20] = True
     masks[2, :, 20:] = True
-    f = fx.extract(rgb, masks)
+    boxes = np.tile(np.float32([0, 0, 40, 40]), (4, 1))
+    f = fx.extract(rgb, masks, boxes)
     assert f.shape == (4, fx.dim)
     np.testing.assert_allclose(np.linalg.norm(f[:3], axis=1), 1.0, atol=1e-6)
     assert f[0] @ f[1] == pytest.approx(1.0) and f[0] @ f[2] < 0.1
     assert not f[3].any()  # an empty mask gives the zero vector
+    tight = np.float32([[0, 0, 20, 20], [0, 20, 20, 40], [20, 0, 40, 40], [0, 0, 0, 0]])
+    np.testing.assert_allclose(fx.extract(rgb, list(masks), tight), f, atol=1e-6)  # a list, boxes as a hint
+    with pytest.raises(InputError, match="4 masks but 3 boxes"):
+        fx.extract(rgb, masks, tight[:3])
+
+
+def test_backends_satisfy_the_protocols_callers_use():
+    from ros2_opentrack.perception.base import FeatureExtractor, Labeler, MaskSource
+    from ros2_opentrack.perception.mllm import MllmLabeler
+    from ros2_opentrack.perception.model_source import ModelMaskSource
+
+    assert isinstance(ColorHistogramFeatures(), FeatureExtractor)
+    assert isinstance(ModelMaskSource(object(), object()), MaskSource)  # has set_vocabulary
+    labeler = MllmLabeler(transport=None)
+    assert isinstance(labeler, Labeler) and labeler.text_matcher is None
 
 
 def test_end_to_end_three_objects():

@@ -62,6 +62,8 @@ def test_matcher_scores_order_the_shortlist_and_cut_it():
 class RecordingLabeler:
     """Confirms the instances in ``yes``; fails for those in ``fail``; records the requests it got."""
 
+    text_matcher = None  # Labeler protocol: no matcher of its own
+
     def __init__(self, yes, fail=()):
         self.yes, self.fail, self.requests = set(yes), set(fail), []
 

@@ -179,6 +179,20 @@ def test_every_core_parameter_declared_with_description(ros):
         node.destroy_node()
 
 
+def test_enumerated_parameters_declare_their_choices(ros):
+    from ros2_opentrack.ros.params import POSE_SOURCES, declare_all
+
+    node = ros.create_node("opentrack_params_choices")
+    try:
+        declare_all(node)
+        for name, allowed in cfg.field_choices().items():
+            assert node.describe_parameter(name).additional_constraints == f"one of: {', '.join(allowed)}", name
+        assert node.describe_parameter("pose_source").additional_constraints == f"one of: {', '.join(POSE_SOURCES)}"
+        assert node.describe_parameter("tracking.alpha").additional_constraints == ""
+    finally:
+        node.destroy_node()
+
+
 def test_yaml_values_reach_the_config_through_ros_parameters(ros):
     from rclpy.parameter import Parameter
 

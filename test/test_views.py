@@ -23,6 +23,8 @@ def config(top_k=2):
 class DominantColourLabeler:
     """Test labeller: answers with the colour name closest to the mean colour inside the red box's interior."""
 
+    text_matcher = None  # Labeler protocol: no matcher of its own
+
     def __init__(self):
         self.calls = 0
 
@@ -101,6 +103,8 @@ def test_async_labels_arrive_without_stalling_and_relabel_on_growth():
 
 def test_a_failing_labeller_never_breaks_tracking():
     class Broken:
+        text_matcher = None
+
         def label(self, requests):
             raise RuntimeError("model crashed")
 

@@ -3,7 +3,7 @@ sees the protocol. Images are RGB uint8 HxWx3 numpy arrays; boxes are float32 (N
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 import numpy as np
 
@@ -42,14 +42,20 @@ class Segmenter(Protocol):
 class FeatureExtractor(Protocol):
     dim: int
 
-    def extract(self, rgb: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        """One image, masks (N, H, W) bool -> (N, dim) float32 L2-normalised mask-averaged descriptors."""
+    def extract(self, rgb: np.ndarray, masks: Sequence[np.ndarray], boxes: np.ndarray) -> np.ndarray:
+        """One image, N HxW bool masks (a list or an (N, H, W) array) and their float32 (N, 4) boxes -> (N, dim)
+        float32 L2-normalised mask-averaged descriptors. Boxes are a hint a backend may use (read each mask only
+        inside its box) or ignore."""
         ...
 
 
 @runtime_checkable
 class MaskSource(Protocol):
     def masks(self, frame: Frame) -> List[Mask2D]: ...
+
+    def set_vocabulary(self, classes: Sequence[str]) -> None:
+        """The classes to look for from now on; a no-op for sources without a vocabulary (dataset, topic)."""
+        ...
 
 
 @dataclass
@@ -72,6 +78,10 @@ class LabelResult:
 
 @runtime_checkable
 class Labeler(Protocol):
+    # Maps free-form answers to a choice. May be None: the pipeline then hands the labeller its own matcher (one
+    # sentence model for both), and a labeller that built one first shares it with the pipeline.
+    text_matcher: Optional["TextMatcher"]
+
     def label(self, requests: Sequence[LabelRequest]) -> List[LabelResult]:
         """Answer a batch; failures come back as results with ``error`` set, not as exceptions."""
         ...
@@ -86,3 +96,32 @@ class TextMatcher(Protocol):
     def similarity(self, queries: Sequence[str], candidates: Sequence[str]) -> np.ndarray:
         """(Q, C) cosine similarities."""
         ...
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What a backend class declares besides its role protocol (see registry.py)
+
+
+@dataclass
+class Requirements:
+    """What a backend needs to run here, declared without building it: `opentrack doctor` checks it."""
+
+    modules: Tuple[str, ...] = ()  # Python modules that must import
+    weights: Optional[str] = None  # weight reference (path, file name in weights_dir, hub id); None: none needed
+    hub_file: str = "config.json"  # the file whose presence in the hub cache means the weights are there
+    hub_repo: Optional[str] = None  # hub repository of a single-file checkpoint (weights is then its file)
+    device: Optional[str] = None  # where it runs when fixed ("cpu", "remote"); None: resolved from role_cfg.device
+    note: str = "not needed"  # the weights column when ``weights`` is None
+    backend: str = ""  # the backend column when the name alone is not enough, e.g. "mllm (openai)"
+    import_check: Optional[Callable[[], Tuple[bool, str]]] = None  # replaces the plain import of ``modules``
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """The class a registry entry names: builds itself from config and declares its requirements."""
+
+    @classmethod
+    def from_config(cls, role_cfg: Any, perception_cfg: Any = None) -> Any: ...
+
+    @staticmethod
+    def requirements(role_cfg: Any, perception_cfg: Any = None) -> Requirements: ...

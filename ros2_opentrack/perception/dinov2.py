@@ -8,6 +8,7 @@ from typing import Any, Optional, Tuple
 import numpy as np
 
 from ..errors import BackendUnavailable, ConfigError
+from .base import Requirements
 from .devices import check_masks, check_rgb, resolve_device, torch_dtype, use_half
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,10 @@ class Dinov2Features:
         std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
         self._mean, self._std = mean, std
 
+    @staticmethod
+    def requirements(cfg: Any, perception_cfg: Any = None) -> Requirements:
+        return Requirements(modules=("transformers",), weights=hub_id(cfg.model))
+
     @classmethod
     def from_config(cls, cfg: Any, perception_cfg: Any = None) -> "Dinov2Features":
         try:
@@ -101,11 +106,12 @@ class Dinov2Features:
             hidden = runner(pixels) if runner is not None else self.model(pixel_values=pixels).last_hidden_state
         return hidden[0, self.n_prefix:].float()
 
-    def extract(self, rgb: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    def extract(self, rgb: np.ndarray, masks, boxes) -> np.ndarray:
+        """FeatureExtractor.extract; the boxes are ignored (each mask is pooled over the whole patch grid)."""
         rgb = check_rgb(rgb, "features")
-        masks = check_masks(masks, rgb.shape[:2], "features masks")
         if len(masks) == 0:
             return np.zeros((0, self.dim), np.float32)
+        masks = check_masks(masks, rgb.shape[:2], "features masks")  # stacks a list of HxW masks
         tokens = self.patch_tokens(rgb)
         weights = self.mask_weights(masks, self.grid(rgb.shape[:2]))
         return pool(tokens, weights, self).cpu().numpy().astype(np.float32, copy=False)

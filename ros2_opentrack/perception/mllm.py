@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import BackendUnavailable, ConfigError
 from ..views import encode_jpeg
-from .base import LabelRequest, LabelResult
+from .base import LabelRequest, LabelResult, Requirements
 from .prompts import Prompt, build_prompt, parse_answer
 
 log = logging.getLogger(__name__)
@@ -260,6 +260,13 @@ class MllmLabeler:
         self.min_similarity = float(min_similarity)
         self._matcher_lock = threading.Lock()
 
+    @staticmethod
+    def requirements(cfg, perception_cfg=None) -> Requirements:
+        if cfg.transport == "openai":
+            return Requirements(modules=("urllib",), device="remote", note=f"remote: {cfg.endpoint} (not checked)",
+                                backend="mllm (openai)")
+        return Requirements(modules=("transformers",), weights=cfg.model)
+
     @classmethod
     def from_config(cls, cfg, perception_cfg=None) -> "MllmLabeler":
         _check_config(cfg)
@@ -335,7 +342,9 @@ def _track_id(request) -> int:
 
 
 def _check_config(cfg) -> None:
-    checks = [("transport", cfg.transport in ("transformers", "openai"), "transformers or openai"),
+    from ..config import LABELER_TRANSPORTS, one_of
+
+    checks = [("transport", cfg.transport in LABELER_TRANSPORTS, one_of(LABELER_TRANSPORTS)),
               ("timeout_s", cfg.timeout_s > 0, "a time > 0 in seconds"),
               ("max_batch", cfg.max_batch >= 1, "an integer >= 1"),
               ("max_new_tokens", cfg.max_new_tokens >= 1, "an integer >= 1")]

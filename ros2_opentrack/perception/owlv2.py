@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import BackendUnavailable, InputError
-from .base import Detections
+from .base import Detections, Requirements
 from .devices import check_rgb, resolve_device, torch_dtype
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,10 @@ class Owlv2Detector:
         self._text_cache: Dict[Tuple[str, ...], Any] = {}
         self.text_encodings = 0  # how many times a vocabulary was run through the text tower
         self.set_vocabulary(vocabulary)
+
+    @staticmethod
+    def requirements(cfg: Any, perception_cfg: Any = None) -> Requirements:
+        return Requirements(modules=("transformers",), weights=hub_id(cfg.model))
 
     @classmethod
     def from_config(cls, cfg: Any, perception_cfg: Any = None) -> "Owlv2Detector":

@@ -14,6 +14,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..config import LABEL_MODES
 from ..errors import InputError
 from ..types import check_rgb
 
@@ -22,7 +23,7 @@ CLOSED_TEMPLATE = ("Identify the object shown in the red rectangle. Return the c
 TASKS_TEMPLATE = ("The interactive element is shown in the red rectangle. Determine whether the element in the "
                   "image can accomplish any task in the task list. If so, return the task index; otherwise return "
                   "'no match'. Tasks:\n{tasks}")
-MODES = ("closed", "tasks")
+MODES = LABEL_MODES  # the values of labeler.mode
 
 # Answers that mean "nothing here" (after normalisation).
 _NONE_ANSWERS = {"none", "no object", "nothing", "no", "n a", "na", "null", "unknown", "no match", "none of them",

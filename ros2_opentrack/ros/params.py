@@ -6,58 +6,60 @@ Topic names are not parameters: they are the fixed relative names below, changed
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Dict
+from typing import Any, Dict, Literal, Optional, Sequence, Tuple, get_args
 
 from rcl_interfaces.msg import ParameterDescriptor
 
 from .. import config as cfg_mod
-from ..config import OpenTrackConfig
+from ..config import OpenTrackConfig, param
 
 # Core parameters that may change while running (everything else is read once at start-up).
 DYNAMIC_CORE_PARAMETERS = ("perception.detector.vocabulary",)
 
 
+PoseSource = Literal["tf", "pose", "odom"]
+POSE_SOURCES: Tuple[str, ...] = get_args(PoseSource)
+
+
 @dataclass
 class NodeParams:
-    world_frame: str = "map"  # fixed frame of the map: instances, markers and cloud are published in it
-    camera_frame: str = ""  # camera optical frame for the TF lookup; empty: the depth image's header.frame_id
-    pose_source: str = "tf"  # tf (world_frame -> camera frame) | pose (PoseStamped 'pose') | odom (Odometry 'odom')
-    tf_timeout_s: float = 0.1  # how long the worker waits for a camera pose at a frame's stamp
-    sync_tolerance_s: float = 0.02  # rgb / depth / masks stamps closer than this belong to one frame
-    sync_buffer: int = 10  # messages buffered per stream while waiting for partners
-    queue_size: int = 1  # frames waiting for the worker, oldest dropped when full (counted); 1: latest wins
-    publish_rate_hz: float = 0.0  # instances topic rate cap (0: after every processed frame)
-    markers_rate_hz: float = 2.0  # markers + instance_cloud rate cap (0: after every processed frame)
-    cloud_max_points: int = 200000  # instance_cloud is subsampled to at most this many points
-    marker_points: int = 400  # points per instance in the points marker
-    output_dir: str = "~/.ros/opentrack"  # where the save service writes instances.json / .npz / .ply
-    warn_throttle_s: float = 5.0  # at most one warning per reason in this period
+    world_frame: str = param("map", "fixed frame of the map: instances, markers and cloud are published in it")
+    camera_frame: str = param("", "camera optical frame for the TF lookup; empty: the depth image's "
+                                  "header.frame_id")
+    pose_source: PoseSource = param("tf", "tf (world_frame -> camera frame) | pose (PoseStamped 'pose') | odom "
+                                          "(Odometry 'odom')")
+    tf_timeout_s: float = param(0.1, "how long the worker waits for a camera pose at a frame's stamp")
+    sync_tolerance_s: float = param(0.02, "rgb / depth / masks stamps closer than this belong to one frame")
+    sync_buffer: int = param(10, "messages buffered per stream while waiting for partners")
+    queue_size: int = param(1, "frames waiting for the worker, oldest dropped when full (counted); 1: latest wins")
+    publish_rate_hz: float = param(0.0, "instances topic rate cap (0: after every processed frame)")
+    markers_rate_hz: float = param(2.0, "markers + instance_cloud rate cap (0: after every processed frame)")
+    cloud_max_points: int = param(200000, "instance_cloud is subsampled to at most this many points")
+    marker_points: int = param(400, "points per instance in the points marker")
+    output_dir: str = param("~/.ros/opentrack", "where the save service writes instances.json / .npz / .ply")
+    warn_throttle_s: float = param(5.0, "at most one warning per reason in this period")
 
 
-def _node_param_docs() -> Dict[str, str]:
-    """Name -> the comment beside the field above (the parameter descriptions), as config.field_docs does."""
-    import inspect
-    import re
-
-    return {m.group(1): m.group(2).strip() for m in
-            (re.match(r"\s+(\w+):[^=]+=.*?#\s*(.+)$", line) for line in inspect.getsource(NodeParams).splitlines())
-            if m}
+NODE_PARAM_DOCS = cfg_mod.field_docs(NodeParams)
 
 
-NODE_PARAM_DOCS = _node_param_docs()
-POSE_SOURCES = ("tf", "pose", "odom")
+def _descriptor(doc: str, choices: Optional[Sequence[str]] = None, **kwargs) -> ParameterDescriptor:
+    """Description plus, for an enumerated parameter, its allowed values as the additional constraints."""
+    constraints = f"one of: {', '.join(choices)}" if choices else ""
+    return ParameterDescriptor(description=doc, additional_constraints=constraints, **kwargs)
 
 
 def declare_all(node) -> None:
     """Declare the node's own and every core parameter with its default and description."""
+    node_choices = cfg_mod.field_choices(NodeParams)
     for f in fields(NodeParams):
         node.declare_parameter(f.name, getattr(NodeParams(), f.name),
-                               ParameterDescriptor(description=NODE_PARAM_DOCS[f.name]))
-    docs = cfg_mod.field_docs()
+                               _descriptor(NODE_PARAM_DOCS[f.name], node_choices.get(f.name)))
+    docs, choices = cfg_mod.field_docs(), cfg_mod.field_choices()
     for name, default in cfg_mod.flatten(OpenTrackConfig()).items():
         # dynamic typing: a YAML '1' for a float parameter is coerced by config.from_flat instead of rejected
-        node.declare_parameter(name, default, ParameterDescriptor(description=docs.get(name, ""),
-                                                                  dynamic_typing=True))
+        node.declare_parameter(name, default, _descriptor(docs.get(name, ""), choices.get(name),
+                                                          dynamic_typing=True))
 
 
 def overrides(values: Dict[str, Any]) -> list:
