@@ -1,4 +1,4 @@
-"""sensor_msgs/Image, CompressedImage, CameraInfo and pose codecs (ros2_opentrack.io.encodings)."""
+"""Image, label image, depth, JPEG, CompressedImage and CameraInfo codecs (ros2_opentrack.io.encodings)."""
 import struct
 
 import cv2
@@ -199,74 +199,3 @@ def test_intrinsics_from_k():
     fields = enc.camera_info_fields(K, 480, 640)
     assert fields["distortion_model"] == "plumb_bob" and not fields["d"].any()
     np.testing.assert_array_equal(fields["p"].reshape(3, 4)[:, :3], K)
-
-
-# -- poses -------------------------------------------------------------------------------------------------
-
-S = np.sqrt(0.5)
-
-
-def test_quaternion_90_degrees_about_z():
-    T = enc.pose_to_matrix([1, 2, 3], [0, 0, S, S])
-    np.testing.assert_allclose(T, [[0, -1, 0, 1], [1, 0, 0, 2], [0, 0, 1, 3], [0, 0, 0, 1]], atol=1e-12)
-    t, q = enc.matrix_to_pose(T)
-    np.testing.assert_allclose(t, [1, 2, 3])
-    np.testing.assert_allclose(q, [0, 0, S, S], atol=1e-12)
-
-
-@pytest.mark.parametrize("q,R", [
-    ([1, 0, 0, 0], [[1, 0, 0], [0, -1, 0], [0, 0, -1]]),  # 180 deg about x (w = 0: the non-trace branch)
-    ([0, S, 0, S], [[0, 0, 1], [0, 1, 0], [-1, 0, 0]]),  # 90 deg about y
-    ([0, 0, 0, 1], np.eye(3)),
-    ([0.5, 0.5, 0.5, 0.5], [[0, 0, 1], [1, 0, 0], [0, 1, 0]]),  # 120 deg about (1,1,1): x->y->z->x
-])
-def test_quaternion_known_rotations_and_back(q, R):
-    np.testing.assert_allclose(enc.quaternion_to_rotation(q), R, atol=1e-12)
-    np.testing.assert_allclose(enc.rotation_to_quaternion(np.asarray(R, float)), q, atol=1e-12)
-
-
-def test_quaternion_is_normalised_and_sign_fixed():
-    np.testing.assert_allclose(enc.quaternion_to_rotation([0, 0, 2, 2]), enc.quaternion_to_rotation([0, 0, S, S]),
-                               atol=1e-12)
-    R = enc.quaternion_to_rotation([0, 0, -S, -S])  # same rotation as +q
-    np.testing.assert_allclose(enc.rotation_to_quaternion(R), [0, 0, S, S], atol=1e-12)
-
-
-def test_random_pose_round_trip():
-    rng = np.random.default_rng(3)
-    for _ in range(50):
-        q = rng.normal(size=4)
-        t = rng.normal(size=3)
-        T = enc.pose_to_matrix(t, q)
-        t2, q2 = enc.matrix_to_pose(T)
-        q = q / np.linalg.norm(q) * np.sign(q[3])
-        np.testing.assert_allclose(q2, q, atol=1e-9)
-        np.testing.assert_allclose(enc.pose_to_matrix(t2, q2), T, atol=1e-12)
-
-
-@pytest.mark.parametrize("t,q,needle", [
-    ([0, 0, 0], [np.nan, 0, 0, 1], "non-finite"),
-    ([0, 0, 0], [0, 0, 0, 0], "zero length"),
-    ([0, np.nan, 0], [0, 0, 0, 1], "translation"),
-    ([0, 0], [0, 0, 0, 1], "translation"),
-    ([0, 0, 0], [0, 0, 1], "4 values"),
-])
-def test_bad_poses_raise(t, q, needle):
-    with pytest.raises(InputError, match=needle):
-        enc.pose_to_matrix(t, q)
-
-
-def test_matrix_to_pose_rejects_non_rigid():
-    with pytest.raises(InputError, match="not rigid"):
-        enc.matrix_to_pose(np.diag([2.0, 1, 1, 1]))
-
-
-def test_interpolate_pose_halfway():
-    T0 = enc.pose_to_matrix([0, 0, 0], [0, 0, 0, 1])
-    T1 = enc.pose_to_matrix([2, 0, 0], [0, 0, S, S])  # 90 deg about z
-    mid = enc.interpolate_pose(T0, T1, 0.5)
-    c, s = np.cos(np.pi / 4), np.sin(np.pi / 4)  # 45 deg about z
-    np.testing.assert_allclose(mid[:3, :3], [[c, -s, 0], [s, c, 0], [0, 0, 1]], atol=1e-12)
-    np.testing.assert_allclose(mid[:3, 3], [1, 0, 0])
-    np.testing.assert_allclose(enc.interpolate_pose(T0, T1, 0.0), T0, atol=1e-12)
-    np.testing.assert_allclose(enc.interpolate_pose(T0, T1, 1.0), T1, atol=1e-12)

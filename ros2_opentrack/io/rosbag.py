@@ -20,6 +20,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from .. import geometry
 from ..errors import InputError
 from ..tf_tree import TfBuffer, TransformUnavailable
 from ..types import Frame, Mask2D, validate_frame
@@ -189,7 +190,7 @@ _SERIES_PARENT, _SERIES_CHILD = "world", "pose"  # the edge a pose / odometry to
 
 def _add_tf_message(buffer: TfBuffer, msg, static: bool) -> None:
     for tr in msg.transforms:
-        T = enc.pose_to_matrix(_xyz(tr.transform.translation), _xyzw(tr.transform.rotation))
+        T = geometry.pose_to_matrix(_xyz(tr.transform.translation), _xyzw(tr.transform.rotation))
         buffer.set_transform(tr.header.frame_id, tr.child_frame_id, T, _stamp(tr.header), static=static)
 
 
@@ -338,7 +339,7 @@ class RosbagReader:
                 self._odom_child = _frame(msg.child_frame_id)
         else:
             raise InputError(f"pose topic has type {msgtype}; expected {_POSE_STAMPED}, {_POSE_COV} or {_ODOM}")
-        T = enc.pose_to_matrix(_xyz(pose.position), _xyzw(pose.orientation))
+        T = geometry.pose_to_matrix(_xyz(pose.position), _xyzw(pose.orientation))
         self._poses.set_transform(_SERIES_PARENT, _SERIES_CHILD, T, _stamp(msg.header))
 
     def _match(self, ref: List[float], other: List[float]) -> Dict[int, int]:
@@ -676,7 +677,7 @@ def _frame_messages(ts, frame: Frame, stamp: float, topics: BagTopics, kinds: Di
     camera_info = T[_CAMERA_INFO](header=cam_header, height=h, width=w, distortion_model=info["distortion_model"],
                                   d=info["d"], k=info["k"], r=info["r"], p=info["p"], binning_x=0, binning_y=0,
                                   roi=roi)
-    t, q = enc.matrix_to_pose(frame.T_world_cam)
+    t, q = geometry.matrix_to_pose(frame.T_world_cam)
     point = T["geometry_msgs/msg/Point"](x=t[0], y=t[1], z=t[2])
     vector = T["geometry_msgs/msg/Vector3"](x=t[0], y=t[1], z=t[2])
     quat = T["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3])

@@ -12,6 +12,7 @@ from geometry_msgs.msg import Point, Pose, Quaternion, Transform, Vector3
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
+from .. import geometry
 from ..errors import InputError
 from ..io import encodings
 from ..io.writers import instance_color
@@ -94,22 +95,22 @@ def image_msg(array: np.ndarray, encoding: str, header: Header) -> Image:
 
 def pose_to_matrix(pose: Pose) -> np.ndarray:
     p, q = pose.position, pose.orientation
-    return encodings.pose_to_matrix((p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
+    return geometry.pose_to_matrix((p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
 
 
 def transform_to_matrix(tf: Transform) -> np.ndarray:
     t, q = tf.translation, tf.rotation
-    return encodings.pose_to_matrix((t.x, t.y, t.z), (q.x, q.y, q.z, q.w))
+    return geometry.pose_to_matrix((t.x, t.y, t.z), (q.x, q.y, q.z, q.w))
 
 
 def matrix_to_pose(T) -> Pose:
-    t, q = encodings.matrix_to_pose(T)
+    t, q = geometry.matrix_to_pose(T)
     return Pose(position=Point(x=float(t[0]), y=float(t[1]), z=float(t[2])),
                 orientation=Quaternion(x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])))
 
 
 def matrix_to_transform(T) -> Transform:
-    t, q = encodings.matrix_to_pose(T)
+    t, q = geometry.matrix_to_pose(T)
     return Transform(translation=Vector3(x=float(t[0]), y=float(t[1]), z=float(t[2])),
                      rotation=Quaternion(x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])))
 
