@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import InputError
 from .geometry import look_at
+from .io.encodings import depth_to_millimetres, label_image_to_masks, masks_to_label_image
 from .types import Frame, Mask2D
 
 FALSE_BLOB_ID_BASE = 50000  # source ids of false-positive blobs start here (never a true instance id)
@@ -458,12 +459,6 @@ class MaskNoise:
         return np.where(depth > 0, np.maximum(noisy, 0.0), 0.0).astype(np.float32)
 
 
-def masks_from_ids(ids: np.ndarray, min_pixels: int = 1) -> List[Mask2D]:
-    values, counts = np.unique(ids, return_counts=True)
-    return [Mask2D(mask=ids == v, score=1.0, source_id=int(v)) for v, c in zip(values, counts)
-            if v != 0 and c >= min_pixels]
-
-
 def render_sequence(scene: SyntheticScene, n_frames: int = 60, hw=(240, 320), seed: int = 0,
                     noise: Optional[MaskNoise] = None, fps: float = 30.0) -> List[Frame]:
     """Render a trajectory through the scene. Frames carry anonymous masks (label None; source_id = true id,
@@ -474,7 +469,7 @@ def render_sequence(scene: SyntheticScene, n_frames: int = 60, hw=(240, 320), se
     frames = _FrameList()
     for k, T in enumerate(make_trajectory(scene, n_frames, seed)):
         rgb, depth, ids = render(scene, K, T, hw)
-        masks = masks_from_ids(ids)
+        masks = label_image_to_masks(ids, max_ids=None).masks
         if noise is not None:
             masks = noise.perturb_masks(masks, rng, hw)
             depth = noise.perturb_depth(depth, rng)
@@ -564,13 +559,11 @@ def write_scene_folder(scene: SyntheticScene, frames: Sequence[Frame], out_dir) 
         i = frame.index
         cv2.imwrite(str(out / "color" / f"{i}.jpg"), np.ascontiguousarray(frame.rgb[:, :, ::-1]),
                     [cv2.IMWRITE_JPEG_QUALITY, 92])
-        depth_mm = np.clip(np.nan_to_num(frame.depth) * 1000.0 + 0.5, 0, 65535).astype(np.uint16)
-        cv2.imwrite(str(out / "depth" / f"{i}.png"), depth_mm)
+        cv2.imwrite(str(out / "depth" / f"{i}.png"), depth_to_millimetres(frame.depth))
         np.savetxt(out / "pose" / f"{i}.txt", frame.T_world_cam, fmt="%.9f")
-        ids = np.zeros(frame.depth.shape, np.uint16)
-        for m in sorted(frame.masks or [], key=lambda m: -int(np.count_nonzero(m.mask))):
-            ids[m.mask] = m.source_id if m.source_id is not None else 0
-        cv2.imwrite(str(out / "instance" / f"{i}.png"), ids)
+        with_ids = [m for m in frame.masks or [] if m.source_id is not None]  # a mask without an id is not written
+        largest_first = sorted(with_ids, key=lambda m: -int(np.count_nonzero(m.mask)))
+        cv2.imwrite(str(out / "instance" / f"{i}.png"), masks_to_label_image(largest_first, frame.depth.shape))
     if frames:
         K4 = np.eye(4)
         K4[:3, :3] = frames[0].K

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
-from .types import check_rgb
+from .io.encodings import decode_jpeg, encode_jpeg
 
 
 def draw_red_box(rgb: np.ndarray, box, thickness: int = 3, color=(255, 0, 0)) -> np.ndarray:
@@ -74,25 +73,6 @@ class ImageStore:
 
     def clear(self) -> None:
         self._images.clear()
-
-
-def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
-    """JPEG bytes of an HxWx3 uint8 RGB image (the one encoder for stored keyframes and labeller requests)."""
-    import cv2
-
-    rgb = check_rgb(rgb, "image to JPEG-encode")
-    bgr = np.ascontiguousarray(rgb[..., ::-1])
-    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise InputError(f"could not JPEG-encode an image of shape {rgb.shape}")
-    return buf.tobytes()
-
-
-def decode_jpeg(data: bytes) -> np.ndarray:
-    import cv2
-
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    return np.ascontiguousarray(bgr[..., ::-1])
 
 
 def view_rank(view) -> tuple:

@@ -13,6 +13,7 @@ pytest.importorskip("ros2_opentrack.msg", reason="messages not built: run script
 pytest.importorskip("tf2_msgs.msg", reason="tf2_msgs not built: run scripts/build_msgs.sh")
 sys.path.insert(0, str(Path(__file__).parent / "ros_support"))
 
+import ros_messages  # noqa: E402
 from rig import Rig, init_ros  # noqa: E402
 
 init_ros(domain_id=60 + os.getpid() % 40)  # before any rclpy use; loopback only
@@ -64,7 +65,7 @@ def feed(r: Rig, frames, start: int = 0):
     """Publish frames one at a time, each waiting for its Instance3DArray."""
     for k, f in enumerate(frames):
         n = len(r.got["instances"])
-        r.publish(conv.frame_messages(f, stamp_of(start + k)))
+        r.publish(ros_messages.frame_messages(f, stamp_of(start + k)))
         assert r.spin_until(lambda: len(r.got["instances"]) > n, 10.0), f"no output for frame {start + k}"
 
 
@@ -90,7 +91,7 @@ def test_room_instances_markers_cloud_frames_and_stamps(rig, room_frames):
     assert shown == truth
     cloud = r.got["cloud"][-1]
     assert cloud.header.frame_id == "map"
-    pts, cols, ids = conv.cloud_from_msg(cloud)
+    pts, cols, ids = ros_messages.cloud_from_msg(cloud)
     assert set(np.unique(ids).tolist()) == truth and len(pts) == sum(i.point_count for i in last.instances)
     values = lambda: {kv.key: kv.value for kv in r.got["diagnostics"][-1].status[0].values}  # noqa: E731
     assert r.spin_until(lambda: r.got["diagnostics"] and values()["frames_processed"] == str(len(room_frames)), 2.0)
@@ -131,7 +132,7 @@ def test_query_save_reset_and_vocabulary(rig, room_frames, tmp_path):
     assert r.call(Trigger, "/opentrack/reset").success
     assert r.node.pipeline.instances() == []
     n = len(r.got["instances"])
-    r.publish(conv.frame_messages(room_frames[0], stamp_of(50)))
+    r.publish(ros_messages.frame_messages(room_frames[0], stamp_of(50)))
     assert r.spin_until(lambda: len(r.got["instances"]) > n, 5.0)
     assert list(r.got["instances"][-1].instances) == []  # one observation is not an instance yet
 
@@ -159,7 +160,7 @@ def test_bad_input_is_counted_and_survived(rig, room_frames):
         r.publish(msgs, with_tf=with_tf)
         r.spin_for(0.25)
 
-    good = lambda k: conv.frame_messages(f, stamp_of(10 + k))  # noqa: E731
+    good = lambda k: ros_messages.frame_messages(f, stamp_of(10 + k))  # noqa: E731
     send(_bad(good(0), "rgb", encoding="yuv422"))  # wrong encoding
     m = good(1)
     send(_bad(m, "depth", data=bytes(m["depth"].data)[:-10]))  # size mismatch (truncated data)
@@ -192,7 +193,7 @@ def test_pose_topic_source_and_sim_time(rig, room_frames):
     r.pubs["clock"].publish(Clock(clock=conv.sec_to_stamp(1234.5)))
     r.spin_for(0.3)
     for k, f in enumerate(room_frames[:4]):
-        msgs = conv.frame_messages(f, stamp_of(k))
+        msgs = ros_messages.frame_messages(f, stamp_of(k))
         r.pubs["pose"].publish(msgs["pose"])
         n = len(r.got["instances"])
         r.publish(msgs, with_tf=False)
@@ -249,7 +250,7 @@ def test_sevenscenes_bag_through_the_node(rig, tmp_path):
     stamps = []
     for msgs in frames:
         depth = conv.depth_from_msg(msgs["depth"])
-        msgs["masks"] = conv.image_msg(_depth_band_masks(depth), "16UC1", msgs["depth"].header)
+        msgs["masks"] = ros_messages.image_msg(_depth_band_masks(depth), "16UC1", msgs["depth"].header)
         r.pubs["tf"].publish(msgs["tf"])
         n = len(r.got["instances"])
         r.publish(msgs, with_tf=False)

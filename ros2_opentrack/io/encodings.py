@@ -1,17 +1,20 @@
-"""Numpy codecs for ROS image, camera_info and pose messages, with no ROS import.
+"""Numpy image codecs, with no ROS import: ROS image / camera_info fields, label images <-> masks, depth in
+millimetres, JPEG.
 
-Used by the ROS node (live messages) and by the rosbag reader/writer (deserialised messages). Every function
-takes plain fields (encoding, height, width, step, data bytes, arrays) so both callers share one code path.
+Used by the ROS node (live messages), the rosbag reader/writer (deserialised messages) and the dataset readers.
+Every function takes plain fields (encoding, height, width, step, data bytes, arrays) so all callers share one
+code path.
 Bad input raises InputError naming the encoding / sizes and what was expected.
 """
 from __future__ import annotations
 
 import struct
-from typing import Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import InputError
+from ..types import Mask2D, check_rgb
 
 # encoding -> (numpy dtype, channels). Colour encodings come out as HxWx3 RGB uint8; the rest as HxW arrays.
 _ENCODINGS = {
@@ -185,6 +188,126 @@ def depth_to_metres(array, encoding: Optional[str] = None) -> np.ndarray:
         depth[~(np.isfinite(depth) & (depth > 0))] = 0.0
         return depth
     raise InputError(f"depth encoding '{encoding}' is not supported; expected 16UC1 / mono16 (mm) or 32FC1 (m)")
+
+
+def depth_to_millimetres(depth) -> np.ndarray:
+    """Depth in metres -> uint16 millimetres (16UC1): rounded to the nearest mm, clipped to 0..65535 mm;
+    NaN, inf and negative depths become 0 (invalid)."""
+    metres = np.asarray(depth, dtype=np.float64)
+    metres = np.nan_to_num(metres, nan=0.0, posinf=0.0, neginf=0.0)
+    return np.clip(np.rint(metres * 1000.0), 0, 65535).astype(np.uint16)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Label images: one instance id per pixel, 0 = no instance
+
+MAX_LABEL_IDS = 256  # ids kept per label image: far above a real frame's instances, and bounds the masks' memory
+
+
+class LabelMasks(NamedTuple):
+    """Masks decoded from a label image, and how many ids were left out (so callers can count them)."""
+
+    masks: List[Mask2D]  # one per kept id, in increasing id order
+    too_small: int  # ids with fewer than min_pixels pixels
+    over_cap: int  # ids beyond the max_ids largest
+
+
+def label_image_to_masks(labels, min_pixels: int = 1, max_ids: Optional[int] = MAX_LABEL_IDS,
+                         names: Optional[Dict[int, str]] = None) -> LabelMasks:
+    """One Mask2D per positive id of an HxW integer label image (source_id = the id, label = names[id]).
+
+    Ids with fewer than ``min_pixels`` pixels are dropped, then all but the ``max_ids`` largest (None: no cap),
+    before any mask is made: one pass over the pixels, and memory bounded by the kept masks whatever the image
+    holds (a hostile image of random ids must not cost one full-frame mask per id)."""
+    labels = _label_pixels(labels)
+    ids, codes, counts = _id_histogram(labels.ravel())
+    named = ids > 0  # 0 is no instance; a negative 32SC1 id is none either
+    big = named & (counts >= max(1, int(min_pixels)))
+    kept = np.flatnonzero(big)
+    over_cap = 0
+    if max_ids is not None and len(kept) > max_ids:
+        largest = np.argsort(-counts[kept], kind="stable")[:max(0, int(max_ids))]  # ties: the lower id
+        over_cap = len(kept) - len(largest)
+        kept = np.sort(kept[largest])
+    masks = [Mask2D(mask=mask, source_id=int(ids[k]), label=(names or {}).get(int(ids[k])))
+             for k, mask in zip(kept, _masks_of(codes, kept, labels.shape))]
+    return LabelMasks(masks, int(np.count_nonzero(named & ~big)), over_cap)
+
+
+def _label_pixels(labels) -> np.ndarray:
+    arr = np.asarray(labels)
+    if arr.ndim == 3 and arr.shape[2] in (1, 3):  # mono8 decodes to RGB by the colour convention: equal channels
+        arr = arr[..., 0]
+    if arr.ndim != 2 or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
+        raise InputError(f"label image must be HxW integer ids, got {arr.dtype} of shape {arr.shape}")
+    return arr
+
+
+def _id_histogram(flat: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sorted distinct ids, per-pixel index into them, pixels per id) in O(pixels) for 8/16-bit ids."""
+    if flat.dtype == bool or (flat.dtype.kind == "u" and flat.dtype.itemsize <= 2):
+        counts = np.bincount(flat.astype(np.intp, copy=False))
+        ids = np.flatnonzero(counts)
+        index_of = np.zeros(len(counts), np.intp)
+        index_of[ids] = np.arange(len(ids))
+        return ids, index_of[flat], counts[ids]
+    ids, codes, counts = np.unique(flat, return_inverse=True, return_counts=True)
+    return ids, codes.reshape(-1), counts
+
+
+def _masks_of(codes: np.ndarray, kept: np.ndarray, hw) -> List[np.ndarray]:
+    """Full-frame bool masks of the kept id indices, from one grouping of their pixels."""
+    slot = np.full(int(codes.max(initial=0)) + 1, -1, np.intp)
+    slot[kept] = np.arange(len(kept))
+    pixel_slot = slot[codes]
+    pixels = np.flatnonzero(pixel_slot >= 0)
+    order = np.argsort(pixel_slot[pixels], kind="stable")
+    pixels = pixels[order]
+    bounds = np.searchsorted(pixel_slot[pixels], np.arange(len(kept) + 1))
+    out = []
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        mask = np.zeros(hw[0] * hw[1], bool)
+        mask[pixels[start:stop]] = True
+        out.append(mask.reshape(hw))
+    return out
+
+
+def masks_to_label_image(masks: Sequence[Mask2D], hw, dtype=np.uint16) -> np.ndarray:
+    """Label image of masks; a mask's id is its source_id, else its position + 1. Later masks win overlaps.
+
+    An id outside 1..the dtype's maximum (0 is "no instance") raises InputError rather than wrapping."""
+    labels = np.zeros(tuple(hw), dtype)
+    top = int(np.iinfo(dtype).max)
+    for n, m in enumerate(masks):
+        ident = int(m.source_id) if m.source_id is not None else n + 1
+        if not 0 < ident <= top:
+            raise InputError(f"mask id {ident} does not fit a {np.dtype(dtype).name} label image (1..{top})")
+        labels[np.asarray(m.mask, bool)] = ident
+    return labels
+
+
+# ---------------------------------------------------------------------------------------------------------
+# JPEG: stored keyframe views and labeller requests
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
+    """JPEG bytes of an HxWx3 uint8 RGB image (the one encoder for stored keyframes and labeller requests)."""
+    import cv2
+
+    rgb = check_rgb(rgb, "image to JPEG-encode")
+    bgr = np.ascontiguousarray(rgb[..., ::-1])
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise InputError(f"could not JPEG-encode an image of shape {rgb.shape}")
+    return buf.tobytes()
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """HxWx3 uint8 RGB of JPEG bytes made by encode_jpeg."""
+    import cv2
+
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return np.ascontiguousarray(bgr[..., ::-1])
 
 
 # ---------------------------------------------------------------------------------------------------------
