@@ -57,9 +57,6 @@ class ImageStore:
     def __contains__(self, key: int) -> bool:
         return key in self._images
 
-    def retain(self, key: int) -> None:
-        self._images[key][1] += 1
-
     def release(self, key: int) -> None:
         entry = self._images.get(key)
         if entry is None:
@@ -92,8 +89,3 @@ def keep_top_k(views: list, top_k: int) -> tuple:
     """(kept views best first, dropped views)."""
     ranked = sorted(views, key=view_rank)
     return ranked[:top_k], ranked[top_k:]
-
-
-def boxed_view(store: ImageStore, view, thickness: int = 3) -> np.ndarray:
-    """The view's keyframe image with the track's box drawn in red (what the labeller sees)."""
-    return draw_red_box(store.decode(view.image_key), view.box, thickness=thickness)
