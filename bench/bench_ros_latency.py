@@ -68,15 +68,15 @@ def render_frames(n: int, hw, seed: int = 0):
 
 
 def part1(args, frames):
+    import ros_messages
     from rig import Rig
-    from ros2_opentrack.ros import conversions as conv
 
     rig = Rig(make_node({"queue_size": args.queue_size}))
     assert rig.wait_for_subscribers()
     lat, kf = [], []
     try:
         for k in range(args.frames):
-            msgs = conv.frame_messages(frames[k % len(frames)], 1000.0 + k / 30.0)
+            msgs = ros_messages.frame_messages(frames[k % len(frames)], 1000.0 + k / 30.0)
             n = rig.counts["instances"]
             t0 = time.perf_counter()
             rig.publish(msgs)
@@ -101,6 +101,7 @@ def part2(args, frames):
     import psutil
     import rclpy
 
+    import ros_messages
     from rig import Rig
     from ros2_opentrack.perception import registry
     from ros2_opentrack.config import OpenTrackConfig
@@ -121,7 +122,7 @@ def part2(args, frames):
         return result
 
     rig.node.pipeline.step = timed_step
-    messages = [conv.frame_messages(f, 0.0) for f in frames]
+    messages = [ros_messages.frame_messages(f, 0.0) for f in frames]
     published = {}  # stamp nanoseconds -> publish wall time
     stop = threading.Event()
     proc = psutil.Process()

@@ -12,14 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _core_scene import intrinsics, look_at, make_frame  # noqa: E402
-
 from ros2_opentrack.config import OpenTrackConfig  # noqa: E402
-from ros2_opentrack.geometry import voxel_keys  # noqa: E402
+from ros2_opentrack.geometry import look_at, voxel_keys  # noqa: E402
 from ros2_opentrack.pipeline import Pipeline  # noqa: E402
+from ros2_opentrack.synthetic import box_intrinsics, make_box_frame  # noqa: E402
 from ros2_opentrack.types import Observation  # noqa: E402
 
 
@@ -44,20 +42,20 @@ def config():
 
 def render_frames(n, hw=(480, 640)):
     boxes, colours = scene()
-    K = intrinsics(hw, f=525.0)
+    K = box_intrinsics(hw, f=525.0)
     rng = np.random.default_rng(1)
     frames = []
     for i in range(n):
         a = np.radians(-10 + 20 * i / max(1, n - 1))
         pos = np.array([3.5 * np.sin(a), -1.8 - 0.3 * np.cos(a), 1.9])
-        frames.append(make_frame(boxes, colours, look_at(pos, (0, 2.8, 0.2)), hw=hw, K=K, index=i, stamp=i * 0.2, rng=rng))
+        frames.append(make_box_frame(boxes, colours, look_at(pos, (0, 2.8, 0.2)), hw=hw, K=K, index=i, stamp=i * 0.2, rng=rng))
     return frames
 
 
 def add_far_tracks(pipe, n, seed=0):
     """Tracks spread over a 200 m x 200 m map, outside this camera's view (as after a long exploration)."""
     rng = np.random.default_rng(seed)
-    dummy = make_frame([], [], look_at((0, -5, 1), (0, 0, 0)), hw=(48, 64))
+    dummy = make_box_frame([], [], look_at((0, -5, 1), (0, 0, 0)), hw=(48, 64))
     dim = pipe.features.dim
     for _ in range(n):
         c = rng.uniform(-100, 100, 3) * [1, 1, 0] + [0, 0, 0.5]

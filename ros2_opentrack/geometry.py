@@ -1,13 +1,17 @@
-"""Camera geometry: back-projection, rigid transforms, int64 voxel keys, projection and visibility tests.
+"""Camera geometry: back-projection, rigid transforms, int64 voxel keys, projection and visibility tests, poses
+(quaternions, interpolation, look-at).
 
 Conventions: OpenCV camera (x right, y down, z forward); T_world_cam maps camera points to world points;
 pixel (u, v) = (column, row); boxes are x0, y0, x1, y1 with x1, y1 exclusive.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
+
+from .errors import InputError
+from .types import validate_pose
 
 # Voxel keys: three signed 21-bit indices packed in one int64 (±2^20 voxels: ±52 km at 5 cm).
 _BITS = 21
@@ -180,3 +184,96 @@ def box_gap(a_min: np.ndarray, a_max: np.ndarray, b_min: np.ndarray, b_max: np.n
     """Euclidean gap between AABBs (0 when they overlap); broadcasts (N, 1, 3) vs (1, M, 3)."""
     d = np.maximum(0.0, np.maximum(a_min - b_max, b_min - a_max))
     return np.sqrt((d ** 2).sum(axis=-1))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Poses: quaternions are (x, y, z, w) as in ROS (geometry_msgs).
+
+
+def quaternion_to_rotation(q: Sequence[float]) -> np.ndarray:
+    """3x3 rotation of a quaternion (x, y, z, w); normalised first. Zero-length or non-finite -> InputError."""
+    q = np.asarray(q, dtype=np.float64).ravel()
+    if q.size != 4:
+        raise InputError(f"quaternion must have 4 values (x, y, z, w), got {q.size}")
+    if not np.isfinite(q).all():
+        raise InputError(f"quaternion has non-finite values: {q.tolist()}")
+    norm = np.linalg.norm(q)
+    if norm < 1e-9:
+        raise InputError("quaternion has zero length (an unset orientation?)")
+    x, y, z, w = q / norm
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def rotation_to_quaternion(R) -> np.ndarray:
+    """Quaternion (x, y, z, w) with w >= 0 of a 3x3 rotation (Shepperd's method, stable for all angles)."""
+    R = np.asarray(R, dtype=np.float64)
+    if R.shape != (3, 3) or not np.isfinite(R).all():
+        raise InputError(f"rotation must be a finite 3x3 matrix, got shape {R.shape}")
+    m = R
+    diag = np.array([m[0, 0], m[1, 1], m[2, 2]])
+    trace = diag.sum()
+    if trace >= diag.max():
+        s = 2.0 * np.sqrt(max(1.0 + trace, 1e-12))
+        q = [(m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, 0.25 * s]
+    else:
+        i = int(np.argmax(diag))
+        j, k = (i + 1) % 3, (i + 2) % 3
+        s = 2.0 * np.sqrt(max(1.0 + m[i, i] - m[j, j] - m[k, k], 1e-12))
+        q = [0.0, 0.0, 0.0, (m[k, j] - m[j, k]) / s]
+        q[i] = 0.25 * s
+        q[j] = (m[j, i] + m[i, j]) / s
+        q[k] = (m[k, i] + m[i, k]) / s
+    q = np.asarray(q)
+    q /= np.linalg.norm(q)
+    return -q if q[3] < 0 else q
+
+
+def pose_to_matrix(translation: Sequence[float], quaternion: Sequence[float]) -> np.ndarray:
+    """4x4 transform from a translation (x, y, z) and a quaternion (x, y, z, w)."""
+    t = np.asarray(translation, dtype=np.float64).ravel()
+    if t.size != 3 or not np.isfinite(t).all():
+        raise InputError(f"translation must be 3 finite values, got {t.tolist()}")
+    T = np.eye(4)
+    T[:3, :3] = quaternion_to_rotation(quaternion)
+    T[:3, 3] = t
+    return T
+
+
+def matrix_to_pose(T) -> Tuple[np.ndarray, np.ndarray]:
+    """(translation (3,), quaternion (x, y, z, w)) of a rigid 4x4 transform (validated)."""
+    T = validate_pose(T)
+    return T[:3, 3].copy(), rotation_to_quaternion(T[:3, :3])
+
+
+def interpolate_pose(T0, T1, alpha: float) -> np.ndarray:
+    """Pose between T0 (alpha 0) and T1 (alpha 1): linear translation, spherical rotation (slerp)."""
+    t0, q0 = matrix_to_pose(T0)
+    t1, q1 = matrix_to_pose(T1)
+    dot = float(q0 @ q1)
+    if dot < 0:  # take the short way round
+        q1, dot = -q1, -dot
+    if dot > 0.9995:
+        q = q0 + alpha * (q1 - q0)
+    else:
+        theta = np.arccos(np.clip(dot, -1.0, 1.0))
+        q = (np.sin((1 - alpha) * theta) * q0 + np.sin(alpha * theta) * q1) / np.sin(theta)
+    return pose_to_matrix(t0 + alpha * (t1 - t0), q)
+
+
+def look_at(position, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
+    """Camera-to-world 4x4 of an OpenCV camera at ``position`` looking at ``target`` (world z up)."""
+    position, target = np.asarray(position, float), np.asarray(target, float)
+    z = target - position
+    z /= np.linalg.norm(z)
+    x = np.cross(z, up)
+    if np.linalg.norm(x) < 1e-6:  # looking straight along ``up``: any horizontal x will do
+        x = np.cross(z, (0.0, 1.0, 0.0))
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    T = np.eye(4)
+    T[:3, 0], T[:3, 1], T[:3, 2], T[:3, 3] = x, y, z, position
+    return T

@@ -51,9 +51,6 @@ class SpatialIndex:
                 if not bucket:
                     del self._cells[c]
 
-    def box(self, item: int):
-        return self._boxes[item]
-
     def query(self, bmin, bmax) -> Set[int]:
         """Items whose cells overlap the cells of [bmin, bmax] (a superset of the overlapping boxes)."""
         lo, hi = self._range(bmin, bmax)

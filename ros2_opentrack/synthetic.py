@@ -1,6 +1,6 @@
 """Synthetic RGB-D scenes with ground truth: procedural rooms, the ScanNet room of ../shared/data, a camera
 trajectory that looks at the objects (with revisits), a numpy z-buffer point-splat renderer, and a model of a
-2D segmenter's errors (MaskNoise). Used by the demo, the quality benchmark and the tests.
+2D segmenter's errors (MaskNoise). Used by the demo, the quality benchmark and the tests; so are the exactly ray-cast box scenes of the core tests.
 
 World frame: z up, floor at z = 0. Cameras are OpenCV (x right, y down, z forward), T_world_cam camera-to-world.
 Instance 0 is background (walls, floor, ceiling): it gets no mask and is ignored by evaluation."""
@@ -14,6 +14,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import InputError
+from .geometry import look_at
+from .io.encodings import depth_to_millimetres, label_image_to_masks, masks_to_label_image
 from .types import Frame, Mask2D
 
 FALSE_BLOB_ID_BASE = 50000  # source ids of false-positive blobs start here (never a true instance id)
@@ -288,21 +290,6 @@ def default_K(hw=(240, 320)) -> np.ndarray:
     return np.array([[f, 0, (w - 1) / 2], [0, f, (h - 1) / 2], [0, 0, 1]], dtype=np.float64)
 
 
-def look_at(position, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
-    """Camera-to-world 4x4 of an OpenCV camera at position looking at target (world z up)."""
-    position, target = np.asarray(position, float), np.asarray(target, float)
-    z = target - position
-    z /= np.linalg.norm(z)
-    x = np.cross(z, up)
-    if np.linalg.norm(x) < 1e-6:
-        x = np.cross(z, (0.0, 1.0, 0.0))
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    T = np.eye(4)
-    T[:3, 0], T[:3, 1], T[:3, 2], T[:3, 3] = x, y, z, position
-    return T
-
-
 def make_trajectory(scene: SyntheticScene, n_frames: int = 60, seed: int = 0, revisit: float = 0.4) -> List[np.ndarray]:
     """Poses that visit every object once in random order, then revisit a fraction of them from new angles.
 
@@ -472,12 +459,6 @@ class MaskNoise:
         return np.where(depth > 0, np.maximum(noisy, 0.0), 0.0).astype(np.float32)
 
 
-def masks_from_ids(ids: np.ndarray, min_pixels: int = 1) -> List[Mask2D]:
-    values, counts = np.unique(ids, return_counts=True)
-    return [Mask2D(mask=ids == v, score=1.0, source_id=int(v)) for v, c in zip(values, counts)
-            if v != 0 and c >= min_pixels]
-
-
 def render_sequence(scene: SyntheticScene, n_frames: int = 60, hw=(240, 320), seed: int = 0,
                     noise: Optional[MaskNoise] = None, fps: float = 30.0) -> List[Frame]:
     """Render a trajectory through the scene. Frames carry anonymous masks (label None; source_id = true id,
@@ -488,7 +469,7 @@ def render_sequence(scene: SyntheticScene, n_frames: int = 60, hw=(240, 320), se
     frames = _FrameList()
     for k, T in enumerate(make_trajectory(scene, n_frames, seed)):
         rgb, depth, ids = render(scene, K, T, hw)
-        masks = masks_from_ids(ids)
+        masks = label_image_to_masks(ids, max_ids=None).masks
         if noise is not None:
             masks = noise.perturb_masks(masks, rng, hw)
             depth = noise.perturb_depth(depth, rng)
@@ -503,6 +484,60 @@ class _FrameList(list):
     def __init__(self):
         super().__init__()
         self.ids: List[np.ndarray] = []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Box scenes: axis-aligned boxes on a floor, ray-cast exactly (the core tests and bench/bench_step.py)
+
+BOX_FLOOR = (np.array([-20.0, -20.0, -1.0]), np.array([20.0, 20.0, 0.0]))
+
+
+def box_intrinsics(hw=(120, 160), f=None) -> np.ndarray:
+    """Pinhole intrinsics of a box scene camera (focal 0.9 w unless given, principal point at the centre)."""
+    h, w = hw
+    f = f or 0.9 * w
+    return np.array([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1]], dtype=np.float64)
+
+
+def render_boxes(boxes, K, T, hw):
+    """boxes: list of (min (3,), max (3,)). Returns (depth (H, W) float32 z-depth, id (H, W) int: index of the
+    box hit, -1 for the floor or nothing)."""
+    h, w = hw
+    u, v = np.meshgrid(np.arange(w) + 0.0, np.arange(h) + 0.0)
+    dirs_cam = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1).reshape(-1, 3)
+    dirs = dirs_cam @ T[:3, :3].T
+    origin = T[:3, 3]
+    all_boxes = [BOX_FLOOR] + list(boxes)
+    lo = np.array([b[0] for b in all_boxes])[:, None, :]
+    hi = np.array([b[1] for b in all_boxes])[:, None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = 1.0 / dirs[None]
+        t1 = (lo - origin) * inv
+        t2 = (hi - origin) * inv
+    tnear = np.nanmax(np.minimum(t1, t2), axis=2)
+    tfar = np.nanmin(np.maximum(t1, t2), axis=2)
+    hit = (tfar >= tnear) & (tnear > 1e-6)
+    tnear = np.where(hit, tnear, np.inf)
+    first = np.argmin(tnear, axis=0)
+    t = tnear[first, np.arange(len(first))]
+    depth = np.where(np.isfinite(t), t, 0.0).reshape(h, w).astype(np.float32)  # dirs_cam has z = 1: t is z
+    ids = (first - 1).reshape(h, w)
+    ids[depth == 0] = -1
+    return depth, ids
+
+
+def make_box_frame(boxes, colors, T, hw=(120, 160), K=None, index=0, stamp=None, min_pixels=20, rng=None) -> Frame:
+    """A Frame with one anonymous mask per visible box (source_id = box index)."""
+    K = box_intrinsics(hw) if K is None else K
+    depth, ids = render_boxes(boxes, K, T, hw)
+    rgb = np.full(hw + (3,), 90, np.uint8)
+    for i, c in enumerate(colors):
+        rgb[ids == i] = c
+    if rng is not None:
+        rgb = np.clip(rgb.astype(int) + rng.integers(-8, 9, rgb.shape), 0, 255).astype(np.uint8)
+    masks = [Mask2D(mask=ids == i, source_id=i) for i in range(len(boxes)) if (ids == i).sum() >= min_pixels]
+    return Frame(rgb=rgb, depth=depth, K=K, T_world_cam=T, stamp=float(index if stamp is None else stamp),
+                 index=index, masks=masks)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -524,13 +559,11 @@ def write_scene_folder(scene: SyntheticScene, frames: Sequence[Frame], out_dir) 
         i = frame.index
         cv2.imwrite(str(out / "color" / f"{i}.jpg"), np.ascontiguousarray(frame.rgb[:, :, ::-1]),
                     [cv2.IMWRITE_JPEG_QUALITY, 92])
-        depth_mm = np.clip(np.nan_to_num(frame.depth) * 1000.0 + 0.5, 0, 65535).astype(np.uint16)
-        cv2.imwrite(str(out / "depth" / f"{i}.png"), depth_mm)
+        cv2.imwrite(str(out / "depth" / f"{i}.png"), depth_to_millimetres(frame.depth))
         np.savetxt(out / "pose" / f"{i}.txt", frame.T_world_cam, fmt="%.9f")
-        ids = np.zeros(frame.depth.shape, np.uint16)
-        for m in sorted(frame.masks or [], key=lambda m: -int(np.count_nonzero(m.mask))):
-            ids[m.mask] = m.source_id if m.source_id is not None else 0
-        cv2.imwrite(str(out / "instance" / f"{i}.png"), ids)
+        with_ids = [m for m in frame.masks or [] if m.source_id is not None]  # a mask without an id is not written
+        largest_first = sorted(with_ids, key=lambda m: -int(np.count_nonzero(m.mask)))
+        cv2.imwrite(str(out / "instance" / f"{i}.png"), masks_to_label_image(largest_first, frame.depth.shape))
     if frames:
         K4 = np.eye(4)
         K4[:3, :3] = frames[0].K

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from .errors import InputError
-from .io.encodings import interpolate_pose
+from .geometry import interpolate_pose
 from .types import validate_pose
 
 

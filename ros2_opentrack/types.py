@@ -266,10 +266,3 @@ def validate_masks(masks, depth_hw, rgb_hw, where: str = "frame") -> Tuple[List[
 
 def _same_aspect(a, b) -> bool:
     return abs(a[0] * b[1] - a[1] * b[0]) <= max(a[0], b[0])
-
-
-def mask_box(mask: np.ndarray) -> np.ndarray:
-    """Tight x0, y0, x1, y1 box (x1, y1 exclusive) of a non-empty bool mask."""
-    ys = np.flatnonzero(mask.any(axis=1))
-    xs = np.flatnonzero(mask.any(axis=0))
-    return np.array([xs[0], ys[0], xs[-1] + 1, ys[-1] + 1], dtype=np.float32)

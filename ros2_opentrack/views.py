@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import InputError
-from .types import check_rgb
+from .io.encodings import decode_jpeg, encode_jpeg
 
 
 def draw_red_box(rgb: np.ndarray, box, thickness: int = 3, color=(255, 0, 0)) -> np.ndarray:
@@ -58,9 +58,6 @@ class ImageStore:
     def __contains__(self, key: int) -> bool:
         return key in self._images
 
-    def retain(self, key: int) -> None:
-        self._images[key][1] += 1
-
     def release(self, key: int) -> None:
         entry = self._images.get(key)
         if entry is None:
@@ -88,25 +85,6 @@ class ImageStore:
         self._images.clear()
 
 
-def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
-    """JPEG bytes of an HxWx3 uint8 RGB image (the one encoder for stored keyframes and labeller requests)."""
-    import cv2
-
-    rgb = check_rgb(rgb, "image to JPEG-encode")
-    bgr = np.ascontiguousarray(rgb[..., ::-1])
-    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise InputError(f"could not JPEG-encode an image of shape {rgb.shape}")
-    return buf.tobytes()
-
-
-def decode_jpeg(data: bytes) -> np.ndarray:
-    import cv2
-
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    return np.ascontiguousarray(bgr[..., ::-1])
-
-
 def view_rank(view) -> tuple:
     """Sort key, best first: fraction of the track inside the view's frustum, then projected mask area, then
     the older view (a revisit that is only as good does not replace a stored image: no churn)."""
@@ -124,11 +102,6 @@ def keep_top_k(views: list, top_k: int) -> tuple:
     """(kept views best first, dropped views)."""
     ranked = sorted(views, key=view_rank)
     return ranked[:top_k], ranked[top_k:]
-
-
-def boxed_view(store: ImageStore, view, thickness: int = 3) -> np.ndarray:
-    """The view's keyframe image with the track's box drawn in red (what the labeller sees)."""
-    return draw_red_box(store.decode(view.image_key), view.box, thickness=thickness)
 
 
 class TrackViews:

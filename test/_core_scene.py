@@ -1,74 +1,14 @@
-"""Tiny numpy ray-caster for core tests and benchmarks: coloured boxes on a floor, seen by a pinhole camera."""
+"""Core test scenes: coloured boxes on a floor (ros2_opentrack.synthetic's ray-caster), camera orbits and the
+core tests' config."""
 from __future__ import annotations
 
 import numpy as np
 
 from ros2_opentrack.config import OpenTrackConfig, from_flat
-from ros2_opentrack.types import Frame, Mask2D
+from ros2_opentrack.geometry import look_at
+from ros2_opentrack.synthetic import make_box_frame as make_frame
 
-
-def intrinsics(hw=(120, 160), f=None) -> np.ndarray:
-    h, w = hw
-    f = f or 0.9 * w
-    return np.array([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1]], dtype=np.float64)
-
-
-def look_at(position, target, up=(0, 0, 1)) -> np.ndarray:
-    """Camera-to-world pose of an OpenCV camera at ``position`` looking at ``target`` (world z up)."""
-    p = np.asarray(position, float)
-    f = np.asarray(target, float) - p
-    f /= np.linalg.norm(f)
-    r = np.cross(f, up)
-    r /= np.linalg.norm(r)
-    d = np.cross(f, r)
-    T = np.eye(4)
-    T[:3, :3] = np.stack([r, d, f], axis=1)
-    T[:3, 3] = p
-    return T
-
-
-FLOOR = (np.array([-20.0, -20.0, -1.0]), np.array([20.0, 20.0, 0.0]))
-
-
-def render(boxes, K, T, hw):
-    """boxes: list of (min (3,), max (3,)). Returns (depth (H, W) float32 z-depth, id (H, W) int: index of the
-    box hit, -1 for the floor or nothing)."""
-    h, w = hw
-    u, v = np.meshgrid(np.arange(w) + 0.0, np.arange(h) + 0.0)
-    dirs_cam = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1).reshape(-1, 3)
-    dirs = dirs_cam @ T[:3, :3].T
-    origin = T[:3, 3]
-    all_boxes = [FLOOR] + list(boxes)
-    lo = np.array([b[0] for b in all_boxes])[:, None, :]
-    hi = np.array([b[1] for b in all_boxes])[:, None, :]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inv = 1.0 / dirs[None]
-        t1 = (lo - origin) * inv
-        t2 = (hi - origin) * inv
-    tnear = np.nanmax(np.minimum(t1, t2), axis=2)
-    tfar = np.nanmin(np.maximum(t1, t2), axis=2)
-    hit = (tfar >= tnear) & (tnear > 1e-6)
-    tnear = np.where(hit, tnear, np.inf)
-    first = np.argmin(tnear, axis=0)
-    t = tnear[first, np.arange(len(first))]
-    depth = np.where(np.isfinite(t), t, 0.0).reshape(h, w).astype(np.float32)  # dirs_cam has z = 1: t is z
-    ids = (first - 1).reshape(h, w)
-    ids[depth == 0] = -1
-    return depth, ids
-
-
-def make_frame(boxes, colors, T, hw=(120, 160), K=None, index=0, stamp=None, min_pixels=20, rng=None):
-    """A Frame with one anonymous mask per visible box (source_id = box index)."""
-    K = intrinsics(hw) if K is None else K
-    depth, ids = render(boxes, K, T, hw)
-    rgb = np.full(hw + (3,), 90, np.uint8)
-    for i, c in enumerate(colors):
-        rgb[ids == i] = c
-    if rng is not None:
-        rgb = np.clip(rgb.astype(int) + rng.integers(-8, 9, rgb.shape), 0, 255).astype(np.uint8)
-    masks = [Mask2D(mask=ids == i, source_id=i) for i in range(len(boxes)) if (ids == i).sum() >= min_pixels]
-    return Frame(rgb=rgb, depth=depth, K=K, T_world_cam=T, stamp=float(index if stamp is None else stamp),
-                 index=index, masks=masks)
+__all__ = ["core_config", "cube", "look_at", "make_frame", "orbit"]
 
 
 def cube(center, size):

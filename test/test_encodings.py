@@ -1,4 +1,4 @@
-"""sensor_msgs/Image, CompressedImage, CameraInfo and pose codecs (ros2_opentrack.io.encodings)."""
+"""Image, label image, depth, JPEG, CompressedImage and CameraInfo codecs (ros2_opentrack.io.encodings)."""
 import struct
 
 import cv2
@@ -7,6 +7,7 @@ import pytest
 
 from ros2_opentrack.errors import InputError
 from ros2_opentrack.io import encodings as enc
+from ros2_opentrack.types import Mask2D
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (5, 7, 3), dtype=np.uint8)
@@ -141,6 +142,98 @@ def test_depth_to_metres():
         enc.depth_to_metres(np.zeros((2, 2), np.float32), "16UC1")
 
 
+def test_depth_to_millimetres_rounds_to_nearest_and_zeroes_invalid():
+    metres = np.array([[0.0015, 0.0025, 1.2344, 1.2346], [np.nan, np.inf, -np.inf, -0.5], [70.0, 65.535, 0, 1]])
+    mm = enc.depth_to_millimetres(metres.astype(np.float32))
+    assert mm.dtype == np.uint16
+    np.testing.assert_array_equal(mm, [[2, 2, 1234, 1235], [0, 0, 0, 0], [65535, 65535, 0, 1000]])
+    rng = np.random.default_rng(1)
+    whole_mm = rng.integers(0, 65536, (4, 5)).astype(np.uint16)
+    np.testing.assert_array_equal(enc.depth_to_millimetres(enc.depth_to_metres(whole_mm)), whole_mm)
+
+
+# -- label images ------------------------------------------------------------------------------------------
+
+def test_label_image_to_masks_one_mask_per_positive_id():
+    labels = np.array([[0, 7, 7, 3], [2, 0, 7, -1]], np.int32)
+    for dtype in (np.int32, np.uint16, np.uint8):
+        arr = np.where(labels < 0, 0, labels).astype(dtype) if dtype != np.int32 else labels
+        decoded = enc.label_image_to_masks(arr, names={7: "chair"})
+        assert [m.source_id for m in decoded.masks] == [2, 3, 7]
+        assert [m.label for m in decoded.masks] == [None, None, "chair"]
+        np.testing.assert_array_equal(decoded.masks[2].mask, labels == 7)
+        assert all(m.mask.dtype == bool and m.mask.shape == labels.shape for m in decoded.masks)
+        assert (decoded.too_small, decoded.over_cap) == (0, 0)
+    mono = np.repeat(labels.clip(0).astype(np.uint8)[..., None], 3, axis=2)  # mono8 decodes to equal channels
+    assert [m.source_id for m in enc.label_image_to_masks(mono).masks] == [2, 3, 7]
+
+
+def test_label_image_to_masks_drops_small_ids_then_keeps_the_largest():
+    labels = np.zeros((10, 10), np.uint16)
+    labels[0, :6] = 5  # 6 px
+    labels[1, :4] = 9  # 4 px
+    labels[2, :3] = 2  # 3 px
+    labels[3, :1] = 4  # 1 px
+    decoded = enc.label_image_to_masks(labels, min_pixels=3, max_ids=2)
+    assert [m.source_id for m in decoded.masks] == [5, 9]
+    assert (decoded.too_small, decoded.over_cap) == (1, 1)
+    assert enc.label_image_to_masks(labels, max_ids=None).masks[0].source_id == 2
+
+
+def test_hostile_label_image_of_random_ids_decodes_to_a_bounded_result():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(1, 50_000, (480, 640)).astype(np.uint16)  # ~50,000 distinct ids, a few pixels each
+    n_ids = len(np.unique(labels))
+    decoded = enc.label_image_to_masks(labels, max_ids=256)
+    assert len(decoded.masks) == 256 and decoded.too_small == 0 and decoded.over_cap == n_ids - 256
+    counts = np.bincount(labels.ravel())
+    kept = [m.source_id for m in decoded.masks]
+    assert counts[kept].min() >= np.sort(counts)[-256]  # the largest ids were kept
+    np.testing.assert_array_equal(decoded.masks[0].mask, labels == kept[0])
+    small = enc.label_image_to_masks(labels.astype(np.int32), min_pixels=12)
+    assert small.too_small + small.over_cap + len(small.masks) == n_ids and len(small.masks) <= 256
+
+
+def test_bad_label_images_raise():
+    with pytest.raises(InputError, match="label image must be HxW integer ids"):
+        enc.label_image_to_masks(np.zeros((2, 2), np.float32))
+    with pytest.raises(InputError, match="label image must be HxW integer ids"):
+        enc.label_image_to_masks(np.zeros(4, np.uint16))
+
+
+def test_masks_to_label_image_ids_and_overlaps():
+    a = np.zeros((3, 4), bool)
+    a[0, :3] = True
+    b = np.zeros((3, 4), bool)
+    b[0, 2:] = True
+    labels = enc.masks_to_label_image([Mask2D(mask=a, source_id=700), Mask2D(mask=b)], (3, 4))
+    assert labels.dtype == np.uint16
+    np.testing.assert_array_equal(labels[0], [700, 700, 2, 2])  # no source_id: position + 1; later wins
+    decoded = enc.label_image_to_masks(labels)
+    assert [m.source_id for m in decoded.masks] == [2, 700]
+
+
+@pytest.mark.parametrize("ident,dtype", [(0, np.uint16), (-3, np.uint16), (65536, np.uint16), (256, np.uint8)])
+def test_masks_to_label_image_rejects_ids_outside_the_dtype(ident, dtype):
+    with pytest.raises(InputError, match="does not fit"):
+        enc.masks_to_label_image([Mask2D(mask=np.ones((2, 2), bool), source_id=ident)], (2, 2), dtype)
+    enc.masks_to_label_image([Mask2D(mask=np.ones((2, 2), bool), source_id=np.iinfo(dtype).max)], (2, 2), dtype)
+
+
+# -- jpeg --------------------------------------------------------------------------------------------------
+
+def test_jpeg_round_trip_is_close():
+    x, y = np.meshgrid(np.arange(32) * 8, np.arange(24) * 10)
+    smooth = np.dstack([x, y, np.full_like(x, 128)]).astype(np.uint8)
+    data = enc.encode_jpeg(smooth, quality=95)
+    assert data[:2] == b"\xff\xd8"
+    back = enc.decode_jpeg(data)
+    assert back.shape == smooth.shape and back.dtype == np.uint8
+    assert np.abs(back.astype(int) - smooth).mean() < 3
+    with pytest.raises(InputError):
+        enc.encode_jpeg(np.zeros((4, 4), np.uint8))
+
+
 # -- compressed --------------------------------------------------------------------------------------------
 
 def test_decode_png_and_jpeg():
@@ -199,74 +292,3 @@ def test_intrinsics_from_k():
     fields = enc.camera_info_fields(K, 480, 640)
     assert fields["distortion_model"] == "plumb_bob" and not fields["d"].any()
     np.testing.assert_array_equal(fields["p"].reshape(3, 4)[:, :3], K)
-
-
-# -- poses -------------------------------------------------------------------------------------------------
-
-S = np.sqrt(0.5)
-
-
-def test_quaternion_90_degrees_about_z():
-    T = enc.pose_to_matrix([1, 2, 3], [0, 0, S, S])
-    np.testing.assert_allclose(T, [[0, -1, 0, 1], [1, 0, 0, 2], [0, 0, 1, 3], [0, 0, 0, 1]], atol=1e-12)
-    t, q = enc.matrix_to_pose(T)
-    np.testing.assert_allclose(t, [1, 2, 3])
-    np.testing.assert_allclose(q, [0, 0, S, S], atol=1e-12)
-
-
-@pytest.mark.parametrize("q,R", [
-    ([1, 0, 0, 0], [[1, 0, 0], [0, -1, 0], [0, 0, -1]]),  # 180 deg about x (w = 0: the non-trace branch)
-    ([0, S, 0, S], [[0, 0, 1], [0, 1, 0], [-1, 0, 0]]),  # 90 deg about y
-    ([0, 0, 0, 1], np.eye(3)),
-    ([0.5, 0.5, 0.5, 0.5], [[0, 0, 1], [1, 0, 0], [0, 1, 0]]),  # 120 deg about (1,1,1): x->y->z->x
-])
-def test_quaternion_known_rotations_and_back(q, R):
-    np.testing.assert_allclose(enc.quaternion_to_rotation(q), R, atol=1e-12)
-    np.testing.assert_allclose(enc.rotation_to_quaternion(np.asarray(R, float)), q, atol=1e-12)
-
-
-def test_quaternion_is_normalised_and_sign_fixed():
-    np.testing.assert_allclose(enc.quaternion_to_rotation([0, 0, 2, 2]), enc.quaternion_to_rotation([0, 0, S, S]),
-                               atol=1e-12)
-    R = enc.quaternion_to_rotation([0, 0, -S, -S])  # same rotation as +q
-    np.testing.assert_allclose(enc.rotation_to_quaternion(R), [0, 0, S, S], atol=1e-12)
-
-
-def test_random_pose_round_trip():
-    rng = np.random.default_rng(3)
-    for _ in range(50):
-        q = rng.normal(size=4)
-        t = rng.normal(size=3)
-        T = enc.pose_to_matrix(t, q)
-        t2, q2 = enc.matrix_to_pose(T)
-        q = q / np.linalg.norm(q) * np.sign(q[3])
-        np.testing.assert_allclose(q2, q, atol=1e-9)
-        np.testing.assert_allclose(enc.pose_to_matrix(t2, q2), T, atol=1e-12)
-
-
-@pytest.mark.parametrize("t,q,needle", [
-    ([0, 0, 0], [np.nan, 0, 0, 1], "non-finite"),
-    ([0, 0, 0], [0, 0, 0, 0], "zero length"),
-    ([0, np.nan, 0], [0, 0, 0, 1], "translation"),
-    ([0, 0], [0, 0, 0, 1], "translation"),
-    ([0, 0, 0], [0, 0, 1], "4 values"),
-])
-def test_bad_poses_raise(t, q, needle):
-    with pytest.raises(InputError, match=needle):
-        enc.pose_to_matrix(t, q)
-
-
-def test_matrix_to_pose_rejects_non_rigid():
-    with pytest.raises(InputError, match="not rigid"):
-        enc.matrix_to_pose(np.diag([2.0, 1, 1, 1]))
-
-
-def test_interpolate_pose_halfway():
-    T0 = enc.pose_to_matrix([0, 0, 0], [0, 0, 0, 1])
-    T1 = enc.pose_to_matrix([2, 0, 0], [0, 0, S, S])  # 90 deg about z
-    mid = enc.interpolate_pose(T0, T1, 0.5)
-    c, s = np.cos(np.pi / 4), np.sin(np.pi / 4)  # 45 deg about z
-    np.testing.assert_allclose(mid[:3, :3], [[c, -s, 0], [s, c, 0], [0, 0, 1]], atol=1e-12)
-    np.testing.assert_allclose(mid[:3, 3], [1, 0, 0])
-    np.testing.assert_allclose(enc.interpolate_pose(T0, T1, 0.0), T0, atol=1e-12)
-    np.testing.assert_allclose(enc.interpolate_pose(T0, T1, 1.0), T1, atol=1e-12)

@@ -2,6 +2,8 @@ import numpy as np
 import pytest
 
 from ros2_opentrack import geometry as g
+from ros2_opentrack.errors import InputError
+from ros2_opentrack.types import validate_pose
 
 K = np.array([[100.0, 0, 50], [0, 100.0, 40], [0, 0, 1]])
 # camera at (1, 2, 3), rotated 90 degrees about z
@@ -76,3 +78,82 @@ def test_frustum_box_test():
 def test_box_gap():
     gap = g.box_gap(np.zeros(3), np.ones(3), np.array([4.0, 1.0, 0.0]), np.array([5.0, 2.0, 1.0]))
     assert float(gap) == pytest.approx(3.0)
+
+
+# -- poses -------------------------------------------------------------------------------------------------
+
+S = np.sqrt(0.5)
+
+
+def test_quaternion_90_degrees_about_z():
+    T = g.pose_to_matrix([1, 2, 3], [0, 0, S, S])
+    np.testing.assert_allclose(T, [[0, -1, 0, 1], [1, 0, 0, 2], [0, 0, 1, 3], [0, 0, 0, 1]], atol=1e-12)
+    t, q = g.matrix_to_pose(T)
+    np.testing.assert_allclose(t, [1, 2, 3])
+    np.testing.assert_allclose(q, [0, 0, S, S], atol=1e-12)
+
+
+@pytest.mark.parametrize("q,R", [
+    ([1, 0, 0, 0], [[1, 0, 0], [0, -1, 0], [0, 0, -1]]),  # 180 deg about x (w = 0: the non-trace branch)
+    ([0, S, 0, S], [[0, 0, 1], [0, 1, 0], [-1, 0, 0]]),  # 90 deg about y
+    ([0, 0, 0, 1], np.eye(3)),
+    ([0.5, 0.5, 0.5, 0.5], [[0, 0, 1], [1, 0, 0], [0, 1, 0]]),  # 120 deg about (1,1,1): x->y->z->x
+])
+def test_quaternion_known_rotations_and_back(q, R):
+    np.testing.assert_allclose(g.quaternion_to_rotation(q), R, atol=1e-12)
+    np.testing.assert_allclose(g.rotation_to_quaternion(np.asarray(R, float)), q, atol=1e-12)
+
+
+def test_quaternion_is_normalised_and_sign_fixed():
+    np.testing.assert_allclose(g.quaternion_to_rotation([0, 0, 2, 2]), g.quaternion_to_rotation([0, 0, S, S]),
+                               atol=1e-12)
+    R = g.quaternion_to_rotation([0, 0, -S, -S])  # same rotation as +q
+    np.testing.assert_allclose(g.rotation_to_quaternion(R), [0, 0, S, S], atol=1e-12)
+
+
+def test_random_pose_round_trip():
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        q = rng.normal(size=4)
+        t = rng.normal(size=3)
+        T = g.pose_to_matrix(t, q)
+        t2, q2 = g.matrix_to_pose(T)
+        q = q / np.linalg.norm(q) * np.sign(q[3])
+        np.testing.assert_allclose(q2, q, atol=1e-9)
+        np.testing.assert_allclose(g.pose_to_matrix(t2, q2), T, atol=1e-12)
+
+
+@pytest.mark.parametrize("t,q,needle", [
+    ([0, 0, 0], [np.nan, 0, 0, 1], "non-finite"),
+    ([0, 0, 0], [0, 0, 0, 0], "zero length"),
+    ([0, np.nan, 0], [0, 0, 0, 1], "translation"),
+    ([0, 0], [0, 0, 0, 1], "translation"),
+    ([0, 0, 0], [0, 0, 1], "4 values"),
+])
+def test_bad_poses_raise(t, q, needle):
+    with pytest.raises(InputError, match=needle):
+        g.pose_to_matrix(t, q)
+
+
+def test_matrix_to_pose_rejects_non_rigid():
+    with pytest.raises(InputError, match="not rigid"):
+        g.matrix_to_pose(np.diag([2.0, 1, 1, 1]))
+
+
+def test_interpolate_pose_halfway():
+    T0 = g.pose_to_matrix([0, 0, 0], [0, 0, 0, 1])
+    T1 = g.pose_to_matrix([2, 0, 0], [0, 0, S, S])  # 90 deg about z
+    mid = g.interpolate_pose(T0, T1, 0.5)
+    c, s = np.cos(np.pi / 4), np.sin(np.pi / 4)  # 45 deg about z
+    np.testing.assert_allclose(mid[:3, :3], [[c, -s, 0], [s, c, 0], [0, 0, 1]], atol=1e-12)
+    np.testing.assert_allclose(mid[:3, 3], [1, 0, 0])
+    np.testing.assert_allclose(g.interpolate_pose(T0, T1, 0.0), T0, atol=1e-12)
+    np.testing.assert_allclose(g.interpolate_pose(T0, T1, 1.0), T1, atol=1e-12)
+
+
+def test_look_at_is_a_rigid_opencv_camera():
+    T = g.look_at([1, 2, 1.5], [4, 2, 1.5])
+    validate_pose(T)
+    np.testing.assert_allclose(T[:3, 2], [1, 0, 0])  # z forward
+    np.testing.assert_allclose(T[:3, 1], [0, 0, -1])  # y down
+    np.testing.assert_allclose(T[:3, 0], [0, -1, 0])  # x right of a camera looking along +x with z up

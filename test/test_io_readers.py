@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
+from ros2_opentrack.cli import main
 from ros2_opentrack.errors import InputError
 from ros2_opentrack.io import open_scene
 from ros2_opentrack.io.scannet import ScanNetReader, read_scene_gt
@@ -143,6 +144,16 @@ def test_sevenscenes_folder(tmp_path):
     np.testing.assert_allclose(f.K[:2, :3], [[58.5, 0, 32], [0, 58.5, 24]])
     with pytest.raises(InputError, match="no instance masks"):
         SevenScenesReader(root, with_masks=True)
+
+
+def test_dataset_masks_from_a_scene_without_masks_fail_once_naming_the_scene(tmp_path, capsys):
+    root = write_sevenscenes(tmp_path / "seq")
+    with pytest.raises(InputError, match=r"'.*seq' is a 7-Scenes folder, which has no instance masks"):
+        open_scene(root, with_masks=True)
+    code = main(["run", str(root), "--out", str(tmp_path / "out"), "--masks", "dataset", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert str(root) in err and "no instance masks" in err
 
 
 @pytest.mark.skipif(not (DATA / "7scenes_redkitchen").is_dir(), reason="shared 7-Scenes data absent")

@@ -18,6 +18,7 @@ from ros2_opentrack.ros.markers import MarkerBook  # noqa: E402
 from ros2_opentrack.ros.sync import DropOldestQueue, StampSync  # noqa: E402
 from ros2_opentrack.tf_tree import TfBuffer, TransformUnavailable  # noqa: E402
 from ros2_opentrack.types import Instance, TrackState  # noqa: E402
+from ros_support import ros_messages  # noqa: E402
 
 HEADER = Header(frame_id="map", stamp=conv.sec_to_stamp(12.25))
 
@@ -40,7 +41,7 @@ def test_instance_msg_values_and_serialisation_round_trip():
     assert msg.state == Instance3D.STATE_DORMANT
     assert (msg.centroid.x, msg.centroid.y, msg.centroid.z) == pytest.approx((0.5, 1.0, 1.5))
     assert (msg.box_size.x, msg.box_size.y, msg.box_size.z) == pytest.approx((1.0, 2.0, 3.0))
-    lo, hi = conv.box_of_msg(msg)
+    lo, hi = ros_messages.box_of_msg(msg)
     np.testing.assert_allclose(lo, [0, 0, 0], atol=1e-6)
     np.testing.assert_allclose(hi, [1, 2, 3], atol=1e-6)
     assert conv.stamp_to_sec(msg.last_seen) == 7.25 and msg.confidence == pytest.approx(0.75)
@@ -58,7 +59,7 @@ def test_pointcloud2_round_trip_and_fields():
     msg = conv.cloud_msg(pts, cols, ids, HEADER)
     assert [f.name for f in msg.fields] == ["x", "y", "z", "rgb", "instance"]
     assert msg.point_step == 20 and msg.row_step == 1000 and msg.width == 50 and msg.height == 1
-    p2, c2, i2 = conv.cloud_from_msg(msg)
+    p2, c2, i2 = ros_messages.cloud_from_msg(msg)
     np.testing.assert_array_equal(p2, pts)
     np.testing.assert_array_equal(c2, cols)
     np.testing.assert_array_equal(i2, ids)
@@ -73,7 +74,7 @@ def test_instance_cloud_colours_by_id_and_subsamples():
     from ros2_opentrack.io.writers import instance_color
 
     msg = conv.instance_cloud([_instance(3), _instance(4)], HEADER, max_points=4)
-    pts, cols, ids = conv.cloud_from_msg(msg)
+    pts, cols, ids = ros_messages.cloud_from_msg(msg)
     assert len(pts) == 4
     for c, i in zip(cols, ids):
         np.testing.assert_array_equal(c, instance_color(int(i)))
@@ -82,23 +83,23 @@ def test_instance_cloud_colours_by_id_and_subsamples():
 def test_images_depth_and_masks():
     h = Header(frame_id="cam")
     rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
-    np.testing.assert_array_equal(conv.rgb_from_msg(conv.image_msg(rgb, "rgb8", h)), rgb)
-    np.testing.assert_array_equal(conv.rgb_from_msg(conv.image_msg(rgb, "bgr8", h)), rgb)
+    np.testing.assert_array_equal(conv.rgb_from_msg(ros_messages.image_msg(rgb, "rgb8", h)), rgb)
+    np.testing.assert_array_equal(conv.rgb_from_msg(ros_messages.image_msg(rgb, "bgr8", h)), rgb)
     mm = np.array([[1000, 0], [2500, 65535]], np.uint16)
-    np.testing.assert_allclose(conv.depth_from_msg(conv.image_msg(mm, "16UC1", h)), [[1.0, 0.0], [2.5, 65.535]])
+    np.testing.assert_allclose(conv.depth_from_msg(ros_messages.image_msg(mm, "16UC1", h)), [[1.0, 0.0], [2.5, 65.535]])
     m = np.array([[1.5, np.nan], [-1.0, 2.0]], np.float32)
-    np.testing.assert_allclose(conv.depth_from_msg(conv.image_msg(m, "32FC1", h)), [[1.5, 0], [0, 2.0]])
+    np.testing.assert_allclose(conv.depth_from_msg(ros_messages.image_msg(m, "32FC1", h)), [[1.5, 0], [0, 2.0]])
     with pytest.raises(InputError, match="depth image has encoding 'rgb8'"):
-        conv.depth_from_msg(conv.image_msg(rgb, "rgb8", h))
+        conv.depth_from_msg(ros_messages.image_msg(rgb, "rgb8", h))
     with pytest.raises(InputError, match="rgb image has encoding '16UC1'"):
-        conv.rgb_from_msg(conv.image_msg(mm, "16UC1", h))
+        conv.rgb_from_msg(ros_messages.image_msg(mm, "16UC1", h))
     labels = np.array([[0, 7, 7], [2, 0, 7]], np.int32)
     for enc, arr in (("32SC1", labels), ("16UC1", labels.astype(np.uint16)), ("mono8", labels.astype(np.uint8))):
-        masks = conv.masks_from_label_image(conv.image_msg(arr, enc, h))
+        masks = conv.masks_from_label_image(ros_messages.image_msg(arr, enc, h)).masks
         assert [mk.source_id for mk in masks] == [2, 7]
         np.testing.assert_array_equal(masks[1].mask, labels == 7)
     with pytest.raises(InputError, match="label image"):
-        conv.masks_from_label_image(conv.image_msg(m, "32FC1", h))
+        conv.masks_from_label_image(ros_messages.image_msg(m, "32FC1", h))
 
 
 def test_camera_info_and_pose_conversions():
@@ -116,10 +117,10 @@ def test_camera_info_and_pose_conversions():
     T = np.eye(4)
     T[:3, :3] = [[0, -1, 0], [1, 0, 0], [0, 0, 1]]  # 90 degrees about z
     T[:3, 3] = [1, 2, 3]
-    pose = conv.matrix_to_pose(T)
+    pose = ros_messages.matrix_to_pose(T)
     assert (pose.orientation.z, pose.orientation.w) == pytest.approx((math.sqrt(0.5), math.sqrt(0.5)))
     np.testing.assert_allclose(conv.pose_to_matrix(pose), T, atol=1e-12)
-    np.testing.assert_allclose(conv.transform_to_matrix(conv.matrix_to_transform(T)), T, atol=1e-12)
+    np.testing.assert_allclose(conv.transform_to_matrix(ros_messages.matrix_to_transform(T)), T, atol=1e-12)
 
 
 def test_stamp_sync_matches_within_tolerance_and_counts_drops():

@@ -13,6 +13,7 @@ pytest.importorskip("ros2_opentrack.msg", reason="messages not built: run script
 pytest.importorskip("tf2_msgs.msg", reason="tf2_msgs not built: run scripts/build_msgs.sh")
 sys.path.insert(0, str(Path(__file__).parent / "ros_support"))
 
+import ros_messages  # noqa: E402
 from rig import Rig, init_ros  # noqa: E402
 
 init_ros(domain_id=60 + os.getpid() % 40)  # before any rclpy use; loopback only
@@ -81,7 +82,7 @@ def feed(r: Rig, frames, start: int = 0):
     """Publish frames one at a time, each waiting for its Instance3DArray."""
     for k, f in enumerate(frames):
         n = len(r.got["instances"])
-        r.publish(conv.frame_messages(f, stamp_of(start + k)))
+        r.publish(ros_messages.frame_messages(f, stamp_of(start + k)))
         assert r.spin_until(lambda: len(r.got["instances"]) > n, 10.0), f"no output for frame {start + k}"
 
 
@@ -106,7 +107,7 @@ def test_room_instances_markers_cloud_frames_and_stamps(rig, room, room_frames):
     assert shown == truth
     cloud = r.got["cloud"][-1]
     assert cloud.header.frame_id == "map"
-    pts, cols, ids = conv.cloud_from_msg(cloud)
+    pts, cols, ids = ros_messages.cloud_from_msg(cloud)
     assert set(np.unique(ids).tolist()) == truth and len(pts) == sum(i.point_count for i in last.instances)
     # one instance per object seen at least twice (object 4 is in view in one frame only), each on its object
     on = true_objects(room, pts, ids)
@@ -187,7 +188,7 @@ def test_query_save_reset_and_vocabulary(chat, rig, room_frames, tmp_path):
 
     assert r.call(Trigger, "/opentrack/reset").success
     n = len(r.got["instances"])
-    r.publish(conv.frame_messages(room_frames[0], stamp_of(50 + fed)))
+    r.publish(ros_messages.frame_messages(room_frames[0], stamp_of(50 + fed)))
     assert r.spin_until(lambda: len(r.got["instances"]) > n, 5.0)
     assert list(r.got["instances"][-1].instances) == []  # map cleared; one observation is not an instance yet
     r.pubs["query"].publish(String(data="red mug"))
@@ -218,7 +219,7 @@ def test_bad_input_is_counted_and_survived(rig, room_frames):
         r.publish(msgs, with_tf=with_tf)
         r.spin_for(0.25)
 
-    good = lambda k: conv.frame_messages(f, stamp_of(10 + k))  # noqa: E731
+    good = lambda k: ros_messages.frame_messages(f, stamp_of(10 + k))  # noqa: E731
     send(_bad(good(0), "rgb", encoding="yuv422"))  # wrong encoding
     m = good(1)
     send(_bad(m, "depth", data=bytes(m["depth"].data)[:-10]))  # size mismatch (truncated data)
@@ -251,7 +252,7 @@ def test_pose_topic_source_and_sim_time(rig, room_frames):
     r.pubs["clock"].publish(Clock(clock=conv.sec_to_stamp(1234.5)))
     r.spin_for(0.3)
     for k, f in enumerate(room_frames[:4]):
-        msgs = conv.frame_messages(f, stamp_of(k))
+        msgs = ros_messages.frame_messages(f, stamp_of(k))
         r.pubs["pose"].publish(msgs["pose"])
         n = len(r.got["instances"])
         r.publish(msgs, with_tf=False)
@@ -308,7 +309,7 @@ def test_sevenscenes_bag_through_the_node(rig, tmp_path):
     stamps = []
     for msgs in frames:
         depth = conv.depth_from_msg(msgs["depth"])
-        msgs["masks"] = conv.image_msg(_depth_band_masks(depth), "16UC1", msgs["depth"].header)
+        msgs["masks"] = ros_messages.image_msg(_depth_band_masks(depth), "16UC1", msgs["depth"].header)
         r.pubs["tf"].publish(msgs["tf"])
         n = len(r.got["instances"])
         r.publish(msgs, with_tf=False)

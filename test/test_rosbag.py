@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
+from ros2_opentrack import geometry
 from ros2_opentrack.errors import InputError
 from ros2_opentrack.io import open_scene
 from ros2_opentrack.io import encodings as enc
@@ -193,7 +194,7 @@ def _header(ts, stamp, frame_id):
 
 
 def _tf_message(ts, stamp, parent, child, T):
-    t, q = enc.matrix_to_pose(T)
+    t, q = geometry.matrix_to_pose(T)
     Tt = ts.types
     tr = Tt["geometry_msgs/msg/TransformStamped"](
         header=_header(ts, stamp, parent), child_frame_id=child,
@@ -283,7 +284,7 @@ def test_frames_that_cannot_be_assembled_are_dropped_by_reason(tmp_path):
     items = _camera_items(ts, frames, tweak)
     for f in frames:
         if f.index != 4:  # frame 4 has no pose within tolerance
-            t, q = enc.matrix_to_pose(f.T_world_cam)
+            t, q = geometry.matrix_to_pose(f.T_world_cam)
             Tt = ts.types
             pose = Tt["geometry_msgs/msg/PoseStamped"](
                 header=_header(ts, f.stamp, "map"),
@@ -355,7 +356,7 @@ def test_bag_deserialises_with_rclpy(tmp_path, frames):
     assert info.distortion_model == "plumb_bob"
     pose = serialization.deserialize_message(by_topic["/camera/pose"][1], geometry_msgs.PoseStamped)
     p, o = pose.pose.position, pose.pose.orientation
-    np.testing.assert_allclose(enc.pose_to_matrix([p.x, p.y, p.z], [o.x, o.y, o.z, o.w]),
+    np.testing.assert_allclose(geometry.pose_to_matrix([p.x, p.y, p.z], [o.x, o.y, o.z, o.w]),
                                frames[1].T_world_cam, atol=1e-9)
 
 
@@ -426,7 +427,7 @@ def test_odometry_pose_with_static_camera_mount_and_compressed_rgb(tmp_path):
                   _tf_message(ts, 0.0, "base_link", "camera_color_optical_frame", T_base_cam), 0.0))
     for f in frames:
         T_odom_base = f.T_world_cam @ np.linalg.inv(T_base_cam)
-        t, q = enc.matrix_to_pose(T_odom_base)
+        t, q = geometry.matrix_to_pose(T_odom_base)
         pose = Tt["geometry_msgs/msg/PoseWithCovariance"](
             pose=Tt["geometry_msgs/msg/Pose"](position=Tt["geometry_msgs/msg/Point"](x=t[0], y=t[1], z=t[2]),
                                               orientation=Tt["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2],

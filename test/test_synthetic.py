@@ -4,10 +4,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ros2_opentrack.geometry import look_at
 from ros2_opentrack.io import open_scene
 from ros2_opentrack.io.scannet import read_scene_gt
 from ros2_opentrack.synthetic import (FALSE_BLOB_ID_BASE, MaskNoise, SyntheticScene, default_K, load_scannet_npy,
-                                      look_at, make_room, make_trajectory, render, render_sequence,
+                                      make_room, make_trajectory, render, render_sequence,
                                       write_scene_folder)
 from ros2_opentrack.types import Mask2D, validate_pose
 
@@ -31,14 +32,6 @@ def test_make_room_is_deterministic_with_labelled_objects(room):
     gt = room.gt_ids()
     cls = room.class_ids()
     assert set(np.unique(gt)) == {0} | {cls[room.labels[i]] * 1000 + i for i in room.instance_ids}
-
-
-def test_look_at_is_a_rigid_opencv_camera():
-    T = look_at([1, 2, 1.5], [4, 2, 1.5])
-    validate_pose(T)
-    np.testing.assert_allclose(T[:3, 2], [1, 0, 0])  # z forward
-    np.testing.assert_allclose(T[:3, 1], [0, 0, -1])  # y down
-    np.testing.assert_allclose(T[:3, 0], [0, -1, 0])  # x right of a camera looking along +x with z up
 
 
 def test_rendered_points_reproject_to_their_pixel(room):

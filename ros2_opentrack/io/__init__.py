@@ -23,7 +23,8 @@ class SceneReader(Protocol):
 def open_scene(path, stride: int = 1, max_frames: int | None = None, with_masks: bool = False, **kwargs) -> SceneReader:
     """Open a ScanNet export folder, a 7-Scenes folder or a ROS 2 bag (.mcap, .db3, or a bag folder).
 
-    ``with_masks`` attaches the dataset's instance/<i>.png masks (ScanNet layout) to each frame."""
+    ``with_masks`` attaches the dataset's masks (ScanNet instance/<i>.png, a bag's label image topic) to each
+    frame; a scene that has none fails here, once (InputError naming the scene), not frame by frame."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"scene '{path}' does not exist")
@@ -38,7 +39,7 @@ def open_scene(path, stride: int = 1, max_frames: int | None = None, with_masks:
     if path.is_dir() and any(path.glob("frame-*.pose.txt")):
         from .sevenscenes import SevenScenesReader
 
-        return SevenScenesReader(path, stride=stride, max_frames=max_frames, **kwargs)
+        return SevenScenesReader(path, stride=stride, max_frames=max_frames, with_masks=with_masks, **kwargs)
     raise InputError(f"'{path}' is not a scene: expected a ScanNet export folder (color/ depth/ pose/ intrinsic/), "
                      f"a 7-Scenes folder (frame-XXXXXX.color.jpg|depth.png|pose.txt) or a ROS 2 bag (.mcap/.db3)")
 

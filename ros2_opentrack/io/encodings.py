@@ -1,17 +1,20 @@
-"""Numpy codecs for ROS image, camera_info and pose messages, with no ROS import.
+"""Numpy image codecs, with no ROS import: ROS image / camera_info fields, label images <-> masks, depth in
+millimetres, JPEG.
 
-Used by the ROS node (live messages) and by the rosbag reader/writer (deserialised messages). Every function
-takes plain fields (encoding, height, width, step, data bytes, arrays) so both callers share one code path.
+Used by the ROS node (live messages), the rosbag reader/writer (deserialised messages) and the dataset readers.
+Every function takes plain fields (encoding, height, width, step, data bytes, arrays) so all callers share one
+code path.
 Bad input raises InputError naming the encoding / sizes and what was expected.
 """
 from __future__ import annotations
 
 import struct
-from typing import Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import InputError
+from ..types import Mask2D, check_rgb
 
 # encoding -> (numpy dtype, channels). Colour encodings come out as HxWx3 RGB uint8; the rest as HxW arrays.
 _ENCODINGS = {
@@ -187,6 +190,126 @@ def depth_to_metres(array, encoding: Optional[str] = None) -> np.ndarray:
     raise InputError(f"depth encoding '{encoding}' is not supported; expected 16UC1 / mono16 (mm) or 32FC1 (m)")
 
 
+def depth_to_millimetres(depth) -> np.ndarray:
+    """Depth in metres -> uint16 millimetres (16UC1): rounded to the nearest mm, clipped to 0..65535 mm;
+    NaN, inf and negative depths become 0 (invalid)."""
+    metres = np.asarray(depth, dtype=np.float64)
+    metres = np.nan_to_num(metres, nan=0.0, posinf=0.0, neginf=0.0)
+    return np.clip(np.rint(metres * 1000.0), 0, 65535).astype(np.uint16)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Label images: one instance id per pixel, 0 = no instance
+
+MAX_LABEL_IDS = 256  # ids kept per label image: far above a real frame's instances, and bounds the masks' memory
+
+
+class LabelMasks(NamedTuple):
+    """Masks decoded from a label image, and how many ids were left out (so callers can count them)."""
+
+    masks: List[Mask2D]  # one per kept id, in increasing id order
+    too_small: int  # ids with fewer than min_pixels pixels
+    over_cap: int  # ids beyond the max_ids largest
+
+
+def label_image_to_masks(labels, min_pixels: int = 1, max_ids: Optional[int] = MAX_LABEL_IDS,
+                         names: Optional[Dict[int, str]] = None) -> LabelMasks:
+    """One Mask2D per positive id of an HxW integer label image (source_id = the id, label = names[id]).
+
+    Ids with fewer than ``min_pixels`` pixels are dropped, then all but the ``max_ids`` largest (None: no cap),
+    before any mask is made: one pass over the pixels, and memory bounded by the kept masks whatever the image
+    holds (a hostile image of random ids must not cost one full-frame mask per id)."""
+    labels = _label_pixels(labels)
+    ids, codes, counts = _id_histogram(labels.ravel())
+    named = ids > 0  # 0 is no instance; a negative 32SC1 id is none either
+    big = named & (counts >= max(1, int(min_pixels)))
+    kept = np.flatnonzero(big)
+    over_cap = 0
+    if max_ids is not None and len(kept) > max_ids:
+        largest = np.argsort(-counts[kept], kind="stable")[:max(0, int(max_ids))]  # ties: the lower id
+        over_cap = len(kept) - len(largest)
+        kept = np.sort(kept[largest])
+    masks = [Mask2D(mask=mask, source_id=int(ids[k]), label=(names or {}).get(int(ids[k])))
+             for k, mask in zip(kept, _masks_of(codes, kept, labels.shape))]
+    return LabelMasks(masks, int(np.count_nonzero(named & ~big)), over_cap)
+
+
+def _label_pixels(labels) -> np.ndarray:
+    arr = np.asarray(labels)
+    if arr.ndim == 3 and arr.shape[2] in (1, 3):  # mono8 decodes to RGB by the colour convention: equal channels
+        arr = arr[..., 0]
+    if arr.ndim != 2 or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
+        raise InputError(f"label image must be HxW integer ids, got {arr.dtype} of shape {arr.shape}")
+    return arr
+
+
+def _id_histogram(flat: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sorted distinct ids, per-pixel index into them, pixels per id) in O(pixels) for 8/16-bit ids."""
+    if flat.dtype == bool or (flat.dtype.kind == "u" and flat.dtype.itemsize <= 2):
+        counts = np.bincount(flat.astype(np.intp, copy=False))
+        ids = np.flatnonzero(counts)
+        index_of = np.zeros(len(counts), np.intp)
+        index_of[ids] = np.arange(len(ids))
+        return ids, index_of[flat], counts[ids]
+    ids, codes, counts = np.unique(flat, return_inverse=True, return_counts=True)
+    return ids, codes.reshape(-1), counts
+
+
+def _masks_of(codes: np.ndarray, kept: np.ndarray, hw) -> List[np.ndarray]:
+    """Full-frame bool masks of the kept id indices, from one grouping of their pixels."""
+    slot = np.full(int(codes.max(initial=0)) + 1, -1, np.intp)
+    slot[kept] = np.arange(len(kept))
+    pixel_slot = slot[codes]
+    pixels = np.flatnonzero(pixel_slot >= 0)
+    order = np.argsort(pixel_slot[pixels], kind="stable")
+    pixels = pixels[order]
+    bounds = np.searchsorted(pixel_slot[pixels], np.arange(len(kept) + 1))
+    out = []
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        mask = np.zeros(hw[0] * hw[1], bool)
+        mask[pixels[start:stop]] = True
+        out.append(mask.reshape(hw))
+    return out
+
+
+def masks_to_label_image(masks: Sequence[Mask2D], hw, dtype=np.uint16) -> np.ndarray:
+    """Label image of masks; a mask's id is its source_id, else its position + 1. Later masks win overlaps.
+
+    An id outside 1..the dtype's maximum (0 is "no instance") raises InputError rather than wrapping."""
+    labels = np.zeros(tuple(hw), dtype)
+    top = int(np.iinfo(dtype).max)
+    for n, m in enumerate(masks):
+        ident = int(m.source_id) if m.source_id is not None else n + 1
+        if not 0 < ident <= top:
+            raise InputError(f"mask id {ident} does not fit a {np.dtype(dtype).name} label image (1..{top})")
+        labels[np.asarray(m.mask, bool)] = ident
+    return labels
+
+
+# ---------------------------------------------------------------------------------------------------------
+# JPEG: stored keyframe views and labeller requests
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
+    """JPEG bytes of an HxWx3 uint8 RGB image (the one encoder for stored keyframes and labeller requests)."""
+    import cv2
+
+    rgb = check_rgb(rgb, "image to JPEG-encode")
+    bgr = np.ascontiguousarray(rgb[..., ::-1])
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise InputError(f"could not JPEG-encode an image of shape {rgb.shape}")
+    return buf.tobytes()
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """HxWx3 uint8 RGB of JPEG bytes made by encode_jpeg."""
+    import cv2
+
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return np.ascontiguousarray(bgr[..., ::-1])
+
+
 # ---------------------------------------------------------------------------------------------------------
 # sensor_msgs/CompressedImage
 
@@ -299,83 +422,3 @@ def camera_info_fields(K, height: int, width: int) -> dict:
     P[:, :3] = K
     return {"height": int(height), "width": int(width), "distortion_model": "plumb_bob",
             "d": np.zeros(5), "k": K.ravel().copy(), "r": np.eye(3).ravel(), "p": P.ravel()}
-
-
-# ---------------------------------------------------------------------------------------------------------
-# geometry_msgs poses: quaternions are (x, y, z, w) as in ROS.
-
-
-def quaternion_to_rotation(q: Sequence[float]) -> np.ndarray:
-    """3x3 rotation of a quaternion (x, y, z, w); normalised first. Zero-length or non-finite -> InputError."""
-    q = np.asarray(q, dtype=np.float64).ravel()
-    if q.size != 4:
-        raise InputError(f"quaternion must have 4 values (x, y, z, w), got {q.size}")
-    if not np.isfinite(q).all():
-        raise InputError(f"quaternion has non-finite values: {q.tolist()}")
-    norm = np.linalg.norm(q)
-    if norm < 1e-9:
-        raise InputError("quaternion has zero length (an unset orientation?)")
-    x, y, z, w = q / norm
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
-
-
-def rotation_to_quaternion(R) -> np.ndarray:
-    """Quaternion (x, y, z, w) with w >= 0 of a 3x3 rotation (Shepperd's method, stable for all angles)."""
-    R = np.asarray(R, dtype=np.float64)
-    if R.shape != (3, 3) or not np.isfinite(R).all():
-        raise InputError(f"rotation must be a finite 3x3 matrix, got shape {R.shape}")
-    m = R
-    diag = np.array([m[0, 0], m[1, 1], m[2, 2]])
-    trace = diag.sum()
-    if trace >= diag.max():
-        s = 2.0 * np.sqrt(max(1.0 + trace, 1e-12))
-        q = [(m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, 0.25 * s]
-    else:
-        i = int(np.argmax(diag))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = 2.0 * np.sqrt(max(1.0 + m[i, i] - m[j, j] - m[k, k], 1e-12))
-        q = [0.0, 0.0, 0.0, (m[k, j] - m[j, k]) / s]
-        q[i] = 0.25 * s
-        q[j] = (m[j, i] + m[i, j]) / s
-        q[k] = (m[k, i] + m[i, k]) / s
-    q = np.asarray(q)
-    q /= np.linalg.norm(q)
-    return -q if q[3] < 0 else q
-
-
-def pose_to_matrix(translation: Sequence[float], quaternion: Sequence[float]) -> np.ndarray:
-    """4x4 transform from a translation (x, y, z) and a quaternion (x, y, z, w)."""
-    t = np.asarray(translation, dtype=np.float64).ravel()
-    if t.size != 3 or not np.isfinite(t).all():
-        raise InputError(f"translation must be 3 finite values, got {t.tolist()}")
-    T = np.eye(4)
-    T[:3, :3] = quaternion_to_rotation(quaternion)
-    T[:3, 3] = t
-    return T
-
-
-def matrix_to_pose(T) -> Tuple[np.ndarray, np.ndarray]:
-    """(translation (3,), quaternion (x, y, z, w)) of a rigid 4x4 transform (validated)."""
-    from ..types import validate_pose
-
-    T = validate_pose(T)
-    return T[:3, 3].copy(), rotation_to_quaternion(T[:3, :3])
-
-
-def interpolate_pose(T0, T1, alpha: float) -> np.ndarray:
-    """Pose between T0 (alpha 0) and T1 (alpha 1): linear translation, spherical rotation (slerp)."""
-    t0, q0 = matrix_to_pose(T0)
-    t1, q1 = matrix_to_pose(T1)
-    dot = float(q0 @ q1)
-    if dot < 0:  # take the short way round
-        q1, dot = -q1, -dot
-    if dot > 0.9995:
-        q = q0 + alpha * (q1 - q0)
-    else:
-        theta = np.arccos(np.clip(dot, -1.0, 1.0))
-        q = (np.sin((1 - alpha) * theta) * q0 + np.sin(alpha * theta) * q1) / np.sin(theta)
-    return pose_to_matrix(t0 + alpha * (t1 - t0), q)

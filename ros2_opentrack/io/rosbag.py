@@ -20,6 +20,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from .. import geometry
 from ..errors import InputError
 from ..tf_tree import TfBuffer, TransformUnavailable
 from ..types import Frame, Mask2D, validate_frame
@@ -189,7 +190,7 @@ _SERIES_PARENT, _SERIES_CHILD = "world", "pose"  # the edge a pose / odometry to
 
 def _add_tf_message(buffer: TfBuffer, msg, static: bool) -> None:
     for tr in msg.transforms:
-        T = enc.pose_to_matrix(_xyz(tr.transform.translation), _xyzw(tr.transform.rotation))
+        T = geometry.pose_to_matrix(_xyz(tr.transform.translation), _xyzw(tr.transform.rotation))
         buffer.set_transform(tr.header.frame_id, tr.child_frame_id, T, _stamp(tr.header), static=static)
 
 
@@ -248,6 +249,7 @@ class RosbagReader:
         self.interpolate = interpolate
         self.dropped: Dict[str, int] = Counter()
         self._warned: Dict[str, int] = Counter()
+        self.mask_ids_dropped: Dict[str, int] = Counter()  # too_small / over_cap ids of the label images
         with self._open() as bag:
             self._check_topics(bag)
             self._plan(bag)
@@ -338,7 +340,7 @@ class RosbagReader:
                 self._odom_child = _frame(msg.child_frame_id)
         else:
             raise InputError(f"pose topic has type {msgtype}; expected {_POSE_STAMPED}, {_POSE_COV} or {_ODOM}")
-        T = enc.pose_to_matrix(_xyz(pose.position), _xyzw(pose.orientation))
+        T = geometry.pose_to_matrix(_xyz(pose.position), _xyzw(pose.orientation))
         self._poses.set_transform(_SERIES_PARENT, _SERIES_CHILD, T, _stamp(msg.header))
 
     def _match(self, ref: List[float], other: List[float]) -> Dict[int, int]:
@@ -495,7 +497,9 @@ class RosbagReader:
             labels = enc.image_to_numpy(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian)
         except InputError as exc:
             raise _Drop("bad_encoding", f"{name}: {exc}") from None
-        return label_image_to_masks(labels[..., 0] if labels.ndim == 3 else labels)
+        decoded = enc.label_image_to_masks(labels)
+        self.mask_ids_dropped.update(too_small=decoded.too_small, over_cap=decoded.over_cap)
+        return decoded.masks
 
     def _drop(self, reason: str, message: str, count: bool = True) -> None:
         if count:
@@ -536,23 +540,6 @@ def _resolve_bag_path(path: Path) -> Path:
                              f"files (expected one; `ros2 bag reindex` rebuilds the metadata of a split bag)")
         return files[0]
     return path
-
-
-def label_image_to_masks(labels: np.ndarray) -> List[Mask2D]:
-    """One Mask2D per non-zero id of a label image (source_id = the id)."""
-    ids = np.unique(labels)
-    return [Mask2D(mask=labels == i, source_id=int(i)) for i in ids[ids != 0]]
-
-
-def masks_to_label_image(masks: List[Mask2D], hw) -> np.ndarray:
-    """uint16 label image; a mask's id is its source_id, else its position + 1. Later masks win overlaps."""
-    labels = np.zeros(hw, np.uint16)
-    for n, m in enumerate(masks):
-        ident = m.source_id if m.source_id is not None else n + 1
-        if not 0 < int(ident) <= 65535:
-            raise InputError(f"mask id {ident} does not fit a 16UC1 label image (1..65535)")
-        labels[np.asarray(m.mask, bool)] = ident
-    return labels
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -669,14 +656,13 @@ def _frame_messages(ts, frame: Frame, stamp: float, topics: BagTopics, kinds: Di
         return T[_IMAGE](header=cam_header, height=h, width=w, encoding=encoding, is_bigendian=0, step=step,
                          data=np.frombuffer(data, np.uint8))
 
-    depth_mm = np.clip(np.rint(np.nan_to_num(frame.depth, nan=0.0, posinf=0.0) * 1000.0), 0, 65535)
     h, w = frame.depth.shape[:2]
     info = enc.camera_info_fields(frame.K, h, w)
     roi = T["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
     camera_info = T[_CAMERA_INFO](header=cam_header, height=h, width=w, distortion_model=info["distortion_model"],
                                   d=info["d"], k=info["k"], r=info["r"], p=info["p"], binning_x=0, binning_y=0,
                                   roi=roi)
-    t, q = enc.matrix_to_pose(frame.T_world_cam)
+    t, q = geometry.matrix_to_pose(frame.T_world_cam)
     point = T["geometry_msgs/msg/Point"](x=t[0], y=t[1], z=t[2])
     vector = T["geometry_msgs/msg/Vector3"](x=t[0], y=t[1], z=t[2])
     quat = T["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3])
@@ -685,11 +671,11 @@ def _frame_messages(ts, frame: Frame, stamp: float, topics: BagTopics, kinds: Di
         header=world_header, child_frame_id=camera,
         transform=T["geometry_msgs/msg/Transform"](translation=vector, rotation=quat))
     yield topics.rgb, _IMAGE, image(frame.rgb, "rgb8")
-    yield topics.depth, _IMAGE, image(depth_mm.astype(np.uint16), "16UC1")
+    yield topics.depth, _IMAGE, image(enc.depth_to_millimetres(frame.depth), "16UC1")
     yield topics.camera_info, _CAMERA_INFO, camera_info
     if kinds["pose"]:
         yield topics.pose, _POSE_STAMPED, pose
     if kinds["tf"]:
         yield topics.tf, _TF, T[_TF](transforms=[transform])
     if frame.masks is not None and topics.masks:
-        yield topics.masks, _IMAGE, image(masks_to_label_image(frame.masks, (h, w)), "16UC1")
+        yield topics.masks, _IMAGE, image(enc.masks_to_label_image(frame.masks, (h, w)), "16UC1")

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..types import Frame, Mask2D, resize_image, scale_intrinsics, validate_frame
+from .encodings import label_image_to_masks
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,7 @@ class ScanNetReader(FolderReader):
         super().__init__(path, stride, max_frames)
         self.with_masks = with_masks
         self.min_mask_pixels = int(min_mask_pixels)
+        self.mask_ids_dropped: Dict[str, int] = Counter()  # too_small / over_cap ids of instance/<i>.png
         root = self.path
         if not root.is_dir():
             raise InputError(f"scene '{root}' is not a folder: expected {SCANNET_LAYOUT}")
@@ -213,20 +215,11 @@ class ScanNetReader(FolderReader):
         ids = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if ids is None or ids.ndim != 2:
             raise FrameDropped("unreadable_image", f"{path} is not a single-channel id image")
-        return masks_from_ids(ids, hw, self.labels, self.min_mask_pixels)
-
-
-def masks_from_ids(ids: np.ndarray, hw, labels: Dict[int, str], min_pixels: int = 1) -> List[Mask2D]:
-    """One Mask2D per non-zero id of an instance-id image (resized nearest to hw), source_id = id."""
-    if ids.shape != tuple(hw):
-        ids = resize_image(ids, hw, nearest=True)
-    values, counts = np.unique(ids, return_counts=True)
-    out = []
-    for value, count in zip(values, counts):
-        if value == 0 or count < min_pixels:
-            continue
-        out.append(Mask2D(mask=ids == value, score=1.0, label=labels.get(int(value)), source_id=int(value)))
-    return out
+        if ids.shape != tuple(hw):
+            ids = resize_image(ids, hw, nearest=True)
+        decoded = label_image_to_masks(ids, self.min_mask_pixels, names=self.labels)
+        self.mask_ids_dropped.update(too_small=decoded.too_small, over_cap=decoded.over_cap)
+        return decoded.masks
 
 
 def read_scene_gt(scene) -> Tuple[np.ndarray, np.ndarray, Dict[int, str]]:

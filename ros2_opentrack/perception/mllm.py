@@ -25,7 +25,7 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 import numpy as np
 
 from ..errors import BackendUnavailable, ConfigError
-from ..views import encode_jpeg
+from ..io.encodings import encode_jpeg
 from .base import LabelRequest, LabelResult, Requirements
 from .prompts import Prompt, build_prompt, parse_answer
 

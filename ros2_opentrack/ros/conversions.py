@@ -4,7 +4,7 @@ Every decoder raises InputError naming the message and what was expected; the no
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 from builtin_interfaces.msg import Time
@@ -12,10 +12,11 @@ from geometry_msgs.msg import Point, Pose, Quaternion, Transform, Vector3
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
+from .. import geometry
 from ..errors import InputError
 from ..io import encodings
 from ..io.writers import instance_color
-from ..types import Instance, Mask2D, TrackState
+from ..types import Instance, TrackState
 
 _DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
 _LABEL_ENCODINGS = ("16UC1", "mono16", "32SC1", "mono8", "8UC1")
@@ -61,18 +62,15 @@ def depth_from_msg(msg: Image) -> np.ndarray:
     return encodings.depth_to_metres(image_to_array(msg), msg.encoding)
 
 
-def masks_from_label_image(msg: Image) -> List[Mask2D]:
-    """A label image (16UC1 / 32SC1 / mono8 / mono16) -> one anonymous Mask2D per nonzero id.
+def masks_from_label_image(msg: Image, max_ids: Optional[int] = encodings.MAX_LABEL_IDS) -> encodings.LabelMasks:
+    """A label image (16UC1 / 32SC1 / mono8 / mono16) -> one anonymous Mask2D per positive id, at most the
+    ``max_ids`` largest (the rest are counted in ``over_cap``).
 
     The id is kept as ``source_id`` (used for association only when masks.oracle_ids is set)."""
     if encodings.canonical_encoding(msg.encoding) not in _LABEL_ENCODINGS:
         raise InputError(f"mask image has encoding '{msg.encoding}'; expected a label image "
                          f"(16UC1, 32SC1, mono8 or mono16)")
-    labels = image_to_array(msg)
-    if labels.ndim == 3:  # mono8 decodes to RGB by the colour convention: all channels are equal
-        labels = labels[..., 0]
-    ids = np.unique(labels)
-    return [Mask2D(mask=labels == i, source_id=int(i)) for i in ids[ids > 0]]
+    return encodings.label_image_to_masks(image_to_array(msg), max_ids=max_ids)
 
 
 def intrinsics_from_camera_info(msg: CameraInfo, hw: Optional[Tuple[int, int]] = None) -> np.ndarray:
@@ -83,35 +81,18 @@ def intrinsics_from_camera_info(msg: CameraInfo, hw: Optional[Tuple[int, int]] =
     return encodings.camera_info_intrinsics(msg.k, (msg.height, msg.width), tuple(hw))
 
 
-def image_msg(array: np.ndarray, encoding: str, header: Header) -> Image:
-    h, w, step, data = encodings.numpy_to_image(array, encoding)
-    return Image(header=header, height=h, width=w, encoding=encoding, is_bigendian=0, step=step, data=data)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # poses
 
 
 def pose_to_matrix(pose: Pose) -> np.ndarray:
     p, q = pose.position, pose.orientation
-    return encodings.pose_to_matrix((p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
+    return geometry.pose_to_matrix((p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
 
 
 def transform_to_matrix(tf: Transform) -> np.ndarray:
     t, q = tf.translation, tf.rotation
-    return encodings.pose_to_matrix((t.x, t.y, t.z), (q.x, q.y, q.z, q.w))
-
-
-def matrix_to_pose(T) -> Pose:
-    t, q = encodings.matrix_to_pose(T)
-    return Pose(position=Point(x=float(t[0]), y=float(t[1]), z=float(t[2])),
-                orientation=Quaternion(x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])))
-
-
-def matrix_to_transform(T) -> Transform:
-    t, q = encodings.matrix_to_pose(T)
-    return Transform(translation=Vector3(x=float(t[0]), y=float(t[1]), z=float(t[2])),
-                     rotation=Quaternion(x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])))
+    return geometry.pose_to_matrix((t.x, t.y, t.z), (q.x, q.y, q.z, q.w))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -139,13 +120,6 @@ def instances_to_msg(instances: Sequence[Instance], header: Header):
     from ros2_opentrack.msg import Instance3DArray
 
     return Instance3DArray(header=header, instances=[instance_to_msg(i) for i in instances])
-
-
-def box_of_msg(msg) -> Tuple[np.ndarray, np.ndarray]:
-    """(min corner, max corner) of an Instance3D's axis-aligned box."""
-    c = np.array([msg.box_pose.position.x, msg.box_pose.position.y, msg.box_pose.position.z])
-    s = np.array([msg.box_size.x, msg.box_size.y, msg.box_size.z])
-    return c - s / 2, c + s / 2
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -177,30 +151,6 @@ def cloud_msg(points: np.ndarray, colors: np.ndarray, instance: np.ndarray, head
                        data=rec.tobytes(), is_dense=True)
 
 
-def cloud_from_msg(msg: PointCloud2) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
-    """(points (N,3) f32, colours (N,3) u8 or zeros, instance ids (N,) or None) of any little-endian cloud with
-    float32 x, y, z fields (rgb / instance optional)."""
-    types = {PointField.FLOAT32: "<f4", PointField.UINT32: "<u4", PointField.INT32: "<i4",
-             PointField.FLOAT64: "<f8", PointField.UINT16: "<u2", PointField.UINT8: "u1"}
-    if msg.is_bigendian:
-        raise InputError("PointCloud2 is big-endian; expected little-endian")
-    fields = {f.name: f for f in msg.fields}
-    if not {"x", "y", "z"} <= set(fields):
-        raise InputError(f"PointCloud2 has fields {sorted(fields)}; expected at least x, y, z")
-    dtype = np.dtype({"names": [f.name for f in msg.fields],
-                      "formats": [types[f.datatype] if f.name != "rgb" else "<u4" for f in msg.fields],
-                      "offsets": [f.offset for f in msg.fields], "itemsize": msg.point_step})
-    n = msg.width * msg.height
-    rec = np.frombuffer(bytes(msg.data), dtype=dtype, count=n)
-    points = np.stack([rec["x"], rec["y"], rec["z"]], axis=1).astype(np.float32)
-    colors = np.zeros((n, 3), np.uint8)
-    if "rgb" in fields:
-        packed = rec["rgb"].astype(np.uint32)
-        colors = np.stack([(packed >> 16) & 255, (packed >> 8) & 255, packed & 255], axis=1).astype(np.uint8)
-    ids = rec["instance"].astype(np.int64) if "instance" in fields else None
-    return points, colors, ids
-
-
 def instance_cloud(instances: Sequence[Instance], header: Header, max_points: int = 200000,
                    seed: int = 0) -> PointCloud2:
     """All instances' points, each coloured by its stable instance colour; subsampled to ``max_points``."""
@@ -214,35 +164,3 @@ def instance_cloud(instances: Sequence[Instance], header: Header, max_points: in
     uniq, inverse = np.unique(ids, return_inverse=True)
     colors = instance_color(uniq).reshape(-1, 3)[inverse]
     return cloud_msg(points, colors, ids, header)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# a core Frame as the messages a camera driver + localisation would publish (tests, benchmarks, replay)
-
-
-def frame_messages(frame, stamp: float, camera_frame: str = "camera_optical", world_frame: str = "map",
-                   depth_encoding: str = "16UC1") -> dict:
-    """rgb (rgb8), depth (16UC1 mm or 32FC1 m), camera_info, masks (16UC1 label image, when the frame has masks),
-    tf (TransformStamped world -> camera) and pose (PoseStamped) messages of one Frame, all at ``stamp``."""
-    from geometry_msgs.msg import PoseStamped, TransformStamped
-
-    header = Header(stamp=sec_to_stamp(stamp), frame_id=camera_frame)
-    depth = np.asarray(frame.depth, np.float32)
-    h, w = depth.shape
-    if depth_encoding == "16UC1":
-        depth_arr = np.round(np.nan_to_num(depth, nan=0.0) * 1000.0).clip(0, 65535).astype(np.uint16)
-    else:
-        depth_arr = depth
-    info = CameraInfo(header=header, **encodings.camera_info_fields(frame.K, h, w))
-    out = {"rgb": image_msg(np.asarray(frame.rgb, np.uint8), "rgb8", header),
-           "depth": image_msg(depth_arr, depth_encoding, header), "camera_info": info,
-           "tf": TransformStamped(header=Header(stamp=header.stamp, frame_id=world_frame), child_frame_id=camera_frame,
-                                  transform=matrix_to_transform(frame.T_world_cam)),
-           "pose": PoseStamped(header=Header(stamp=header.stamp, frame_id=world_frame),
-                               pose=matrix_to_pose(frame.T_world_cam))}
-    if frame.masks is not None:
-        labels = np.zeros((h, w), np.uint16)
-        for n, m in enumerate(frame.masks):
-            labels[np.asarray(m.mask, bool)] = m.source_id if m.source_id else n + 1
-        out["masks"] = image_msg(labels, "16UC1", header)
-    return out

@@ -36,7 +36,7 @@ from visualization_msgs.msg import MarkerArray
 
 from .. import config as cfg_mod
 from ..errors import ConfigError, InputError, OpenTrackError
-from ..types import Frame, validate_pose
+from ..types import Frame, Mask2D, validate_pose
 from . import conversions as conv
 from .markers import MarkerBook
 from .params import DYNAMIC_CORE_PARAMETERS, NodeParams, declare_all, read_config, read_node_params
@@ -331,10 +331,17 @@ class OpenTrackNode(Node):
         if info is None:
             raise FrameDrop("no_camera_info", "no valid camera_info received yet")
         K = _reasoned("bad_camera_info", conv.intrinsics_from_camera_info, info, depth.shape)
-        masks = _reasoned("bad_masks", conv.masks_from_label_image, matched["masks"][0]) if "masks" in matched else None
+        masks = self._masks(matched["masks"][0]) if "masks" in matched else None
         T = self._camera_pose(depth_msg.header.frame_id, stamp)
         return Frame(rgb=rgb, depth=depth, K=K, T_world_cam=T, stamp=stamp, index=self._frames_processed,
                      masks=masks, frame_id=depth_msg.header.frame_id)
+
+    def _masks(self, msg: Image) -> List[Mask2D]:
+        decoded = _reasoned("bad_masks", conv.masks_from_label_image, msg)
+        if decoded.over_cap:  # a hostile or broken label image: keep the largest ids, say so
+            self.drop("mask_ids_over_cap", f"label image has {len(decoded.masks) + decoded.over_cap} ids: "
+                                           f"kept the {len(decoded.masks)} largest")
+        return decoded.masks
 
     def _camera_pose(self, image_frame: str, stamp: float) -> np.ndarray:
         p = self.params

@@ -83,7 +83,7 @@ class Rig:
                                            for k in ("rgb", "depth", "camera_info")), timeout)
 
     def publish(self, msgs: dict, with_tf: bool = True, order=("camera_info", "masks", "rgb", "depth")) -> None:
-        """One frame's messages (conversions.frame_messages): tf first, depth last (the sync anchor)."""
+        """One frame's messages (ros_messages.frame_messages): tf first, depth last (the sync anchor)."""
         from tf2_msgs.msg import TFMessage
 
         if with_tf and "tf" in msgs:
