@@ -146,7 +146,8 @@ class Pipeline:
         timer.lap("label")
 
     def _reject(self, frame, message: str) -> StepResult:
-        log.warning("frame %s dropped: %s", getattr(frame, "index", "?"), message)
+        source = getattr(frame, "source", "")
+        log.warning("frame %s%s dropped: %s", getattr(frame, "index", "?"), f" ({source})" if source else "", message)
         self._dropped["bad_frame"] = self._dropped.get("bad_frame", 0) + 1
         return StepResult(keyframe=False, error=message, dropped={"bad_frame": 1})
 

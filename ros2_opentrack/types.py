@@ -36,6 +36,7 @@ class Frame:
     index: int = -1  # frame number in its sequence
     masks: Optional[List[Mask2D]] = None  # precomputed 2D instances (dataset / topic mask sources)
     frame_id: str = "camera"
+    source: str = ""  # where it came from (file, bag topic), named in error messages
 
 
 @dataclass
@@ -133,7 +134,7 @@ def validate_frame(frame: Frame, mask_drops: Optional[Dict[str, int]] = None) ->
             if mask_drops is not None:
                 mask_drops[reason] = mask_drops.get(reason, 0) + n
     return Frame(rgb=rgb, depth=depth, K=K, T_world_cam=T, stamp=float(frame.stamp), index=frame.index,
-                 masks=masks, frame_id=frame.frame_id)
+                 masks=masks, frame_id=frame.frame_id, source=frame.source)
 
 
 def _as_depth(depth) -> np.ndarray:

@@ -11,6 +11,7 @@ from ros2_opentrack.errors import InputError
 from ros2_opentrack.io import open_scene
 from ros2_opentrack.io.scannet import ScanNetReader, read_scene_gt
 from ros2_opentrack.io.sevenscenes import SevenScenesReader
+from ros2_opentrack.types import validate_frame
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 K = np.array([[100.0, 0, 31.5], [0, 100.0, 23.5], [0, 0, 1]])
@@ -76,7 +77,7 @@ def test_scannet_stride_max_frames_and_masks(tmp_path):
 
 def test_scannet_color_intrinsics_scaled_to_depth(tmp_path):
     root = write_scannet(tmp_path / "s", n=2, color_hw=(96, 128), depth_K=False)
-    f = next(iter(ScanNetReader(root)))
+    f = validate_frame(next(iter(ScanNetReader(root))))  # as the pipeline's entry sees it
     assert f.rgb.shape == (48, 64, 3)  # resized to the depth image
     np.testing.assert_allclose(f.K, K, atol=1e-9)  # colour K halved back to the depth size
 
@@ -89,8 +90,11 @@ def test_scannet_bad_frames_are_counted_not_fatal(tmp_path):
     np.savetxt(root / "pose" / "4.txt", np.eye(4) * 2.0)  # not rigid
     reader = ScanNetReader(root)
     frames = list(reader)
-    assert [f.index for f in frames] == [0, 5]
-    assert dict(reader.dropped) == {"missing_file": 1, "invalid_pose": 1, "unreadable_image": 1, "invalid_frame": 1}
+    assert [f.index for f in frames] == [0, 4, 5]  # the 2*I pose is the pipeline's to reject (validated once)
+    assert dict(reader.dropped) == {"missing_file": 1, "invalid_pose": 1, "unreadable_image": 1}
+    with pytest.raises(InputError, match="pose last row must be"):
+        validate_frame(frames[1])
+    assert frames[1].source.endswith("color/4.jpg")
 
 
 def test_scannet_wrong_layouts_raise(tmp_path):

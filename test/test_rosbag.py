@@ -12,7 +12,7 @@ from ros2_opentrack.errors import InputError
 from ros2_opentrack.io import open_scene
 from ros2_opentrack.io import encodings as enc
 from ros2_opentrack.io.rosbag import BagTopics, RosbagReader, convert_frames_to_bag, convert_scene_to_bag
-from ros2_opentrack.types import Frame, Mask2D
+from ros2_opentrack.types import Frame, Mask2D, validate_frame
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SEVEN_SCENES = DATA / "7scenes_redkitchen"
@@ -393,7 +393,7 @@ def test_seven_scenes_convert_and_read_20_frames(tmp_path):
     summary = convert_scene_to_bag(SEVEN_SCENES, out, max_frames=20, progress=False)
     assert summary["frames"] == 20 and summary["messages"]["/tf"] == 20
     assert summary["duration_s"] == pytest.approx(19 / 30)
-    source = list(open_scene(SEVEN_SCENES, max_frames=20))
+    source = [validate_frame(f) for f in open_scene(SEVEN_SCENES, max_frames=20)]  # as the pipeline sees them
     reader = open_scene(out)
     assert len(reader) == 20
     got = list(reader)

@@ -23,7 +23,7 @@ import numpy as np
 from .. import geometry
 from ..errors import InputError
 from ..tf_tree import TfBuffer, TransformUnavailable
-from ..types import Frame, Mask2D, validate_frame
+from ..types import Frame, Mask2D
 from . import encodings as enc
 
 log = logging.getLogger(__name__)
@@ -411,12 +411,9 @@ class RosbagReader:
             K = self._intrinsics(stamp, depth.shape)
             T = self._pose(stamp, _frame(rgb_msg.header.frame_id))
             masks = self._masks(bag, parts, stamp) if self.with_masks else None
-            frame = Frame(rgb=rgb, depth=depth, K=K, T_world_cam=T, stamp=stamp, index=i, masks=masks,
-                          frame_id=_frame(rgb_msg.header.frame_id) or "camera")
-            try:
-                return validate_frame(frame)
-            except InputError as exc:
-                raise _Drop("invalid_frame", str(exc)) from None
+            return Frame(rgb=rgb, depth=depth, K=K, T_world_cam=T, stamp=stamp, index=i, masks=masks,
+                         frame_id=_frame(rgb_msg.header.frame_id) or "camera",
+                         source=f"{self.path.name} {t.rgb} t={stamp:.3f}")
         except _Drop as drop:
             self._drop(drop.reason, f"frame {i} (t={stamp:.3f}): {drop}")
             return None

@@ -18,7 +18,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from ..errors import InputError
-from ..types import Frame, Mask2D, resize_image, scale_intrinsics, validate_frame
+from ..types import Frame, Mask2D, resize_image, scale_intrinsics
 from .encodings import label_image_to_masks
 
 log = logging.getLogger(__name__)
@@ -70,11 +70,6 @@ class FolderReader:
     def _load(self, index: int) -> Frame:
         raise NotImplementedError
 
-    def _finish(self, frame: Frame) -> Frame:
-        try:
-            return validate_frame(frame)
-        except InputError as exc:
-            raise FrameDropped("invalid_frame", str(exc)) from None
 
 
 def read_color(path: Path) -> np.ndarray:
@@ -203,8 +198,9 @@ class ScanNetReader(FolderReader):
         T = read_pose(root / "pose" / f"{index}.txt")
         K = self.K_for(depth.shape, rgb.shape[:2])
         masks = self._masks(index, depth.shape) if self.with_masks else None
-        frame = Frame(rgb=rgb, depth=depth, K=K, T_world_cam=T, stamp=index / FPS, index=index, masks=masks)
-        return self._finish(frame)
+        # not validated here: the pipeline's entry validates every frame once, whatever its reader
+        return Frame(rgb=rgb, depth=depth, K=K, T_world_cam=T, stamp=index / FPS, index=index, masks=masks,
+                     source=str(root / "color" / f"{index}.jpg"))
 
     def _masks(self, index: int, hw) -> List[Mask2D]:
         import cv2

@@ -53,9 +53,8 @@ class SevenScenesReader(FolderReader):
         rgb = read_color(files.get("color", Path(f"{stem}.color.jpg")))
         depth = read_depth_mm(files.get("depth", Path(f"{stem}.depth.png")), invalid=INVALID_DEPTH)
         T = read_pose(files.get("pose", Path(f"{stem}.pose.txt")))
-        frame = Frame(rgb=rgb, depth=depth, K=self._K_for(depth.shape, rgb.shape[:2]), T_world_cam=T,
-                      stamp=index / FPS, index=index)
-        return self._finish(frame)
+        return Frame(rgb=rgb, depth=depth, K=self._K_for(depth.shape, rgb.shape[:2]), T_world_cam=T,
+                     stamp=index / FPS, index=index, source=f"{stem}.*")
 
     def _K_for(self, depth_hw, color_hw) -> np.ndarray:
         # camera-intrinsics.txt describes the depth camera; rescale when the depth image is clearly of another
