@@ -422,6 +422,13 @@ class MaskNoise:
     depth_k: float = 0.0025
     seed: int = 0
     _blob_counter: int = field(default=0, repr=False)
+    # structural errors, applied by perturb_frame before the ones above (all off by default):
+    p_merge: float = 0.0  # per frame: one pair of adjacent objects comes as ONE mask covering both (a box spanning both)
+    p_split: float = 0.0  # per mask: the object comes as 2-3 part masks (straight cuts across it)
+    p_bleed: float = 0.0  # per mask: it spills into the background around it by bleed_px pixels
+    bleed_px: Tuple[int, int] = (4, 10)
+    shuffle_ids: bool = False  # anonymize(): random mask order and per-frame random ids (all but the oracle)
+    _part_counter: int = field(default=0, repr=False)
 
     def perturb_masks(self, masks: List[Mask2D], rng: np.random.Generator, hw) -> List[Mask2D]:
         import cv2
@@ -457,6 +464,59 @@ class MaskNoise:
             return depth
         noisy = depth + rng.normal(0.0, 1.0, depth.shape).astype(np.float32) * self.depth_k * depth ** 2
         return np.where(depth > 0, np.maximum(noisy, 0.0), 0.0).astype(np.float32)
+
+    def perturb_frame(self, masks: List[Mask2D], rng: np.random.Generator, hw,
+                      depth: Optional[np.ndarray] = None) -> List[Mask2D]:
+        """Every error mode on one frame's perfect masks: merged neighbours, split objects and background
+        bleeding (perturb_structure), then drops, edges and false blobs (perturb_masks). Ids stay true (a merged
+        mask carries the larger object's id, extra parts PART_ID_BASE + k): ``anonymize`` hides them."""
+        return self.perturb_masks(self.perturb_structure(masks, rng, hw, depth), rng, hw)
+
+    def perturb_structure(self, masks: List[Mask2D], rng: np.random.Generator, hw,
+                          depth: Optional[np.ndarray] = None) -> List[Mask2D]:
+        """Under-segmentation (p_merge), over-segmentation (p_split) and bleeding into the background (p_bleed).
+        With ``depth``, only neighbours that also touch in depth (3D-adjacent objects) are merged."""
+        out = list(masks)
+        if self.p_merge > 0 and len(out) >= 2 and rng.random() < self.p_merge:
+            out = _merge_neighbours(out, rng, depth)
+        if self.p_split > 0:
+            split = []
+            for m in out:
+                if rng.random() < self.p_split:
+                    parts = _split_mask(m.mask, int(rng.integers(2, 4)), rng, self.min_pixels)
+                    if len(parts) > 1:
+                        split.append(Mask2D(mask=parts[0], score=m.score, source_id=m.source_id))
+                        for part in parts[1:]:
+                            self._part_counter += 1
+                            split.append(Mask2D(mask=part, score=m.score, source_id=PART_ID_BASE + self._part_counter))
+                        continue
+                split.append(m)
+            out = split
+        if self.p_bleed > 0 and out:
+            import cv2
+
+            taken = np.zeros(hw, bool)
+            for m in masks:
+                taken |= m.mask
+            bled = []
+            for m in out:
+                if rng.random() < self.p_bleed:
+                    k = int(rng.integers(self.bleed_px[0], self.bleed_px[1] + 1))
+                    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))
+                    grown = cv2.dilate(m.mask.astype(np.uint8), kernel).astype(bool)
+                    m = Mask2D(mask=m.mask | (grown & ~taken), score=m.score, source_id=m.source_id)
+                bled.append(m)
+            out = bled
+        return out
+
+    def anonymize(self, masks: List[Mask2D], rng: np.random.Generator) -> List[Mask2D]:
+        """The masks in random order with random per-frame ids (what a segmenter gives: no stable identity).
+        A no-op copy unless shuffle_ids."""
+        if not self.shuffle_ids or not masks:
+            return list(masks)
+        ids = rng.choice(np.arange(1, 1 << 20), size=len(masks), replace=False)
+        return [Mask2D(mask=masks[k].mask, box=masks[k].box, score=masks[k].score, label=masks[k].label,
+                       source_id=int(i)) for k, i in zip(rng.permutation(len(masks)), ids)]
 
 
 def render_sequence(scene: SyntheticScene, n_frames: int = 60, hw=(240, 320), seed: int = 0,
@@ -575,3 +635,402 @@ def write_scene_folder(scene: SyntheticScene, frames: Sequence[Frame], out_dir) 
     names = {str(v): k for k, v in scene.class_ids().items()}
     (out / "gt_label_names.json").write_text(json.dumps(names, indent=1))
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Quality-matrix pieces (bench/bench_quality.py): structural segmenter errors, more trajectories, pose drift,
+# and which scene points the frames saw
+
+PART_ID_BASE = 60000  # source ids of the extra part masks of a split object (never a true instance id)
+
+
+def _merge_neighbours(masks: List[Mask2D], rng: np.random.Generator, depth: Optional[np.ndarray] = None,
+                      contact_px: int = 3, max_depth_step: float = 0.25) -> List[Mask2D]:
+    """One random pair of touching masks replaced by one mask over both (and the gap between them), with the
+    larger one's id. Touching: within contact_px pixels; with ``depth``, the two sides of the contact must also
+    lie within max_depth_step metres (3D neighbours, not an object in front of another far behind)."""
+    import cv2
+
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * contact_px + 1, 2 * contact_px + 1))
+    grown = [cv2.dilate(m.mask.astype(np.uint8), kernel).astype(bool) for m in masks]
+    pairs = []
+    for a in range(len(masks)):
+        for b in range(a + 1, len(masks)):
+            touch_b = grown[a] & masks[b].mask
+            if not touch_b.any():
+                continue
+            if depth is not None:
+                touch_a = grown[b] & masks[a].mask
+                da, db = depth[touch_a], depth[touch_b]
+                da, db = da[da > 0], db[db > 0]
+                if len(da) == 0 or len(db) == 0 or abs(float(np.median(da)) - float(np.median(db))) > max_depth_step:
+                    continue
+            pairs.append((a, b))
+    if not pairs:
+        return list(masks)
+    a, b = pairs[int(rng.integers(len(pairs)))]
+    union = masks[a].mask | masks[b].mask
+    closed = cv2.morphologyEx(union.astype(np.uint8), cv2.MORPH_CLOSE, kernel).astype(bool)
+    big = masks[a] if masks[a].mask.sum() >= masks[b].mask.sum() else masks[b]
+    merged = Mask2D(mask=closed, score=big.score, source_id=big.source_id)
+    return [m for k, m in enumerate(masks) if k not in (a, b)] + [merged]
+
+
+def _split_mask(mask: np.ndarray, n_parts: int, rng: np.random.Generator, min_pixels: int = 1) -> List[np.ndarray]:
+    """A mask cut into n_parts by parallel straight cuts across a random direction (the largest part first);
+    parts under min_pixels are dropped. One part (the mask itself) when it is too small to cut."""
+    vv, uu = np.nonzero(mask)
+    if len(vv) < 2 * n_parts * max(1, min_pixels):
+        return [mask]
+    ang = rng.uniform(0, np.pi)
+    s = uu * np.cos(ang) + vv * np.sin(ang)
+    cuts = np.sort(rng.uniform(0.25, 0.75, n_parts - 1)) if n_parts > 2 else np.array([rng.uniform(0.3, 0.7)])
+    edges = np.quantile(s, cuts)
+    part = np.searchsorted(edges, s)
+    parts = []
+    for k in range(n_parts):
+        sel = part == k
+        if sel.sum() >= min_pixels:
+            m = np.zeros_like(mask, dtype=bool)
+            m[vv[sel], uu[sel]] = True
+            parts.append(m)
+    return sorted(parts, key=lambda m: -int(m.sum())) or [mask]
+
+
+def make_wall_room(seed: int = 0, n_objects: int = 10, size: Tuple[float, float] = (5.0, 4.0), height: float = 2.5,
+                   spacing: float = 0.02, wall_spacing: float = 0.035, gap_m=(0.0, 0.1)) -> SyntheticScene:
+    """A procedural room furnished along its walls, as rooms are: objects in rows against the walls, each a
+    gap of gap_m from its neighbour (0 = touching), two in the middle. Many 3D-adjacent pairs (what merged
+    masks fuse), and a wall-facing scan sees them from close by."""
+    if n_objects < 1:
+        raise InputError(f"n_objects must be >= 1, got {n_objects}")
+    rng = np.random.default_rng(seed)
+    W, D = size
+    pts, cols, inst, rad = [], [], [], []
+    labels: Dict[int, str] = {}
+
+    def add(p, color, iid, r, shade=None):
+        c = np.tile(np.asarray(color, float), (len(p), 1))
+        if shade is not None:
+            c = c * np.abs(shade)[:, None]
+        c += rng.normal(0, 6, c.shape)
+        pts.append(p)
+        cols.append(np.clip(c, 0, 255))
+        inst.append(np.full(len(p), iid))
+        rad.append(np.full(len(p), r))
+
+    ws = wall_spacing
+    add(_box_surface([0, 0, 0], [W, D, 0], ws, rng), FLOOR_COLOR, 0, ws)
+    add(_box_surface([0, 0, height], [W, D, height], ws, rng), CEILING_COLOR, 0, ws)
+    for lo, hi in (([0, 0, 0], [W, 0, height]), ([0, D, 0], [W, D, height]), ([0, 0, 0], [0, D, height]),
+                   ([W, 0, 0], [W, D, height])):
+        add(_box_surface(lo, hi, ws, rng), WALL_COLOR, 0, ws)
+    names = [n for n in rng.permutation(_ORDER) if n != "sofa"]  # sofas are longer than some walls' free run
+    cursor = {0: 0.05, 1: 0.95, 2: 0.05, 3: 0.95}  # wall -> free position along it: y=0, x=W, y=D, x=0
+    end = {0: W - 0.05, 1: D - 0.95, 2: W - 0.05, 3: D - 0.95}  # walls 1 and 3 leave the corners to 0 and 2
+    n_middle = min(2, max(0, n_objects - 4))
+    iid = 0
+    for k in range(n_objects):
+        name = names[k % len(names)]
+        kind, sizes, palette = _CATALOG[name]
+        w, d, h = (rng.uniform(*s) for s in sizes)
+        if k < n_objects - n_middle:
+            wall = k % 4
+            along = cursor[wall]
+            if along + w > end[wall]:
+                continue
+            cursor[wall] = along + w + rng.uniform(*gap_m)
+            off = 0.02 + d / 2
+            if wall in (1, 3):
+                w, d = d, w  # the long side along the wall
+            x, y = {0: (along + w / 2, off), 1: (W - off, along + d / 2), 2: (along + w / 2, D - off),
+                    3: (off, along + d / 2)}[wall]
+        else:  # the middle of the room
+            x, y = W / 2 + rng.uniform(-0.6, 0.6), D / 2 + rng.uniform(-0.5, 0.5)
+        p, shade = _object_points(kind, x, y, w, d, h, spacing, rng)
+        base = np.asarray(palette[rng.integers(len(palette))], float)
+        iid += 1
+        add(p, np.clip(base * rng.uniform(0.92, 1.08), 0, 255), iid, spacing, shade)
+        labels[iid] = name
+    return SyntheticScene(points=np.concatenate(pts).astype(np.float32), colors=np.concatenate(cols).astype(np.uint8),
+                          instance=np.concatenate(inst).astype(np.int32), labels=labels,
+                          name=f"wallroom_s{seed}_n{n_objects}", radius=0.75 * np.concatenate(rad).astype(np.float32))
+
+
+def room_box(scene: SyntheticScene, pct: float = 0.5) -> Tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) xy extent of the room: robust min / max of the background (walls) points."""
+    bg = scene.points[scene.instance == 0]
+    ref = bg if len(bg) > 100 else scene.points
+    return np.percentile(ref[:, :2], pct, axis=0), np.percentile(ref[:, :2], 100 - pct, axis=0)
+
+
+def _object_boxes(scene: SyntheticScene) -> List[Tuple[np.ndarray, np.ndarray]]:
+    return [(scene.points[scene.instance == i].min(0), scene.points[scene.instance == i].max(0))
+            for i in scene.instance_ids]
+
+
+def _clear_of(pos, boxes, margin: float) -> bool:
+    return all(not (np.all(pos > b[0] - margin) and np.all(pos < b[1] + margin)) for b in boxes)
+
+
+def _push_clear(pos, toward, boxes, margin: float = 0.2, step: float = 0.05, max_steps: int = 60) -> np.ndarray:
+    """Move pos towards ``toward`` (xy) until it is outside every object box (+ margin)."""
+    pos = np.array(pos, float)
+    d = np.asarray(toward, float)[:2] - pos[:2]
+    n = np.linalg.norm(d)
+    d = d / n if n > 1e-9 else np.zeros(2)
+    for _ in range(max_steps):
+        if _clear_of(pos, boxes, margin):
+            break
+        pos[:2] += step * d
+    return pos
+
+
+def _direction(yaw: float, pitch: float) -> np.ndarray:
+    return np.array([np.cos(pitch) * np.cos(yaw), np.cos(pitch) * np.sin(yaw), np.sin(pitch)])
+
+
+def _rotation(rotvec) -> np.ndarray:
+    """Rodrigues: the 3x3 rotation of axis-angle ``rotvec`` (radians)."""
+    v = np.asarray(rotvec, float)
+    th = float(np.linalg.norm(v))
+    if th < 1e-12:
+        return np.eye(3)
+    k = v / th
+    Kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + np.sin(th) * Kx + (1 - np.cos(th)) * Kx @ Kx
+
+
+def _smooth_noise(rng, n, scale, periods=(9.0, 23.0, 57.0)) -> np.ndarray:
+    """A smooth bounded random signal (sum of sines of random phase), amplitude about ``scale``."""
+    t = np.arange(n)
+    out = np.zeros(n)
+    for p in periods:
+        out += np.sin(2 * np.pi * t / (p * rng.uniform(0.8, 1.25)) + rng.uniform(0, 2 * np.pi))
+    return scale * out / len(periods)
+
+
+def _wall_furniture_depth(scene: SyntheticScene, lo, hi, near_m: float = 0.3, cap_m: float = 0.8) -> np.ndarray:
+    """Per wall (y=lo, x=hi, y=hi, x=lo) how far the objects standing against it (within near_m) reach into
+    the room, at most cap_m."""
+    out = np.zeros(4)
+    for bmin, bmax in _object_boxes(scene):
+        reach = [bmax[1] - lo[1] if bmin[1] - lo[1] < near_m else 0.0,
+                 hi[0] - bmin[0] if hi[0] - bmax[0] < near_m else 0.0,
+                 hi[1] - bmin[1] if hi[1] - bmax[1] < near_m else 0.0,
+                 bmax[0] - lo[0] if bmin[0] - lo[0] < near_m else 0.0]
+        out = np.maximum(out, np.minimum(reach, cap_m))
+    return out
+
+
+def loop_trajectory(scene: SyntheticScene, n_frames: int = 80, seed: int = 0, turns: float = 1.25,
+                    height=(1.2, 1.6), pitch_deg=(-30.0, -15.0)) -> List[np.ndarray]:
+    """A loop around the middle of the room looking outward (at the walls and what stands before them):
+    ``turns`` revolutions, so the start is seen again at the end (loop closure)."""
+    rng = np.random.default_rng(seed)
+    lo, hi = room_box(scene)
+    centre, half = (lo + hi) / 2, (hi - lo) / 2
+    radius = np.clip(0.3 * half, 0.3, 1.2)
+    boxes = _object_boxes(scene)
+    a0 = rng.uniform(0, 2 * np.pi)
+    ang = a0 + np.linspace(0, 2 * np.pi * turns, n_frames)
+    z = np.mean(height) + _smooth_noise(rng, n_frames, (height[1] - height[0]) / 2)
+    pitch = np.radians(np.mean(pitch_deg) + _smooth_noise(rng, n_frames, (pitch_deg[1] - pitch_deg[0]) / 2))
+    yaw = ang + np.radians(_smooth_noise(rng, n_frames, 10.0))
+    poses = []
+    for k in range(n_frames):
+        pos = np.array([centre[0] + radius[0] * np.cos(ang[k]), centre[1] + radius[1] * np.sin(ang[k]), z[k]])
+        pos = _push_clear(pos, centre, boxes)
+        poses.append(look_at(pos, pos + _direction(yaw[k], pitch[k])))
+    return poses
+
+
+def wall_trajectory(scene: SyntheticScene, n_frames: int = 90, seed: int = 0, standoff=(0.45, 0.75),
+                    corner_deg: float = 13.0, height=(1.0, 1.5), pitch_deg=(-40.0, -20.0)) -> List[np.ndarray]:
+    """A scan along the walls facing them, close to the surfaces (standoff from the front of what stands
+    against each wall, so surfaces lie at about 0.4-1.5 m), once around the room: straight runs along each
+    wall, and at each corner a turn in place of 90 degrees at corner_deg per frame (fast turns, little
+    overlap between keyframes)."""
+    rng = np.random.default_rng(seed)
+    lo, hi = room_box(scene)
+    d = float(np.mean(standoff))
+    front = _wall_furniture_depth(scene, lo, hi)  # how far furniture reaches into the room from each wall
+    a = lo + d + np.array([front[3], front[0]])
+    b = hi - d - np.array([front[1], front[2]])
+    if np.any(b - a < 0.2):  # a small room: the path shrinks to a small rectangle at its middle
+        mid = (lo + hi) / 2
+        a, b = np.minimum(a, mid - 0.1), np.maximum(b, mid + 0.1)
+    # counter-clockwise: along y=a_y facing -y, along x=b_x facing +x, along y=b_y facing +y, along x=a_x facing -x
+    corners = [np.array([a[0], a[1]]), np.array([b[0], a[1]]), np.array([b[0], b[1]]), np.array([a[0], b[1]])]
+    yaws = [-np.pi / 2, 0.0, np.pi / 2, np.pi]
+    n_turn = int(np.ceil(90.0 / corner_deg))
+    lengths = np.array([np.linalg.norm(corners[(i + 1) % 4] - corners[i]) for i in range(4)])
+    n_runs = max(4, n_frames - 4 * n_turn)
+    run_frames = np.maximum(1, np.round(n_runs * lengths / lengths.sum()).astype(int))
+    run_frames[-1] = max(1, n_runs - run_frames[:-1].sum())
+    start = rng.integers(4)
+    samples = []  # (xy, yaw)
+    for j in range(4):
+        i = (start + j) % 4
+        p0, p1 = corners[i], corners[(i + 1) % 4]
+        for t in np.arange(run_frames[i]) / run_frames[i]:
+            samples.append(((1 - t) * p0 + t * p1, yaws[i]))
+        for t in np.arange(1, n_turn + 1) / n_turn:
+            samples.append((p1, yaws[i] + t * np.pi / 2))
+    samples = samples[:n_frames]
+    while len(samples) < n_frames:
+        samples.append(samples[-1])
+    n = len(samples)
+    boxes = _object_boxes(scene)
+    centre = (lo + hi) / 2
+    wobble = _smooth_noise(rng, n, (standoff[1] - standoff[0]) / 2)
+    z = np.mean(height) + _smooth_noise(rng, n, (height[1] - height[0]) / 2)
+    pitch = np.radians(np.mean(pitch_deg) + _smooth_noise(rng, n, (pitch_deg[1] - pitch_deg[0]) / 2))
+    jitter = np.radians(_smooth_noise(rng, n, 4.0))
+    raw, yaw = np.zeros((n, 3)), np.zeros(n)
+    for k, (xy, yw) in enumerate(samples):
+        yaw[k] = yw + jitter[k]
+        raw[k] = [xy[0], xy[1], z[k]]
+        raw[k, :2] -= wobble[k] * np.array([np.cos(yaw[k]), np.sin(yaw[k])])  # nearer / farther from the wall
+    push = np.array([np.linalg.norm(_push_clear(p, centre, boxes) - p) for p in raw])
+    win = 9  # step back early and smoothly where an object stands in the way, no jumps
+    push = np.array([push[max(0, k - win):k + win + 1].max() for k in range(n)])
+    push = np.convolve(np.pad(push, win // 2, mode="edge"), np.ones(win) / win, mode="valid")[:n]
+    poses = []
+    for k in range(n):
+        to_c = centre - raw[k, :2]
+        pos = raw[k].copy()
+        pos[:2] += push[k] * to_c / max(1e-9, float(np.linalg.norm(to_c)))
+        pos = _push_clear(pos, centre, boxes)
+        poses.append(look_at(pos, pos + _direction(yaw[k], pitch[k])))
+    return poses
+
+
+def walk_trajectory(scene: SyntheticScene, n_frames: int = 80, seed: int = 0, speed_m: float = 0.06,
+                    turn_deg: float = 4.0, height=(1.1, 1.6), pitch_deg=(-40.0, -10.0),
+                    shake_deg: float = 0.4, shake_m: float = 0.003) -> List[np.ndarray]:
+    """A hand-held-like random walk: the walker wanders at about speed_m per frame with a smoothly random
+    heading, the camera looks around (yaw rate a random walk of about turn_deg per frame, pitch wandering),
+    and the hand shakes (shake_deg, shake_m per frame). It stays in the room and out of the objects."""
+    rng = np.random.default_rng(seed)
+    lo, hi = room_box(scene)
+    a, b = lo + 0.5, hi - 0.5
+    a, b = np.minimum(a, (lo + hi) / 2), np.maximum(b, (lo + hi) / 2)
+    boxes = _object_boxes(scene)
+    centre = (lo + hi) / 2
+    pos = _push_clear(np.array([*rng.uniform(a, b), np.mean(height)]), centre, boxes)
+    heading = rng.uniform(0, 2 * np.pi)
+    yaw, yaw_rate = rng.uniform(0, 2 * np.pi), 0.0
+    z = np.mean(height) + _smooth_noise(rng, n_frames, (height[1] - height[0]) / 2)
+    pitch = np.radians(np.mean(pitch_deg) + _smooth_noise(rng, n_frames, (pitch_deg[1] - pitch_deg[0]) / 2))
+    poses = []
+    for k in range(n_frames):
+        heading += rng.normal(0, np.radians(10))
+        step = speed_m * rng.uniform(0.5, 1.5) * np.array([np.cos(heading), np.sin(heading)])
+        nxt = pos[:2] + step
+        if np.any(nxt < a) or np.any(nxt > b) or not _clear_of(np.r_[nxt, z[k]], boxes, 0.2):
+            heading = np.arctan2(*(centre - pos[:2])[::-1]) + rng.normal(0, 0.5)  # turn back to the middle
+            nxt = pos[:2] + speed_m * np.array([np.cos(heading), np.sin(heading)])
+        pos = _push_clear(np.r_[np.clip(nxt, a, b), z[k]], centre, boxes)
+        yaw_rate = 0.85 * yaw_rate + rng.normal(0, np.radians(turn_deg) * 0.55)
+        yaw += yaw_rate
+        T = look_at(pos + rng.normal(0, shake_m, 3), pos + _direction(yaw, pitch[k]))
+        T[:3, :3] = T[:3, :3] @ _rotation(rng.normal(0, np.radians(shake_deg), 3))
+        poses.append(T)
+    return poses
+
+
+TRAJECTORIES = {"tour": make_trajectory, "loop": loop_trajectory, "wall": wall_trajectory, "walk": walk_trajectory}
+
+
+@dataclass
+class PoseDrift:
+    """Odometry-like drift of the poses a pipeline sees (rendering keeps the true ones): a random walk whose
+    steps are Gaussian with per-axis sigma step_m metres and step_deg degrees per frame. The rotation error
+    turns about the camera centre, so what the camera sees shifts by distance x angle."""
+
+    step_m: float = 0.0005
+    step_deg: float = 0.02
+    seed: int = 0
+
+    def offsets(self, n: int) -> Tuple[np.ndarray, np.ndarray]:
+        """(n, 3) accumulated translation errors and (n, 3, 3) accumulated rotation errors."""
+        rng = np.random.default_rng(self.seed)
+        t = np.cumsum(rng.normal(0, self.step_m, (n, 3)), axis=0)
+        steps = rng.normal(0, np.radians(self.step_deg), (n, 3))
+        R, acc = np.empty((n, 3, 3)), np.eye(3)
+        for k in range(n):
+            acc = _rotation(steps[k]) @ acc
+            R[k] = acc
+        return t, R
+
+    def apply(self, poses: Sequence[np.ndarray]) -> List[np.ndarray]:
+        t, R = self.offsets(len(poses))
+        out = []
+        for k, T in enumerate(poses):
+            D = np.array(T, float, copy=True)
+            D[:3, :3] = R[k] @ T[:3, :3]
+            D[:3, 3] = T[:3, 3] + t[k]
+            out.append(D)
+        return out
+
+
+def seen_points(scene: SyntheticScene, K: np.ndarray, T_world_cam: np.ndarray, depth: np.ndarray,
+                near: float = 0.1, tol_m: float = 0.03, tol_rel: float = 0.02) -> np.ndarray:
+    """(N,) bool: the scene points this view saw - in the image and not behind the rendered (noise-free)
+    depth of their pixel by more than tol_m + tol_rel * z."""
+    h, w = depth.shape
+    R, t = T_world_cam[:3, :3], T_world_cam[:3, 3]
+    pc = (scene.points.astype(np.float64) - t) @ R
+    z = pc[:, 2]
+    ok = z > near
+    zs = np.where(ok, z, 1.0)
+    u = np.rint(K[0, 0] * pc[:, 0] / zs + K[0, 2]).astype(np.int64)
+    v = np.rint(K[1, 1] * pc[:, 1] / zs + K[1, 2]).astype(np.int64)
+    ok &= (u >= 0) & (u < w) & (v >= 0) & (v < h)
+    d = np.zeros(len(z), np.float32)
+    d[ok] = depth[v[ok], u[ok]]
+    return ok & (d > 0) & (z <= d + tol_m + tol_rel * z)
+
+
+@dataclass
+class RenderedViews:
+    """Noise-free renders of a trajectory, kept so that many error models can be applied to the same views."""
+
+    K: np.ndarray
+    poses: List[np.ndarray]
+    rgb: List[np.ndarray]
+    depth: List[np.ndarray]
+    ids: List[np.ndarray]
+    seen: np.ndarray  # (N,) bool over the scene points: seen by at least one view
+
+    def frames(self, noise: Optional[MaskNoise] = None, drift: Optional[PoseDrift] = None, seed: int = 0,
+               fps: float = 30.0) -> List[Frame]:
+        """Frames with perturbed masks (perturb_frame) and depth, and drifted poses when ``drift`` is given.
+        Mask ids are the true ones (for the oracle); noise.anonymize hides them for everyone else."""
+        rng = np.random.default_rng(seed + 1)
+        poses = drift.apply(self.poses) if drift is not None else self.poses
+        hw = self.depth[0].shape if self.depth else (0, 0)
+        out = []
+        for k, (rgb, depth, ids, T) in enumerate(zip(self.rgb, self.depth, self.ids, poses)):
+            masks = masks_from_ids(ids)
+            if noise is not None:
+                masks = noise.perturb_frame(masks, rng, hw, depth)
+                depth = noise.perturb_depth(depth, rng)
+            out.append(Frame(rgb=rgb, depth=depth, K=self.K.copy(), T_world_cam=np.array(T, float), stamp=k / fps,
+                             index=k, masks=masks))
+        return out
+
+
+def render_views(scene: SyntheticScene, poses: Sequence[np.ndarray], hw=(240, 320)) -> RenderedViews:
+    """Render every pose (noise-free) and note which scene points some view saw."""
+    K = default_K(hw)
+    views = RenderedViews(K=K, poses=[np.asarray(T, float) for T in poses], rgb=[], depth=[], ids=[],
+                          seen=np.zeros(len(scene.points), bool))
+    for T in views.poses:
+        rgb, depth, ids = render(scene, K, T, hw)
+        views.rgb.append(rgb)
+        views.depth.append(depth)
+        views.ids.append(ids)
+        views.seen |= seen_points(scene, K, T, depth)
+    return views

@@ -198,11 +198,19 @@ def _curve_ap(y_true: np.ndarray, y_score: np.ndarray, hard_fn: int) -> float:
 def evaluate_points(gt_points: np.ndarray, gt_ids: np.ndarray, pred_points: np.ndarray, pred_instance: np.ndarray,
                     pred_ids: Sequence[int], pred_scores: Sequence[float], pred_labels: Optional[Sequence] = None,
                     class_names: Optional[Dict[int, str]] = None, radius: float = 0.05,
-                    min_region_size: int = MIN_REGION_SIZE) -> APResult:
-    """AP of predicted point sets (e.g. a run's instances.npz) against a GT point cloud."""
+                    min_region_size: int = MIN_REGION_SIZE, gt_mask: Optional[np.ndarray] = None) -> APResult:
+    """AP of predicted point sets (e.g. a run's instances.npz) against a GT point cloud.
+
+    gt_mask: (N_gt,) bool; only these GT points take part, e.g. the points some frame saw ("seen-only" AP: an
+    object the camera never saw is no miss, and a GT instance counts only with what of it was seen)."""
     gt_points = np.asarray(gt_points)
     if len(gt_points) != len(gt_ids):
         raise InputError(f"{len(gt_ids)} GT ids for {len(gt_points)} GT points")
+    if gt_mask is not None:
+        gt_mask = np.asarray(gt_mask, bool).reshape(-1)
+        if gt_mask.shape != (len(gt_points),):
+            raise InputError(f"gt_mask of {gt_mask.shape[0]} entries for {len(gt_points)} GT points")
+        gt_points, gt_ids = gt_points[gt_mask], np.asarray(gt_ids).reshape(-1)[gt_mask]
     masks = transfer_to_gt(gt_points, pred_points, np.asarray(pred_instance), pred_ids, radius)
     labels = list(pred_labels) if pred_labels is not None else [None] * len(pred_ids)
     preds = [Prediction(mask=m, confidence=float(s), label=lab, id=int(i))

@@ -1,0 +1,100 @@
+"""Known-answer scenes for segmenter errors and pose drift (issue 9): under-segmentation (one mask over two
+adjacent objects), over-segmentation (an object as part masks), and accumulated pose drift. Dataset masks,
+colour-histogram features, every frame a keyframe (the ray-caster of _core_scene)."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _core_scene import core_config, cube, look_at, make_frame  # noqa: E402
+
+from ros2_opentrack.pipeline import Pipeline  # noqa: E402
+from ros2_opentrack.types import Mask2D  # noqa: E402
+
+HW = (240, 320)
+RED, GREEN, BROWN = (200, 30, 30), (30, 200, 30), (120, 72, 40)
+
+
+def arc(center, radius, height, degrees):
+    """Poses on an arc around ``center`` (angles in degrees, 0 = +x) looking at it."""
+    c = np.asarray(center, float)
+    return [look_at((c[0] + radius * np.cos(a), c[1] + radius * np.sin(a), height), c) for a in np.radians(degrees)]
+
+
+def inside(points, box, margin=0.03):
+    lo, hi = np.asarray(box[0]) - margin, np.asarray(box[1]) + margin
+    return np.all((points >= lo) & (points <= hi), axis=1)
+
+
+def fused(frame, ids, source_id):
+    """The frame's masks of ``ids`` replaced by one mask over all of them (a box spanning both objects)."""
+    keep = [m for m in frame.masks if m.source_id not in ids]
+    union = np.zeros(HW, bool)
+    for m in frame.masks:
+        if m.source_id in ids:
+            union |= m.mask
+    return keep + ([Mask2D(mask=union, source_id=source_id)] if union.any() else [])
+
+
+@pytest.mark.xfail(strict=True, reason="issue 9: the merged mask is absorbed into one box's track (Hungarian pair "
+                   "at IoU ~0.5 + cos) and the consistency vote keeps the neighbour's voxels (in-mask ratio ~0.27 "
+                   ">= refine.tau_vis 0.1): both instances hold 30-45% of the other box")
+def test_two_adjacent_boxes_with_a_merged_mask_every_few_frames_stay_two_instances():
+    """Boxes 2 cm apart; every 4th keyframe the segmenter gives one mask over both. Expected: two instances,
+    each with its own points (the merged frames' votes must not keep the neighbour inside either)."""
+    a, b = cube((0, 0, 0.25), 0.5), cube((0.52, 0, 0.25), 0.5)
+    pipe = Pipeline(core_config())
+    for i, T in enumerate(arc((0.26, 0, 0.25), 2.2, 1.3, np.linspace(-130, -50, 16))):
+        f = make_frame([a, b], [RED, GREEN], T, hw=HW, index=i)
+        if i % 4 == 2:
+            f.masks = fused(f, {0, 1}, 0)
+        pipe.step(f)
+    instances = pipe.finalize()
+    assert len(instances) == 2
+    for inst in instances:
+        in_a, in_b = inside(inst.points, a).mean(), inside(inst.points, b).mean()
+        assert max(in_a, in_b) >= 0.95, (in_a, in_b)  # its own points, not the neighbour's
+    assert sorted(int(inside(i.points, a).mean() > 0.5) for i in instances) == [0, 1]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 9: in part-mask frames one part takes the chair's track, the other "
+                   "(the seat) opens its own track, re-matched at IoU 1 every later split frame; it lies inside the chair "
+                   "track but IoU 0.44 < refine.tau_merge 0.6 and containment merging is off (tau_contain 0)")
+def test_chair_seen_as_seat_and_back_part_masks_stays_one_instance():
+    """A chair (seat + back); every third keyframe the segmenter splits it into a seat mask and a back mask,
+    otherwise it gives the whole chair. Expected: one instance covering seat and back."""
+    seat = cube((0, 0, 0.45), (0.5, 0.5, 0.06))
+    back = cube((0, 0.22, 0.75), (0.5, 0.06, 0.54))
+    pipe = Pipeline(core_config())
+    for i, T in enumerate(arc((0, 0, 0.5), 2.0, 1.5, np.linspace(-140, -40, 15))):
+        f = make_frame([seat, back], [BROWN, BROWN], T, hw=HW, index=i)
+        if i % 3 != 1:
+            f.masks = fused(f, {0, 1}, 0)  # the whole chair
+        pipe.step(f)
+    instances = pipe.finalize()
+    assert len(instances) == 1
+    pts = instances[0].points
+    assert inside(pts, seat).sum() >= 20 and inside(pts, back).sum() >= 20
+
+
+def test_box_seen_with_2cm_of_accumulated_pose_drift_stays_one_track():
+    """The poses the pipeline sees drift (linearly, as odometry does) to 2 cm and 0.5 deg by the last of 16
+    keyframes, while the images come from the true poses. Expected: one track, one instance."""
+    box = cube((0, 0, 0.3), 0.6)
+    pipe = Pipeline(core_config())
+    poses = arc((0, 0, 0.3), 2.5, 1.4, np.linspace(-150, -30, 16))
+    for i, T in enumerate(poses):
+        f = make_frame([box], [RED], T, hw=HW, index=i)
+        s = i / (len(poses) - 1)
+        ang = np.radians(0.5 * s)
+        drift = np.eye(4)
+        drift[:3, :3] = [[np.cos(ang), -np.sin(ang), 0], [np.sin(ang), np.cos(ang), 0], [0, 0, 1]]
+        seen = T.copy()
+        seen[:3, :3] = drift[:3, :3] @ T[:3, :3]  # heading error about the camera centre
+        seen[:3, 3] = T[:3, 3] + np.array([0.02, 0.0, 0.0]) * s
+        f.T_world_cam = seen
+        pipe.step(f)
+    assert len(pipe.tracker.tracks) == 1
+    assert len(pipe.finalize()) == 1
