@@ -1013,7 +1013,7 @@ class RenderedViews:
         hw = self.depth[0].shape if self.depth else (0, 0)
         out = []
         for k, (rgb, depth, ids, T) in enumerate(zip(self.rgb, self.depth, self.ids, poses)):
-            masks = masks_from_ids(ids)
+            masks = label_image_to_masks(ids, max_ids=None).masks
             if noise is not None:
                 masks = noise.perturb_frame(masks, rng, hw, depth)
                 depth = noise.perturb_depth(depth, rng)
