@@ -55,6 +55,14 @@ class Observation:
     mask_index: int = -1  # index into the frame's mask list
 
 
+class Presence(str, enum.Enum):
+    """Whether a tracked object is still where the map says (issue: changed scenes)."""
+
+    PRESENT = "present"
+    MOVED = "moved"  # its place is seen empty and it was re-observed elsewhere (moved_from links the two)
+    REMOVED = "removed"  # its place is seen empty: last-known place only
+
+
 class TrackState(str, enum.Enum):
     ACTIVE = "active"
     DORMANT = "dormant"
@@ -88,6 +96,9 @@ class Instance:
     last_seen: float = 0.0  # stamp
     views: List[View] = field(default_factory=list)
     feature: Optional[np.ndarray] = None
+    presence: str = "present"  # present | moved | removed (the camera saw its place empty): see Presence
+    presence_since: float = 0.0  # stamp of the last presence change
+    moved_from: Optional[int] = None  # id of the instance this one was seen to move from, when linked
     extra: Dict[str, object] = field(default_factory=dict)
 
     @property
