@@ -106,7 +106,7 @@ class ViewsConfig:
     box_thickness_px: int = 3  # width of the red box drawn around the target in labeller images
 @dataclass
 class DetectorConfig:
-    name: str = "yolo_world"  # yolo_world | owlv2
+    name: str = "yolo_world"  # yolo_world | owlv2 | onnx (ONNX Runtime, fixed-class or vocabulary-baked export)
     model: str = "yolov8x-worldv2.pt"  # local path, file name in weights_dir, or hub id
     vocabulary: List[str] = field(default_factory=lambda: list(DEFAULT_VOCABULARY))  # classes to detect (settable at run time)
     score_threshold: float = 0.1  # boxes scoring below this are dropped
@@ -116,6 +116,7 @@ class DetectorConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     half: bool = True  # fp16 on CUDA (ignored on CPU)
     tensorrt: bool = False  # build/use a TensorRT engine when tensorrt imports
+    class_match_min: float = 0.62  # onnx: a vocabulary word maps to the model class whose name is this similar (text matcher cosine)
 
 
 @dataclass
@@ -129,7 +130,7 @@ class SegmenterConfig:
 
 @dataclass
 class FeatureConfig:
-    name: str = "dinov2"  # dinov2 | color_hist (weight-free, CPU)
+    name: str = "dinov2"  # dinov2 | color_hist (weight-free, CPU) | onnx (feature-map backbone on ONNX Runtime)
     model: str = "facebook/dinov2-base"  # hub id or local folder of the DINOv2 weights (small | base | large)
     image_size: int = 448  # shorter side fed to the backbone (multiple of the patch size)
     device: str = "auto"  # auto | cpu | cuda | cuda:N

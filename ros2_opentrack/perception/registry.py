@@ -12,6 +12,7 @@ BACKENDS: Dict[str, Dict[str, str]] = {
     "detector": {
         "yolo_world": "ros2_opentrack.perception.yolo_world:YoloWorldDetector.from_config",
         "owlv2": "ros2_opentrack.perception.owlv2:Owlv2Detector.from_config",
+        "onnx": "ros2_opentrack.perception.onnx_detector:OnnxDetector.from_config",
     },
     "segmenter": {
         "sam2": "ros2_opentrack.perception.sam2_segmenter:Sam2Segmenter.from_config",
@@ -19,6 +20,7 @@ BACKENDS: Dict[str, Dict[str, str]] = {
     "features": {
         "dinov2": "ros2_opentrack.perception.dinov2:Dinov2Features.from_config",
         "color_hist": "ros2_opentrack.perception.color_hist:ColorHistogramFeatures.from_config",
+        "onnx": "ros2_opentrack.perception.onnx_features:OnnxFeatures.from_config",
     },
     "labeler": {
         "mllm": "ros2_opentrack.perception.mllm:MllmLabeler.from_config",
