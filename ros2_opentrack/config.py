@@ -121,11 +121,13 @@ class DetectorConfig:
 
 @dataclass
 class SegmenterConfig:
-    name: str = "sam2"  # sam2
+    name: str = "sam2"  # sam2 | onnx (SAM2 encoder + decoder pair on ONNX Runtime, model = <prefix>.encoder.onnx) | box_depth (weight-free, from depth)
     model: str = "sam2.1_hiera_large"  # sam2 size (tiny | small | base_plus | large) or a checkpoint path
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     half: bool = True  # fp16 on CUDA (ignored on CPU)
     multimask: bool = True  # predict 3 masks per box and keep the one with the best predicted IoU
+    depth_bin_m: float = 0.02  # box_depth: depth histogram bin width inside each box
+    min_mode_fraction: float = 0.15  # box_depth: the nearest depth mode holding this share of a box's valid pixels is the object
 
 
 @dataclass

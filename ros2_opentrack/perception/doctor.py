@@ -132,9 +132,33 @@ def model_rows(config: Any) -> List[Row]:
         elif role in ("detector", "segmenter") and config.masks.source != "model":
             rows.append(Row(role, role_cfg.name, "-", "-", f"not used (masks.source={config.masks.source})",
                             True, required=False))
+        elif role_cfg.name in ("onnx", "box_depth"):  # the ONNX Runtime / weight-free backends
+            rows.append(_onnx_row(role, role_cfg, pcfg))
         else:
             rows.append(check(role_cfg, pcfg))
     return rows
+
+
+def _onnx_row(role: str, cfg: Any, pcfg: Any) -> Row:
+    if cfg.name == "box_depth":
+        return Row(role, "box_depth", "cpu", "ok (numpy, cv2)", "not needed (uses depth)", True)
+    from .onnx_runtime import available_providers, parse_device
+
+    providers = available_providers()
+    deps = (bool(providers), "ok (onnxruntime)" if providers else "onnxruntime: not installed")
+    try:
+        kind, _ = parse_device(cfg.device, getattr(cfg, "tensorrt", False))
+    except Exception as exc:
+        return Row(role, "onnx", "-", deps[1], str(exc), False)
+    status = W.status(cfg.model, pcfg)
+    if status.present and role == "segmenter":
+        from pathlib import Path
+
+        from .onnx_segmenter import decoder_path
+
+        dec = decoder_path(Path(status.where))
+        status = status if dec.is_file() else W.WeightStatus(False, f"missing: SAM2 decoder {dec}")
+    return _row(role, cfg, deps, status, device=f"{kind} (onnxruntime)")
 
 
 def system_rows(config: Any) -> List[Row]:
@@ -148,6 +172,12 @@ def system_rows(config: Any) -> List[Row]:
     wanted = config.perception.detector.tensorrt or config.perception.features.tensorrt
     note = "engines enabled" if wanted and trt_ok else ("PyTorch fallback" if wanted else "not enabled")
     rows.append(Row("tensorrt", "tensorrt", "-", trt_msg[:160], note, trt_ok, required=False))
+    from .onnx_runtime import available_providers
+
+    providers = available_providers()
+    rows.append(Row("onnxruntime", "onnxruntime", "-", "ok" if providers else "not installed",
+                    "providers: " + (", ".join(p.replace("ExecutionProvider", "") for p in providers) or "none"),
+                    bool(providers), required=False))
     try:
         import torch
 

@@ -16,6 +16,8 @@ BACKENDS: Dict[str, Dict[str, str]] = {
     },
     "segmenter": {
         "sam2": "ros2_opentrack.perception.sam2_segmenter:Sam2Segmenter.from_config",
+        "onnx": "ros2_opentrack.perception.onnx_segmenter:OnnxSam2Segmenter.from_config",
+        "box_depth": "ros2_opentrack.perception.box_depth:BoxDepthSegmenter.from_config",
     },
     "features": {
         "dinov2": "ros2_opentrack.perception.dinov2:Dinov2Features.from_config",
