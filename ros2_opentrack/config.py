@@ -140,9 +140,9 @@ class FeatureConfig:
     tensorrt: bool = False  # build/use a TensorRT engine when tensorrt imports
 @dataclass
 class LabelerConfig:
-    name: str = "none"  # none | mllm
+    name: str = "mllm"  # mllm (the paper's MLLM labelling) | none (detector classes are the labels; config/cpu.yaml)
     transport: str = "transformers"  # transformers (local) | openai (OpenAI-compatible chat-completions server)
-    model: str = "Qwen/Qwen3-VL-4B-Instruct"  # hub id or local folder (transformers), or the served model name (openai)
+    model: str = "Qwen/Qwen3-VL-2B-Instruct"  # hub id or local folder (transformers), or the served model name (openai)
     endpoint: str = "http://127.0.0.1:8000/v1"  # openai transport only
     api_key_env: str = "OPENAI_API_KEY"  # name of the environment variable holding the key (never the key)
     mode: str = "closed"  # closed: label set -> class or 'none' | tasks: task list -> matching indices

@@ -285,3 +285,25 @@ def test_session_falls_back_to_cpu_with_one_warning(tmp_path, caplog):
     if R.TRT not in R.available_providers():
         warnings = [r for r in caplog.records if r.levelname == "WARNING"]
         assert len(warnings) == 1 and "lacks" in warnings[0].getMessage()
+
+
+def test_cpu_profile_loads_and_doctor_lists_the_onnx_providers(tmp_path):
+    import io
+
+    from ros2_opentrack.config import load_config
+    from ros2_opentrack.perception.doctor import run_doctor
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "config" / "cpu.yaml", {"perception.weights_dir": str(tmp_path)})
+    p = cfg.perception
+    assert (p.detector.name, p.segmenter.name, p.features.name, p.labeler.name) == ("onnx", "box_depth", "onnx",
+                                                                                   "none")
+    assert OpenTrackConfig().perception.labeler.name == "mllm"  # the default is the paper's whole pipeline
+    out = io.StringIO()
+    assert run_doctor(cfg, out) == 1  # the model files are named, not found in an empty weights_dir
+    text = out.getvalue()
+    assert "providers: " in text and "CPU" in text and "detector_nanodet_m_coco.onnx" in text
+    need(DETECTOR, FEATURES)
+    out = io.StringIO()
+    cfg = load_config(root / "config" / "cpu.yaml", {"perception.weights_dir": str(MODELS)})
+    assert run_doctor(cfg, out) == 0, out.getvalue()
