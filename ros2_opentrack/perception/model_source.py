@@ -43,7 +43,10 @@ class ModelMaskSource:
         detections = self.detector.detect(rgb)
         if len(detections) == 0:
             return []
-        masks, _ = self.segmenter.segment(rgb, detections.boxes)
+        if getattr(self.segmenter, "needs_depth", False):  # capability flag, e.g. box_depth
+            masks, _ = self.segmenter.segment(rgb, detections.boxes, depth=frame.depth)
+        else:
+            masks, _ = self.segmenter.segment(rgb, detections.boxes)
         has_pixels = masks.reshape(len(masks), -1).any(axis=1)
         self.empty_masks += int((~has_pixels).sum())
         labels = detections.labels or [None] * len(detections)

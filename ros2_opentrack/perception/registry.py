@@ -17,13 +17,17 @@ BACKENDS: Dict[str, Dict[str, str]] = {
     "detector": {
         "yolo_world": "ros2_opentrack.perception.yolo_world:YoloWorldDetector",
         "owlv2": "ros2_opentrack.perception.owlv2:Owlv2Detector",
+        "onnx": "ros2_opentrack.perception.onnx_detector:OnnxDetector",
     },
     "segmenter": {
         "sam2": "ros2_opentrack.perception.sam2_segmenter:Sam2Segmenter",
+        "onnx": "ros2_opentrack.perception.onnx_segmenter:OnnxSam2Segmenter",
+        "box_depth": "ros2_opentrack.perception.box_depth:BoxDepthSegmenter",
     },
     "features": {
         "dinov2": "ros2_opentrack.perception.dinov2:Dinov2Features",
         "color_hist": "ros2_opentrack.perception.color_hist:ColorHistogramFeatures",
+        "onnx": "ros2_opentrack.perception.onnx_features:OnnxFeatures",
     },
     "labeler": {
         "mllm": "ros2_opentrack.perception.mllm:MllmLabeler",
