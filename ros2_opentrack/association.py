@@ -18,9 +18,6 @@ from .types import Frame, Observation
 
 Pairs = List[Tuple[int, int]]  # (observation index, track id)
 
-_MIN_SEEN_VOXELS = 10  # slivers (a few voxels at a silhouette) say nothing about where an object is
-
-
 class Associator:
     def __init__(self, tracking_cfg, lift_cfg, oracle_ids: bool = False):
         self.cfg = tracking_cfg
@@ -37,43 +34,54 @@ class Associator:
         if not candidate_ids:
             return []
         candidates = [tracks[t] for t in candidate_ids]
-        track_voxels = [t.voxels for t in candidates]
+        track_voxels, track_pixels = [t.voxels for t in candidates], None
         if frame is not None and self.cfg.visible_iou:
-            track_voxels = self.visible_voxels(frame, candidates)
+            track_voxels, track_pixels = self.visible_voxels(frame, candidates)
         iou = pairwise_iou([o.voxels for o in observations], track_voxels)
         gate = spatial_gate(observations, candidates, self.cfg.max_gap_m)
-        if self.cfg.visible_iou:
-            gate &= ~self.seen_elsewhere(observations, candidates, track_voxels, iou)
+        if track_pixels is not None:
+            gate &= ~self.seen_elsewhere(observations, candidates, track_voxels, track_pixels, iou)
         if self.cfg.association == "greedy_iou":
             return associate_greedy(observations, candidate_ids, np.where(gate, iou, 0.0), self.cfg.tau_match)
         cos = cosine_matrix([o.feature for o in observations], [t.feature for t in candidates])
         score = np.where(gate, self.cfg.alpha * cos + (1.0 - self.cfg.alpha) * iou, -1.0)
-        return associate_hungarian(score, candidate_ids, self.cfg.tau_match)
+        return associate_hungarian(score, candidate_ids, self.cfg.tau_match, self.cfg.assign_margin)
 
-    def visible_voxels(self, frame: Frame, tracks) -> List[np.ndarray]:
-        """Each track's voxels inside this frustum and not occluded by this depth (one projection for all):
-        one view's observation can only cover what the camera sees, so IoU with the whole track (every side
-        of the object seen so far) would fall as the track grows and split objects seen from a new side."""
+    def visible_voxels(self, frame: Frame, tracks) -> Tuple[List[np.ndarray], List[np.ndarray]]:
+        """Each track's voxels inside this frustum and not occluded by this depth, and their pixels (one
+        projection for all): one view's observation can only cover what the camera sees, so IoU with the whole
+        track (every side of the object seen so far) would fall as the track grows and split objects seen from
+        a new side."""
         centers = [t.voxel_centers(self.cfg.voxel_size_m) for t in tracks]
         sizes = np.array([len(c) for c in centers])
         if sizes.sum() == 0:
-            return [t.voxels for t in tracks]
-        visible, _, _ = geometry.visibility(np.concatenate(centers), frame.T_world_cam, frame.K, frame.depth,
-                                            self.lift_cfg.depth_min_m, self.lift_cfg.depth_max_m,
-                                            self.cfg.occlusion_margin_m)
+            return [t.voxels for t in tracks], [np.zeros((0, 2), np.int64) for _ in tracks]
+        visible, _, px = geometry.visibility(np.concatenate(centers), frame.T_world_cam, frame.K, frame.depth,
+                                             self.lift_cfg.depth_min_m, self.lift_cfg.depth_max_m,
+                                             self.cfg.occlusion_margin_m)
         bounds = np.r_[0, np.cumsum(sizes)]
-        return [t.voxels[visible[bounds[k]:bounds[k + 1]]] for k, t in enumerate(tracks)]
+        parts = [slice(bounds[k], bounds[k + 1]) for k in range(len(tracks))]
+        return ([t.voxels[visible[s]] for t, s in zip(tracks, parts)],
+                [px[s][visible[s]] for s in parts])
 
-    def seen_elsewhere(self, observations, tracks, visible_voxels, iou) -> np.ndarray:
-        """(observations, tracks) pairs where the camera sees much of the track (min_visible_fraction of it) and
-        the observation shares none of its voxels: the track is plainly somewhere else, so appearance alone (a
-        look-alike neighbour) must not join them. Tracks seen from a new side show little of themselves and stay
-        free to match by appearance; slivers on either side are too small to tell."""
+    def seen_elsewhere(self, observations, tracks, visible_voxels, visible_pixels, iou) -> np.ndarray:
+        """(observations, tracks) pairs where the camera plainly sees the track somewhere else: min_seen_voxels
+        of it (and elsewhere_fraction of it) visible, most of those outside the observation's image box, and no
+        voxel shared. Appearance alone (a look-alike neighbour) must not join them. An observation of the track
+        itself covers the track's visible surface; a track seen from a new side has its known surface hidden
+        behind the new one (what stays visible are silhouette voxels inside the box); slivers are too small."""
         shown = np.array([len(v) for v in visible_voxels])
-        seen = (shown >= self.cfg.min_visible_fraction * np.array([len(t.voxels) for t in tracks])) & \
-            (shown >= _MIN_SEEN_VOXELS)
-        sized = np.array([len(o.voxels) for o in observations]) >= _MIN_SEEN_VOXELS
-        return (iou <= 0.0) & seen[None, :] & sized[:, None]
+        seen = (shown >= self.cfg.elsewhere_fraction * np.array([len(t.voxels) for t in tracks])) & \
+            (shown >= self.cfg.min_seen_voxels)
+        sized = np.array([len(o.voxels) for o in observations]) >= self.cfg.min_seen_voxels
+        boxes = np.array([o.box for o in observations], np.float64).reshape(-1, 4)
+        outside = np.ones((len(observations), len(tracks)), bool)
+        for k, px in enumerate(visible_pixels):
+            if seen[k]:
+                inside = ((px[None, :, 0] >= boxes[:, None, 0]) & (px[None, :, 0] < boxes[:, None, 2]) &
+                          (px[None, :, 1] >= boxes[:, None, 1]) & (px[None, :, 1] < boxes[:, None, 3]))
+                outside[:, k] = inside.mean(axis=1) < 0.5
+        return (iou <= 0.0) & outside & seen[None, :] & sized[:, None]
 
 
 def spatial_gate(observations, tracks, max_gap_m: float) -> np.ndarray:
@@ -86,12 +94,21 @@ def spatial_gate(observations, tracks, max_gap_m: float) -> np.ndarray:
     return geometry.box_gap(omin[:, None], omax[:, None], tmin[None], tmax[None]) <= max_gap_m
 
 
-def associate_hungarian(score: np.ndarray, candidate_ids: Sequence[int], tau_match: float) -> Pairs:
-    """The paper's rule: one-to-one assignment maximising the total score, pairs below tau_match rejected."""
+def associate_hungarian(score: np.ndarray, candidate_ids: Sequence[int], tau_match: float,
+                        margin: bool = True) -> Pairs:
+    """One-to-one assignment, pairs below tau_match rejected. The paper maximises the total score; with
+    ``margin`` the total of s - tau_match over the pairs that pass, so the assignment never gives up one strong
+    pair for two that barely pass (leaving an observation unmatched is worth 0, not -tau_match)."""
     from scipy.optimize import linear_sum_assignment
 
-    rows, cols = linear_sum_assignment(-score)
-    return [(int(r), candidate_ids[c]) for r, c in zip(rows, cols) if score[r, c] >= tau_match]
+    if not margin:
+        rows, cols = linear_sum_assignment(-score)
+        return [(int(r), candidate_ids[c]) for r, c in zip(rows, cols) if score[r, c] >= tau_match]
+    n, m = score.shape
+    gain = np.where(score >= tau_match, score - tau_match, -1e6)
+    gain = np.hstack([gain, np.zeros((n, n))])  # one "stay unmatched" column per observation: nothing is forced
+    rows, cols = linear_sum_assignment(-gain)
+    return [(int(r), candidate_ids[c]) for r, c in zip(rows, cols) if c < m and score[r, c] >= tau_match]
 
 
 def associate_greedy(observations, candidate_ids, iou: np.ndarray, tau_match: float) -> Pairs:

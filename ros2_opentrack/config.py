@@ -107,6 +107,12 @@ class TrackingConfig:
     index_cell_m: float = param(1.0, "cell size of the spatial hash grid of track boxes")
     max_gap_m: float = param(1.0, "a pair is admissible only when the observation's box is this close to the track's")
     visible_iou: bool = param(True, "IoU against the track's voxels visible from this camera (in view, not occluded)")
+    assign_margin: bool = param(True, "Hungarian maximises the margin s - tau_match of the pairs it accepts, so two "
+                                      "weak pairs never outvote one strong one")
+    elsewhere_fraction: float = param(0.0, "a track counts as plainly seen elsewhere (no match by appearance alone) "
+                                           "when this share of it and at least min_seen_voxels are in view")
+    min_seen_voxels: int = param(10, "visible voxels below which a track (or an observation) is too small to tell "
+                                     "where it is")
 
 
 @dataclass

@@ -155,7 +155,7 @@ def test_spatial_term_uses_the_part_of_the_track_this_camera_can_see():
     whole = len(front.voxels) / len(both.voxels)  # IoU with every voxel of the track: about 0.5
     assert whole < 0.8
     assert tr.associate([front], [t.id], tr.tracks) == []  # union-of-all-views IoU: rejected
-    visible = tr.associate.visible_voxels(frame, [t])[0]
+    visible = tr.associate.visible_voxels(frame, [t])[0][0]
     np.testing.assert_array_equal(visible, front.voxels)  # the back cluster is out of this frustum
     assert tr.associate([front], [t.id], tr.tracks, frame) == [(0, t.id)]  # view-consistent IoU = 1
     tr.cfg.visible_iou = False
