@@ -36,6 +36,7 @@ from visualization_msgs.msg import MarkerArray
 
 from .. import config as cfg_mod
 from ..errors import ConfigError, InputError, OpenTrackError
+from ..pipeline import release_memory
 from ..types import Frame, Mask2D, validate_pose
 from . import conversions as conv
 from .markers import MarkerBook
@@ -287,6 +288,7 @@ class OpenTrackNode(Node):
         self.sync.reset()
         self.tf_buffer.clear()
         self.pub_markers.publish(self._book.clear(self._now_header()))
+        release_memory()  # issue 8: the freed map and images go back to the system
         response.success, response.message = True, "tracks, map and buffers cleared"
         return response
 

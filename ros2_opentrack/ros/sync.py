@@ -92,7 +92,8 @@ class StampSync:
     def _clear_for_jump(self) -> None:
         self.jumps_back += 1
         for buf in self._buffers.values():
-            self.dropped["cleared_by_time_jump"] += len(buf)
+            if buf:
+                self.dropped["cleared_by_time_jump"] += len(buf)
             buf.clear()
         self._last_in.clear()
         self._last_out = float("-inf")
@@ -107,7 +108,8 @@ class StampSync:
     def reset(self) -> None:
         with self._lock:
             for buf in self._buffers.values():
-                self.dropped["cleared_by_reset"] += len(buf)
+                if buf:
+                    self.dropped["cleared_by_reset"] += len(buf)
                 buf.clear()
             self._last_in.clear()
             self._last_out = float("-inf")
