@@ -8,12 +8,17 @@
     opentrack bench SCENE                            per-stage timings
     opentrack doctor [--all]                         which backends can run here (--all: every known one)
 
-Errors in the input (InputError, ConfigError, BackendUnavailable) print one line to stderr and exit with 2."""
+Errors in the input (InputError, ConfigError, BackendUnavailable) print one line to stderr and exit with 2.
+Exit codes: 0 done, 1 no query match, 2 bad input / config / output folder, 3 no frame of the scene was usable,
+130 interrupted (a run stopped by Ctrl-C or SIGTERM still writes what it tracked so far)."""
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import math
+import os
+import signal
 import sys
 import tempfile
 import time
@@ -26,6 +31,8 @@ import numpy as np
 from .errors import BackendUnavailable, ConfigError, InputError, OpenTrackError
 
 EXIT_INPUT = 2
+EXIT_NO_FRAMES = 3
+EXIT_INTERRUPTED = 130
 
 EPILOG = """examples:
   opentrack demo
@@ -35,6 +42,9 @@ EPILOG = """examples:
   opentrack query runs/s0451 "red mug"
   opentrack convert scene0451_01/ s0451.mcap
   opentrack bench scene0451_01/ --max-frames 100 --masks dataset
+
+exit codes: 0 ok, 1 no query match, 2 bad input / config / output folder, 3 no frame was usable (each drop
+reason's first case is printed), 130 interrupted (run: Ctrl-C / SIGTERM writes the partial results)
 """
 
 
@@ -114,13 +124,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     handler = {"run": cmd_run, "eval": cmd_eval, "demo": cmd_demo, "query": cmd_query, "convert": cmd_convert,
                "bench": cmd_bench, "doctor": cmd_doctor}[args.command]
     try:
-        return int(handler(args) or 0)
+        code = int(handler(args) or 0)
+        sys.stdout.flush()  # inside the try: a closed pipe (`| head`) shows up here, not at interpreter exit
+        return code
     except (InputError, ConfigError, BackendUnavailable, OpenTrackError) as exc:
         print(f"opentrack {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader of our output went away (`opentrack ... | head`): stop quietly
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, as a shell reports a command killed by a closed pipe
+
+
+def _silence_stdout() -> None:
+    """After EPIPE: point stdout at /dev/null so the interpreter's final flush does not raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # a replaced stdout (pytest capture) has no real descriptor
+        pass
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -159,24 +183,71 @@ def load_cli_config(config_path: Optional[str], sets: Sequence[str], masks: Opti
 # run / bench
 
 
-def run_pipeline(cfg, reader, progress: bool = True, pipeline=None):
-    """Feed every frame of reader to a Pipeline; returns (pipeline, instances, seconds, per-step results)."""
+class RunInterrupted(Exception):
+    """run_pipeline(stop=...) was asked to stop: the partial run, finalised (what a whole run returns)."""
+
+    def __init__(self, pipe, instances, seconds, results):
+        super().__init__(f"interrupted after {len(results)} frames")
+        self.outcome = (pipe, instances, seconds, results)
+
+
+def run_pipeline(cfg, reader, progress: bool = True, pipeline=None, stop=None):
+    """Feed every frame of reader to a Pipeline; returns (pipeline, instances, seconds, per-step results).
+
+    ``stop``: a threading.Event-like flag checked between frames; once set, the frames so far are finalised and
+    RunInterrupted carries that partial outcome."""
     from .pipeline import Pipeline
 
     pipe = pipeline if pipeline is not None else Pipeline(cfg)
     results = []
     t0 = time.perf_counter()
     bar = _progress(len(reader), progress)
+    stopped = False
     for frame in reader:
         results.append(pipe.step(frame))
         if bar is not None:
             s = pipe.stats
             bar.set_postfix(kf=s.keyframes, tracks=s.active + s.dormant, refresh=False)
             bar.update(1)
+        if stop is not None and stop.is_set():
+            stopped = True
+            break
     if bar is not None:
         bar.close()
-    instances = pipe.finalize()
+    instances = pipe.finalize(wait_s=2.0) if stopped else pipe.finalize()
+    if stopped:
+        raise RunInterrupted(pipe, instances, time.perf_counter() - t0, results)
     return pipe, instances, time.perf_counter() - t0, results
+
+
+class _StopOnSignal:
+    """SIGINT / SIGTERM set a flag (the run stops after the current frame and writes its partial results); a
+    second signal interrupts at once (KeyboardInterrupt, nothing written). Only in the main thread."""
+
+    def __init__(self):
+        import threading
+
+        self.flag = threading.Event()
+        self._old = {}
+
+    def __enter__(self):
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: signals keep their default behaviour
+            pass
+        return self.flag
+
+    def _handle(self, signum, _frame) -> None:
+        if self.flag.is_set():
+            raise KeyboardInterrupt
+        self.flag.set()
+        print(f"\n{signal.Signals(signum).name}: stopping after this frame and writing the partial results "
+              f"(again to abort)", file=sys.stderr)
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def _progress(total: int, enabled: bool):
@@ -192,20 +263,44 @@ def _progress(total: int, enabled: bool):
 def open_reader(args, cfg):
     from .io import open_scene
 
+    if cfg.masks.source == "topic":
+        raise ConfigError("masks.source=topic reads masks from the ROS node's masks topic, which the CLI does not "
+                          "have: use masks.source=model, or dataset (the scene's instance/ PNGs or a bag's masks "
+                          "topic)")
     with_masks = cfg.masks.source == "dataset"
     return open_scene(args.scene, stride=args.stride, max_frames=args.max_frames, with_masks=with_masks)
 
 
 def cmd_run(args) -> int:
-    from .io.writers import write_outputs
+    from .io.writers import check_output_dir, write_outputs
 
     cfg = load_cli_config(args.config, args.set, args.masks)
+    check_output_dir(args.out)  # before the first frame: a bad --out must not cost the whole run
     reader = open_reader(args, cfg)
-    pipe, instances, seconds, _ = run_pipeline(cfg, reader, progress=not args.no_progress)
-    meta = {"scene": str(args.scene), "frames": pipe.stats.frames, "seconds": round(seconds, 3)}
-    paths = write_outputs(instances, args.out, pipe.map_points(), meta=meta)
+    interrupted = False
+    with _StopOnSignal() as stop:
+        try:
+            pipe, instances, seconds, _ = run_pipeline(cfg, reader, progress=not args.no_progress, stop=stop)
+        except RunInterrupted as partial:
+            pipe, instances, seconds, _ = partial.outcome
+            interrupted = True
+        s = pipe.stats
+        usable = s.frames - s.dropped.get("bad_frame", 0)
+        if usable <= 0 and not interrupted:
+            print_summary(pipe, reader, instances, seconds)
+            pipe.close() if hasattr(pipe, "close") else None
+            print(f"opentrack run: error: no frame of '{args.scene}' was usable ({s.frames} passed to the pipeline, "
+                  f"{sum(dict(getattr(reader, 'dropped', {}) or {}).values())} skipped by the reader): nothing "
+                  f"written (the first reason of each drop is above)", file=sys.stderr)
+            return EXIT_NO_FRAMES
+        meta = {"scene": str(args.scene), "frames": s.frames, "seconds": round(seconds, 3),
+                "interrupted": interrupted}
+        paths = write_outputs(instances, args.out, pipe.map_points(), meta=meta)
     print_summary(pipe, reader, instances, seconds, paths)
     pipe.close() if hasattr(pipe, "close") else None
+    if interrupted:
+        print(f"interrupted after {s.frames} frames: partial results written to {args.out}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 
@@ -217,6 +312,9 @@ def print_summary(pipe, reader, instances, seconds, paths=None) -> None:
     print(f"frames      {s.frames} ({fps:.1f} frames/s, {seconds:.1f} s)")
     print(f"keyframes   {s.keyframes}")
     print("dropped     " + (", ".join(f"{k}: {v}" for k, v in sorted(dropped.items())) or "none"))
+    first = {**dict(getattr(reader, "first_reasons", {}) or {}), **dict(getattr(s, "first_reasons", {}) or {})}
+    for reason in sorted(first):  # without -v too: the first case of each kind, naming its file
+        print(f"  first {reason}: {first[reason]}")
     labelled = sum(1 for i in instances if i.label)
     print(f"instances   {len(instances)} ({labelled} labelled; tracks active {s.active}, dormant {s.dormant}, "
           f"terminated {s.terminated}, merged {s.merged})")
@@ -253,13 +351,31 @@ def stage_table(results) -> str:
 def cmd_eval(args) -> int:
     from .eval import evaluate_run
 
+    if not (math.isfinite(args.radius) and args.radius > 0):
+        raise InputError(f"--radius {args.radius}: expected a transfer radius > 0 in metres")
+    if args.min_size < 0:
+        raise InputError(f"--min-size {args.min_size}: expected a point count >= 0")
     result = evaluate_run(args.run_dir, args.gt, radius=args.radius, min_region_size=args.min_size)
-    if args.json:
-        print(json.dumps({"ap": result.ap, "ap50": result.ap50, "ap25": result.ap25, "per_class": result.per_class,
-                          "n_gt": result.n_gt, "n_pred": result.n_pred}, indent=1))
+    if args.json:  # NaN (a class without GT or predictions) is not JSON: it is written as null
+        print(json.dumps(_json_safe({"ap": result.ap, "ap50": result.ap50, "ap25": result.ap25,
+                                     "per_class": result.per_class, "n_gt": result.n_gt, "n_pred": result.n_pred}),
+                         indent=1, allow_nan=False))
     else:
         print(result.summary())
     return 0
+
+
+def _json_safe(value):
+    """NaN / inf -> None, recursively (numpy scalars become plain numbers)."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 def cmd_query(args) -> int:

@@ -62,6 +62,8 @@ class MaskSourceConfig:
     source: MaskSourceName = param("model", "model (detector + segmenter) | dataset (scene instance/ pngs) | "
                                             "topic (ROS masks topic)")
     oracle_ids: bool = param(False, "associate by the dataset's true instance ids (upper-bound studies only)")
+    max_ids: int = param(256, "ids kept per label image (masks topic, a bag's masks): the largest; the rest are "
+                              "counted (mask_ids_over_cap), so a hostile image of random ids stays cheap")
 
 
 @dataclass
@@ -134,6 +136,17 @@ class RefineConfig:
     contain_min_cos: float = param(0.5, "... and only when their features agree this much (cosine)")
     objectness_half_obs: float = param(10.0, "instance score = label/detector score * n / (n + this), n = "
                                              "observations (0: off)")
+
+
+@dataclass
+class ValidationConfig:
+    """Sanity bounds every frame is checked against at the pipeline's entry (absurd but finite values)."""
+
+    max_translation_m: float = param(1.0e4, "a camera pose farther than this from the world origin is rejected "
+                                              "(voxel keys span +-52 km at 5 cm)")
+    max_depth_m: float = param(1000.0, "a frame with a depth value above this (metres) is rejected")
+    min_focal_px: float = param(1.0, "intrinsics with fx or fy below this (pixels) are rejected")
+    max_focal_px: float = param(1.0e5, "intrinsics with fx or fy above this (pixels) are rejected")
 
 
 @dataclass
@@ -233,6 +246,7 @@ class OpenTrackConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     views: ViewsConfig = field(default_factory=ViewsConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     perception: PerceptionConfig = field(default_factory=PerceptionConfig)
     seed: int = param(0, "seed of every random choice (subsampling), for repeatable runs")
 
@@ -262,6 +276,12 @@ _CHECKS = [
     ("refine.tau_merge", lambda c: 0.0 < c.refine.tau_merge <= 1.0, "a threshold in (0, 1]"),
     ("refine.objectness_half_obs", lambda c: c.refine.objectness_half_obs >= 0.0, "a count >= 0 (0 disables)"),
     ("views.top_k", lambda c: c.views.top_k >= 1, "an integer >= 1"),
+    ("masks.max_ids", lambda c: c.masks.max_ids >= 1, "an integer >= 1"),
+    ("validation.max_translation_m", lambda c: c.validation.max_translation_m > 0, "a distance > 0 in metres"),
+    ("validation.max_depth_m", lambda c: c.validation.max_depth_m > c.lift.depth_min_m, "a depth > lift.depth_min_m"),
+    ("validation.min_focal_px", lambda c: c.validation.min_focal_px > 0, "a focal length > 0 in pixels"),
+    ("validation.max_focal_px", lambda c: c.validation.max_focal_px > c.validation.min_focal_px,
+     "a focal length > validation.min_focal_px"),
 ]
 
 
@@ -405,17 +425,41 @@ def _coerce(raw: Any, hint: Any, name: str) -> Any:
     return raw
 
 
-def unwrap_ros_yaml(data: Any) -> Dict[str, Any]:
-    """Accept both a plain tree and ROS's ``<node name>: ros__parameters: {...}`` wrapping of it."""
+NODE_NAME = "opentrack"
+
+
+def unwrap_ros_yaml(data: Any, node_name: str = NODE_NAME) -> Dict[str, Any]:
+    """Accept both a plain tree and ROS's ``<node name>: ros__parameters: {...}`` wrapping of it. The wrapping
+    must name this node (``opentrack``, with or without a namespace) or a wildcard (``/**``): parameters meant
+    for another node are rejected, naming it, instead of silently applied."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"a config file must hold a mapping at its top level, got {type(data).__name__}")
-    if len(data) == 1:
-        (only,) = data.values()
-        if isinstance(only, Mapping) and set(only) == {"ros__parameters"}:
-            return dict(only["ros__parameters"] or {})
+    wrapped = {k: v for k, v in data.items() if isinstance(v, Mapping) and "ros__parameters" in v}
+    if wrapped:
+        ours = [k for k in wrapped if _names_node(str(k), node_name)]
+        if not ours:
+            raise ConfigError(f"the file holds parameters for node {', '.join(repr(str(k)) for k in wrapped)}, not "
+                              f"for '{node_name}' (expected '{node_name}:' or '/**:' above ros__parameters)")
+        merged: Dict[str, Any] = {}
+        for k in sorted(ours, key=lambda k: "*" not in str(k), reverse=False):  # wildcards first, the node wins
+            merged = _merge(merged, dict(wrapped[k]["ros__parameters"] or {}))
+        return merged
     if "ros__parameters" in data:
         return dict(data["ros__parameters"] or {})
     return dict(data)
+
+
+def _names_node(key: str, node_name: str) -> bool:
+    """ROS parameter-file node keys: 'opentrack', '/ns/opentrack', '/**', '/**/opentrack', '*'."""
+    last = key.strip("/").split("/")[-1] if key.strip("/") else ""
+    return last in (node_name, "*", "**")
+
+
+def _merge(base: Dict[str, Any], extra: Mapping[str, Any]) -> Dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
 
 
 def load_config(path: Optional[str | Path] = None, overrides: Optional[Mapping[str, Any]] = None) -> OpenTrackConfig:

@@ -136,8 +136,9 @@ def visibility(points_world: np.ndarray, T_world_cam: np.ndarray, K: np.ndarray,
     h, w = depth.shape
     frustum = in_view(uv, z, (h, w), depth_min, depth_max)
     px = np.empty((len(z), 2), dtype=np.int64)
-    px[:, 0] = np.clip(uv[:, 0], 0, w - 1)
-    px[:, 1] = np.clip(uv[:, 1], 0, h - 1)
+    # absurd poses overflow float32 to inf / NaN: clip those too, so they index the image (and stay invisible)
+    px[:, 0] = np.clip(np.nan_to_num(uv[:, 0], nan=-1.0, posinf=w, neginf=-1.0), 0, w - 1)
+    px[:, 1] = np.clip(np.nan_to_num(uv[:, 1], nan=-1.0, posinf=h, neginf=-1.0), 0, h - 1)
     observed = depth[px[:, 1], px[:, 0]]
     visible = frustum & (observed > 0) & (z <= observed + margin)
     return visible, frustum, px

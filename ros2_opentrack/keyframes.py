@@ -33,7 +33,7 @@ class KeyframeSelector:
         kc = self.cfg
         if self._last_pose is None:
             return True
-        if kc.max_rate_hz > 0 and frame.stamp - self._last_stamp < 1.0 / kc.max_rate_hz:
+        if kc.max_rate_hz > 0 and 0 <= frame.stamp - self._last_stamp < 1.0 / kc.max_rate_hz:  # < 0: time jumped back
             return False
         motion_on = kc.min_translation_m > 0 or kc.min_rotation_deg > 0
         if kc.every_n <= 0 and not motion_on:

@@ -29,9 +29,13 @@ class TransformUnavailable(LookupError):
 
 class TfBuffer:
     def __init__(self, cache_s: float = 10.0, tolerance: float = 0.05, interpolate: bool = True,
-                 interp_reach_s: Optional[float] = None):
+                 interp_reach_s: Optional[float] = None, jump_back_s: Optional[float] = None):
         """``interp_reach_s``: the farthest a sample may lie from the stamp to be interpolated from (None: any
-        distance, i.e. interpolation across gaps of any length)."""
+        distance, i.e. interpolation across gaps of any length). ``jump_back_s``: a timed sample this much older
+        than its edge's newest means time jumped back (bag loop, sim reset): all timed history is cleared, as
+        tf2 does, and counted in ``jumps_back`` (None: never; a bag reader wants all its history)."""
+        self.jump_back_s = None if jump_back_s is None or jump_back_s <= 0 else float(jump_back_s)
+        self.jumps_back = 0
         self.cache_s = float(cache_s)
         self.tolerance = float(tolerance)
         self.interpolate = bool(interpolate)
@@ -54,6 +58,10 @@ class TfBuffer:
             self._cond.notify_all()
 
     def _insert_timed(self, parent: str, child: str, T: np.ndarray, stamp: float) -> None:
+        known = self._timed.get(child)
+        if self.jump_back_s is not None and known and known[1] and stamp < known[1][-1] - self.jump_back_s:
+            self._timed.clear()  # the old timeline's samples would shadow the new one (and be cut as stale)
+            self.jumps_back += 1
         old_parent, stamps, Ts = self._timed.get(child, (parent, [], []))
         if old_parent != parent:  # re-parented: the old history no longer applies
             stamps, Ts = [], []
@@ -107,6 +115,20 @@ class TfBuffer:
     def clear(self) -> None:
         with self._cond:
             self._timed.clear()  # static transforms stay, as in tf2 after a time jump
+
+    def forget_after(self, stamp: float) -> int:
+        """Drop the timed samples newer than ``stamp`` (the old timeline after time jumped back to it, or a
+        wildly future sample); returns how many went. Static transforms stay."""
+        dropped = 0
+        with self._cond:
+            for child, (parent, stamps, Ts) in list(self._timed.items()):
+                cut = bisect.bisect_right(stamps, stamp)
+                dropped += len(stamps) - cut
+                if cut == 0:
+                    del self._timed[child]
+                elif cut < len(stamps):
+                    self._timed[child] = (parent, stamps[:cut], Ts[:cut])
+        return dropped
 
     def _parent(self, child: str) -> Optional[str]:
         if child in self._static:

@@ -124,19 +124,40 @@ class Instance:
 _ROTATION_TOLERANCE = 1e-3
 
 
-def validate_frame(frame: Frame, mask_drops: Optional[Dict[str, int]] = None) -> Frame:
+def validate_frame(frame: Frame, mask_drops: Optional[Dict[str, int]] = None, limits=None) -> Frame:
     """Check a frame against the contract and normalise it (dtypes, rgb resized to depth). Raises InputError
-    for a bad frame; a bad mask only drops itself, counted by reason into ``mask_drops``."""
+    for a bad frame; a bad mask only drops itself, counted by reason into ``mask_drops``. ``limits``: the
+    sanity bounds (config.ValidationConfig; None: its defaults) on translation, depth and focal lengths."""
     if not isinstance(frame, Frame):
         raise InputError(f"expected a Frame, got {type(frame).__name__}")
+    if limits is None:
+        from .config import ValidationConfig
+
+        limits = ValidationConfig()
     depth = _as_depth(frame.depth)
     h, w = depth.shape
+    rgb_hw = np.shape(frame.rgb)[:2]
     rgb = _as_rgb(frame.rgb, (h, w))
-    K = validate_intrinsics(frame.K, (h, w))
+    try:
+        K = validate_intrinsics(frame.K, (h, w))
+    except InputError as exc:
+        if len(rgb_hw) == 2 and tuple(rgb_hw) != (h, w) and "principal point" in str(exc):
+            raise InputError(f"depth image is {w}x{h} but the colour image is {rgb_hw[1]}x{rgb_hw[0]}, and the "
+                             f"intrinsics do not fit the depth image ({exc}): K must be the depth image's") from None
+        raise
+    _check_focal(K, limits)
     T = validate_pose(frame.T_world_cam)
+    far = float(np.abs(T[:3, 3]).max())  # per axis: a norm of 1e300 overflows
+    if far > limits.max_translation_m:
+        raise InputError(f"pose translation {np.array2string(T[:3, 3], precision=3)} m lies beyond "
+                         f"validation.max_translation_m = {limits.max_translation_m:g}")
     valid = np.isfinite(depth) & (depth > 0)
     if not valid.any():
         raise InputError(f"frame {frame.index}: depth has no valid pixel (all zero or NaN)")
+    deepest = float(depth[valid].max())
+    if deepest > limits.max_depth_m:
+        raise InputError(f"depth holds {deepest:.3g} m, beyond validation.max_depth_m = {limits.max_depth_m:g} "
+                         f"(wrong unit or encoding?)")
     depth = np.where(valid, depth, 0.0).astype(np.float32, copy=False)
     masks = None
     if frame.masks is not None:
@@ -146,6 +167,13 @@ def validate_frame(frame: Frame, mask_drops: Optional[Dict[str, int]] = None) ->
                 mask_drops[reason] = mask_drops.get(reason, 0) + n
     return Frame(rgb=rgb, depth=depth, K=K, T_world_cam=T, stamp=float(frame.stamp), index=frame.index,
                  masks=masks, frame_id=frame.frame_id, source=frame.source)
+
+
+def _check_focal(K: np.ndarray, limits) -> None:
+    for name, f in (("fx", K[0, 0]), ("fy", K[1, 1])):
+        if not limits.min_focal_px <= f <= limits.max_focal_px:
+            raise InputError(f"intrinsics {name} is {f:.6g} px, outside [validation.min_focal_px "
+                             f"{limits.min_focal_px:g}, validation.max_focal_px {limits.max_focal_px:g}]")
 
 
 def _as_depth(depth) -> np.ndarray:

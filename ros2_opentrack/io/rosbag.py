@@ -83,6 +83,15 @@ class _Bag:
             raise InputError(_corrupt_message(path, exc)) from None
 
     def _open(self) -> None:
+        if self.path.is_dir() and self.path.suffix.lower() == ".bag":
+            # AnyReader takes any '*.bag' for a ROS 1 bag; a rosbag2 folder of that name is read directly
+            from rosbags.rosbag2 import Reader
+
+            self._storage = Reader(self.path)
+            self._storage.open()
+            self.connections = list(self._storage.connections)
+            self._register_missing_types()
+            return
         if self.path.is_dir():
             from rosbags.highlevel import AnyReader
 
@@ -248,6 +257,7 @@ class RosbagReader:
         self.sync_tolerance_s, self.pose_tolerance_s = float(sync_tolerance_s), float(pose_tolerance_s)
         self.interpolate = interpolate
         self.dropped: Dict[str, int] = Counter()
+        self.first_reasons: Dict[str, str] = {}  # reason -> the first skip's message
         self._warned: Dict[str, int] = Counter()
         self.mask_ids_dropped: Dict[str, int] = Counter()  # too_small / over_cap ids of the label images
         with self._open() as bag:
@@ -501,6 +511,7 @@ class RosbagReader:
     def _drop(self, reason: str, message: str, count: bool = True) -> None:
         if count:
             self.dropped[reason] += 1
+            self.first_reasons.setdefault(reason, f"{self.path.name}: {message}")
         if self._warned[reason] < _MAX_DROP_WARNINGS:
             log.warning("%s: skipping %s%s", self.path, message,
                         " (further ones only counted)" if self._warned[reason] == _MAX_DROP_WARNINGS - 1 else "")

@@ -18,7 +18,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from ..errors import InputError
-from ..types import Frame, Mask2D, resize_image, scale_intrinsics
+from ..types import Frame, Mask2D, resize_image, scale_intrinsics, validate_intrinsics
 from .encodings import label_image_to_masks
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ class FolderReader:
         self.stride = int(stride)
         self.max_frames = max_frames
         self.dropped: Dict[str, int] = Counter()
+        self.first_reasons: Dict[str, str] = {}  # reason -> the first skip's message (names the file)
         self.indices: List[int] = []  # frame numbers that will be attempted, after stride / max_frames
 
     def _select(self, all_indices: List[int]) -> List[int]:
@@ -65,6 +66,7 @@ class FolderReader:
                 yield self._load(index)
             except FrameDropped as drop:
                 self.dropped[drop.reason] += 1
+                self.first_reasons.setdefault(drop.reason, str(drop))
                 log.warning("%s: skipping frame %d: %s", self.path, index, drop)
 
     def _load(self, index: int) -> Frame:
@@ -77,7 +79,15 @@ def read_color(path: Path) -> np.ndarray:
 
     if not path.is_file():
         raise FrameDropped("missing_file", f"{path} is missing")
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FrameDropped("unreadable_image", f"{path} cannot be read: {exc}") from None
+    if data[:2] == b"\xff\xd8" and not data.rstrip(b"\x00\r\n\t ").endswith(b"\xff\xd9"):
+        # libjpeg decodes a cut-off JPEG with its missing rows grey (a warning only): refuse it instead
+        raise FrameDropped("truncated_image", f"{path} is a truncated JPEG (no end-of-image marker after "
+                                              f"{len(data)} bytes)")
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
     if bgr is None:
         raise FrameDropped("unreadable_image", f"{path} is not a readable image")
     return np.ascontiguousarray(bgr[:, :, ::-1])
@@ -165,6 +175,7 @@ class ScanNetReader(FolderReader):
         depth_txt, color_txt = folder / "intrinsic_depth.txt", folder / "intrinsic_color.txt"
         K_depth = read_intrinsics(depth_txt) if depth_txt.is_file() else None
         K_color = read_intrinsics(color_txt) if color_txt.is_file() else None
+        self._K_file = depth_txt if K_depth is not None else color_txt
         if K_depth is None and K_color is None:
             raise InputError(f"scene '{self.path}' has no intrinsic/intrinsic_depth.txt or intrinsic_color.txt: "
                              f"expected {SCANNET_LAYOUT}")
@@ -189,6 +200,10 @@ class ScanNetReader(FolderReader):
             else:
                 K = scale_intrinsics(self._K_color, color_hw, depth_hw)
             self._K_cache[key] = K
+        try:  # zeros / NaN: every frame's drop names the file, not the frame
+            validate_intrinsics(self._K_cache[key])
+        except InputError as exc:
+            raise FrameDropped("bad_intrinsics", f"{self._K_file}: {exc}") from None
         return self._K_cache[key]
 
     def _load(self, index: int) -> Frame:

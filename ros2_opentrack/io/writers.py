@@ -10,9 +10,13 @@
 from __future__ import annotations
 
 import json
+import os
+import uuid
+import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -61,10 +65,50 @@ def instance_record(inst: Instance) -> dict:
     }
 
 
+OUTPUT_FILES = ("instances.json", "instances.npz", "instances.ply", "map.ply")
+
+
+def check_output_dir(out_dir) -> Path:
+    """Raise InputError (one line naming the path) when the outputs cannot be written into ``out_dir``: a file
+    where the folder or one of its parents should be, a folder where an output file should go, no write
+    permission. Creates nothing; run it before the first frame so a run is not lost at its end."""
+    out = Path(out_dir)
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == out else f"cannot be created: '{p}' is a file"
+                raise InputError(f"output folder '{out}' {what}")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise InputError(f"output folder '{out}' is not writable ('{p}' denies writing)")
+            break
+    for name in OUTPUT_FILES:
+        if (out / name).is_dir():
+            raise InputError(f"output '{out / name}' is a directory: remove it or choose another output folder")
+    return out
+
+
+@contextmanager
+def atomic_path(path) -> Iterator[Path]:
+    """A temporary path beside ``path``; when the block succeeds it replaces ``path`` in one step (os.replace),
+    else it is removed. An interrupted write never leaves a half-written output behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+
+
 def write_outputs(instances: Sequence[Instance], out_dir, scene_map: Optional[Tuple[np.ndarray, np.ndarray]] = None,
                   meta: Optional[dict] = None) -> Dict[str, Path]:
-    """Write all four outputs into out_dir; returns {kind: path}."""
-    out = Path(out_dir)
+    """Write all four outputs into out_dir (each atomically); returns {kind: path}."""
+    out = check_output_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
         "json": write_instances_json(instances, out / "instances.json", meta),
@@ -74,7 +118,9 @@ def write_outputs(instances: Sequence[Instance], out_dir, scene_map: Optional[Tu
     if scene_map is None:
         pts, cols, _ = _stack(instances)
         scene_map = (pts, cols)
-    paths["map"] = write_ply(out / "map.ply", scene_map[0], scene_map[1])
+    with atomic_path(out / "map.ply") as tmp:
+        write_ply(tmp, scene_map[0], scene_map[1])
+    paths["map"] = out / "map.ply"
     return paths
 
 
@@ -82,8 +128,8 @@ def write_instances_json(instances: Sequence[Instance], path, meta: Optional[dic
     path = Path(path)
     doc = {"format": "ros2_opentrack.instances/1", "meta": meta or {},
            "instances": [instance_record(i) for i in instances]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1))
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=1))
     return path
 
 
@@ -91,20 +137,22 @@ def write_instances_npz(instances: Sequence[Instance], path) -> Path:
     path = Path(path)
     points, colors, inst = _stack(instances)
     labels = np.array([i.label or "" for i in instances], dtype=str) if instances else np.zeros(0, dtype="<U1")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(
-        path, points=points, colors=colors, instance=inst,
-        ids=np.array([i.id for i in instances], dtype=np.int32),
-        scores=np.array([i.score for i in instances], dtype=np.float32),
-        labels=labels,
-        observations=np.array([i.observations for i in instances], dtype=np.int32))
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: numpy adds no '.npz' to the name
+        np.savez_compressed(
+            f, points=points, colors=colors, instance=inst,
+            ids=np.array([i.id for i in instances], dtype=np.int32),
+            scores=np.array([i.score for i in instances], dtype=np.float32),
+            labels=labels,
+            observations=np.array([i.observations for i in instances], dtype=np.int32))
     return path
 
 
 def write_instances_ply(instances: Sequence[Instance], path) -> Path:
     points, _, inst = _stack(instances)
-    return write_ply(path, points, instance_color(inst) if len(inst) else np.zeros((0, 3), np.uint8),
-                     extra={"instance": inst})
+    with atomic_path(path) as tmp:
+        write_ply(tmp, points, instance_color(inst) if len(inst) else np.zeros((0, 3), np.uint8),
+                  extra={"instance": inst})
+    return Path(path)
 
 
 def _stack(instances: Sequence[Instance]):
@@ -158,8 +206,9 @@ def read_outputs(out_dir) -> SavedInstances:
     try:
         with np.load(npz_path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as exc:
-        raise InputError(f"'{npz_path}' is not a readable instances.npz: {exc}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:  # truncated, not a zip
+        raise InputError(f"'{npz_path}' is not a readable instances.npz (truncated or corrupt?): "
+                         f"{str(exc) or type(exc).__name__}") from None
     for key in ("points", "instance", "ids", "scores"):
         if key not in data:
             raise InputError(f"'{npz_path}' lacks the '{key}' array")

@@ -3,7 +3,9 @@ id. Offline (perception.offline or HF_HUB_OFFLINE=1) nothing is downloaded, and 
 that names what is missing, where it was looked for and where to put it."""
 from __future__ import annotations
 
+import functools
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, List, Optional
@@ -28,6 +30,40 @@ def weights_dir(perception_cfg: Any = None) -> Path:
 def is_offline(perception_cfg: Any = None) -> bool:
     env = any(os.environ.get(k, "").strip().lower() in _TRUE for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
     return bool(_perception(perception_cfg).offline) or env
+
+
+HUB_PROBE_S = 1.5  # a hub (or proxy) that does not accept a connection this fast counts as unreachable
+
+
+def _hub_address() -> tuple:
+    """(host, port) a download would connect to first: the HTTPS proxy when one is set, else HF_ENDPOINT."""
+    from urllib.parse import urlsplit
+
+    proxy = next((os.environ[k] for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+                  if os.environ.get(k)), "")
+    url = urlsplit(proxy if "://" in proxy else (f"http://{proxy}" if proxy else
+                                                 os.environ.get("HF_ENDPOINT", "https://huggingface.co")))
+    return url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+
+
+@functools.lru_cache(maxsize=8)
+def _reachable(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_S).close()
+        return True
+    except OSError:  # no route, DNS failure, refused, timed out
+        return False
+
+
+def hub_reachable() -> bool:
+    """One quick TCP connect to the hub (or the proxy), remembered per process: without it an offline machine
+    with HF_HUB_OFFLINE unset waits out the hub client's retries (about 30 s, every warning twice)."""
+    return _reachable(*_hub_address())
+
+
+def local_only(perception_cfg: Any = None) -> bool:
+    """Offline by configuration, or because the hub cannot be reached: only local files and the cache."""
+    return is_offline(perception_cfg) or not hub_reachable()
 
 
 def looks_like_hub_id(ref: str) -> bool:
@@ -117,7 +153,13 @@ def missing_error(ref: str, role: str, perception_cfg: Any = None, repo: Optiona
     looked = ", ".join(str(p) for p in candidates(ref, perception_cfg))
     if repo is not None:
         looked += f", Hugging Face cache {hf_cache_dir()} ('{repo}')"
-    mode = "offline mode (perception.offline or HF_HUB_OFFLINE=1)" if is_offline(perception_cfg) else "download failed"
+    if is_offline(perception_cfg):
+        mode = "offline mode (perception.offline or HF_HUB_OFFLINE=1)"
+    elif not hub_reachable():
+        host, port = _hub_address()
+        mode = f"offline: the hub {host}:{port} is unreachable (no connection within {HUB_PROBE_S} s)"
+    else:
+        mode = "download failed"
     detail = f" ({reason})" if reason else ""
     return BackendUnavailable(f"{role}: weights '{ref}' not found [{mode}]{detail}. Looked in: {looked}. "
                               f"To fix: {_where_to_put(ref, perception_cfg, repo)}")
@@ -133,7 +175,8 @@ def resolve_file(ref: str, role: str, perception_cfg: Any = None,
     if cached is not None:
         return cached
     reason = ""
-    if download is not None and not is_offline(perception_cfg):
+    offline = is_offline(perception_cfg) if repo is None else local_only(perception_cfg)  # repo: a hub download
+    if download is not None and not offline:
         try:
             return Path(download())
         except Exception as exc:  # no network, unknown file: reported below with the places looked in
@@ -145,7 +188,7 @@ def hf_download(repo_id: str, filename: str, perception_cfg: Any = None) -> str:
     """A file of a hub repository, from the cache when present (offline) or downloaded (online)."""
     from huggingface_hub import hf_hub_download
 
-    return hf_hub_download(repo_id, filename, local_files_only=is_offline(perception_cfg))
+    return hf_hub_download(repo_id, filename, local_files_only=local_only(perception_cfg))
 
 
 def from_pretrained(loader: Callable[..., Any], ref: str, role: str, perception_cfg: Any = None, **kwargs) -> Any:
@@ -157,7 +200,7 @@ def from_pretrained(loader: Callable[..., Any], ref: str, role: str, perception_
     if local is None and not looks_like_hub_id(ref):
         raise missing_error(ref, role, perception_cfg)
     try:
-        return loader(target, local_files_only=local is not None or is_offline(perception_cfg), **kwargs)
+        return loader(target, local_files_only=local is not None or local_only(perception_cfg), **kwargs)
     except (OSError, ValueError, EnvironmentError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise missing_error(ref, role, perception_cfg, repo=repo, reason=first[:300]) from None

@@ -55,7 +55,7 @@ def require_ultralytics() -> Any:
     if module is None:
         raise BackendUnavailable(f"detector 'yolo_world' needs ultralytics, which cannot import here: {reason}. "
                                  f"Install torchvision matching torch and `pip install ultralytics`, or use "
-                                 f"detector.name: owlv2")
+                                 f"perception.detector.name: owlv2")
     return module
 
 

@@ -36,6 +36,7 @@ from visualization_msgs.msg import MarkerArray
 
 from .. import config as cfg_mod
 from ..errors import ConfigError, InputError, OpenTrackError
+from ..pipeline import release_memory
 from ..types import Frame, Mask2D, validate_pose
 from . import conversions as conv
 from .markers import MarkerBook
@@ -97,7 +98,8 @@ class OpenTrackNode(Node):
         self._book = MarkerBook(self.params.marker_points)
 
         streams = ["depth", "rgb"] + (["masks"] if self.config.masks.source == "topic" else [])
-        self.sync = StampSync(streams, self.params.sync_tolerance_s, self.params.sync_buffer, anchor="depth")
+        self.sync = StampSync(streams, self.params.sync_tolerance_s, self.params.sync_buffer, anchor="depth",
+                              **self._time_jump_kwargs())  # issue 8: recover from time jumps
         self.frames = DropOldestQueue(self.params.queue_size)
         self.commands: "queue.Queue[tuple]" = queue.Queue()
         self._setup_pose_source()
@@ -120,7 +122,7 @@ class OpenTrackNode(Node):
         tolerance = max(p.sync_tolerance_s, 0.05)
         # tf2's rule: interpolate between any two samples, extrapolate only within the tolerance (localisation
         # often publishes map -> odom at a few Hz; a gap limit would drop every frame between its samples)
-        self.tf_buffer = TfBuffer(tolerance=tolerance)
+        self.tf_buffer = TfBuffer(tolerance=tolerance, jump_back_s=p.sync_jump_back_s)  # issue 8: clears on a jump back
         if p.pose_source == "tf":
             if tf2_ros is not None:
                 self._tf2 = tf2_ros.Buffer()
@@ -158,6 +160,20 @@ class OpenTrackNode(Node):
         services = MutuallyExclusiveCallbackGroup()
         self.create_service(Trigger, "~/save", self._on_save, callback_group=services)
         self.create_service(Trigger, "~/reset", self._on_reset, callback_group=services)
+
+    # ------------------------------------------------------------------------------------------------------
+    # time jumps (issue 8): the synchroniser detects them, the node clears its TF history and keeps the map
+
+    def _time_jump_kwargs(self) -> Dict[str, Any]:
+        return {"jump_back_s": self.params.sync_jump_back_s, "max_ahead_s": self.params.max_stamp_ahead_s,
+                "clock": lambda: self.get_clock().now().nanoseconds * 1e-9, "on_jump": self._on_time_jump}
+
+    def _on_time_jump(self, stream: str, newest: float, stamp: float) -> None:
+        # samples of the old (or a wildly future) timeline would shadow the new one's: only they go
+        gone = self.tf_buffer.forget_after(stamp + self.params.sync_jump_back_s)
+        self.drop("time_jump_back", f"{stream} stamp {stamp:.3f} is {newest - stamp:.3f} s behind the newest "
+                                    f"({newest:.3f}): time jumped back (bag loop, sim or driver restart); sync "
+                                    f"buffers and {gone} TF samples cleared, the map is kept")
 
     # ------------------------------------------------------------------------------------------------------
     # counting and warning
@@ -272,6 +288,7 @@ class OpenTrackNode(Node):
         self.sync.reset()
         self.tf_buffer.clear()
         self.pub_markers.publish(self._book.clear(self._now_header()))
+        release_memory()  # issue 8: the freed map and images go back to the system
         response.success, response.message = True, "tracks, map and buffers cleared"
         return response
 
@@ -337,7 +354,7 @@ class OpenTrackNode(Node):
                      masks=masks, frame_id=depth_msg.header.frame_id)
 
     def _masks(self, msg: Image) -> List[Mask2D]:
-        decoded = _reasoned("bad_masks", conv.masks_from_label_image, msg)
+        decoded = _reasoned("bad_masks", conv.masks_from_label_image, msg, self.config.masks.max_ids)
         if decoded.over_cap:  # a hostile or broken label image: keep the largest ids, say so
             self.drop("mask_ids_over_cap", f"label image has {len(decoded.masks) + decoded.over_cap} ids: "
                                            f"kept the {len(decoded.masks)} largest")

@@ -31,6 +31,11 @@ class NodeParams:
     tf_timeout_s: float = param(0.1, "how long the worker waits for a camera pose at a frame's stamp")
     sync_tolerance_s: float = param(0.02, "rgb / depth / masks stamps closer than this belong to one frame")
     sync_buffer: int = param(10, "messages buffered per stream while waiting for partners")
+    sync_jump_back_s: float = param(1.0, "a stamp this much older than the newest seen means time jumped back "
+                                         "(bag --loop, sim reset, driver restart): sync buffers and TF history "
+                                         "are cleared, counted as time_jump_back, the map is kept (0: off)")
+    max_stamp_ahead_s: float = param(3600.0, "images stamped this far ahead of the node clock are dropped as "
+                                             "sync_future_stamp (0: off; off while sim time reads 0)")
     queue_size: int = param(1, "frames waiting for the worker, oldest dropped when full (counted); 1: latest wins")
     publish_rate_hz: float = param(0.0, "instances topic rate cap (0: after every processed frame)")
     markers_rate_hz: float = param(2.0, "markers + instance_cloud rate cap (0: after every processed frame)")
