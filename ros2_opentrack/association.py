@@ -9,7 +9,8 @@ IoU is taken against the part of the track this camera can see now. Modes (track
 """
 from __future__ import annotations
 
-from typing import List, Mapping, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -18,15 +19,33 @@ from .types import Frame, Observation
 
 Pairs = List[Tuple[int, int]]  # (observation index, track id)
 
+
+@dataclass
+class Share:
+    """An observation that also continues a track other than its Hungarian pair (a part of that object)."""
+
+    observation: int
+    track_id: int
+
+
+@dataclass
+class Ownership:
+    """Observations of a keyframe that continue a track beyond the one-to-one pairs."""
+
+    shares: List[Share] = field(default_factory=list)
+    consumed: set = field(default_factory=set)  # unmatched observations given to a track: open no new one
+
 class Associator:
     def __init__(self, tracking_cfg, lift_cfg, oracle_ids: bool = False):
         self.cfg = tracking_cfg
         self.lift_cfg = lift_cfg
         self.oracle_ids = oracle_ids
+        self._seen_now: Tuple[List[int], List[np.ndarray]] = ([], [])
 
     def __call__(self, observations: Sequence[Observation], candidate_ids: Sequence[int], tracks: Mapping,
                  frame: Frame = None) -> Pairs:
         """Pairs for this keyframe. ``tracks``: id -> Track (the oracle looks beyond the candidates)."""
+        self._seen_now = ([], [])
         if not observations:
             return []
         if self.oracle_ids:
@@ -37,6 +56,7 @@ class Associator:
         track_voxels, track_pixels = [t.voxels for t in candidates], None
         if frame is not None and self.cfg.visible_iou:
             track_voxels, track_pixels = self.visible_voxels(frame, candidates)
+        self._seen_now = (list(candidate_ids), track_voxels)  # for ownership() of the same keyframe
         iou = pairwise_iou([o.voxels for o in observations], track_voxels)
         gate = spatial_gate(observations, candidates, self.cfg.max_gap_m)
         if track_pixels is not None:
@@ -82,6 +102,47 @@ class Associator:
                           (px[None, :, 1] >= boxes[:, None, 1]) & (px[None, :, 1] < boxes[:, None, 3]))
                 outside[:, k] = inside.mean(axis=1) < 0.5
         return (iou <= 0.0) & outside & seen[None, :] & sized[:, None]
+
+
+    def ownership(self, observations: Sequence[Observation], pairs: Pairs, tracks: Mapping) -> Ownership:
+        """Part masks (a chair as seat and back), after the one-to-one assignment of the same keyframe: an
+        unmatched observation lying inside a track that another observation of this keyframe continues, and
+        looking like it, is one more part of that track, not a new object. (A mask over two neighbours is
+        resolved later by voxel ownership in refinement: refine.resolve_contested.)"""
+        out = Ownership()
+        ids, _ = self._seen_now
+        if self.oracle_ids or not observations or not ids or not self.cfg.absorb_parts:
+            return out
+        continued = {tid for _, tid in pairs}
+        matched = {i for i, _ in pairs}
+        inter = _intersections([o.voxels for o in observations], [tracks[t].voxels for t in ids])
+        for i, obs in enumerate(observations):
+            if i not in matched:
+                whole = self._whole_of(i, obs, ids, inter, continued, tracks)
+                if whole is not None:
+                    out.shares.append(Share(i, whole))
+                    out.consumed.add(i)
+        return out
+
+    def _whole_of(self, i, obs, ids, inter_all, continued, tracks) -> Optional[int]:
+        """The continued track this unmatched observation is a part of, or None."""
+        n = max(1, len(obs.voxels))
+        best, best_share = None, self.cfg.part_containment
+        for k, tid in enumerate(ids):
+            share = inter_all[i, k] / n
+            if tid in continued and share >= best_share and len(obs.voxels) >= self.cfg.min_seen_voxels:
+                cos = cosine_matrix([obs.feature], [tracks[tid].feature])[0, 0]
+                if cos >= self.cfg.part_min_cos or not len(obs.feature):
+                    best, best_share = tid, share
+        return best
+
+
+def _intersections(voxels_a, voxels_b) -> np.ndarray:
+    """(len(a), len(b)) counts of shared keys (from the IoU and the sizes, one sparse product)."""
+    iou = pairwise_iou(voxels_a, voxels_b)
+    a = np.array([len(v) for v in voxels_a], np.float64)[:, None]
+    b = np.array([len(v) for v in voxels_b], np.float64)[None, :]
+    return np.rint(iou * (a + b) / (1.0 + iou))
 
 
 def spatial_gate(observations, tracks, max_gap_m: float) -> np.ndarray:

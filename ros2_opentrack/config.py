@@ -113,6 +113,10 @@ class TrackingConfig:
                                       "weak pairs never outvote one strong one")
     elsewhere_fraction: float = param(0.0, "a track counts as plainly seen elsewhere (no match by appearance alone) "
                                            "when this share of it and at least min_seen_voxels are in view")
+    absorb_parts: bool = param(True, "an unmatched observation inside a track another observation continues this "
+                                     "keyframe (a part mask: seat and back) joins that track")
+    part_containment: float = param(0.7, "... when this share of its voxels lies in the track")
+    part_min_cos: float = param(0.5, "... and its descriptor agrees this much (cosine)")
     min_seen_voxels: int = param(10, "visible voxels below which a track (or an observation) is too small to tell "
                                      "where it is")
 
@@ -131,6 +135,8 @@ class RefineConfig:
     map_voxel_m: float = param(0.02, "resolution of the scene point map used for output points and expansion")
     max_map_points: int = param(2000000, "scene map cap (bounded memory); oldest-first replacement past it")
     max_track_points: int = param(20000, "cap on a track's fine voxels (memory bound per track)")
+    exclusive_voxels: bool = param(True, "a voxel two nearby tracks both hold stays with the one whose masks "
+                                         "covered it more often (a mask over two neighbours is undone)")
     tau_contain: float = param(0.0, "also merge when |A n B| / min(|A|, |B|) >= this (partial-view duplicates); "
                                     "0: off")
     contain_min_cos: float = param(0.5, "... and only when their features agree this much (cosine)")

@@ -202,6 +202,7 @@ class Pipeline:
     def _refine_and_merge(self, only_dirty: bool) -> Dict[int, int]:
         self.tracker.refine(only_dirty=only_dirty)
         merged = self.tracker.merge_duplicates(only_dirty=only_dirty)
+        self.tracker.resolve_contested(only_dirty=only_dirty)
         for removed, kept in merged.items():
             self.views.move(removed, kept)
             self.labels.move(removed, kept)

@@ -91,6 +91,47 @@ def merge_duplicates(tracker, only_dirty: bool = True) -> Dict[int, int]:
     return merged
 
 
+def resolve_contested(tracker, only_dirty: bool = True) -> int:
+    """Each fine voxel belongs to at most one instance: a voxel two nearby tracks both hold stays with the one
+    whose masks covered it more often (in-mask votes; ties: the longer track). A mask over two neighbours (a box
+    spanning both) puts the neighbour's surface into one track a few times; the neighbour's own masks cover it
+    every time, so it goes back. Runs after merging, so duplicates of one object are joined, not split.
+    Returns how many voxels changed hands."""
+    moved = 0
+    for tid in merge_order({t.id: t.observations for t in tracker.tracks.values()}):
+        t = tracker.tracks.get(tid)
+        if t is None or (only_dirty and not t.dirty):
+            continue
+        for u in tracker.index.query(t.box_min, t.box_max):
+            other = tracker.tracks.get(u)
+            if other is None or u == tid:
+                continue
+            shared, ia, ib = np.intersect1d(t.store.keys, other.store.keys, assume_unique=True, return_indices=True)
+            if not len(shared):
+                continue
+            a, b = t.store.in_mask[ia].astype(np.int32), other.store.in_mask[ib].astype(np.int32)
+            t_wins = (a > b) | ((a == b) & ((t.observations, -t.id) >= (other.observations, -other.id)))
+            for track, lose in ((t, ia[~t_wins]), (other, ib[t_wins])):
+                if len(lose):
+                    keep = np.ones(len(track.store), bool)
+                    keep[lose] = False
+                    track.store.prune(keep)
+                    _follow_store(track, tracker, len(lose))
+            moved += len(shared)
+    return moved
+
+
+def _follow_store(track, tracker, lost: int) -> None:
+    """Coarse voxels and box follow the fine points a track kept."""
+    rc = tracker.refine_cfg
+    consistent = track.store.centers()[track.store.kept(rc.tau_vis, rc.min_visible)]
+    if len(consistent):
+        track.voxels = geometry.voxel_keys(consistent, tracker.cfg.voxel_size_m)[: tracker.cfg.max_track_voxels]
+    track.update_box()
+    tracker.index.insert(track.id, track.box_min, track.box_max)
+    track.dirty = True
+
+
 def contained_duplicates(t, others: List, iou: np.ndarray, refine_cfg) -> np.ndarray:
     """A partial track (one side of an object) lies mostly inside the whole one: IoU stays low, but the
     overlap over the smaller track is high. Merge those only when they also look alike (a mug inside a

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import geometry
 from .association import Associator
-from .refine import merge_duplicates, refine_track
+from .refine import merge_duplicates, refine_track, resolve_contested
 from .spatial_index import SpatialIndex
 from .types import Frame, Observation, TrackState
 from .voxel_store import PointStore, SceneMap, isin_sorted
@@ -82,15 +82,20 @@ class Tracker:
         out = StepOutcome()
         out.candidates = self.candidates(frame)
         out.matched = self.associate(observations, out.candidates, self.tracks, frame)
-        for obs_i, tid in out.matched:
-            self._absorb(self.tracks[tid], observations[obs_i], frame)
-        matched_obs = {i for i, _ in out.matched}
+        own = self.associate.ownership(observations, out.matched, self.tracks)
+        absorbed: Dict[int, List[int]] = {}  # track id -> mask indices it was observed in this keyframe
+        for obs_i, tid in out.matched + [(s.observation, s.track_id) for s in own.shares]:
+            obs = observations[obs_i]
+            self._absorb(self.tracks[tid], obs, frame, again=tid in absorbed)
+            absorbed.setdefault(tid, []).append(obs.mask_index)
+        taken = {i for i, _ in out.matched} | own.consumed
         for i, obs in enumerate(observations):
-            if i not in matched_obs:
+            if i not in taken:
                 t = self._open(obs, frame)
                 out.created.append(t.id)
                 out.matched.append((i, t.id))
-        mask_of = {tid: observations[i].mask_index for i, tid in out.matched}
+                absorbed[t.id] = [obs.mask_index]
+        mask_of = absorbed
         seen = self._vote(frame, out.candidates + out.created, mask_of, masks, out)
         out.terminated = self._age(out.candidates, mask_of, seen)
         for tid in set(mask_of) - set(out.terminated):
@@ -130,7 +135,9 @@ class Tracker:
         self.index.insert(t.id, t.box_min, t.box_max)
         return t
 
-    def _absorb(self, t: Track, obs: Observation, frame: Frame) -> None:
+    def _absorb(self, t: Track, obs: Observation, frame: Frame, again: bool = False) -> None:
+        """Continue ``t`` with ``obs``. ``again``: the track already took another part of this keyframe, which
+        counts as one observation."""
         room = self.cfg.max_track_voxels - len(t.voxels)
         if room > 0:  # both sorted: insert the new keys in place (O(n), no re-sort)
             new = obs.voxels[~isin_sorted(obs.voxels, t.voxels)][:room]
@@ -140,11 +147,12 @@ class Tracker:
             f = m * t.feature + (1.0 - m) * obs.feature
             t.feature = (f / max(float(np.linalg.norm(f)), 1e-12)).astype(np.float32)
         t.store.add_points(obs.points, obs.colors)
-        t.observations += 1
+        if not again:
+            t.observations += 1
+            t.det_score_sum += obs.score
         t.last_seen, t.last_frame = frame.stamp, frame.index
         t.misses = 0
         t.state = TrackState.ACTIVE
-        t.det_score_sum += obs.score
         t.det_label = t.det_label or obs.label
         t.dirty = True
 
@@ -164,10 +172,10 @@ class Tracker:
         bounds = np.r_[0, np.cumsum(sizes)]
         if masks is not None and len(masks):
             for k, tid in enumerate(ids):
-                mi = mask_of.get(tid, -1)
-                if mi >= 0:
-                    s = slice(bounds[k], bounds[k + 1])
-                    in_mask[s] = masks[mi][px[s, 1], px[s, 0]]
+                s = slice(bounds[k], bounds[k + 1])
+                for mi in mask_of.get(tid, ()):  # every mask (part) the track was observed in
+                    if mi >= 0:
+                        in_mask[s] |= masks[mi][px[s, 1], px[s, 0]]
         seen: Dict[int, bool] = {}
         for k, (tid, store) in enumerate(zip(ids, stores)):
             s = slice(bounds[k], bounds[k + 1])
@@ -211,6 +219,10 @@ class Tracker:
             refine_track(t, self.scene, self.refine_cfg, self.cfg.voxel_size_m, self.cfg.max_track_voxels)
             self.index.insert(t.id, t.box_min, t.box_max)
 
+    def resolve_contested(self, only_dirty: bool = True) -> int:
+        """Voxel ownership between neighbours (refine.resolve_contested)."""
+        return resolve_contested(self, only_dirty) if self.refine_cfg.exclusive_voxels else 0
+
     def merge_duplicates(self, only_dirty: bool = True) -> Dict[int, int]:
         """Duplicate merging (refine.merge_duplicates). Returns removed id -> kept id."""
         return merge_duplicates(self, only_dirty)
@@ -224,3 +236,4 @@ class Tracker:
         self.index.clear()
         self.scene.clear()
         self.terminated_total = 0  # next_id keeps counting: ids stay unique for the pipeline's lifetime
+

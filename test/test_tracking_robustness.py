@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _core_scene import core_config, cube, look_at, make_frame  # noqa: E402
@@ -38,9 +37,6 @@ def fused(frame, ids, source_id):
     return keep + ([Mask2D(mask=union, source_id=source_id)] if union.any() else [])
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9: the merged mask is absorbed into one box's track (Hungarian pair "
-                   "at IoU ~0.5 + cos) and the consistency vote keeps the neighbour's voxels (in-mask ratio ~0.27 "
-                   ">= refine.tau_vis 0.1): both instances hold 30-45% of the other box")
 def test_two_adjacent_boxes_with_a_merged_mask_every_few_frames_stay_two_instances():
     """Boxes 2 cm apart; every 4th keyframe the segmenter gives one mask over both. Expected: two instances,
     each with its own points (the merged frames' votes must not keep the neighbour inside either)."""
@@ -59,9 +55,6 @@ def test_two_adjacent_boxes_with_a_merged_mask_every_few_frames_stay_two_instanc
     assert sorted(int(inside(i.points, a).mean() > 0.5) for i in instances) == [0, 1]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9: in part-mask frames one part takes the chair's track, the other "
-                   "(the seat) opens its own track, re-matched at IoU 1 every later split frame; it lies inside the chair "
-                   "track but IoU 0.44 < refine.tau_merge 0.6 and containment merging is off (tau_contain 0)")
 def test_chair_seen_as_seat_and_back_part_masks_stays_one_instance():
     """A chair (seat + back); every third keyframe the segmenter splits it into a seat mask and a back mask,
     otherwise it gives the whole chair. Expected: one instance covering seat and back."""
