@@ -203,7 +203,7 @@ def cmd_run(args) -> int:
     reader = open_reader(args, cfg)
     pipe, instances, seconds, _ = run_pipeline(cfg, reader, progress=not args.no_progress)
     meta = {"scene": str(args.scene), "frames": pipe.stats.frames, "seconds": round(seconds, 3)}
-    paths = write_outputs(instances, args.out, pipe.map_points(), meta=meta)
+    paths = write_outputs(instances, args.out, pipe.map_points(), meta=meta, view_image=pipe.view_image)
     print_summary(pipe, reader, instances, seconds, paths)
     pipe.close() if hasattr(pipe, "close") else None
     return 0
@@ -343,7 +343,7 @@ def cmd_demo(args) -> int:
     cfg = from_flat(DEMO_SETTINGS, cfg)
     reader = open_scene(scene_dir, with_masks=True)
     pipe, instances, seconds, _ = run_pipeline(cfg, reader, progress=False)
-    write_outputs(instances, root / "run", pipe.map_points())
+    write_outputs(instances, root / "run", pipe.map_points(), view_image=pipe.view_image)
     result = evaluate_run(root / "run", scene_dir)
     print_summary(pipe, reader, instances, seconds)
     print(f"result      {len(instances)} instances found for {len(scene.instance_ids)} objects: "
