@@ -101,7 +101,7 @@ class OpenTrackNode(LifecycleNode):
         The node starts unconfigured: call trigger_configure() / trigger_activate(), or see main()."""
         super().__init__(node_name, **node_kwargs)
         declare_all(self)
-        self.params: NodeParams = read_node_params(self)
+        self.params: NodeParams = read_node_params(self, validate=False)  # checked at configure
         self._given_pipeline = pipeline
         self._factory = pipeline_factory
         self.pipeline = None

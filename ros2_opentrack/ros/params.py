@@ -98,15 +98,18 @@ def overrides(values: Dict[str, Any]) -> list:
     from rclpy.parameter import Parameter
 
     known = set(cfg_mod.flatten(OpenTrackConfig())) | {f.name for f in fields(NodeParams)} | {"use_sim_time"}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(k for k in set(values) - known if not k.startswith("qos_overrides."))
     if unknown:
         raise cfg_mod.ConfigError(f"unknown parameter(s): {', '.join(unknown)}")
     return [Parameter(k, value=v) for k, v in values.items()]
 
 
-def read_node_params(node) -> NodeParams:
+def read_node_params(node, validate: bool = True) -> NodeParams:
+    """The node's own parameters; ``validate`` raises ConfigError on a value out of its choices."""
     values = {f.name: node.get_parameter(f.name).value for f in fields(NodeParams)}
     params = NodeParams(**values)
+    if not validate:
+        return params
     for name, allowed in cfg_mod.field_choices(NodeParams).items():
         if getattr(params, name) not in allowed:
             raise cfg_mod.ConfigError(f"parameter '{name}' = {getattr(params, name)!r}: expected one of "

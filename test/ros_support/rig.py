@@ -120,6 +120,10 @@ class Rig:
         return future.result()
 
     def close(self) -> None:
+        """Idempotent: a test may close a rig early (e.g. so that a second node can take its name)."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         self.executor.remove_node(self.node)
         self.executor.remove_node(self.driver)
         self.node.destroy_node()
