@@ -459,3 +459,39 @@ def test_compressed_inputs_give_the_same_instances_as_raw(make, kitchen):
     assert [i.id for i in jpeg.instances] == [i.id for i in raw.instances]
     for a, b in zip(jpeg.instances, raw.instances):
         assert box(a) == pytest.approx(box(b), abs=0.02) and abs(a.point_count - b.point_count) <= 0.02 * b.point_count
+
+
+def test_entry_point_autostart_reaches_active_and_shuts_down_cleanly(tmp_path):
+    """`opentrack_node --ros-args -p autostart:=true` (what the launch file's autostart does): configured and
+    active without a lifecycle manager; SIGINT ends it with exit status 0."""
+    import signal
+    import subprocess
+
+    import rclpy
+
+    code = "from ros2_opentrack.ros.node import main; raise SystemExit(main())"
+    proc = subprocess.Popen([sys.executable, "-c", code, "--ros-args", "-r", "__node:=opentrack_autostart",
+                             "-p", "autostart:=true", "-p", "masks.source:=topic",
+                             "-p", "perception.features.name:=color_hist", "-p", "perception.labeler.name:=none",
+                             "-p", "perception.text_matcher.name:=none", "-p", f"output_dir:={tmp_path}"],
+                            env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    client_node = rclpy.create_node("opentrack_autostart_probe")
+    try:
+        client = client_node.create_client(GetState, "/opentrack_autostart/get_state")
+        label, deadline = "", time.monotonic() + 30
+        while label != "active" and time.monotonic() < deadline and proc.poll() is None:
+            if client.wait_for_service(timeout_sec=0.5):
+                future = client.call_async(GetState.Request())
+                rclpy.spin_until_future_complete(client_node, future, timeout_sec=2.0)
+                label = future.result().current_state.label if future.done() else ""
+        assert label == "active", proc.stdout.read() if proc.poll() is not None else label
+    finally:
+        client_node.destroy_node()
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0, out
+    assert "configured" in out and "active: taking frames" in out

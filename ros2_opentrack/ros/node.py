@@ -766,10 +766,14 @@ def main(args: Optional[List[str]] = None) -> int:
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 
     rclpy.init(args=args)
+    node = None
     try:
         node = OpenTrackNode()
-    except OpenTrackError as exc:  # a parameter that does not parse: say which, exit non-zero
+        read_node_params(node), read_config(node)  # a parameter that does not parse: say which, exit non-zero
+    except OpenTrackError as exc:
         rclpy.logging.get_logger("opentrack").fatal(str(exc))
+        if node is not None:
+            node.destroy_node()
         rclpy.try_shutdown()
         return 1
     if node.params.autostart:  # as yolo_ros: configure + activate; a failure leaves the node unconfigured
