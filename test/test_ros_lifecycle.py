@@ -474,7 +474,9 @@ def test_entry_point_autostart_reaches_active_and_shuts_down_cleanly(tmp_path):
                              "-p", "autostart:=true", "-p", "masks.source:=topic",
                              "-p", "perception.features.name:=color_hist", "-p", "perception.labeler.name:=none",
                              "-p", "perception.text_matcher.name:=none", "-p", f"output_dir:={tmp_path}"],
-                            env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            # the domain this process's rclpy uses (an earlier test module may have set it)
+                            env=dict(os.environ, ROS_DOMAIN_ID=str(rclpy.get_default_context().get_domain_id())),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     client_node = rclpy.create_node("opentrack_autostart_probe")
     try:
         client = client_node.create_client(GetState, "/opentrack_autostart/get_state")
