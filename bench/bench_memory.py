@@ -74,6 +74,7 @@ def main(argv=None):
     cfg = OpenTrackConfig()
     cfg.masks.source = "dataset"
     cfg.perception.features.name = "color_hist"
+    cfg.perception.labeler.name = "none"  # the core's memory: no MLLM
     pipe = Pipeline(cfg)
     for f in frames:  # warm-up pass: imports, allocator pools, the explored volume
         pipe.step(f)

@@ -1,7 +1,9 @@
 """Latency of the opentrack ROS node, in-process (the node + a driver node in one process, DDS on loopback).
 
 1. masks given on the masks topic (no model time): median latency from publishing a frame's rgb/depth/masks to
-   receiving the Instance3DArray with that frame's stamp, at 640x480 (target < 50 ms).
+   receiving the Instance3DArray with that frame's stamp, at 640x480 (target < 50 ms); once with raw Images and
+   once with compressed inputs (rgb jpeg on rgb/compressed, depth on depth/compressedDepth, masks png on
+   masks/compressed: the node decodes them; encoding happens before the clock starts).
 2. a perception stage made slow on purpose (--stage-ms per keyframe, default 300) with --hz input (default
    30) for --minutes (default 5): output latency (publish -> matching Instance3DArray) must stay under 2x the
    stage time, and memory (RSS) must stay flat: frames the worker cannot take are dropped (oldest first, counted).
@@ -67,16 +69,46 @@ def render_frames(n: int, hw, seed: int = 0):
     return synthetic.render_sequence(scene, n_frames=n, hw=tuple(hw), seed=seed)
 
 
-def part1(args, frames):
+def compress(msgs: dict) -> dict:
+    """rgb -> jpeg CompressedImage, depth -> compressedDepth (png), masks -> 16-bit png (image_transport's)."""
+    import struct
+
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+
+    from ros2_opentrack.ros import conversions as conv
+
+    rgb = conv.rgb_from_msg(msgs["rgb"])
+    out = {k: v for k, v in msgs.items() if k not in ("rgb", "depth", "masks")}
+    out["rgb"] = CompressedImage(header=msgs["rgb"].header, format="rgb8; jpeg compressed bgr8",
+                                 data=cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
+    out["depth"] = CompressedImage(header=msgs["depth"].header, format="16UC1; compressedDepth png",
+                                   data=struct.pack("<iff", 0, 0.0, 0.0) +
+                                   cv2.imencode(".png", conv.image_to_array(msgs["depth"]))[1].tobytes())
+    if "masks" in msgs:
+        out["masks"] = CompressedImage(header=msgs["masks"].header, format="16UC1; png",
+                                       data=cv2.imencode(".png", conv.image_to_array(msgs["masks"]))[1].tobytes())
+    return out
+
+
+def part1(args, frames, compressed: bool = False):
     import ros_messages
     from rig import Rig
+    from sensor_msgs.msg import CompressedImage
 
-    rig = Rig(make_node({"queue_size": args.queue_size}))
+    transports = {"rgb_transport": "compressed", "depth_transport": "compressedDepth",
+                  "masks_transport": "compressed"} if compressed else {}
+    rig = Rig(make_node({"queue_size": args.queue_size, **transports}))
+    if compressed:
+        for stream, transport in (("rgb", "compressed"), ("depth", "compressedDepth"), ("masks", "compressed")):
+            rig.pubs[stream] = rig.driver.create_publisher(CompressedImage, f"{stream}/{transport}", 10)
     assert rig.wait_for_subscribers()
     lat, kf = [], []
     try:
         for k in range(args.frames):
             msgs = ros_messages.frame_messages(frames[k % len(frames)], 1000.0 + k / 30.0)
+            if compressed:
+                msgs = compress(msgs)
             n = rig.counts["instances"]
             t0 = time.perf_counter()
             rig.publish(msgs)
@@ -90,7 +122,8 @@ def part1(args, frames):
     finally:
         rig.close()
     lat, kf = np.array(lat), np.array(kf)
-    print(f"part 1: {args.hw[1]}x{args.hw[0]}, masks on the topic, {len(lat)} frames, {n_inst} instances at the end")
+    print(f"part 1{' (compressed inputs)' if compressed else ''}: {args.hw[1]}x{args.hw[0]}, masks on the topic, "
+          f"{len(lat)} frames, {n_inst} instances at the end")
     print(f"  publish -> Instance3DArray latency: median {np.median(lat):.1f} ms, p90 {np.percentile(lat, 90):.1f} ms,"
           f" max {lat.max():.1f} ms; keyframes median {np.median(lat[kf]):.1f} ms, other frames median "
           f"{np.median(lat[~kf]):.1f} ms (target: median < 50 ms) drops={drops}")
@@ -189,6 +222,7 @@ def main():
     frames = render_frames(30, args.hw)
     print(f"rendered {len(frames)} frames at {args.hw[1]}x{args.hw[0]} in {time.perf_counter() - t:.1f} s")
     part1(args, frames)
+    part1(args, frames, compressed=True)
     if args.minutes > 0:
         part2(args, frames)
     import rclpy

@@ -36,6 +36,7 @@ def config():
     cfg = OpenTrackConfig()
     cfg.masks.source = "dataset"
     cfg.perception.features.name = "color_hist"
+    cfg.perception.labeler.name = "none"  # core timing: no MLLM
     cfg.keyframes.every_n = 1
     return cfg
 

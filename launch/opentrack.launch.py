@@ -1,13 +1,16 @@
-"""Robot launch: the opentrack node on live RGB-D + CameraInfo + pose.
+"""Robot launch: the opentrack (lifecycle) node on live RGB-D + CameraInfo + pose.
 
     ros2 launch ros2_opentrack opentrack.launch.py rgb_topic:=/camera/color/image_raw \
         depth_topic:=/camera/aligned_depth_to_color/image_raw camera_info_topic:=/camera/color/camera_info \
-        world_frame:=map pose_source:=tf
+        world_frame:=map pose_source:=tf [namespace:=robot1] [rgb_transport:=compressed] [autostart:=false]
+
+autostart (default true) configures and activates the node as it starts, as yolo_ros does; autostart:=false
+leaves it unconfigured for a lifecycle manager (nav2_lifecycle_manager) or `ros2 lifecycle set`.
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
@@ -30,22 +33,48 @@ ARGUMENTS = [
     ("queue_size", "1", "frames waiting for the worker (oldest dropped when full)"),
     ("output_dir", "~/.ros/opentrack", "folder written by the ~/save service"),
     ("use_sim_time", "false", "use /clock (bag replay)"),
+    ("namespace", "", "namespace of the node and its topics (several cameras / robots)"),
+    ("autostart", "true", "configure + activate at start; false: a lifecycle manager drives the node"),
+    ("map_path", "", "saved map state folder to continue from (written by ~/save to <output_dir>/map)"),
+    ("rgb_transport", "raw", "raw | compressed (subscribes <rgb_topic>/compressed)"),
+    ("depth_transport", "raw", "raw | compressedDepth (<depth_topic>/compressedDepth) | compressed"),
+    ("masks_transport", "raw", "raw | compressed | compressedDepth"),
+    ("rgb_reliability", "best_effort", "rgb subscription QoS reliability"),
+    ("depth_reliability", "best_effort", "depth subscription QoS reliability"),
+    ("camera_info_reliability", "best_effort", "camera_info subscription QoS reliability"),
 ]
-STRING_PARAMETERS = ("world_frame", "camera_frame", "pose_source", "output_dir")
+# Arguments whose values are fixed: launch refuses anything else before the node starts.
+CHOICES = {
+    "pose_source": ["tf", "pose", "odom"],
+    "mask_source": ["model", "topic"],
+    "rgb_transport": ["raw", "compressed"],
+    "depth_transport": ["raw", "compressed", "compressedDepth"],
+    "masks_transport": ["raw", "compressed", "compressedDepth"],
+    "rgb_reliability": ["best_effort", "reliable"],
+    "depth_reliability": ["best_effort", "reliable"],
+    "camera_info_reliability": ["best_effort", "reliable"],
+    "autostart": ["true", "false"],
+    "use_sim_time": ["true", "false"],
+}
+STRING_PARAMETERS = ("world_frame", "camera_frame", "pose_source", "output_dir", "map_path", "rgb_transport",
+                     "depth_transport", "masks_transport", "rgb_reliability", "depth_reliability",
+                     "camera_info_reliability")
 NUMBER_PARAMETERS = ("sync_tolerance_s", "queue_size")
 
 
 def generate_launch_description():
-    declared = [DeclareLaunchArgument(name, default_value=default, description=doc)
+    declared = [DeclareLaunchArgument(name, default_value=default, description=doc, choices=CHOICES.get(name))
                 for name, default, doc in ARGUMENTS]
     node_parameters = {name: ParameterValue(LaunchConfiguration(name), value_type=str) for name in STRING_PARAMETERS}
     node_parameters.update({name: LaunchConfiguration(name) for name in NUMBER_PARAMETERS})
     node_parameters["masks.source"] = ParameterValue(LaunchConfiguration("mask_source"), value_type=str)
     node_parameters["use_sim_time"] = ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)
-    node = Node(
+    node_parameters["autostart"] = ParameterValue(LaunchConfiguration("autostart"), value_type=bool)
+    node = LifecycleNode(
         package="ros2_opentrack",
         executable="opentrack_node",
         name="opentrack",
+        namespace=LaunchConfiguration("namespace"),
         output="screen",
         parameters=[LaunchConfiguration("config_file"), node_parameters],
         remappings=[

@@ -28,10 +28,11 @@ ARGUMENTS = [
     ("pose_source", "pose", "tf | pose | odom"),
     ("mask_source", "model", "model | topic"),
 ]
+CHOICES = {"pose_source": ["tf", "pose", "odom"], "mask_source": ["model", "topic"], "rviz": ["true", "false"]}
 
 
 def generate_launch_description():
-    declared = [DeclareLaunchArgument(name, default_value=default, description=doc)
+    declared = [DeclareLaunchArgument(name, default_value=default, description=doc, choices=CHOICES.get(name))
                 for name, default, doc in ARGUMENTS]
     opentrack = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(PathJoinSubstitution([SHARE, "launch", "opentrack.launch.py"])),

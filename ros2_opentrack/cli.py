@@ -295,7 +295,7 @@ def cmd_run(args) -> int:
             return EXIT_NO_FRAMES
         meta = {"scene": str(args.scene), "frames": s.frames, "seconds": round(seconds, 3),
                 "interrupted": interrupted}
-        paths = write_outputs(instances, args.out, pipe.map_points(), meta=meta)
+        paths = write_outputs(instances, args.out, pipe.map_points(), meta=meta, view_image=pipe.view_image)
     print_summary(pipe, reader, instances, seconds, paths)
     pipe.close() if hasattr(pipe, "close") else None
     if interrupted:
@@ -459,7 +459,7 @@ def cmd_demo(args) -> int:
     cfg = from_flat(DEMO_SETTINGS, cfg)
     reader = open_scene(scene_dir, with_masks=True)
     pipe, instances, seconds, _ = run_pipeline(cfg, reader, progress=False)
-    write_outputs(instances, root / "run", pipe.map_points())
+    write_outputs(instances, root / "run", pipe.map_points(), view_image=pipe.view_image)
     result = evaluate_run(root / "run", scene_dir)
     print_summary(pipe, reader, instances, seconds)
     print(f"result      {len(instances)} instances found for {len(scene.instance_ids)} objects: "

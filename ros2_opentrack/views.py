@@ -1,6 +1,8 @@
 """Per-track view ranking and the red-box images the labeller sees (paper 3.3)."""
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from .errors import InputError
@@ -29,19 +31,23 @@ def draw_red_box(rgb: np.ndarray, box, thickness: int = 3, color=(255, 0, 0)) ->
 
 class ImageStore:
     """Keyframe images kept JPEG-encoded and shared by every track that keeps a view of them; an image is
-    dropped when the last view referring to it is released, so memory is bounded by tracks x top_k."""
+    dropped when the last view referring to it is released, so memory is bounded by tracks x top_k.
+
+    Thread-safe: the pipeline's thread adds and releases images while query threads read them (``get``)."""
 
     def __init__(self, jpeg_quality: int = 90):
         self.quality = int(jpeg_quality)
         self._images: dict = {}  # key -> [jpeg bytes, reference count]
         self._next = 1
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._images)
 
     @property
     def nbytes(self) -> int:
-        return sum(len(v[0]) for v in self._images.values())
+        with self._lock:
+            return sum(len(v[0]) for v in self._images.values())
 
     def reserve(self) -> int:
         """A key for an image that may be stored (put) later."""
@@ -50,21 +56,30 @@ class ImageStore:
         return key
 
     def put(self, key: int, rgb: np.ndarray, refs: int) -> None:
-        self._images[key] = [encode_jpeg(rgb, self.quality), int(refs)]
+        data = encode_jpeg(rgb, self.quality)
+        with self._lock:
+            self._images[key] = [data, int(refs)]
 
     def jpeg(self, key: int) -> bytes:
         return self._images[key][0]
+
+    def get(self, key: int):
+        """The JPEG bytes of ``key``, or None when it is not (or no longer) stored: one atomic look-up."""
+        with self._lock:
+            entry = self._images.get(key)
+        return None if entry is None else entry[0]
 
     def __contains__(self, key: int) -> bool:
         return key in self._images
 
     def release(self, key: int) -> None:
-        entry = self._images.get(key)
-        if entry is None:
-            return
-        entry[1] -= 1
-        if entry[1] <= 0:
-            del self._images[key]
+        with self._lock:
+            entry = self._images.get(key)
+            if entry is None:
+                return
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del self._images[key]
 
     @property
     def next_key(self) -> int:
@@ -72,17 +87,21 @@ class ImageStore:
 
     def entries(self) -> list:
         """(key, jpeg bytes, reference count) of every stored image (for the map state)."""
-        return [(k, data, refs) for k, (data, refs) in self._images.items()]
+        with self._lock:
+            return [(k, data, refs) for k, (data, refs) in self._images.items()]
 
     def restore(self, entries, next_key: int) -> None:
-        self._images = {int(k): [data, int(refs)] for k, data, refs in entries}
+        images = {int(k): [data, int(refs)] for k, data, refs in entries}
+        with self._lock:
+            self._images = images
         self._next = int(next_key)
 
     def decode(self, key: int) -> np.ndarray:
         return decode_jpeg(self.jpeg(key))
 
     def clear(self) -> None:
-        self._images.clear()
+        with self._lock:
+            self._images = {}
 
 
 def view_rank(view) -> tuple:
@@ -158,10 +177,12 @@ class TrackViews:
                 if v.image_key in self.images]
 
     def image(self, view, boxed: bool = True) -> np.ndarray:
-        """The stored keyframe image of a view (decoded), with the track's box drawn in red by default."""
-        if view.image_key not in self.images:
+        """The stored keyframe image of a view (decoded), with the track's box drawn in red by default. Safe to
+        call from another thread than the pipeline's (a query thread): the image is looked up once."""
+        data = self.images.get(view.image_key)
+        if data is None:
             raise InputError(f"view of frame {view.frame_index}: its image is no longer stored (view dropped)")
-        rgb = self.images.decode(view.image_key)
+        rgb = decode_jpeg(data)
         return draw_red_box(rgb, view.box, self.box_thickness) if boxed else rgb
 
     def _trim(self, views: list) -> list:

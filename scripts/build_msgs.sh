@@ -15,7 +15,8 @@
 #   to the generated modules. A colcon build does not need this (it installs one merged package).
 #
 # tf2_msgs has no wheel: when `import tf2_msgs` fails, a minimal TFMessage-only package from
-# test/ros_support/tf2_msgs is built too (tests publish /tf with it; real robots have the real one).
+# test/ros_support/tf2_msgs is built too (tests publish /tf with it; real robots have the real one); likewise a
+# Detection3DArray-only vision_msgs from test/ros_support/vision_msgs when `import vision_msgs` fails.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV=$(cd "${1:-${OPENTRACK_VENV:-$ROOT/.venv}}" && pwd)
@@ -52,7 +53,7 @@ cmake_install() {  # src build_dir extra-args...
 }
 
 inputs_hash() {
-  cat "$ROOT"/msg/*.msg "$ROOT/CMakeLists.txt" "$ROOT/package.xml" "$0" | sha256sum | cut -c1-16
+  cat "$ROOT"/msg/*.msg "$ROOT"/srv/*.srv "$ROOT/CMakeLists.txt" "$ROOT/package.xml" "$0" | sha256sum | cut -c1-16
   "$PY" -c 'import sys; print(sys.version)'
 }
 
@@ -61,6 +62,8 @@ import_check() {  # from outside the checkout, so the editable finder (not the c
 import ros2_opentrack, ros2_opentrack.config  # the sources, not a namespace package
 from rclpy.serialization import serialize_message, deserialize_message
 from ros2_opentrack.msg import Instance3D, Instance3DArray, QueryResult
+from ros2_opentrack.srv import LoadMap, Query, SetVocabulary
+assert hasattr(Instance3D(), 'presence')
 msg = Instance3DArray(instances=[Instance3D(id=7, label="mug")])
 assert deserialize_message(serialize_message(msg), Instance3DArray).instances[0].label == "mug"
 EOF
@@ -86,5 +89,10 @@ if ! (cd / && "$PY" -c 'import tf2_msgs.msg' >/dev/null 2>&1); then
   log "tf2_msgs not installed: building the TFMessage-only stand-in from test/ros_support/tf2_msgs"
   cmake_install "$ROOT/test/ros_support/tf2_msgs" "$ROOT/build/venv_tf2_msgs"
   (cd / && "$PY" -c 'from tf2_msgs.msg import TFMessage') || { log "FAILED: tf2_msgs does not import"; exit 1; }
+fi
+if ! (cd / && "$PY" -c 'import vision_msgs.msg' >/dev/null 2>&1); then
+  log "vision_msgs not installed: building the Detection3DArray stand-in from test/ros_support/vision_msgs"
+  cmake_install "$ROOT/test/ros_support/vision_msgs" "$ROOT/build/venv_vision_msgs"
+  (cd / && "$PY" -c 'from vision_msgs.msg import Detection3DArray') || { log "FAILED: vision_msgs does not import"; exit 1; }
 fi
 log "done"

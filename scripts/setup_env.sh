@@ -30,7 +30,7 @@ SAM2_BUILD_CUDA=0 "${PIP[@]}" --no-build-isolation --no-deps -c "$CONSTRAINTS" s
 echo "[setup] ROS 2 (Kilted) runtime from PyPI wheels, bag tools, test tools"
 "${PIP[@]}" -c "$CONSTRAINTS" 'ros-kilted-rclpy[fastrtps]' ros-kilted-std-msgs ros-kilted-sensor-msgs \
   ros-kilted-geometry-msgs ros-kilted-visualization-msgs ros-kilted-nav-msgs ros-kilted-std-srvs \
-  ros-kilted-builtin-interfaces ros-kilted-diagnostic-msgs \
+  ros-kilted-builtin-interfaces ros-kilted-diagnostic-msgs ros-kilted-lifecycle-msgs \
   ros-kilted-rosidl-default-generators ros-kilted-rosidl-core-generators ros-kilted-ament-cmake \
   ros-kilted-ament-package ros-kilted-ament-cmake-include-directories ros-kilted-ament-cmake-ros-core \
   catkin-pkg cmake rosbags mcap mcap-ros2-support pytest

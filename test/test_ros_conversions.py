@@ -199,3 +199,40 @@ def test_marker_book_deletes_vanished_ids():
     # same id, same colour, every time
     again = MarkerBook().update([_instance(2)], HEADER)
     assert again.markers[0].color == box.color
+
+
+def test_presence_fields_and_compressed_decoders():
+    import struct
+
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+
+    pts = np.array([[0, 0, 0], [1, 2, 3]], np.float32)
+    inst = Instance(id=9, points=pts, colors=np.zeros((2, 3), np.uint8), presence="moved", presence_since=12.5,
+                    moved_from=3)
+    m = conv.instance_to_msg(inst)
+    assert (m.presence, conv.stamp_to_sec(m.presence_since), m.moved_from) == ("moved", 12.5, 3)
+    assert m.presence == m.PRESENCE_MOVED
+    plain = conv.instance_to_msg(Instance(id=1, points=pts, colors=np.zeros((2, 3), np.uint8)))
+    assert (plain.presence, plain.moved_from) == ("present", -1)
+
+    depth = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 250)
+    png = cv2.imencode(".png", depth)[1].tobytes()
+    msg = CompressedImage(format="16UC1; compressedDepth png", data=struct.pack("<iff", 0, 0.0, 0.0) + png)
+    assert np.allclose(conv.depth_from_any(msg), depth / 1000.0)
+    assert np.allclose(conv.depth_from_any(CompressedImage(format="16UC1; png", data=png)), depth / 1000.0)
+    labels = np.zeros((3, 4), np.uint16)
+    labels[1:, 2:] = 5
+    masks = conv.masks_from_any(CompressedImage(format="16UC1; png", data=cv2.imencode(".png", labels)[1].tobytes()))
+    assert len(masks.masks) == 1 and masks.masks[0].mask.sum() == 4
+    rgb = np.zeros((3, 4, 3), np.uint8)
+    rgb[..., 0] = 200  # red
+    got = conv.rgb_from_any(CompressedImage(format="rgb8; png compressed bgr8",
+                                            data=cv2.imencode(".png", rgb[..., ::-1])[1].tobytes()))
+    assert np.array_equal(got, rgb)
+    for bad, fn in ((CompressedImage(format="jpeg", data=b"not an image"), conv.rgb_from_any),
+                    (CompressedImage(format="16UC1; png", data=cv2.imencode(".png", rgb)[1].tobytes()),
+                     conv.depth_from_any),  # 8-bit colour is not depth
+                    (CompressedImage(format="16UC1; compressedDepth png", data=b""), conv.depth_from_any)):
+        with pytest.raises(InputError):
+            fn(bad)

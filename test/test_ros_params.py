@@ -74,8 +74,10 @@ def test_robot_launch_arguments_and_references():
     assert args["pose_source"].value == "tf" and args["world_frame"].value == "map"
     assert {"generate_launch_description"} <= {n.name for n in ast.parse(path.read_text()).body
                                                if isinstance(n, ast.FunctionDef)}
-    assert {"DeclareLaunchArgument", "Node", "LaunchConfiguration", "FindPackageShare", "ParameterValue"} <= \
-        _called(path)
+    assert {"DeclareLaunchArgument", "LifecycleNode", "LaunchConfiguration", "FindPackageShare",
+            "ParameterValue"} <= _called(path)
+    assert {"namespace", "autostart", "rgb_transport", "depth_transport", "masks_transport"} <= set(args)
+    assert args["autostart"].value == "true"
     consts = _string_constants(path)
     assert {"ros2_opentrack", "opentrack_node", "opentrack.yaml"} <= consts
     assert (ROOT / "config" / "opentrack.yaml").is_file()
@@ -93,6 +95,23 @@ def test_robot_launch_arguments_and_references():
     set_params = set(names["STRING_PARAMETERS"]) | set(names["NUMBER_PARAMETERS"])
     assert set_params <= {f.name for f in dataclasses.fields(NodeParams)}
     assert set(args["pose_source"].value.split("|")) <= {"tf", "pose", "odom"}
+    # fixed-value arguments declare their choices, and those are the node's allowed values
+    choices = _choices(path)
+    node_choices = cfg.field_choices(NodeParams)
+    assert {"pose_source", "mask_source", "rgb_transport", "depth_transport", "masks_transport"} <= set(choices)
+    for name, allowed in choices.items():
+        if name in node_choices:
+            assert set(allowed) <= set(node_choices[name]), name
+        assert args[name].value in allowed, name
+    assert set(choices["mask_source"]) <= set(cfg.field_choices()["masks.source"])
+    assert "choices=CHOICES.get(name)" in path.read_text()
+
+
+def _choices(path: Path):
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "CHOICES":
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"{path} declares no CHOICES")
 
 
 def test_replay_launch_arguments_and_references():

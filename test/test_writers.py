@@ -63,7 +63,7 @@ def make_instances():
 def test_outputs_round_trip(tmp_path):
     insts = make_instances()
     paths = write_outputs(insts, tmp_path / "run", meta={"scene": "x"})
-    assert set(paths) == {"json", "npz", "ply", "map"}
+    assert set(paths) == {"json", "npz", "ply", "map", "preview"}
     doc = json.loads(paths["json"].read_text())
     rec = doc["instances"][0]
     assert rec["id"] == 4 and rec["label"] == "chair" and rec["observations"] == 7

@@ -6,6 +6,7 @@
                      labels (K,) str ('' = unlabelled), observations (K,) i32
     instances.ply   the instance points, each instance in its own stable colour, plus an 'instance' column
     map.ply         the scene map (or the union of instance points in their own colours)
+    preview.png     top-down picture of the map and instances + each instance's best view (io/preview.py)
 """
 from __future__ import annotations
 
@@ -106,8 +107,9 @@ def atomic_path(path) -> Iterator[Path]:
 
 
 def write_outputs(instances: Sequence[Instance], out_dir, scene_map: Optional[Tuple[np.ndarray, np.ndarray]] = None,
-                  meta: Optional[dict] = None) -> Dict[str, Path]:
-    """Write all four outputs into out_dir (each atomically); returns {kind: path}."""
+                  meta: Optional[dict] = None, view_image=None) -> Dict[str, Path]:
+    """Write all four outputs and preview.png (io/preview.py; ``view_image``, e.g. Pipeline.view_image, adds
+    the strip of best views) into out_dir, each atomically; returns {kind: path}."""
     out = check_output_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -121,6 +123,9 @@ def write_outputs(instances: Sequence[Instance], out_dir, scene_map: Optional[Tu
     with atomic_path(out / "map.ply") as tmp:
         write_ply(tmp, scene_map[0], scene_map[1])
     paths["map"] = out / "map.ply"
+    from .preview import write_preview
+
+    paths["preview"] = write_preview(out / "preview.png", instances, scene_map, view_image)
     return paths
 
 

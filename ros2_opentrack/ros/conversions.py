@@ -9,7 +9,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point, Pose, Quaternion, Transform, Vector3
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
 from .. import geometry
@@ -73,6 +73,61 @@ def masks_from_label_image(msg: Image, max_ids: Optional[int] = encodings.MAX_LA
     return encodings.label_image_to_masks(image_to_array(msg), max_ids=max_ids)
 
 
+# sensor_msgs/CompressedImage (image_transport 'compressed' / 'compressedDepth'), decoded with numpy + OpenCV
+
+
+def _decode(msg: CompressedImage, what: str) -> np.ndarray:
+    try:
+        return encodings.decode_compressed(msg.format, msg.data)
+    except InputError as exc:
+        raise InputError(f"{what}: {exc}") from None
+
+
+def rgb_from_compressed(msg: CompressedImage) -> np.ndarray:
+    image = _decode(msg, "compressed rgb")
+    if image.ndim != 3 or image.dtype != np.uint8:
+        raise InputError(f"compressed rgb ('{msg.format}') decoded to {image.dtype} {image.shape}; expected 8-bit "
+                         f"colour (jpeg / png)")
+    return image
+
+
+def depth_from_compressed(msg: CompressedImage) -> np.ndarray:
+    """float32 metres from compressedDepth (16UC1 mm / 32FC1 m) or a 16-bit png in mm."""
+    image = _decode(msg, "compressed depth")
+    if image.ndim != 2 or image.dtype not in (np.uint16, np.float32):
+        raise InputError(f"compressed depth ('{msg.format}') decoded to {image.dtype} {image.shape}; expected "
+                         f"16-bit millimetres or 32-bit metres (compressedDepth, 16-bit png)")
+    return encodings.depth_to_metres(image, "32FC1" if image.dtype == np.float32 else "16UC1")
+
+
+def masks_from_compressed(msg: CompressedImage, max_ids: Optional[int] = encodings.MAX_LABEL_IDS):
+    """A png label image (16-bit, or 8-bit grey) -> masks, as masks_from_label_image."""
+    image = _decode(msg, "compressed masks")
+    if image.ndim == 3:  # an 8-bit png comes back as grey repeated to RGB
+        image = image[..., 0]
+    if image.dtype not in (np.uint8, np.uint16):
+        raise InputError(f"compressed masks ('{msg.format}') decoded to {image.dtype}; expected a png label image")
+    return encodings.label_image_to_masks(image, max_ids=max_ids)
+
+
+def rgb_from_any(msg) -> np.ndarray:
+    return rgb_from_compressed(msg) if isinstance(msg, CompressedImage) else rgb_from_msg(msg)
+
+
+def depth_from_any(msg) -> np.ndarray:
+    return depth_from_compressed(msg) if isinstance(msg, CompressedImage) else depth_from_msg(msg)
+
+
+def masks_from_any(msg, max_ids: Optional[int] = encodings.MAX_LABEL_IDS):
+    decode = masks_from_compressed if isinstance(msg, CompressedImage) else masks_from_label_image
+    return decode(msg, max_ids)
+
+
+def image_msg(array: np.ndarray, encoding: str, header: Header) -> Image:
+    h, w, step, data = encodings.numpy_to_image(array, encoding)
+    return Image(header=header, height=h, width=w, encoding=encoding, is_bigendian=0, step=step, data=data)
+
+
 def intrinsics_from_camera_info(msg: CameraInfo, hw: Optional[Tuple[int, int]] = None) -> np.ndarray:
     """3x3 K for an image of size hw; InputError for an uncalibrated (all-zero) camera_info or one of another
     aspect ratio (one of another size with the same aspect is rescaled, as for bags)."""
@@ -113,13 +168,34 @@ def instance_to_msg(inst: Instance):
         box_size=Vector3(x=float(hi[0] - lo[0]), y=float(hi[1] - lo[1]), z=float(hi[2] - lo[2])),
         point_count=int(len(inst.points)), observation_count=int(inst.observations),
         first_seen=sec_to_stamp(inst.first_seen), last_seen=sec_to_stamp(inst.last_seen),
-        state=_STATE_CODES.get(TrackState(getattr(inst.state, "value", inst.state)), 0))
+        state=_STATE_CODES.get(TrackState(getattr(inst.state, "value", inst.state)), 0),
+        presence=str(getattr(inst.presence, "value", inst.presence) or "present"),
+        presence_since=sec_to_stamp(inst.presence_since),
+        moved_from=-1 if inst.moved_from is None else int(inst.moved_from))
 
 
 def instances_to_msg(instances: Sequence[Instance], header: Header):
     from ros2_opentrack.msg import Instance3DArray
 
     return Instance3DArray(header=header, instances=[instance_to_msg(i) for i in instances])
+
+
+def detections_msg(instances: Sequence[Instance], header: Header):
+    """vision_msgs/Detection3DArray: per instance id (as text), one hypothesis (class_id = label, '' while
+    unlabelled; score = confidence) with the box centre as its pose, and the axis-aligned box (the same box as
+    Instance3D's box_pose / box_size)."""
+    from geometry_msgs.msg import PoseWithCovariance
+    from vision_msgs.msg import (BoundingBox3D, Detection3D, Detection3DArray, ObjectHypothesis,
+                                 ObjectHypothesisWithPose)
+
+    out = []
+    for inst in instances:
+        m = instance_to_msg(inst)
+        hyp = ObjectHypothesisWithPose(hypothesis=ObjectHypothesis(class_id=m.label, score=float(m.confidence)),
+                                       pose=PoseWithCovariance(pose=m.box_pose))
+        out.append(Detection3D(header=header, results=[hyp], bbox=BoundingBox3D(center=m.box_pose, size=m.box_size),
+                               id=str(m.id)))
+    return Detection3DArray(header=header, detections=out)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -19,6 +19,11 @@ DYNAMIC_CORE_PARAMETERS = ("perception.detector.vocabulary",)
 
 PoseSource = Literal["tf", "pose", "odom"]
 POSE_SOURCES: Tuple[str, ...] = get_args(PoseSource)
+# image_transport names: raw (sensor_msgs/Image on <topic>), compressed (CompressedImage jpeg / png on
+# <topic>/compressed), compressedDepth (compressed_depth_image_transport's png on <topic>/compressedDepth)
+Transport = Literal["raw", "compressed", "compressedDepth"]
+TRANSPORTS: Tuple[str, ...] = get_args(Transport)
+Reliability = Literal["best_effort", "reliable"]
 
 
 @dataclass
@@ -43,6 +48,32 @@ class NodeParams:
     marker_points: int = param(400, "points per instance in the points marker")
     output_dir: str = param("~/.ros/opentrack", "where the save service writes instances.json / .npz / .ply")
     warn_throttle_s: float = param(5.0, "at most one warning per reason in this period")
+    autostart: bool = param(False, "configure and activate at start-up (the launch file sets it from its autostart "
+                                   "argument); false: a lifecycle manager or `ros2 lifecycle set` drives the node")
+    warm_up: bool = param(True, "at configure, run the models once on a blank frame so the first real frame is fast")
+    map_path: str = param("", "saved map state folder (~/save writes <output_dir>/map) loaded at configure; empty: "
+                              "start with an empty map")
+    rgb_transport: Transport = param("raw", "raw | compressed (rgb/compressed, jpeg or png)")
+    depth_transport: Transport = param("raw", "raw | compressedDepth (depth/compressedDepth) | compressed (16-bit png)")
+    masks_transport: Transport = param("raw", "raw | compressed (16-bit png label image) | compressedDepth")
+    rgb_reliability: Reliability = param("best_effort", "best_effort (takes reliable and best-effort publishers) | "
+                                                        "reliable")
+    rgb_qos_depth: int = param(5, "rgb subscription history depth")
+    depth_reliability: Reliability = param("best_effort", "best_effort | reliable")
+    depth_qos_depth: int = param(5, "depth subscription history depth")
+    masks_reliability: Reliability = param("best_effort", "best_effort | reliable")
+    masks_qos_depth: int = param(5, "masks subscription history depth")
+    camera_info_reliability: Reliability = param("best_effort", "best_effort | reliable")
+    camera_info_qos_depth: int = param(5, "camera_info subscription history depth")
+    pose_reliability: Reliability = param("best_effort", "best_effort | reliable (pose / odom topic)")
+    pose_qos_depth: int = param(20, "pose / odom subscription history depth")
+    query_workers: int = param(1, "queries answered at once, off the frame worker (label matching + MLLM "
+                                  "confirmation)")
+    query_backlog: int = param(4, "queries waiting for a query worker; more are answered 'busy' and counted "
+                                  "(query_overflow)")
+    query_timeout_s: float = param(60.0, "the ~/query service answers with an error after this long")
+    debug_image_rate_hz: float = param(2.0, "~/debug_image rate cap (keyframes only; 0: every keyframe); drawn only "
+                                            "while someone subscribes")
 
 
 NODE_PARAM_DOCS = cfg_mod.field_docs(NodeParams)
@@ -72,18 +103,29 @@ def overrides(values: Dict[str, Any]) -> list:
     from rclpy.parameter import Parameter
 
     known = set(cfg_mod.flatten(OpenTrackConfig())) | {f.name for f in fields(NodeParams)} | {"use_sim_time"}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(k for k in set(values) - known if not k.startswith("qos_overrides."))
     if unknown:
         raise cfg_mod.ConfigError(f"unknown parameter(s): {', '.join(unknown)}")
     return [Parameter(k, value=v) for k, v in values.items()]
 
 
-def read_node_params(node) -> NodeParams:
+def read_node_params(node, validate: bool = True) -> NodeParams:
+    """The node's own parameters; ``validate`` raises ConfigError on a value out of its choices."""
     values = {f.name: node.get_parameter(f.name).value for f in fields(NodeParams)}
     params = NodeParams(**values)
-    if params.pose_source not in POSE_SOURCES:
-        raise cfg_mod.ConfigError(f"parameter 'pose_source' = {params.pose_source!r}: expected one of "
-                                  f"{', '.join(POSE_SOURCES)}")
+    if not validate:
+        return params
+    for name, allowed in cfg_mod.field_choices(NodeParams).items():
+        if getattr(params, name) not in allowed:
+            raise cfg_mod.ConfigError(f"parameter '{name}' = {getattr(params, name)!r}: expected one of "
+                                      f"{', '.join(allowed)}")
+    if params.rgb_transport == "compressedDepth":
+        raise cfg_mod.ConfigError("parameter 'rgb_transport' = 'compressedDepth': that transport is for depth "
+                                  "images; use raw or compressed")
+    for name in ("query_workers", "query_backlog"):
+        if getattr(params, name) < (1 if name == "query_workers" else 0):
+            raise cfg_mod.ConfigError(f"parameter '{name}' = {getattr(params, name)}: must be at least "
+                                      f"{1 if name == 'query_workers' else 0}")
     return params
 
 

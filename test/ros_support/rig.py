@@ -19,12 +19,17 @@ def init_ros(domain_id: int) -> None:
 
 
 class Rig:
-    def __init__(self, node, topics: Optional[Dict[str, str]] = None, keep: Optional[int] = None):
+    def __init__(self, node, topics: Optional[Dict[str, str]] = None, keep: Optional[int] = None,
+                 activate: bool = True, multi_threaded: bool = False, debug_image: bool = False):
         """``keep``: how many received messages per output to keep (None: all; arrival times are always kept
-        for instances), so long benchmarks do not measure their own collector's memory."""
+        for instances), so long benchmarks do not measure their own collector's memory. ``activate``: an
+        unconfigured (lifecycle) node is configured and activated first. ``multi_threaded``: a
+        MultiThreadedExecutor (as the node's main()), so a service that waits does not hold the others.
+        ``debug_image``: also subscribe to ~/debug_image (the node draws it only while someone listens)."""
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
+        from rclpy.lifecycle import TransitionCallbackReturn
         from rosgraph_msgs.msg import Clock
         from sensor_msgs.msg import CameraInfo, Image, PointCloud2
         from std_msgs.msg import String
@@ -37,6 +42,9 @@ class Rig:
         t = {"rgb": "rgb", "depth": "depth", "masks": "masks", "camera_info": "camera_info", "pose": "pose",
              **(topics or {})}
         self.node = node
+        if activate and getattr(node, "stage", None) == "unconfigured":
+            assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS, node.last_error
+            assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS, node.last_error
         self.driver = rclpy.create_node("opentrack_test_driver")
         d = self.driver
         self.pubs = {
@@ -54,7 +62,15 @@ class Rig:
                                  ("cloud", PointCloud2, "instance_cloud"), ("query_result", QueryResult, "query_result"),
                                  ("diagnostics", DiagnosticArray, "/diagnostics")):
             d.create_subscription(typ, topic, self._collector(name), 10)
-        self.executor = SingleThreadedExecutor()
+        try:
+            from vision_msgs.msg import Detection3DArray
+
+            d.create_subscription(Detection3DArray, "detections", self._collector("detections"), 10)
+        except ImportError:  # pragma: no cover
+            pass
+        if debug_image:
+            d.create_subscription(Image, f"/{node.get_name()}/debug_image", self._collector("debug_image"), 2)
+        self.executor = MultiThreadedExecutor(num_threads=4) if multi_threaded else SingleThreadedExecutor()
         self.executor.add_node(self.node)
         self.executor.add_node(d)
 
@@ -92,15 +108,22 @@ class Rig:
             if key in msgs:
                 self.pubs[key].publish(msgs[key])
 
-    def call(self, srv_type, name: str, timeout: float = 10.0):
+    def call(self, srv_type, name: str, timeout: float = 10.0, request=None, wait: bool = True):
+        """Call a service while spinning; ``wait`` False returns the future at once (spin on to get it)."""
         client = self.driver.create_client(srv_type, name)
         assert self.spin_until(client.service_is_ready, timeout), f"service {name} not available"
-        future = client.call_async(srv_type.Request())
+        future = client.call_async(request if request is not None else srv_type.Request())
+        if not wait:
+            return future
         assert self.spin_until(future.done, timeout), f"service {name} did not answer"
         self.driver.destroy_client(client)
         return future.result()
 
     def close(self) -> None:
+        """Idempotent: a test may close a rig early (e.g. so that a second node can take its name)."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         self.executor.remove_node(self.node)
         self.executor.remove_node(self.driver)
         self.node.destroy_node()
