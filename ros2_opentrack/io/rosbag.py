@@ -232,11 +232,23 @@ def _cdr_stamp(raw) -> float:
 
 
 class RosbagReader:
-    """SceneReader over a ROS 2 bag: synchronised RGB + depth (+ masks) + camera_info + pose as validated Frames.
+    """SceneReader over a ROS 2 bag: synchronised RGB + depth (+ masks) + camera_info + pose as Frames.
 
     Depth is matched to each rgb message by nearest header stamp within ``sync_tolerance_s``; the pose is
     looked up at the rgb stamp within ``pose_tolerance_s`` (slerp between the samples around it when
     ``interpolate``). Frames that cannot be assembled are counted in ``dropped`` by reason and logged."""
+
+    SUFFIXES = (".mcap", ".db3")
+
+    @classmethod
+    def claims(cls, path: Path) -> bool:
+        """A bag file, a rosbag2 folder (metadata.yaml, whatever its name), or a folder a killed recorder left
+        without metadata.yaml."""
+        if path.is_file():
+            return path.suffix.lower() in cls.SUFFIXES
+        if (path / "metadata.yaml").is_file():
+            return True
+        return path.is_dir() and any(p.suffix.lower() in cls.SUFFIXES for p in path.iterdir() if p.is_file())
 
     def __init__(self, path, stride: int = 1, max_frames: Optional[int] = None, topics: Optional[BagTopics] = None,
                  with_masks: bool = False, sync_tolerance_s: float = 0.02, pose_tolerance_s: float = 0.05,

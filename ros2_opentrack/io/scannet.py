@@ -146,6 +146,10 @@ def numeric_stems(folder: Path, suffix: str) -> Dict[int, Path]:
 class ScanNetReader(FolderReader):
     name = "scannet"
 
+    @staticmethod
+    def claims(path: Path) -> bool:
+        return path.is_dir() and (path / "color").is_dir()
+
     def __init__(self, path, stride: int = 1, max_frames: Optional[int] = None, with_masks: bool = False,
                  min_mask_pixels: int = 1):
         super().__init__(path, stride, max_frames)

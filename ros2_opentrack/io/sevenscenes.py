@@ -26,6 +26,10 @@ _FRAME_RE = re.compile(r"^frame-(\d+)\.(color|depth|pose)\.(jpg|png|txt)$")
 class SevenScenesReader(FolderReader):
     name = "7scenes"
 
+    @staticmethod
+    def claims(path: Path) -> bool:
+        return path.is_dir() and any(path.glob("frame-*.pose.txt"))
+
     def __init__(self, path, stride: int = 1, max_frames: Optional[int] = None, with_masks: bool = False):
         super().__init__(path, stride, max_frames)
         root = self.path
