@@ -33,7 +33,7 @@ echo "[setup] ROS 2 (Kilted) runtime from PyPI wheels, bag tools, test tools"
   ros-kilted-builtin-interfaces ros-kilted-diagnostic-msgs ros-kilted-lifecycle-msgs \
   ros-kilted-rosidl-default-generators ros-kilted-rosidl-core-generators ros-kilted-ament-cmake \
   ros-kilted-ament-package ros-kilted-ament-cmake-include-directories ros-kilted-ament-cmake-ros-core \
-  catkin-pkg cmake rosbags mcap mcap-ros2-support pytest
+  catkin-pkg cmake rosbags mcap mcap-ros2-support pytest ruff==0.17.6
 
 echo "[setup] ros2_opentrack (editable)"
 "${PIP[@]}" -c "$CONSTRAINTS" --no-deps -e "$ROOT"
