@@ -97,12 +97,15 @@ class Pipeline:
         self._keyframes = 0
         self._dropped: Dict[str, int] = {}
         self._merged = 0
+        self._last_index = -1  # highest frame index stepped (map state: where a resumed run continues)
 
     # ---------------------------------------------------------------------------------------------
     def step(self, frame: Frame) -> StepResult:
         """Process one frame. Bad input is counted, logged and returned as StepResult(error=...)."""
         t_start = time.perf_counter()
         self._frames += 1
+        if isinstance(getattr(frame, "index", None), (int, np.integer)):
+            self._last_index = max(self._last_index, int(frame.index))
         mask_drops: Dict[str, int] = {}
         try:
             frame = validate_frame(frame, mask_drops)  # the one validation every frame passes
@@ -284,6 +287,14 @@ class Pipeline:
         self.keyframes.reset()
         c = loaded.counters
         self._frames, self._keyframes, self._merged = c["frames"], c["keyframes"], c["merged"]
+        self._last_index = c.get("last_frame_index", -1)
+        if loaded.rng is not None:
+            self.rng.bit_generator.state = loaded.rng
+
+    @property
+    def last_frame_index(self) -> int:
+        """The highest frame index this pipeline (or the map state it continues) has stepped; -1: none."""
+        return self._last_index
 
     def set_vocabulary(self, classes: List[str]) -> None:
         classes = [str(c).strip() for c in classes if str(c).strip()]
