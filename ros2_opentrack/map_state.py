@@ -8,6 +8,8 @@ never leaves a half-written state):
                                frame index stepped; absent in older states)}, "vocabulary": [...],
                   "tracks": [{id, first_seen, last_seen, first_frame, last_frame, observations, state, misses,
                               source_id, det_label, det_score_sum, label, label_score, labelled_size,
+                              presence, presence_since, moved_from, moved_to, empty_count, there_count
+                              (changes.py; absent in older states: present),
                               views: [{image_key, frame_index, stamp, box, visible_fraction, mask_area}]}],
                   "images": {"next_key": k, "keys": [...], "refs": [...]},
                   "rng": the random generator's state (numpy bit_generator.state; optional)}
@@ -40,7 +42,7 @@ from .config import to_dict
 from .errors import InputError
 from .labeling import LabelState
 from .tracker import Track, Tracker
-from .types import TrackState, View
+from .types import Presence, TrackState, View
 from .voxel_store import PointStore
 
 FORMAT = "ros2_opentrack.map_state"
@@ -118,7 +120,9 @@ def _track_meta(t: Track, pipeline) -> dict:
             "last_frame": t.last_frame, "observations": t.observations, "state": t.state.value, "misses": t.misses,
             "source_id": t.source_id, "det_label": t.det_label, "det_score_sum": t.det_score_sum,
             "label": named.label, "label_score": named.score, "labelled_size": named.labelled_size,
-            "store_cap": t.store.cap,
+            "store_cap": t.store.cap, "presence": t.presence.value, "presence_since": t.presence_since,
+            "moved_from": t.moved_from, "moved_to": t.moved_to, "empty_count": t.empty_count,
+            "there_count": t.there_count,
             "views": [{"image_key": v.image_key, "frame_index": v.frame_index, "stamp": v.stamp,
                        "box": [float(x) for x in v.box], "visible_fraction": v.visible_fraction,
                        "mask_area": int(v.mask_area)} for v in pipeline.views.of(t.id)]}
@@ -278,9 +282,16 @@ def _track(tm: dict, a: Dict[str, np.ndarray], cfg) -> Track:
               store=store, first_seen=float(tm["first_seen"]), last_seen=float(tm["last_seen"]),
               first_frame=int(tm["first_frame"]), last_frame=int(tm["last_frame"]),
               observations=int(tm["observations"]), state=TrackState(tm["state"]), misses=int(tm["misses"]),
-              source_id=tm["source_id"], det_label=tm["det_label"], det_score_sum=float(tm["det_score_sum"]))
+              source_id=tm["source_id"], det_label=tm["det_label"], det_score_sum=float(tm["det_score_sum"]),
+              presence=Presence(tm.get("presence", "present")), presence_since=float(tm.get("presence_since", 0.0)),
+              moved_from=_opt_int(tm.get("moved_from")), moved_to=_opt_int(tm.get("moved_to")),
+              empty_count=int(tm.get("empty_count", 0)), there_count=int(tm.get("there_count", 0)))
     t.update_box()
     return t
+
+
+def _opt_int(value) -> Optional[int]:
+    return None if value is None else int(value)
 
 
 def _fill_scene(scene, arrays: Dict[str, np.ndarray]) -> None:

@@ -199,8 +199,9 @@ class Pipeline:
             for i, tid in outcome.matched if tid in self.tracker.tracks])
 
     def _refine_and_merge(self, only_dirty: bool) -> Dict[int, int]:
-        self.tracker.refine(only_dirty=only_dirty)
-        merged = self.tracker.merge_duplicates(only_dirty=only_dirty)
+        with self.tracker.changes.withheld(self.tracker):  # removed places: frozen, never merged (changes.py)
+            self.tracker.refine(only_dirty=only_dirty)
+            merged = self.tracker.merge_duplicates(only_dirty=only_dirty)
         for removed, kept in merged.items():
             self.views.move(removed, kept)
             self.labels.move(removed, kept)
@@ -239,8 +240,10 @@ class Pipeline:
         return Instance(id=t.id, points=t.store.centers()[keep], colors=t.store.colors[keep], label=label,
                         score=float(score), observations=t.observations, state=t.state,
                         first_seen=t.first_seen, last_seen=t.last_seen, views=self.views.of(t.id),
-                        feature=t.feature, extra={"first_frame": t.first_frame, "last_frame": t.last_frame,
-                                                  "misses": t.misses, "detector_label": t.det_label})
+                        feature=t.feature, presence=t.presence.value,
+                        presence_since=t.presence_since or t.first_seen, moved_from=t.moved_from,
+                        extra={"first_frame": t.first_frame, "last_frame": t.last_frame,
+                               "misses": t.misses, "detector_label": t.det_label, "moved_to": t.moved_to})
 
     def finalize(self, wait_s: float = 10.0) -> List[Instance]:
         """Last refinement and merging over all tracks; label what is eligible and wait briefly for it."""
