@@ -205,3 +205,12 @@ def test_removed_tracks_are_capped(cap):
         pipe.step(frame([TABLE_A, TABLE_B, ON_A if i < 20 else ON_B], T, i))
     away = [t for t in pipe.tracker.tracks.values() if t.presence != Presence.PRESENT]
     assert len(away) == cap
+
+
+def test_the_map_state_bench_runs(capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import bench_map_state
+
+    assert bench_map_state.main(["--tracks", "20", "--repeat", "1", "--frames", "300", "--move-every", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "map of 20 tracks" in out and "frame    300" in out and "RSS growth" in out
