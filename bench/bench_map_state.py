@@ -66,7 +66,7 @@ def big_map(n_tracks: int, seed: int = 0) -> Pipeline:
     dim = pipe.features.dim if pipe.features is not None else 64
     h, w = 480, 640
     yy, xx = np.mgrid[0:h, 0:w]
-    offers = []
+    offers, frame = [], None
     for k in range(n_tracks):
         if k % 10 == 0:
             if offers:
