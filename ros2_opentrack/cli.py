@@ -1,7 +1,7 @@
 """`opentrack`: the ROS-free command line of ros2_opentrack.
 
     opentrack demo                                   synthetic room -> pipeline -> AP, in seconds on a CPU
-    opentrack run SCENE --out DIR [--config YAML] [--set key=value ...]
+    opentrack run SCENE --out DIR [--config YAML] [--set key=value ...] [--resume DIR [--start N]]
     opentrack eval DIR --gt SCENE                    ScanNet-style AP / AP50 / AP25 (+ per class)
     opentrack query DIR "red mug"                    rank the saved instances of a run by text
     opentrack convert SCENE out.mcap                 scene folder -> ROS 2 bag
@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="example:\n  opentrack run scene0451_01/ --out runs/s0451 --masks dataset")
     scene_options(r, True)
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--resume", metavar="DIR", help="continue from the map state of an earlier run: DIR/map (written "
+                                                   "by every run) or DIR itself when it is a map folder")
+    r.add_argument("--start", type=int, default=None, metavar="N",
+                   help="skip frames with index < N (default with --resume: after the last frame the state saw)")
 
     e = sub.add_parser("eval", help="ScanNet-style AP of a run against ground truth",
                        epilog="example:\n  opentrack eval runs/s0451 --gt scene0451_01/",
@@ -277,10 +281,12 @@ def cmd_run(args) -> int:
     cfg = load_cli_config(args.config, args.set, args.masks)
     check_output_dir(args.out)  # before the first frame: a bad --out must not cost the whole run
     reader = open_reader(args, cfg)
+    resumed, reader = resume_pipeline(cfg, reader, args.resume, args.start)
     interrupted = False
     with _StopOnSignal() as stop:
         try:
-            pipe, instances, seconds, _ = run_pipeline(cfg, reader, progress=not args.no_progress, stop=stop)
+            pipe, instances, seconds, _ = run_pipeline(cfg, reader, progress=not args.no_progress, pipeline=resumed,
+                                                       stop=stop)
         except RunInterrupted as partial:
             pipe, instances, seconds, _ = partial.outcome
             interrupted = True
@@ -295,13 +301,65 @@ def cmd_run(args) -> int:
             return EXIT_NO_FRAMES
         meta = {"scene": str(args.scene), "frames": s.frames, "seconds": round(seconds, 3),
                 "interrupted": interrupted}
+        if args.resume:
+            meta["resumed_from"] = str(args.resume)
         paths = write_outputs(instances, args.out, pipe.map_points(), meta=meta, view_image=pipe.view_image)
+        pipe.save_state(Path(args.out) / "map")
+        paths["map_state"] = Path(args.out) / "map"
     print_summary(pipe, reader, instances, seconds, paths)
     pipe.close() if hasattr(pipe, "close") else None
     if interrupted:
         print(f"interrupted after {s.frames} frames: partial results written to {args.out}", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
+
+
+def resume_pipeline(cfg, reader, resume: Optional[str], start: Optional[int]):
+    """(pipeline or None, reader) for `run --resume DIR [--start N]`: the map state of DIR/map (or DIR) loaded
+    into a new Pipeline, and the reader limited to frames with index >= N (default: after the last frame the
+    state saw). A bad state raises MapStateError (an InputError: one line, exit 2)."""
+    pipe = None
+    if resume:
+        from .map_state import peek
+        from .pipeline import Pipeline
+
+        folder = Path(resume)
+        if not folder.exists():
+            raise InputError(f"--resume '{folder}' does not exist (expected a run folder or its map/ folder)")
+        if not (folder / "state.json").is_file() and (folder / "map").is_dir():
+            folder = folder / "map"
+        peek(folder)  # a bad state fails here, before any model is loaded
+        pipe = Pipeline(cfg)
+        try:
+            pipe.load_state(folder)
+        except Exception:
+            pipe.close()
+            raise
+        if start is None and pipe.last_frame_index >= 0:
+            start = pipe.last_frame_index + 1
+    if start is not None and start > 0:
+        reader = _FramesFrom(reader, int(start))
+    return pipe, reader
+
+
+class _FramesFrom:
+    """A scene reader that skips frames with index < start (folder readers: without loading them)."""
+
+    def __init__(self, reader, start: int):
+        self.reader, self.start = reader, start
+        self.name = getattr(reader, "name", "scene")
+        if isinstance(getattr(reader, "indices", None), list):
+            reader.indices = [i for i in reader.indices if i >= start]
+
+    @property
+    def dropped(self):
+        return getattr(self.reader, "dropped", {})
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __iter__(self):
+        return (f for f in self.reader if not (isinstance(f.index, (int, np.integer)) and 0 <= f.index < self.start))
 
 
 def print_summary(pipe, reader, instances, seconds, paths=None) -> None:

@@ -119,6 +119,17 @@ class TrackingConfig:
     part_min_cos: float = param(0.5, "... and its descriptor agrees this much (cosine)")
     min_seen_voxels: int = param(10, "visible voxels below which a track (or an observation) is too small to tell "
                                      "where it is")
+    free_space_margin_m: float = param(0.1, "changed scenes: observed depth this far behind a track voxel means the "
+                                            "camera sees through it (empty space); this far in front: occluded")
+    free_space_fraction: float = param(0.5, "a keyframe sees a track's place empty when at least this share of its "
+                                            "in-view, unoccluded voxels is seen through")
+    removed_after_keyframes: int = param(3, "keyframes seeing its place empty before a track is marked removed (and "
+                                            "seeing it filled again before it is present again); 0: no change "
+                                            "detection")
+    moved_min_cos: float = param(0.8, "a new track links to a removed one (moved_from) when their features agree "
+                                      "this much (cosine) and their detector labels do not differ")
+    max_removed_tracks: int = param(200, "removed / moved tracks kept as last-known places; past it the oldest are "
+                                         "forgotten (bounded map)")
 
 
 @dataclass
@@ -277,6 +288,11 @@ _CHECKS = [
     ("tracking.alpha", lambda c: 0.0 <= c.tracking.alpha <= 1.0, "a weight in [0, 1]"),
     ("tracking.tau_match", lambda c: 0.0 <= c.tracking.tau_match <= 1.0, "a threshold in [0, 1]"),
     ("tracking.feature_momentum", lambda c: 0.0 <= c.tracking.feature_momentum < 1.0, "a value in [0, 1)"),
+    ("tracking.free_space_margin_m", lambda c: c.tracking.free_space_margin_m > 0, "a distance > 0 in metres"),
+    ("tracking.free_space_fraction", lambda c: 0.0 < c.tracking.free_space_fraction <= 1.0, "a share in (0, 1]"),
+    ("tracking.removed_after_keyframes", lambda c: c.tracking.removed_after_keyframes >= 0,
+     "an integer >= 0 (0 disables)"),
+    ("tracking.max_removed_tracks", lambda c: c.tracking.max_removed_tracks >= 0, "an integer >= 0"),
     ("refine.tau_vis", lambda c: 0.0 <= c.refine.tau_vis <= 1.0, "a threshold in [0, 1]"),
     ("refine.tau_exp", lambda c: c.refine.tau_exp >= 0.0, "a distance >= 0 in metres"),
     ("refine.tau_merge", lambda c: 0.0 < c.refine.tau_merge <= 1.0, "a threshold in (0, 1]"),

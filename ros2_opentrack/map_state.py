@@ -4,11 +4,15 @@ A state folder holds two files, written into a temporary folder and renamed into
 never leaves a half-written state):
 
     state.json   {"format": "ros2_opentrack.map_state", "version": 1, "config": {...the whole config tree...},
-                  "counters": {next_id, terminated_total, frames, keyframes, merged}, "vocabulary": [...],
+                  "counters": {next_id, terminated_total, frames, keyframes, merged, last_frame_index (highest
+                               frame index stepped; absent in older states)}, "vocabulary": [...],
                   "tracks": [{id, first_seen, last_seen, first_frame, last_frame, observations, state, misses,
                               source_id, det_label, det_score_sum, label, label_score, labelled_size,
+                              presence, presence_since, moved_from, moved_to, empty_count, there_count
+                              (changes.py; absent in older states: present),
                               views: [{image_key, frame_index, stamp, box, visible_fraction, mask_area}]}],
-                  "images": {"next_key": k, "keys": [...], "refs": [...]}}
+                  "images": {"next_key": k, "keys": [...], "refs": [...]},
+                  "rng": the random generator's state (numpy bit_generator.state; optional)}
     arrays.npz   per track, concatenated in track order with "<name>_len" giving each track's share:
                  voxels (int64 coarse keys), feature (float32, dim per track in feature_dim), store_keys
                  (int64 fine keys), store_colors (uint8 Nx3), store_visible / store_in_mask (uint16 counters);
@@ -30,7 +34,7 @@ import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -38,7 +42,7 @@ from .config import to_dict
 from .errors import InputError
 from .labeling import LabelState
 from .tracker import Track, Tracker
-from .types import TrackState, View
+from .types import Presence, TrackState, View
 from .voxel_store import PointStore
 
 FORMAT = "ros2_opentrack.map_state"
@@ -63,6 +67,7 @@ class LoadedState:
     labels: Dict[int, LabelState]
     counters: Dict[str, int]
     vocabulary: List[str]
+    rng: Optional[dict] = None  # the pipeline's random generator state (absent in older states)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -73,6 +78,8 @@ def save(pipeline, folder) -> Path:
     meta = {"format": FORMAT, "version": VERSION, "config": to_dict(pipeline.cfg),
             "counters": _counters(pipeline), "vocabulary": list(pipeline.vocabulary),
             "tracks": [_track_meta(t, pipeline) for t in tracks], "images": _images_meta(pipeline.views.images)}
+    if getattr(pipeline, "rng", None) is not None:
+        meta["rng"] = pipeline.rng.bit_generator.state  # a resumed run draws the numbers the whole run would
     arrays = _track_arrays(tracks)
     arrays.update(_scene_arrays(pipeline.tracker.scene))
     arrays.update(_image_arrays(pipeline.views.images))
@@ -103,7 +110,8 @@ def _replace_folder(new: Path, target: Path) -> None:
 
 def _counters(pipeline) -> Dict[str, int]:
     return {"next_id": pipeline.tracker.next_id, "terminated_total": pipeline.tracker.terminated_total,
-            "frames": pipeline._frames, "keyframes": pipeline._keyframes, "merged": pipeline._merged}
+            "frames": pipeline._frames, "keyframes": pipeline._keyframes, "merged": pipeline._merged,
+            "last_frame_index": getattr(pipeline, "_last_index", -1)}
 
 
 def _track_meta(t: Track, pipeline) -> dict:
@@ -112,7 +120,9 @@ def _track_meta(t: Track, pipeline) -> dict:
             "last_frame": t.last_frame, "observations": t.observations, "state": t.state.value, "misses": t.misses,
             "source_id": t.source_id, "det_label": t.det_label, "det_score_sum": t.det_score_sum,
             "label": named.label, "label_score": named.score, "labelled_size": named.labelled_size,
-            "store_cap": t.store.cap,
+            "store_cap": t.store.cap, "presence": t.presence.value, "presence_since": t.presence_since,
+            "moved_from": t.moved_from, "moved_to": t.moved_to, "empty_count": t.empty_count,
+            "there_count": t.there_count,
             "views": [{"image_key": v.image_key, "frame_index": v.frame_index, "stamp": v.stamp,
                        "box": [float(x) for x in v.box], "visible_fraction": v.visible_fraction,
                        "mask_area": int(v.mask_area)} for v in pipeline.views.of(t.id)]}
@@ -171,6 +181,12 @@ def load(folder, cfg) -> LoadedState:
         raise
     except (OSError, ValueError, KeyError, TypeError, IndexError, EOFError, zipfile.BadZipFile) as exc:
         raise MapStateError(f"map state '{folder}' is corrupt or truncated: {type(exc).__name__}: {exc}") from None
+
+
+def peek(folder) -> dict:
+    """state.json of a state folder, checked (format, version) without reading the arrays: a caller can reject
+    a bad state before it builds a pipeline (models). Raises MapStateError."""
+    return _read_meta(Path(folder))
 
 
 def _read_meta(folder: Path) -> dict:
@@ -238,7 +254,19 @@ def _build(meta: dict, arrays: Dict[str, np.ndarray], cfg) -> LoadedState:
         raise MapStateError("a track id is not below the stored id counter")
     return LoadedState(tracker=tracker, views=views, images=_images(meta["images"], arrays),
                        next_image_key=int(meta["images"]["next_key"]), labels=labels, counters=counters,
-                       vocabulary=[str(c) for c in meta.get("vocabulary", [])])
+                       vocabulary=[str(c) for c in meta.get("vocabulary", [])], rng=_rng_state(meta.get("rng")))
+
+
+def _rng_state(state) -> Optional[dict]:
+    """A stored generator state that this numpy can set, else None (the pipeline keeps its seeded one)."""
+    if not isinstance(state, dict):
+        return None
+    try:
+        gen = getattr(np.random, str(state.get("bit_generator")))()
+        gen.state = state
+    except (AttributeError, TypeError, ValueError, KeyError):
+        return None
+    return state
 
 
 def _track(tm: dict, a: Dict[str, np.ndarray], cfg) -> Track:
@@ -254,9 +282,16 @@ def _track(tm: dict, a: Dict[str, np.ndarray], cfg) -> Track:
               store=store, first_seen=float(tm["first_seen"]), last_seen=float(tm["last_seen"]),
               first_frame=int(tm["first_frame"]), last_frame=int(tm["last_frame"]),
               observations=int(tm["observations"]), state=TrackState(tm["state"]), misses=int(tm["misses"]),
-              source_id=tm["source_id"], det_label=tm["det_label"], det_score_sum=float(tm["det_score_sum"]))
+              source_id=tm["source_id"], det_label=tm["det_label"], det_score_sum=float(tm["det_score_sum"]),
+              presence=Presence(tm.get("presence", "present")), presence_since=float(tm.get("presence_since", 0.0)),
+              moved_from=_opt_int(tm.get("moved_from")), moved_to=_opt_int(tm.get("moved_to")),
+              empty_count=int(tm.get("empty_count", 0)), there_count=int(tm.get("there_count", 0)))
     t.update_box()
     return t
+
+
+def _opt_int(value) -> Optional[int]:
+    return None if value is None else int(value)
 
 
 def _fill_scene(scene, arrays: Dict[str, np.ndarray]) -> None:

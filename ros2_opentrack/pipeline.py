@@ -99,12 +99,15 @@ class Pipeline:
         self._dropped: Dict[str, int] = {}
         self._first_reasons: Dict[str, str] = {}
         self._merged = 0
+        self._last_index = -1  # highest frame index stepped (map state: where a resumed run continues)
 
     # ---------------------------------------------------------------------------------------------
     def step(self, frame: Frame) -> StepResult:
         """Process one frame. Bad input is counted, logged and returned as StepResult(error=...)."""
         t_start = time.perf_counter()
         self._frames += 1
+        if isinstance(getattr(frame, "index", None), (int, np.integer)):
+            self._last_index = max(self._last_index, int(frame.index))
         mask_drops: Dict[str, int] = {}
         try:
             frame = validate_frame(frame, mask_drops, self.cfg.validation)  # the one validation every frame passes
@@ -200,9 +203,10 @@ class Pipeline:
             for i, tid in outcome.matched if tid in self.tracker.tracks])
 
     def _refine_and_merge(self, only_dirty: bool) -> Dict[int, int]:
-        self.tracker.refine(only_dirty=only_dirty)
-        merged = self.tracker.merge_duplicates(only_dirty=only_dirty)
-        self.tracker.resolve_contested(only_dirty=only_dirty)
+        with self.tracker.changes.withheld(self.tracker):  # removed places: frozen, never merged (changes.py)
+            self.tracker.refine(only_dirty=only_dirty)
+            merged = self.tracker.merge_duplicates(only_dirty=only_dirty)
+            self.tracker.resolve_contested(only_dirty=only_dirty)
         for removed, kept in merged.items():
             self.views.move(removed, kept)
             self.labels.move(removed, kept)
@@ -241,8 +245,10 @@ class Pipeline:
         return Instance(id=t.id, points=t.store.centers()[keep], colors=t.store.colors[keep], label=label,
                         score=float(score), observations=t.observations, state=t.state,
                         first_seen=t.first_seen, last_seen=t.last_seen, views=self.views.of(t.id),
-                        feature=t.feature, extra={"first_frame": t.first_frame, "last_frame": t.last_frame,
-                                                  "misses": t.misses, "detector_label": t.det_label})
+                        feature=t.feature, presence=t.presence.value,
+                        presence_since=t.presence_since or t.first_seen, moved_from=t.moved_from,
+                        extra={"first_frame": t.first_frame, "last_frame": t.last_frame,
+                               "misses": t.misses, "detector_label": t.det_label, "moved_to": t.moved_to})
 
     def finalize(self, wait_s: float = 10.0) -> List[Instance]:
         """Last refinement and merging over all tracks; label what is eligible and wait briefly for it."""
@@ -290,6 +296,14 @@ class Pipeline:
         self.keyframes.reset()
         c = loaded.counters
         self._frames, self._keyframes, self._merged = c["frames"], c["keyframes"], c["merged"]
+        self._last_index = c.get("last_frame_index", -1)
+        if loaded.rng is not None:
+            self.rng.bit_generator.state = loaded.rng
+
+    @property
+    def last_frame_index(self) -> int:
+        """The highest frame index this pipeline (or the map state it continues) has stepped; -1: none."""
+        return self._last_index
 
     def set_vocabulary(self, classes: List[str]) -> None:
         classes = [str(c).strip() for c in classes if str(c).strip()]

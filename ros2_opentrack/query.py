@@ -4,8 +4,9 @@
    word-overlap score without one), at least ``min_similarity``, best ``shortlist`` kept.
 2. Confirm (when a labeller and a view-image function are given): each candidate's best view, red box drawn, is
    sent to the MLLM in the task mode with the query as the one task, all candidates in one batch.
-Result: confirmed candidates first, then unconfirmed (no view, failed request), then rejected; each group by
-score. Rejected candidates are kept (confirmed=False) so a caller can show them or filter them.
+Result: objects present at their place first, then last-known places (presence moved / removed: the camera saw
+the place empty); within each, confirmed candidates first, then unconfirmed (no view, failed request), then
+rejected; each group by score. Rejected candidates are kept (confirmed=False) so a caller can show them or filter them.
 """
 from __future__ import annotations
 
@@ -25,6 +26,12 @@ class QueryMatch:
     score: float  # text similarity of the query and the instance label
     label: Optional[str]
     confirmed: Optional[bool]  # MLLM verdict on the best view; None: not asked or no answer
+    presence: str = "present"  # the instance's presence: moved / removed answers are a last-known place
+
+    @property
+    def last_known(self) -> bool:
+        """The answer is where the object was last seen, not where it is (its place was seen empty)."""
+        return self.presence != "present"
 
 
 def answer_query(text: str, instances: Sequence, text_matcher=None, labeler=None,
@@ -38,13 +45,20 @@ def answer_query(text: str, instances: Sequence, text_matcher=None, labeler=None
     if not labelled:
         return []
     scores = label_scores(query, [inst.label for inst in labelled], text_matcher)
-    order = sorted(range(len(labelled)), key=lambda i: (-scores[i], labelled[i].id))
+    order = sorted(range(len(labelled)), key=lambda i: (_presence(labelled[i]) != "present", -scores[i],
+                                                        labelled[i].id))  # present objects make the shortlist first
     picked = [i for i in order if scores[i] >= min_similarity][:max(0, int(shortlist))]
-    matches = [QueryMatch(int(labelled[i].id), float(scores[i]), labelled[i].label, None) for i in picked]
+    matches = [QueryMatch(int(labelled[i].id), float(scores[i]), labelled[i].label, None,
+                          _presence(labelled[i])) for i in picked]
     if labeler is not None and view_image is not None and matches:
         _confirm(query, matches, [labelled[i] for i in picked], labeler, view_image)
     rank = {True: 0, None: 1, False: 2}
-    return sorted(matches, key=lambda m: (rank[m.confirmed], -m.score, m.instance_id))
+    return sorted(matches, key=lambda m: (m.last_known, rank[m.confirmed], -m.score, m.instance_id))
+
+
+def _presence(inst) -> str:
+    p = getattr(inst, "presence", "present")
+    return str(getattr(p, "value", p) or "present")
 
 
 def label_scores(query: str, labels: Sequence[str], text_matcher=None) -> np.ndarray:

@@ -13,9 +13,10 @@ import numpy as np
 
 from . import geometry
 from .association import Associator
+from .changes import ChangeDetector
 from .refine import merge_duplicates, refine_track, resolve_contested
 from .spatial_index import SpatialIndex
-from .types import Frame, Observation, TrackState
+from .types import Frame, Observation, Presence, TrackState
 from .voxel_store import PointStore, SceneMap, isin_sorted
 
 
@@ -38,6 +39,12 @@ class Track:
     box_min: np.ndarray = field(default_factory=lambda: np.zeros(3))
     box_max: np.ndarray = field(default_factory=lambda: np.zeros(3))
     dirty: bool = True  # changed since the last refinement
+    presence: Presence = Presence.PRESENT  # changes.py: is it still where the map says (since presence_since)?
+    presence_since: float = 0.0  # stamp of the last presence change (0: present since first_seen)
+    moved_from: Optional[int] = None  # changes.py: the removed track this one was linked to (moved_to: back)
+    moved_to: Optional[int] = None
+    empty_count: int = 0  # changes.py: keyframes its place was seen empty while present / filled while removed
+    there_count: int = 0
     _centers_of: Optional[np.ndarray] = field(default=None, repr=False)  # the voxels array _centers belongs to
     _centers: Optional[np.ndarray] = field(default=None, repr=False)
 
@@ -74,6 +81,7 @@ class Tracker:
         self.next_id = 1
         self.terminated_total = 0
         self.associate = Associator(tracking_cfg, lift_cfg, oracle_ids)
+        self.changes = ChangeDetector(tracking_cfg, lift_cfg)  # changes.py: presence of tracks (issue 11)
 
     # ---------------------------------------------------------------------------------------------
     def step(self, frame: Frame, observations: Sequence[Observation], masks=None) -> StepOutcome:
@@ -81,6 +89,7 @@ class Tracker:
         HxW bool masks (a list or an (N, H, W) array), indexed by Observation.mask_index."""
         out = StepOutcome()
         out.candidates = self.candidates(frame)
+        away = self.changes.set_aside(out.candidates, self.tracks)  # changes.py: removed tracks are no candidates
         out.matched = self.associate(observations, out.candidates, self.tracks, frame)
         own = self.associate.ownership(observations, out.matched, self.tracks)
         absorbed: Dict[int, List[int]] = {}  # track id -> mask indices it was observed in this keyframe
@@ -98,6 +107,7 @@ class Tracker:
         mask_of = absorbed
         seen = self._vote(frame, out.candidates + out.created, mask_of, masks, out)
         out.terminated = self._age(out.candidates, mask_of, seen)
+        out.terminated += self.changes.update(self, frame, out.candidates + away, mask_of)  # changes.py: presence
         for tid in set(mask_of) - set(out.terminated):
             t = self.tracks[tid]
             t.update_box()

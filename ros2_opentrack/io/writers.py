@@ -1,7 +1,8 @@
 """Output writers of a run: instances.json, instances.npz, instances.ply (coloured by instance) and map.ply.
 
     instances.json  {"instances": [{id, label, score, observations, state, centroid, extent, n_points,
-                     first_seen, last_seen, best_views: [{frame_index, stamp, box, visible_fraction}]}], ...}
+                     first_seen, last_seen, presence (present | moved | removed), presence_since, moved_from,
+                     best_views: [{frame_index, stamp, box, visible_fraction}]}], ...}
     instances.npz   points (M,3) f32, colors (M,3) u8, instance (M,) i32, ids (K,) i32, scores (K,) f32,
                      labels (K,) str ('' = unlabelled), observations (K,) i32
     instances.ply   the instance points, each instance in its own stable colour, plus an 'instance' column
@@ -57,6 +58,9 @@ def instance_record(inst: Instance) -> dict:
         "extent": [round(float(v), 5) for v in inst.extent],
         "first_seen": float(inst.first_seen),
         "last_seen": float(inst.last_seen),
+        "presence": getattr(inst.presence, "value", str(inst.presence)),
+        "presence_since": float(inst.presence_since),
+        "moved_from": None if inst.moved_from is None else int(inst.moved_from),
         "best_views": [
             {"frame_index": int(v.frame_index), "stamp": float(v.stamp),
              "box": [round(float(b), 2) for b in np.asarray(v.box).reshape(-1)],
@@ -198,6 +202,9 @@ class SavedInstances:
                                 score=float(self.scores[k]), observations=int(self.observations[k]),
                                 first_seen=float(rec.get("first_seen", 0.0)),
                                 last_seen=float(rec.get("last_seen", 0.0)),
+                                presence=str(rec.get("presence", "present")),
+                                presence_since=float(rec.get("presence_since", 0.0)),
+                                moved_from=rec.get("moved_from"),
                                 extra={"best_views": rec.get("best_views", [])}))
         return out
 
