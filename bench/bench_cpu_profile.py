@@ -78,7 +78,8 @@ def bench_profile(args) -> None:
         rows.append(row)
         n_masks.append(getattr(res, "n_masks", 0) or 0)
     keys = ["detector", "segmenter", "masks(rest)", "features"] + sorted(
-        k for k in rows[0] if k not in ("detector", "segmenter", "masks(rest)", "features", "masks", "total")) + ["total"]
+        k for k in rows[0] if k not in ("detector", "segmenter", "masks(rest)", "features", "masks", "total")
+    ) + ["total"]
     h, w = frame.rgb.shape[:2]
     print(f"CPU profile, {len(rows)} keyframes of {args.scene} at {w}x{h} (after {args.warmup} warm-up), "
           f"models from {args.models}")
@@ -87,7 +88,8 @@ def bench_profile(args) -> None:
         v = [r.get(k, 0.0) for r in rows]
         print(f"{k:<14}{statistics.median(v):>10.1f}{statistics.mean(v):>10.1f}")
     total = [r["total"] for r in rows]
-    print(f"keyframes/s   {1000.0 / statistics.median(total):.2f} (median), {1000.0 / statistics.mean(total):.2f} (mean)"
+    print(f"keyframes/s   {1000.0 / statistics.median(total):.2f} (median), "
+          f"{1000.0 / statistics.mean(total):.2f} (mean)"
           f"   instances so far: {len(pipe.instances())}")
 
 

@@ -18,6 +18,7 @@ import logging
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -166,13 +167,13 @@ def run_set(name: str, spec: Dict[str, str], args, device: str, rgb: np.ndarray,
         owl_size = "tiny" if args.quick else spec["owlv2"]
         detector = build_owlv2(owl_size, device, half, classes)
         det_name = f"OWLv2-{owl_size}"
-    times[f"detector {det_name}"] = timeit(lambda: detector.detect(rgb), device, args.repeats, args.warmup)
+    times[f"detector {det_name}"] = timeit(partial(detector.detect, rgb), device, args.repeats, args.warmup)
     del detector
 
     sam_size = "tiny" if args.quick else spec["sam2"]
     segmenter = build_sam2(sam_size, device, half, 256 if args.quick else None)
     times[f"segmenter SAM2-{sam_size} ({segmenter.image_size}px, {len(boxes)} boxes)"] = timeit(
-        lambda: segmenter.segment(rgb, boxes), device, args.repeats, args.warmup)
+        partial(segmenter.segment, rgb, boxes), device, args.repeats, args.warmup)
     del segmenter
 
     dino_size = "tiny" if args.quick else spec["dinov2"]

@@ -45,8 +45,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ros2_opentrack.config import OpenTrackConfig, from_flat  # noqa: E402
 from ros2_opentrack.eval import evaluate_points  # noqa: E402
 from ros2_opentrack.pipeline import Pipeline  # noqa: E402
-from ros2_opentrack.synthetic import (TRAJECTORIES, MaskNoise, PoseDrift, load_scannet_npy, make_room,  # noqa: E402
-                                      make_wall_room, render_views)
+from ros2_opentrack.synthetic import (  # noqa: E402
+    TRAJECTORIES,
+    MaskNoise,
+    PoseDrift,
+    load_scannet_npy,
+    make_room,
+    make_wall_room,
+    render_views,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SCANNET_NPY = DATA / "scannet_scene0451_01" / "scene0451_01.npy"
@@ -237,7 +244,8 @@ def main(argv=None) -> int:
         VIEWS[key] = views
     t_render = time.perf_counter() - t_start
     methods = args.methods
-    head = f"{'cell':<26}" + "".join(f"{m[:7] + ' AP/50/25':>20}" for m in methods) + f"{'pred ' + '/'.join(m[0] for m in methods):>12}{'gt':>4}  bar"
+    head = (f"{'cell':<26}" + "".join(f"{m[:7] + ' AP/50/25':>20}" for m in methods)
+            + f"{'pred ' + '/'.join(m[0] for m in methods):>12}{'gt':>4}  bar")
     print(head)
     order = {c: k for k, c in enumerate(cells)}
     rows = []
@@ -264,7 +272,8 @@ def main(argv=None) -> int:
         print(f"bar (tracker AP50 >= 0.95 x oracle and >= greedy per cell; mean tracker AP >= oracle): "
               f"{len(rows) - len(failing)}/{len(rows)} cells pass; mean AP {means['tracker']['ap']:.3f} vs oracle "
               f"{means['oracle']['ap']:.3f} {'ok' if mean_ok else 'FAIL'}; tracker/oracle AP50 "
-              f"{summary['tracker_over_oracle_ap50']:.3f}, tracker - greedy AP50 {summary['tracker_minus_greedy_ap50']:+.3f}")
+              f"{summary['tracker_over_oracle_ap50']:.3f}, tracker - greedy AP50 "
+              f"{summary['tracker_minus_greedy_ap50']:+.3f}")
         if failing:
             print("failing: " + " ".join(failing))
     seconds = time.perf_counter() - t_start

@@ -112,7 +112,7 @@ def part1(args, frames, compressed: bool = False):
             n = rig.counts["instances"]
             t0 = time.perf_counter()
             rig.publish(msgs)
-            if not rig.spin_until(lambda: rig.counts["instances"] > n, 5.0):
+            if not rig.spin_until(lambda n=n: rig.counts["instances"] > n, 5.0):
                 print(f"  frame {k}: no output ({rig.node.drops()})")
                 continue
             lat.append((rig.arrival["instances"][-1] - t0) * 1e3)
@@ -133,11 +133,11 @@ def part1(args, frames, compressed: bool = False):
 def part2(args, frames):
     import psutil
     import rclpy
-
     import ros_messages
     from rig import Rig
-    from ros2_opentrack.perception import registry
+
     from ros2_opentrack.config import OpenTrackConfig
+    from ros2_opentrack.perception import registry
     from ros2_opentrack.ros import conversions as conv
 
     p = OpenTrackConfig().perception
@@ -176,7 +176,7 @@ def part2(args, frames):
 
     thread = threading.Thread(target=publisher, daemon=True)
     end = time.monotonic() + args.minutes * 60
-    rss, lat_by_minute, seen = [], [], 0
+    rss = []
     thread.start()
     t_start = time.monotonic()
     next_sample = t_start
@@ -206,7 +206,8 @@ def part2(args, frames):
           f"{np.percentile(lat, 99):.0f} ms, max {lat.max():.0f} ms; over 2x stage ({bound:g} ms): "
           f"{int((lat > bound).sum())} of {len(lat)}")
     print(f"  pipeline step (wall, includes the stage): keyframes median {np.median(kf_ms):.0f} ms, p99 "
-          f"{np.percentile(kf_ms, 99):.0f} ms, max {kf_ms.max():.0f} ms; other frames median {np.median(other_ms):.1f} ms")
+          f"{np.percentile(kf_ms, 99):.0f} ms, max {kf_ms.max():.0f} ms; other frames median "
+          f"{np.median(other_ms):.1f} ms")
     print(f"  RSS: start {rss_arr[0, 1]:.0f} MiB, after warm-up {warm[0, 1]:.0f} MiB, end {rss_arr[-1, 1]:.0f} MiB "
           f"(max {rss_arr[:, 1].max():.0f}); samples every 10 s: "
           + " ".join(f"{v:.0f}" for v in rss_arr[::max(1, len(rss_arr) // 12), 1]))

@@ -27,7 +27,8 @@ def scene(n_objects=20, seed=0):
     for i in range(n_objects):  # a 5 x 4 grid of objects in front of the camera
         cx, cy = (i % 5 - 2) * 0.9, (i // 5) * 0.9 + 1.5
         size = rng.uniform(0.25, 0.6, 3)
-        boxes.append((np.array([cx, cy, 0]) - [size[0] / 2, size[1] / 2, 0], np.array([cx, cy, 0]) + [size[0] / 2, size[1] / 2, size[2]]))
+        boxes.append((np.array([cx, cy, 0]) - [size[0] / 2, size[1] / 2, 0],
+                      np.array([cx, cy, 0]) + [size[0] / 2, size[1] / 2, size[2]]))
         colours.append(tuple(int(c) for c in rng.integers(30, 230, 3)))
     return boxes, colours
 
@@ -49,7 +50,8 @@ def render_frames(n, hw=(480, 640)):
     for i in range(n):
         a = np.radians(-10 + 20 * i / max(1, n - 1))
         pos = np.array([3.5 * np.sin(a), -1.8 - 0.3 * np.cos(a), 1.9])
-        frames.append(make_box_frame(boxes, colours, look_at(pos, (0, 2.8, 0.2)), hw=hw, K=K, index=i, stamp=i * 0.2, rng=rng))
+        frames.append(make_box_frame(boxes, colours, look_at(pos, (0, 2.8, 0.2)), hw=hw, K=K, index=i, stamp=i * 0.2,
+                                     rng=rng))
     return frames
 
 

@@ -7,12 +7,13 @@
 autostart (default true) configures and activates the node as it starts, as yolo_ros does; autostart:=false
 leaves it unconfigured for a lifecycle manager (nav2_lifecycle_manager) or `ros2 lifecycle set`.
 """
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
 
 # (name, default, description). Strings stay strings (ParameterValue value_type=str: an empty camera_frame
 # would otherwise be parsed as YAML null); numbers are parsed from their text by launch_ros.

@@ -4,13 +4,14 @@
     (a bag from `opentrack convert`: /camera/color/image_raw, /camera/depth/image_raw, /camera/color/camera_info,
      /camera/pose, /tf, and /camera/masks/image_raw when the scene had instance masks: mask_source:=topic)
 """
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, ExecuteProcess, IncludeLaunchDescription
 from launch.conditions import IfCondition
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
 
 SHARE = FindPackageShare("ros2_opentrack")
 # Defaults are the topic names ros2_opentrack.io.rosbag.BagTopics writes.

@@ -14,8 +14,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .perception.base import LabelRequest, LabelResult
 from .io.encodings import decode_jpeg
+from .perception.base import LabelRequest, LabelResult
 from .views import draw_red_box
 
 log = logging.getLogger("ros2_opentrack")

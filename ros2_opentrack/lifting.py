@@ -117,7 +117,8 @@ def _to_observations(points, colors, group, masks, counts, small, voxel_size, fe
 # DBSCAN denoising: keep, for each group (mask), the cluster holding the most points
 
 
-def main_cluster(points: np.ndarray, group: np.ndarray, eps: float, min_points: int, backend: str = "auto") -> np.ndarray:
+def main_cluster(points: np.ndarray, group: np.ndarray, eps: float, min_points: int,
+                 backend: str = "auto") -> np.ndarray:
     """Bool (N,): the point belongs to the largest DBSCAN cluster of its group."""
     if len(points) == 0:
         return np.zeros(0, bool)
@@ -125,7 +126,8 @@ def main_cluster(points: np.ndarray, group: np.ndarray, eps: float, min_points: 
     return _largest_per_group(labels, group)
 
 
-def cluster_labels(points: np.ndarray, group: np.ndarray, eps: float, min_points: int, backend: str = "auto") -> np.ndarray:
+def cluster_labels(points: np.ndarray, group: np.ndarray, eps: float, min_points: int,
+                   backend: str = "auto") -> np.ndarray:
     """Cluster label per point (-1 = noise); clusters never span two groups. An explicit backend runs exactly
     that backend; only auto chooses (grid, or sklearn where the grid cannot hold the points)."""
     if backend not in DBSCAN_BACKENDS:
@@ -226,7 +228,8 @@ def grid_dbscan(points: np.ndarray, group: np.ndarray, eps: float, min_points: i
     src_parts, dst_parts = _forward_neighbours(cells)
     src = np.concatenate(src_parts)
     dst = np.concatenate(dst_parts)
-    density = counts + np.bincount(src, weights=counts[dst], minlength=n) + np.bincount(dst, weights=counts[src], minlength=n)
+    density = (counts + np.bincount(src, weights=counts[dst], minlength=n)
+               + np.bincount(dst, weights=counts[src], minlength=n))
     # the 3x3x3 cube of side 1.5 eps holds ~0.75 of the points of the eps ball (0.81 in volume, 0.72 on
     # a surface): scale the threshold so grid and exact DBSCAN call the same points core
     core = density >= 0.75 * min_points

@@ -1,6 +1,7 @@
 """Synthetic RGB-D scenes with ground truth: procedural rooms, the ScanNet room of ../shared/data, a camera
 trajectory that looks at the objects (with revisits), a numpy z-buffer point-splat renderer, and a model of a
-2D segmenter's errors (MaskNoise). Used by the demo, the quality benchmark and the tests; so are the exactly ray-cast box scenes of the core tests.
+2D segmenter's errors (MaskNoise). Used by the demo, the quality benchmark and the tests; so are the exactly
+ray-cast box scenes of the core tests.
 
 World frame: z up, floor at z = 0. Cameras are OpenCV (x right, y down, z forward), T_world_cam camera-to-world.
 Instance 0 is background (walls, floor, ceiling): it gets no mask and is ignored by evaluation."""
@@ -423,7 +424,8 @@ class MaskNoise:
     seed: int = 0
     _blob_counter: int = field(default=0, repr=False)
     # structural errors, applied by perturb_frame before the ones above (all off by default):
-    p_merge: float = 0.0  # per frame: one pair of adjacent objects comes as ONE mask covering both (a box spanning both)
+    # per frame: one pair of adjacent objects comes as ONE mask covering both (a box spanning both)
+    p_merge: float = 0.0
     p_split: float = 0.0  # per mask: the object comes as 2-3 part masks (straight cuts across it)
     p_bleed: float = 0.0  # per mask: it spills into the background around it by bleed_px pixels
     bleed_px: Tuple[int, int] = (4, 10)
@@ -629,7 +631,8 @@ def write_scene_folder(scene: SyntheticScene, frames: Sequence[Frame], out_dir) 
         K4[:3, :3] = frames[0].K
         np.savetxt(out / "intrinsic" / "intrinsic_depth.txt", K4, fmt="%.6f")
         np.savetxt(out / "intrinsic" / "intrinsic_color.txt", K4, fmt="%.6f")
-    (out / "instance_labels.json").write_text(json.dumps({str(k): v for k, v in sorted(scene.labels.items())}, indent=1))
+    (out / "instance_labels.json").write_text(
+        json.dumps({str(k): v for k, v in sorted(scene.labels.items())}, indent=1))
     write_ply(out / "points.ply", scene.points, scene.colors)
     np.savetxt(out / "gt_instances.txt", scene.gt_ids(), fmt="%d")
     names = {str(v): k for k, v in scene.class_ids().items()}

@@ -5,7 +5,8 @@
   python scripts/export_onnx.py sam2 --size tiny --checkpoint sam2.1_hiera_tiny.pt --out weights/sam2_tiny
   #   then: --set perception.segmenter.name=onnx --set perception.segmenter.model=weights/sam2_tiny.encoder.onnx
   # DINOv2 feature map at a fixed input size (multiples of 14)
-  python scripts/export_onnx.py dinov2 --model facebook/dinov2-small --height 448 --width 588 --out weights/dinov2_s.onnx
+  python scripts/export_onnx.py dinov2 --model facebook/dinov2-small --height 448 --width 588 \
+      --out weights/dinov2_s.onnx
   # YOLO-World with the vocabulary baked in (needs ultralytics + torchvision, and CLIP weights on first use)
   python scripts/export_onnx.py yolo_world --weights yolov8s-worldv2.pt --vocabulary "chair,table,mug" \
       --out weights/yolo_world_s.onnx

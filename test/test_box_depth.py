@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from ros2_opentrack.errors import InputError
+from ros2_opentrack.perception.base import Detections
 from ros2_opentrack.perception.box_depth import BoxDepthSegmenter
 from ros2_opentrack.perception.model_source import ModelMaskSource
-from ros2_opentrack.perception.base import Detections
 
 SEVEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "7scenes_redkitchen"
 

@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _core_scene import core_config, cube, look_at, make_frame  # noqa: E402
 
 from ros2_opentrack.pipeline import Pipeline  # noqa: E402
-from ros2_opentrack.types import Frame, Mask2D  # noqa: E402
+from ros2_opentrack.types import Mask2D  # noqa: E402
 
 HW = (240, 320)
 BOXES = [cube((0, 0, 0.4), 0.6)]

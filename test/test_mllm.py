@@ -5,6 +5,7 @@ import re
 
 import numpy as np
 import pytest
+from support.tiny_qwen_vl import save_tiny_qwen_vl
 
 from ros2_opentrack.config import LabelerConfig, PerceptionConfig
 from ros2_opentrack.errors import BackendUnavailable, ConfigError
@@ -13,7 +14,6 @@ from ros2_opentrack.perception.mllm import MllmLabeler, TransformersTransport
 from ros2_opentrack.perception.prompts import build_prompt, parse_answer
 from ros2_opentrack.perception.registry import build
 from ros2_opentrack.views import draw_red_box
-from support.tiny_qwen_vl import save_tiny_qwen_vl
 
 CLASSES = ["chair", "table", "sofa", "lamp"]
 

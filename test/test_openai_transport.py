@@ -6,6 +6,8 @@ import threading
 
 import numpy as np
 import pytest
+from support.chat_server import ChatServer
+from support.tiny_qwen_vl import save_tiny_qwen_vl
 
 from ros2_opentrack.config import LabelerConfig, PerceptionConfig
 from ros2_opentrack.errors import ConfigError
@@ -13,8 +15,6 @@ from ros2_opentrack.perception.base import LabelRequest
 from ros2_opentrack.perception.mllm import MllmLabeler, OpenAITransport, TransformersTransport
 from ros2_opentrack.perception.prompts import Prompt, build_prompt_text, parse_answer
 from ros2_opentrack.views import draw_red_box
-from support.chat_server import ChatServer
-from support.tiny_qwen_vl import save_tiny_qwen_vl
 
 CLASSES = ["chair", "table", "sofa"]
 BOX = (10, 8, 50, 40)  # x0, y0, x1, y1; outline 3 px inside

@@ -7,8 +7,7 @@ import torch
 
 from ros2_opentrack.config import FeatureConfig, PerceptionConfig
 from ros2_opentrack.errors import BackendUnavailable, InputError
-from ros2_opentrack.perception import build
-from ros2_opentrack.perception import tensorrt_engine
+from ros2_opentrack.perception import build, tensorrt_engine
 from ros2_opentrack.perception.dinov2 import IMAGENET_MEAN, IMAGENET_STD, Dinov2Features, grid_for, pool
 
 transformers = pytest.importorskip("transformers")

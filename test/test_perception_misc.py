@@ -153,7 +153,8 @@ def test_doctor_names_missing_weights_and_fails(tmp_path):
     out = io.StringIO()
     assert run_doctor(cfg, out) == 1
     text = out.getvalue()
-    assert "NOT READY: features" in text and f"missing: put the saved model folder at {tmp_path / 'dinov2-small'}" in text
+    assert "NOT READY: features" in text
+    assert f"missing: put the saved model folder at {tmp_path / 'dinov2-small'}" in text
     (tmp_path / "dinov2-small").mkdir()
     out = io.StringIO()
     assert run_doctor(cfg, out) == 0

@@ -78,13 +78,13 @@ def test_real_detector_finds_the_cup_chairs_and_table_in_vocabulary_words(nanode
     assert isinstance(nanodet, OnnxDetector) and nanodet.format == "end2end"
     labels = list(det.labels)
     assert set(labels) <= {"chair", "table", "mug", "bottle"}  # the user's words, never COCO's
-    mugs = [b for b, l in zip(det.boxes, labels) if l == "mug"]
+    mugs = [b for b, label in zip(det.boxes, labels) if label == "mug"]
     assert any(np.abs(b - np.array(CUP)).max() <= 4 for b in mugs), mugs  # the cup, called "mug"
-    chairs = [b for b, l in zip(det.boxes, labels) if l == "chair"]
+    chairs = [b for b, label in zip(det.boxes, labels) if label == "chair"]
     assert len(chairs) >= 2
     assert max(iou(b, np.array(CHAIR_LEFT, float)) for b in chairs) > 0.8
     assert max(iou(b, np.array(CHAIR_RIGHT, float)) for b in chairs) > 0.8
-    tables = [b for b, l in zip(det.boxes, labels) if l == "table"]
+    tables = [b for b, label in zip(det.boxes, labels) if label == "table"]
     assert max(iou(b, np.array(TABLE, float)) for b in tables) > 0.8  # "dining table"
     assert np.all(np.diff(det.scores[:5]) <= 1e-6) or len(det) < 2
     assert det.boxes.dtype == np.float32 and (det.boxes[:, 2:] <= [640, 480]).all()

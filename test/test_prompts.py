@@ -4,8 +4,15 @@ import pytest
 
 from ros2_opentrack.errors import InputError
 from ros2_opentrack.perception.base import LabelRequest
-from ros2_opentrack.perception.prompts import (build_prompt, build_prompt_text, find_classes, normalise,
-                                               parse_answer, parse_closed, parse_tasks)
+from ros2_opentrack.perception.prompts import (
+    build_prompt,
+    build_prompt_text,
+    find_classes,
+    normalise,
+    parse_answer,
+    parse_closed,
+    parse_tasks,
+)
 
 CLASSES = ["chair", "office chair", "table", "trash can", "shelf", "box", "library", "plant"]
 TASKS = ["open the door", "turn on the light", "sit down"]

@@ -8,8 +8,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _core_scene import core_config, cube, look_at, make_frame, orbit  # noqa: E402
 
 from ros2_opentrack import geometry  # noqa: E402
-from ros2_opentrack.pipeline import Pipeline  # noqa: E402
 from ros2_opentrack.association import pairwise_iou  # noqa: E402
+from ros2_opentrack.pipeline import Pipeline  # noqa: E402
 from ros2_opentrack.refine import expand  # noqa: E402
 from ros2_opentrack.voxel_store import PointStore, SceneMap  # noqa: E402
 

@@ -9,6 +9,7 @@ pytest.importorskip("rclpy")
 pytest.importorskip("ros2_opentrack.msg", reason="messages not built: run scripts/build_msgs.sh")
 
 from rclpy.serialization import deserialize_message, serialize_message  # noqa: E402
+from ros_support import ros_messages  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from ros2_opentrack.errors import InputError  # noqa: E402
@@ -18,7 +19,6 @@ from ros2_opentrack.ros.markers import MarkerBook  # noqa: E402
 from ros2_opentrack.ros.sync import DropOldestQueue, StampSync  # noqa: E402
 from ros2_opentrack.tf_tree import TfBuffer, TransformUnavailable  # noqa: E402
 from ros2_opentrack.types import Instance, TrackState  # noqa: E402
-from ros_support import ros_messages  # noqa: E402
 
 HEADER = Header(frame_id="map", stamp=conv.sec_to_stamp(12.25))
 

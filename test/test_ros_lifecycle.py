@@ -78,7 +78,7 @@ def feed(r: Rig, frames, start: int = 0, timeout: float = 10.0):
     for k, f in enumerate(frames):
         n = r.counts["instances"]
         r.publish(ros_messages.frame_messages(f, stamp_of(start + k)))
-        assert r.spin_until(lambda: r.counts["instances"] > n, timeout), f"no output for frame {start + k}"
+        assert r.spin_until(lambda n=n: r.counts["instances"] > n, timeout), f"no output for frame {start + k}"
 
 
 def sub_topics(node) -> set:
@@ -440,7 +440,7 @@ def _run_kitchen(make, kitchen, transports=None, rgb_format="png"):
                 pubs[s].publish(comp[s])
         else:
             r.publish(msgs)
-        assert r.spin_until(lambda: r.counts["instances"] > n, 15.0), r.node.drops()
+        assert r.spin_until(lambda n=n: r.counts["instances"] > n, 15.0), r.node.drops()
     assert r.node.drops() == {}
     last = r.got["instances"][-1]
     r.close()  # the next run's node takes the same name and topics

@@ -18,7 +18,6 @@ from rig import Rig, init_ros  # noqa: E402
 
 init_ros(domain_id=60 + os.getpid() % 40)  # before any rclpy use; loopback only
 
-import rclpy  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
@@ -83,7 +82,7 @@ def feed(r: Rig, frames, start: int = 0):
     for k, f in enumerate(frames):
         n = len(r.got["instances"])
         r.publish(ros_messages.frame_messages(f, stamp_of(start + k)))
-        assert r.spin_until(lambda: len(r.got["instances"]) > n, 10.0), f"no output for frame {start + k}"
+        assert r.spin_until(lambda n=n: len(r.got["instances"]) > n, 10.0), f"no output for frame {start + k}"
 
 
 def test_room_instances_markers_cloud_frames_and_stamps(rig, room, room_frames):
@@ -256,7 +255,7 @@ def test_pose_topic_source_and_sim_time(rig, room_frames):
         r.pubs["pose"].publish(msgs["pose"])
         n = len(r.got["instances"])
         r.publish(msgs, with_tf=False)
-        assert r.spin_until(lambda: len(r.got["instances"]) > n, 10.0)
+        assert r.spin_until(lambda n=n: len(r.got["instances"]) > n, 10.0)
     assert r.node.drops() == {}
     r.pubs["query"].publish(String(data="chair"))
     assert r.spin_until(lambda: r.got["query_result"], 5.0)
@@ -313,7 +312,7 @@ def test_sevenscenes_bag_through_the_node(rig, tmp_path):
         r.pubs["tf"].publish(msgs["tf"])
         n = len(r.got["instances"])
         r.publish(msgs, with_tf=False)
-        assert r.spin_until(lambda: len(r.got["instances"]) > n, 15.0), r.node.drops()
+        assert r.spin_until(lambda n=n: len(r.got["instances"]) > n, 15.0), r.node.drops()
         stamps.append(conv.stamp_to_sec(msgs["depth"].header.stamp))
     got = [conv.stamp_to_sec(m.header.stamp) for m in r.got["instances"]]
     assert got == pytest.approx(stamps, abs=1e-6)

@@ -220,7 +220,8 @@ def test_yaml_values_reach_the_config_through_ros_parameters(ros):
 
     flat = _flatten(yaml.safe_load(YAML.read_text())["opentrack"]["ros__parameters"])
     flat.update({"tracking.alpha": 1, "refine.tau_vis": 0.8, "perception.detector.vocabulary": ["mug", "kettle"]})
-    node = ros.create_node("opentrack_params_test2", parameter_overrides=[Parameter(k, value=v) for k, v in flat.items()])
+    node = ros.create_node("opentrack_params_test2",
+                           parameter_overrides=[Parameter(k, value=v) for k, v in flat.items()])
     try:
         declare_all(node)
         c = read_config(node)

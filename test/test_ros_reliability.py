@@ -109,7 +109,7 @@ def feed(r, frames, stamps):
     for f, t in zip(frames, stamps):
         n = len(r.got["instances"])
         r.publish(ros_messages.frame_messages(f, t))
-        assert r.spin_until(lambda: len(r.got["instances"]) > n, 10.0), f"no output for the frame at t={t}"
+        assert r.spin_until(lambda n=n: len(r.got["instances"]) > n, 10.0), f"no output for the frame at t={t}"
 
 
 def test_node_keeps_tracking_through_a_bag_loop_and_a_future_stamp(rig, room_frames):
@@ -183,8 +183,8 @@ def hostile_image(rng, topic, base_stamp, now):
     elif kind < 0.25:
         stamp = 0.0
     header = Header(stamp=conv.sec_to_stamp(max(0.0, stamp)), frame_id=str(rng.choice(["camera_optical", "", "x"])))
-    return Image(header=header, height=h, width=w, encoding=enc, is_bigendian=int(rng.random() < 0.1), step=max(0, step),
-                 data=data)
+    return Image(header=header, height=h, width=w, encoding=enc, is_bigendian=int(rng.random() < 0.1),
+                 step=max(0, step), data=data)
 
 
 def hostile_set(rng, base_stamp, now):
@@ -264,7 +264,8 @@ def test_fuzz_every_input_topic_then_good_frames(rig, room_frames):
             before = got()
             r.pubs["query"].publish(String(data=text))
             sent["empty_query" if empty or not text.strip() else "query"] += 1
-        assert r.spin_until(lambda: got() > before, 5.0), f"message {k} on {topic} was not received"
+        assert r.spin_until(lambda got=got, before=before: got() > before, 5.0), \
+            f"message {k} on {topic} was not received"
     assert r.spin_until(lambda: len(r.got["query_result"]) >= sent["empty_query"] + sent["query"], 10.0)
     assert node._worker.is_alive()
     # good frames after the flood (with a good camera_info again): outputs, and the map grows

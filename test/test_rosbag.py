@@ -9,8 +9,8 @@ import pytest
 
 from ros2_opentrack import geometry
 from ros2_opentrack.errors import InputError
-from ros2_opentrack.io import open_scene
 from ros2_opentrack.io import encodings as enc
+from ros2_opentrack.io import open_scene
 from ros2_opentrack.io.rosbag import BagTopics, RosbagReader, convert_frames_to_bag, convert_scene_to_bag
 from ros2_opentrack.types import Frame, Mask2D, validate_frame
 

@@ -7,9 +7,18 @@ import pytest
 from ros2_opentrack.geometry import look_at
 from ros2_opentrack.io import open_scene
 from ros2_opentrack.io.scannet import read_scene_gt
-from ros2_opentrack.synthetic import (FALSE_BLOB_ID_BASE, MaskNoise, SyntheticScene, default_K, load_scannet_npy,
-                                      make_room, make_trajectory, render, render_sequence,
-                                      write_scene_folder)
+from ros2_opentrack.synthetic import (
+    FALSE_BLOB_ID_BASE,
+    MaskNoise,
+    SyntheticScene,
+    default_K,
+    load_scannet_npy,
+    make_room,
+    make_trajectory,
+    render,
+    render_sequence,
+    write_scene_folder,
+)
 from ros2_opentrack.types import Mask2D, validate_pose
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from ros2_opentrack.eval import evaluate_points
-from ros2_opentrack.synthetic import (PART_ID_BASE, TRAJECTORIES, MaskNoise, PoseDrift, make_wall_room,
-                                      render_views)
+from ros2_opentrack.synthetic import PART_ID_BASE, TRAJECTORIES, MaskNoise, PoseDrift, make_wall_room, render_views
 from ros2_opentrack.types import Mask2D, validate_pose
 
 HW = (40, 60)

@@ -2,7 +2,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _core_scene import core_config, cube, look_at, make_frame, orbit  # noqa: E402

@@ -3,8 +3,9 @@
 Ground truth: per GT point an id label*1000+instance (0 = ignore / unannotated). Predictions: 3D point sets
 with a confidence; each is transferred to the GT points within ``radius`` of any of its points (a KD-tree per
 prediction, so predictions may overlap, as ScanNet's masks may). Then, per IoU threshold (ScanNet's np.arange(0.5, 0.95,
-0.05), i.e. 0.50 ... 0.90, averaged into AP; plus 0.25), greedy matching exactly as ScanNet does it: IoU must be strictly above the threshold; a second
-prediction on an already matched GT is a false positive with the lower score; unmatched predictions are false
+0.05), i.e. 0.50 ... 0.90, averaged into AP; plus 0.25), greedy matching exactly as ScanNet does it: IoU must be
+strictly above the threshold; a second prediction on an already matched GT is a false positive with the lower
+score; unmatched predictions are false
 positives unless more than the threshold of their points lie on ignored points or on too-small GT instances;
 AP is the area under ScanNet's precision-recall curve (artificial first point at recall 0, precision 1)."""
 from __future__ import annotations

@@ -459,7 +459,7 @@ class RosbagReader:
                                      f"image; expected a colour encoding (rgb8, bgr8, rgba8, bgra8, mono8)")
                 return image
             if image.ndim != 2:
-                raise InputError(f"depth topic carries a colour image; expected 16UC1 / mono16 (mm) or 32FC1 (m)")
+                raise InputError("depth topic carries a colour image; expected 16UC1 / mono16 (mm) or 32FC1 (m)")
             return enc.depth_to_metres(image)
         except InputError as exc:
             raise _Drop("bad_encoding", str(exc)) from None

@@ -111,7 +111,8 @@ class TransformersTransport:
             import torch
             from transformers import AutoModelForImageTextToText
         except ImportError as exc:
-            raise BackendUnavailable(f"labeler: the transformers transport needs torch and transformers ({exc})")
+            raise BackendUnavailable(
+                f"labeler: the transformers transport needs torch and transformers ({exc})") from None
         from . import weights
         from .devices import resolve_device, use_half
 

@@ -27,8 +27,16 @@ import numpy as np
 from ..errors import BackendUnavailable
 from .base import Detections
 from .devices import check_rgb
-from .onnx_runtime import (env_threads, fixed_hw, input_scale, make_session, metadata, parse_names,
-                           resolve_model, sidecar_names)
+from .onnx_runtime import (
+    env_threads,
+    fixed_hw,
+    input_scale,
+    make_session,
+    metadata,
+    parse_names,
+    resolve_model,
+    sidecar_names,
+)
 from .owlv2 import check_vocabulary, nms
 
 log = logging.getLogger(__name__)

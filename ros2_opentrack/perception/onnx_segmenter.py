@@ -159,4 +159,4 @@ class OnnxSam2Segmenter:
         rgb = check_rgb(rgb, "segmenter")
         h, w = rgb.shape[:2]
         low, _ = self.decode(self.encode(rgb), np.asarray(boxes, np.float32), (h, w))
-        return np.stack([cv2.resize(l, (w, h), interpolation=cv2.INTER_LINEAR) for l in low])
+        return np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) for m in low])

@@ -56,7 +56,8 @@ def yolo_world_engine(yolo: Any, classes: Sequence[str], stem: str, image_size: 
     if not ok:
         warn_once("yolo_world", f"detector.tensorrt: {reason}; YOLO-World runs on PyTorch")
         return None
-    path = engine_dir(perception_cfg) / f"{stem}-{vocabulary_key(classes)}-{image_size}-{'fp16' if half else 'fp32'}.engine"
+    path = (engine_dir(perception_cfg)
+            / f"{stem}-{vocabulary_key(classes)}-{image_size}-{'fp16' if half else 'fp32'}.engine")
     try:
         if not path.is_file():
             log.info("building TensorRT engine %s (once per vocabulary; takes minutes)", path)
@@ -94,7 +95,8 @@ class Dinov2EngineCache:
         if not self.available or hw in self._failed:
             return None
         if hw not in self._runners:
-            path = engine_dir(self.perception_cfg) / f"{self.name}-{hw[0]}x{hw[1]}-{'fp16' if self.half else 'fp32'}.engine"
+            path = (engine_dir(self.perception_cfg)
+                    / f"{self.name}-{hw[0]}x{hw[1]}-{'fp16' if self.half else 'fp32'}.engine")
             try:
                 if not path.is_file():
                     build_dinov2_engine(self.model, hw, self.half, path)
@@ -137,7 +139,8 @@ def build_dinov2_engine(model: Any, hw: Tuple[int, int], half: bool, path: Path)
                       output_names=["last_hidden_state"], opset_version=17)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 0 if int(trt.__version__.split(".")[0]) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    flags = (0 if int(trt.__version__.split(".")[0]) >= 10
+             else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH))
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_path.read_bytes()):

@@ -135,7 +135,7 @@ class YoloWorldDetector:
         labels = [self._vocabulary[c] if 0 <= c < len(self._vocabulary) else str(result.names.get(c, c))
                   for c in classes]
         ok = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
-        return Detections(xyxy[ok], scores[ok], [l for l, k in zip(labels, ok) if k])
+        return Detections(xyxy[ok], scores[ok], [label for label, keep in zip(labels, ok) if keep])
 
 
 def _ultralytics_download(name: str) -> str:

@@ -185,8 +185,7 @@ def detections_msg(instances: Sequence[Instance], header: Header):
     unlabelled; score = confidence) with the box centre as its pose, and the axis-aligned box (the same box as
     Instance3D's box_pose / box_size)."""
     from geometry_msgs.msg import PoseWithCovariance
-    from vision_msgs.msg import (BoundingBox3D, Detection3D, Detection3DArray, ObjectHypothesis,
-                                 ObjectHypothesisWithPose)
+    from vision_msgs.msg import BoundingBox3D, Detection3D, Detection3DArray, ObjectHypothesis, ObjectHypothesisWithPose
 
     out = []
     for inst in instances:

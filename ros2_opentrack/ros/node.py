@@ -43,7 +43,7 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header, String
@@ -53,12 +53,12 @@ from visualization_msgs.msg import MarkerArray
 from .. import config as cfg_mod
 from ..errors import ConfigError, InputError, OpenTrackError
 from ..pipeline import release_memory
+from ..tf_tree import TfBuffer, TransformUnavailable
 from ..types import Frame, Mask2D, validate_pose
 from . import conversions as conv
 from .markers import MarkerBook
 from .params import DYNAMIC_CORE_PARAMETERS, NodeParams, declare_all, read_config, read_node_params
 from .sync import DropOldestQueue, StampSync
-from ..tf_tree import TfBuffer, TransformUnavailable
 
 try:  # a real ROS install has tf2_ros; the PyPI wheels do not (the node then keeps its own small buffer)
     import tf2_ros

@@ -28,6 +28,7 @@ class Rig:
         ``debug_image``: also subscribe to ~/debug_image (the node draws it only while someone listens)."""
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
+        from geometry_msgs.msg import PoseStamped
         from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
         from rclpy.lifecycle import TransitionCallbackReturn
         from rosgraph_msgs.msg import Clock
@@ -35,7 +36,6 @@ class Rig:
         from std_msgs.msg import String
         from tf2_msgs.msg import TFMessage
         from visualization_msgs.msg import MarkerArray
-        from geometry_msgs.msg import PoseStamped
 
         from ros2_opentrack.msg import Instance3DArray, QueryResult
 
@@ -59,7 +59,8 @@ class Rig:
         self.stamps: List[int] = []  # header stamps (ns) of every received Instance3DArray
         self.arrival: Dict[str, List[float]] = defaultdict(list)
         for name, typ, topic in (("instances", Instance3DArray, "instances"), ("markers", MarkerArray, "markers"),
-                                 ("cloud", PointCloud2, "instance_cloud"), ("query_result", QueryResult, "query_result"),
+                                 ("cloud", PointCloud2, "instance_cloud"),
+                                 ("query_result", QueryResult, "query_result"),
                                  ("diagnostics", DiagnosticArray, "/diagnostics")):
             d.create_subscription(typ, topic, self._collector(name), 10)
         try:

@@ -87,13 +87,15 @@ def build_model(tokenizer, family: str = "qwen3_vl", seed: int = 0, text_hidden:
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope})
     vheads = max(2, vision_hidden // 64)
     if family == "qwen3_vl":
-        from transformers import Qwen3VLConfig as cfg_cls, Qwen3VLForConditionalGeneration as model_cls
+        from transformers import Qwen3VLConfig as cfg_cls
+        from transformers import Qwen3VLForConditionalGeneration as model_cls
 
         vision = dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
                       num_heads=vheads, out_hidden_size=text_hidden, patch_size=16,
                       deepstack_visual_indexes=list(range(min(1, vision_depth))), num_position_embeddings=256)
     else:
-        from transformers import Qwen2_5_VLConfig as cfg_cls, Qwen2_5_VLForConditionalGeneration as model_cls
+        from transformers import Qwen2_5_VLConfig as cfg_cls
+        from transformers import Qwen2_5_VLForConditionalGeneration as model_cls
 
         vision = dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
                       num_heads=vheads, out_hidden_size=text_hidden, patch_size=14, window_size=56,
