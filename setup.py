@@ -1,5 +1,6 @@
 """pip install . gives the ROS-free core and the `opentrack` CLI; colcon builds the ROS package with
 CMakeLists.txt (messages + this Python package + launch/config)."""
+
 from setuptools import find_packages, setup
 
 setup(

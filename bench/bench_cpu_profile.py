@@ -8,6 +8,7 @@ lifting, DBSCAN, tracking, refinement (the pipeline's own stage timers). Every f
 
 --models is the folder with detector_nanodet_m_coco.onnx (+ .classes.txt) and features_efficientnet_lite0.onnx
 (it becomes perception.weights_dir). Target on a 2-core CPU: >= 5 keyframes/s."""
+
 from __future__ import annotations
 
 import argparse
@@ -77,20 +78,26 @@ def bench_profile(args) -> None:
         row["masks(rest)"] = row.get("masks", 0.0) - sink.get("detector", 0.0) - sink.get("segmenter", 0.0)
         rows.append(row)
         n_masks.append(getattr(res, "n_masks", 0) or 0)
-    keys = ["detector", "segmenter", "masks(rest)", "features"] + sorted(
-        k for k in rows[0] if k not in ("detector", "segmenter", "masks(rest)", "features", "masks", "total")
-    ) + ["total"]
+    keys = (
+        ["detector", "segmenter", "masks(rest)", "features"]
+        + sorted(k for k in rows[0] if k not in ("detector", "segmenter", "masks(rest)", "features", "masks", "total"))
+        + ["total"]
+    )
     h, w = frame.rgb.shape[:2]
-    print(f"CPU profile, {len(rows)} keyframes of {args.scene} at {w}x{h} (after {args.warmup} warm-up), "
-          f"models from {args.models}")
+    print(
+        f"CPU profile, {len(rows)} keyframes of {args.scene} at {w}x{h} (after {args.warmup} warm-up), "
+        f"models from {args.models}"
+    )
     print(f"{'stage':<14}{'median ms':>10}{'mean ms':>10}")
     for k in keys:
         v = [r.get(k, 0.0) for r in rows]
         print(f"{k:<14}{statistics.median(v):>10.1f}{statistics.mean(v):>10.1f}")
     total = [r["total"] for r in rows]
-    print(f"keyframes/s   {1000.0 / statistics.median(total):.2f} (median), "
-          f"{1000.0 / statistics.mean(total):.2f} (mean)"
-          f"   instances so far: {len(pipe.instances())}")
+    print(
+        f"keyframes/s   {1000.0 / statistics.median(total):.2f} (median), "
+        f"{1000.0 / statistics.mean(total):.2f} (mean)"
+        f"   instances so far: {len(pipe.instances())}"
+    )
 
 
 def _time(fn, repeat: int) -> float:
@@ -117,8 +124,7 @@ def compare_torch(args) -> None:
     from ros2_opentrack.perception.sam2_segmenter import Sam2Segmenter, build_sam2_model
 
     rgb = np.random.default_rng(0).integers(0, 255, (480, 640, 3), np.uint8)
-    boxes = np.array([[100, 100, 200, 220], [300, 50, 500, 300], [10, 300, 200, 470], [400, 350, 600, 450]],
-                     np.float32)
+    boxes = np.array([[100, 100, 200, 220], [300, 50, 500, 300], [10, 300, 200, 470], [400, 350, 600, 450]], np.float32)
     tmp = Path(tempfile.mkdtemp(prefix="bench_onnx_"))
     torch.manual_seed(0)
     size = args.sam2_image_size
@@ -132,8 +138,11 @@ def compare_torch(args) -> None:
     print(f"SAM2 hiera-tiny {size}px, 4 boxes: torch {t_torch:.0f} ms, ONNX Runtime {t_onnx:.0f} ms")
     from transformers import Dinov2Config, Dinov2Model
 
-    dino = Dinov2Model(Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
-                                    intermediate_size=1536, patch_size=14)).eval()
+    dino = Dinov2Model(
+        Dinov2Config(
+            hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536, patch_size=14
+        )
+    ).eval()
     hh, ww = 448, 588  # what Dinov2Features(image_size=448) feeds for 640x480
     path = X.export_dinov2(tmp / "dinov2_s.onnx", model=dino, height=hh, width=ww)
     onnx_f = OnnxFeatures(make_session(path, "cpu"))
@@ -144,8 +153,10 @@ def compare_torch(args) -> None:
     t_torch = _time(lambda: torch_f.extract(rgb, masks), args.repeat)
     t_onnx = _time(lambda: onnx_f.extract(rgb, masks), args.repeat)
     cos = float(np.min(np.sum(torch_f.extract(rgb, masks) * onnx_f.extract(rgb, masks), axis=1)))
-    print(f"DINOv2-S/14 {hh}x{ww}, 4 masks: torch {t_torch:.0f} ms, ONNX Runtime {t_onnx:.0f} ms "
-          f"(min cosine torch vs ONNX descriptors {cos:.5f})")
+    print(
+        f"DINOv2-S/14 {hh}x{ww}, 4 masks: torch {t_torch:.0f} ms, ONNX Runtime {t_onnx:.0f} ms "
+        f"(min cosine torch vs ONNX descriptors {cos:.5f})"
+    )
 
 
 def main() -> int:

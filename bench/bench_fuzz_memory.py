@@ -5,6 +5,7 @@ then a burst of big (default 4000x3000) frames, then ~/reset. Prints RSS after e
     python bench/bench_fuzz_memory.py [--messages 2000] [--big 4] [--big-hw 3000 4000] [--no-trim]
 
 --no-trim makes ~/reset skip release_memory (gc + malloc_trim), to see what it gives back."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,7 @@ sys.path.insert(0, str(ROOT / "test" / "ros_support"))
 
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def main() -> int:

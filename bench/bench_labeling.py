@@ -9,6 +9,7 @@ cost of a real short answer. Full sizes need a GPU; ``--tiny`` runs a 32-wide mo
   python bench/bench_labeling.py --tiny
   python bench/bench_labeling.py --size 4b --instances 32 --batch 8     # on a GPU
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,14 +30,38 @@ from ros2_opentrack.views import draw_red_box  # noqa: E402
 
 # Published Qwen3-VL sizes (config.json of the Instruct checkpoints).
 SIZES = {
-    "2b": dict(text=dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
-                         num_key_value_heads=8), tie=True),
-    "4b": dict(text=dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
-                         num_key_value_heads=8), tie=True),
+    "2b": dict(
+        text=dict(
+            hidden_size=2048,
+            intermediate_size=6144,
+            num_hidden_layers=28,
+            num_attention_heads=16,
+            num_key_value_heads=8,
+        ),
+        tie=True,
+    ),
+    "4b": dict(
+        text=dict(
+            hidden_size=2560,
+            intermediate_size=9728,
+            num_hidden_layers=36,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+        ),
+        tie=True,
+    ),
 }
-VISION = dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16, patch_size=16,
-              spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304,
-              deepstack_visual_indexes=[5, 11, 17])
+VISION = dict(
+    depth=24,
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_heads=16,
+    patch_size=16,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    num_position_embeddings=2304,
+    deepstack_visual_indexes=[5, 11, 17],
+)
 
 
 def full_size_model(size: str, tokenizer, dtype):
@@ -44,14 +69,31 @@ def full_size_model(size: str, tokenizer, dtype):
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
     spec = SIZES[size]
-    text = dict(spec["text"], vocab_size=151936, head_dim=128, max_position_embeddings=32768,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
-                rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [24, 20, 20],
-                                 "mrope_interleaved": True})
+    text = dict(
+        spec["text"],
+        vocab_size=151936,
+        head_dim=128,
+        max_position_embeddings=32768,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 5000000.0,
+            "mrope_section": [24, 20, 20],
+            "mrope_interleaved": True,
+        },
+    )
     vision = dict(VISION, out_hidden_size=spec["text"]["hidden_size"])
-    ids = {k: tokenizer.convert_tokens_to_ids(t) for k, t in [
-        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
+    ids = {
+        k: tokenizer.convert_tokens_to_ids(t)
+        for k, t in [
+            ("image_token_id", "<|image_pad|>"),
+            ("video_token_id", "<|video_pad|>"),
+            ("vision_start_token_id", "<|vision_start|>"),
+            ("vision_end_token_id", "<|vision_end|>"),
+        ]
+    }
     config = Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=spec["tie"], **ids)
     torch.set_default_dtype(dtype)
     try:
@@ -128,16 +170,20 @@ def main(argv=None) -> int:
 
     labeler, device, params = build_labeler(args)
     name = "tiny Qwen3-VL" if args.tiny else f"Qwen3-VL-{args.size.upper()}-sized"
-    print(f"{name} ({params:.3f} B params, random weights) on {device}; {args.instances} instances, K={args.k}, "
-          f"{args.hw[1]}x{args.hw[0]} images, {args.new_tokens} new tokens")
+    print(
+        f"{name} ({params:.3f} B params, random weights) on {device}; {args.instances} instances, K={args.k}, "
+        f"{args.hw[1]}x{args.hw[0]} images, {args.new_tokens} new tokens"
+    )
     if not args.tiny and not device.startswith("cuda"):
         print("note: full-size figures on a CPU are not representative; run on a GPU")
     requests = make_requests(args.instances, args.k, args.hw)
-    labeler.label(requests[:min(2, len(requests))])  # warm-up (kernels, allocator)
+    labeler.label(requests[: min(2, len(requests))])  # warm-up (kernels, allocator)
     for label, batch in ((f"batched (max_batch={args.batch})", args.batch), ("one request at a time", 1)):
         elapsed, errors = timed(labeler, requests, batch, device)
-        print(f"{label:28s} {args.instances / elapsed:8.2f} instances/s  {1000 * elapsed / args.instances:9.1f} "
-              f"ms/instance  transport errors: {errors}")
+        print(
+            f"{label:28s} {args.instances / elapsed:8.2f} instances/s  {1000 * elapsed / args.instances:9.1f} "
+            f"ms/instance  transport errors: {errors}"
+        )
     return 0
 
 

@@ -12,6 +12,7 @@
     python bench/bench_map_state.py                      # both
     python bench/bench_map_state.py --frames 2000        # a shorter loop
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,20 +37,25 @@ from ros2_opentrack.types import Frame, Observation, View  # noqa: E402
 def config(**flat) -> OpenTrackConfig:
     from ros2_opentrack.config import from_flat
 
-    base = {"masks.source": "dataset", "perception.features.name": "color_hist", "perception.labeler.name": "none",
-            "perception.text_matcher.name": "none", "keyframes.every_n": 1}
+    base = {
+        "masks.source": "dataset",
+        "perception.features.name": "color_hist",
+        "perception.labeler.name": "none",
+        "perception.text_matcher.name": "none",
+        "keyframes.every_n": 1,
+    }
     base.update(flat)
     return from_flat(base, OpenTrackConfig())
 
 
 def folder_mb(folder: Path) -> float:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2 ** 20
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
 
 
 def rss_mb() -> float:
     import psutil
 
-    return psutil.Process().memory_info().rss / 2 ** 20
+    return psutil.Process().memory_info().rss / 2**20
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -72,22 +78,46 @@ def big_map(n_tracks: int, seed: int = 0) -> Pipeline:
             if offers:
                 pipe.views.offer(frame.rgb, offers)
                 offers = []
-            rgb = np.clip(np.stack([xx * 0.3, yy * 0.4, (xx + yy) * 0.15], -1) + rng.integers(0, 40, (h, w, 3)),
-                          0, 255).astype(np.uint8)
-            frame = Frame(rgb=rgb, depth=np.ones((h, w), np.float32), K=np.eye(3), T_world_cam=np.eye(4),
-                          stamp=k / 10.0, index=k // 10)
+            rgb = np.clip(
+                np.stack([xx * 0.3, yy * 0.4, (xx + yy) * 0.15], -1) + rng.integers(0, 40, (h, w, 3)), 0, 255
+            ).astype(np.uint8)
+            frame = Frame(
+                rgb=rgb,
+                depth=np.ones((h, w), np.float32),
+                K=np.eye(3),
+                T_world_cam=np.eye(4),
+                stamp=k / 10.0,
+                index=k // 10,
+            )
         at = np.array([(k % side) * spacing, (k // side) * spacing, 0.0], np.float32)
         pts = cube + at + rng.normal(0, 0.003, cube.shape).astype(np.float32)
         colors = np.clip(rng.normal(rng.integers(40, 215, 3), 8, (len(pts), 3)), 0, 255).astype(np.uint8)
         feat = rng.random(dim).astype(np.float32)
-        obs = Observation(voxels=geometry.voxel_keys(pts, pipe.cfg.tracking.voxel_size_m), points=pts, colors=colors,
-                          feature=feat / np.linalg.norm(feat), pixel_count=len(pts),
-                          box=np.array([10, 10, 100, 100], np.float32), label="box")
+        obs = Observation(
+            voxels=geometry.voxel_keys(pts, pipe.cfg.tracking.voxel_size_m),
+            points=pts,
+            colors=colors,
+            feature=feat / np.linalg.norm(feat),
+            pixel_count=len(pts),
+            box=np.array([10, 10, 100, 100], np.float32),
+            label="box",
+        )
         t = pipe.tracker._open(obs, frame)
         t.observations = 5
         pipe.tracker.scene.add(pts, colors)
-        offers.append((t.id, View(image_key=0, frame_index=frame.index, stamp=frame.stamp, box=obs.box.copy(),
-                                  visible_fraction=1.0, mask_area=8100)))
+        offers.append(
+            (
+                t.id,
+                View(
+                    image_key=0,
+                    frame_index=frame.index,
+                    stamp=frame.stamp,
+                    box=obs.box.copy(),
+                    visible_fraction=1.0,
+                    mask_area=8100,
+                ),
+            )
+        )
     if offers:
         pipe.views.offer(frame.rgb, offers)
     return pipe
@@ -109,10 +139,12 @@ def bench_save_load(n_tracks: int, repeat: int) -> None:
             assert len(fresh.tracker.tracks) == n_tracks
         s = pipe.stats
         points = sum(len(t.store) for t in pipe.tracker.tracks.values())
-        print(f"map of {n_tracks} tracks ({points} fine points, {s.images_stored} images "
-              f"{s.image_bytes / 2 ** 20:.1f} MB, scene map {pipe.tracker.scene.n_points} points): "
-              f"save {np.median(saves) * 1000:.0f} ms, load {np.median(loads) * 1000:.0f} ms "
-              f"(median of {repeat}), folder {folder_mb(tmp / 'map'):.1f} MB")
+        print(
+            f"map of {n_tracks} tracks ({points} fine points, {s.images_stored} images "
+            f"{s.image_bytes / 2**20:.1f} MB, scene map {pipe.tracker.scene.n_points} points): "
+            f"save {np.median(saves) * 1000:.0f} ms, load {np.median(loads) * 1000:.0f} ms "
+            f"(median of {repeat}), folder {folder_mb(tmp / 'map'):.1f} MB"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -149,11 +181,11 @@ def bench_loop(n_frames: int, move_every: int) -> None:
     def frame(i: int) -> Frame:
         place, p = (i // move_every) % 3, i % len(poses)
         if (place, p) not in cache:
-            cache[(place, p)] = make_box_frame(boxes[place], COLOURS, poses[p], hw=HW, min_pixels=20,
-                                               rng=np.random.default_rng(p))
+            cache[(place, p)] = make_box_frame(
+                boxes[place], COLOURS, poses[p], hw=HW, min_pixels=20, rng=np.random.default_rng(p)
+            )
         f = cache[(place, p)]
-        return Frame(rgb=f.rgb, depth=f.depth, K=f.K, T_world_cam=f.T_world_cam, stamp=i / 30.0, index=i,
-                     masks=f.masks)
+        return Frame(rgb=f.rgb, depth=f.depth, K=f.K, T_world_cam=f.T_world_cam, stamp=i / 30.0, index=i, masks=f.masks)
 
     pipe = Pipeline(config(**{"lift.pixel_stride": 1, "lift.min_mask_pixels": 20}))
     tmp = Path(tempfile.mkdtemp(prefix="bench_map_loop_"))
@@ -171,17 +203,24 @@ def bench_loop(n_frames: int, move_every: int) -> None:
                 s = pipe.stats
                 rss = rss_mb()
                 rows.append(rss)
-                print(f"frame {i + 1:>6}: RSS {rss:7.1f} MB{'' if base is None else f' ({rss - base:+.1f})'}, "
-                      f"tracks {len(pipe.tracker.tracks)} (object: {dict(obj)}; terminated {s.terminated}, merged "
-                      f"{s.merged}), images {s.images_stored}, state {folder_mb(tmp / 'map') * 1024:.0f} KB, "
-                      f"{time.perf_counter() - t0:.0f} s", flush=True)
+                print(
+                    f"frame {i + 1:>6}: RSS {rss:7.1f} MB{'' if base is None else f' ({rss - base:+.1f})'}, "
+                    f"tracks {len(pipe.tracker.tracks)} (object: {dict(obj)}; terminated {s.terminated}, merged "
+                    f"{s.merged}), images {s.images_stored}, state {folder_mb(tmp / 'map') * 1024:.0f} KB, "
+                    f"{time.perf_counter() - t0:.0f} s",
+                    flush=True,
+                )
         if base is not None:
             after = [r for k, r in enumerate(rows) if (k + 1) * 1000 > move_every * 3]
-            print(f"RSS growth after the first {move_every * 3} frames: {rss_mb() - base:+.1f} MB (max sample "
-                  f"{max(after) - base:+.1f} MB) over {n_frames} frames")
+            print(
+                f"RSS growth after the first {move_every * 3} frames: {rss_mb() - base:+.1f} MB (max sample "
+                f"{max(after) - base:+.1f} MB) over {n_frames} frames"
+            )
         moved = [t for t in pipe.tracker.tracks.values() if t.presence != Presence.PRESENT]
-        print(f"removed / moved tracks at the end: {len(moved)}; "
-              f"{(time.perf_counter() - t0) / n_frames * 1000:.1f} ms per frame")
+        print(
+            f"removed / moved tracks at the end: {len(moved)}; "
+            f"{(time.perf_counter() - t0) / n_frames * 1000:.1f} ms per frame"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

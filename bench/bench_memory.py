@@ -4,6 +4,7 @@ Masks are weight-free and deterministic: depth-discontinuity segments (connected
 depth image between depth edges > 4 cm, the 20 largest of >= 300 pixels at full resolution). Features are
 color_hist. RSS (psutil) is sampled after a warm-up pass over the cached frames; the growth from there is
 what the target (<= 50 MB over 10,000 frames) bounds."""
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,11 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "7scenes_redkit
 def load_frames(folder: Path, n: int, stride: int):
     import cv2
 
-    K = np.loadtxt(folder / "camera-intrinsics.txt") if (folder / "camera-intrinsics.txt").is_file() else \
-        np.array([[585.0, 0, 320], [0, 585.0, 240], [0, 0, 1]])
+    K = (
+        np.loadtxt(folder / "camera-intrinsics.txt")
+        if (folder / "camera-intrinsics.txt").is_file()
+        else np.array([[585.0, 0, 320], [0, 585.0, 240], [0, 0, 1]])
+    )
     poses = sorted(folder.glob("frame-*.pose.txt"))[::stride][:n]
     frames = []
     for i, p in enumerate(poses):
@@ -35,8 +39,17 @@ def load_frames(folder: Path, n: int, stride: int):
         d = cv2.imread(stem + ".depth.png", cv2.IMREAD_UNCHANGED).astype(np.float32)
         d[d >= 65535] = 0
         depth = d / 1000.0
-        frames.append(Frame(rgb=np.ascontiguousarray(rgb), depth=depth, K=K, T_world_cam=np.loadtxt(p), index=i,
-                            stamp=i / 30.0, masks=depth_segments(depth)))
+        frames.append(
+            Frame(
+                rgb=np.ascontiguousarray(rgb),
+                depth=depth,
+                K=K,
+                T_world_cam=np.loadtxt(p),
+                index=i,
+                stamp=i / 30.0,
+                masks=depth_segments(depth),
+            )
+        )
     return frames
 
 
@@ -57,7 +70,7 @@ def depth_segments(depth: np.ndarray, n_max: int = 20, min_pixels: int = 300):
 def rss_mb() -> float:
     import psutil
 
-    return psutil.Process().memory_info().rss / 2 ** 20
+    return psutil.Process().memory_info().rss / 2**20
 
 
 def main(argv=None):
@@ -83,14 +96,18 @@ def main(argv=None):
     samples = []
     for i in range(args.frames):
         f = frames[i % len(frames)]
-        pipe.step(Frame(rgb=f.rgb, depth=f.depth, K=f.K, T_world_cam=f.T_world_cam, index=i, stamp=i / 30.0,
-                        masks=f.masks))
+        pipe.step(
+            Frame(rgb=f.rgb, depth=f.depth, K=f.K, T_world_cam=f.T_world_cam, index=i, stamp=i / 30.0, masks=f.masks)
+        )
         if (i + 1) % max(1, args.frames // 10) == 0:
             samples.append(rss_mb() - base)
             s = pipe.stats
-            print(f"frame {i + 1}: RSS +{samples[-1]:.1f} MB, tracks {s.active + s.dormant} "
-                  f"(terminated {s.terminated}, merged {s.merged}), images {s.images_stored} "
-                  f"({s.image_bytes / 2 ** 20:.1f} MB), {time.perf_counter() - t0:.0f} s", flush=True)
+            print(
+                f"frame {i + 1}: RSS +{samples[-1]:.1f} MB, tracks {s.active + s.dormant} "
+                f"(terminated {s.terminated}, merged {s.merged}), images {s.images_stored} "
+                f"({s.image_bytes / 2**20:.1f} MB), {time.perf_counter() - t0:.0f} s",
+                flush=True,
+            )
     print(f"RSS growth over {args.frames} frames: {rss_mb() - base:.1f} MB (max sample {max(samples):.1f} MB)")
     return 0
 

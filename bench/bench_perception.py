@@ -11,6 +11,7 @@ With --tensorrt and a working tensorrt, DINOv2 and YOLO-World are also timed on 
 Example: python bench/bench_perception.py --quick
          python bench/bench_perception.py --sets small paper --boxes 20 --tensorrt
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,10 +82,14 @@ def build_dinov2(size: str, device: str, half: bool, tensorrt: bool, image_size:
 
     hidden, layers, heads = DINOV2_SIZES[size]
     torch.manual_seed(0)
-    model = Dinov2Model(Dinov2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                                     patch_size=14, image_size=518))
-    return Dinov2Features(model, image_size=image_size, device=device, half=half, tensorrt=tensorrt,
-                          name=f"bench-dinov2-{size}")
+    model = Dinov2Model(
+        Dinov2Config(
+            hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, patch_size=14, image_size=518
+        )
+    )
+    return Dinov2Features(
+        model, image_size=image_size, device=device, half=half, tensorrt=tensorrt, name=f"bench-dinov2-{size}"
+    )
 
 
 def build_owlv2(size: str, device: str, half: bool, classes: List[str]):
@@ -96,20 +101,37 @@ def build_owlv2(size: str, device: str, half: bool, classes: List[str]):
     tokenizer = _tokenizer()
     if size == "tiny":
         text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
-        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                      image_size=64, patch_size=16)
+        vision = dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=64,
+            patch_size=16,
+        )
         projection = 32
     else:  # owlv2-base-patch16 architecture
         text = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8)
-        vision = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                      image_size=960, patch_size=16)
+        vision = dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            image_size=960,
+            patch_size=16,
+        )
         projection = 512
-    text.update(vocab_size=max(tokenizer.vocab_size, 49408), max_position_embeddings=16,
-                bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
-                pad_token_id=tokenizer.pad_token_id)
+    text.update(
+        vocab_size=max(tokenizer.vocab_size, 49408),
+        max_position_embeddings=16,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(0)
     model = transformers.Owlv2ForObjectDetection(
-        transformers.Owlv2Config(text_config=text, vision_config=vision, projection_dim=projection))
+        transformers.Owlv2Config(text_config=text, vision_config=vision, projection_dim=projection)
+    )
     side = vision["image_size"]
     processor = slow_image_processor()(size={"height": side, "width": side})
     return Owlv2Detector(model, tokenizer, processor, classes, score_threshold=0.0, device=device, half=half)
@@ -134,8 +156,16 @@ def build_yolo_world(size: str, device: str, half: bool, classes: List[str], ten
     net.model[-1].nc = len(classes)
     net.names = dict(enumerate(classes))
     yolo.set_classes = lambda names: None  # set_classes would download the CLIP text model
-    return YoloWorldDetector(yolo, classes, score_threshold=0.0, image_size=image_size, device=device, half=half,
-                             tensorrt=tensorrt, stem=f"bench-yolov8{size}-worldv2")
+    return YoloWorldDetector(
+        yolo,
+        classes,
+        score_threshold=0.0,
+        image_size=image_size,
+        device=device,
+        half=half,
+        tensorrt=tensorrt,
+        stem=f"bench-yolov8{size}-worldv2",
+    )
 
 
 def build_sam2(size: str, device: str, half: bool, image_size: Optional[int]):
@@ -147,8 +177,9 @@ def build_sam2(size: str, device: str, half: bool, image_size: Optional[int]):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def run_set(name: str, spec: Dict[str, str], args, device: str, rgb: np.ndarray, boxes: np.ndarray,
-            use_trt: bool) -> Dict[str, float]:
+def run_set(
+    name: str, spec: Dict[str, str], args, device: str, rgb: np.ndarray, boxes: np.ndarray, use_trt: bool
+) -> Dict[str, float]:
     from ros2_opentrack.perception.yolo_world import import_ultralytics
 
     half = device.startswith("cuda") and not args.fp32
@@ -162,8 +193,10 @@ def run_set(name: str, spec: Dict[str, str], args, device: str, rgb: np.ndarray,
         det_name = f"YOLO-World-{spec['yolo'].upper()}{tag}"
     else:
         if not have_yolo:
-            print(f"  [skip] YOLO-World-{spec['yolo'].upper()}: ultralytics does not import "
-                  f"({import_ultralytics()[1][:100]})")
+            print(
+                f"  [skip] YOLO-World-{spec['yolo'].upper()}: ultralytics does not import "
+                f"({import_ultralytics()[1][:100]})"
+            )
         owl_size = "tiny" if args.quick else spec["owlv2"]
         detector = build_owlv2(owl_size, device, half, classes)
         det_name = f"OWLv2-{owl_size}"
@@ -173,15 +206,18 @@ def run_set(name: str, spec: Dict[str, str], args, device: str, rgb: np.ndarray,
     sam_size = "tiny" if args.quick else spec["sam2"]
     segmenter = build_sam2(sam_size, device, half, 256 if args.quick else None)
     times[f"segmenter SAM2-{sam_size} ({segmenter.image_size}px, {len(boxes)} boxes)"] = timeit(
-        partial(segmenter.segment, rgb, boxes), device, args.repeats, args.warmup)
+        partial(segmenter.segment, rgb, boxes), device, args.repeats, args.warmup
+    )
     del segmenter
 
     dino_size = "tiny" if args.quick else spec["dinov2"]
     features = build_dinov2(dino_size, device, half, use_trt, args.dino_size)
     grid = features.grid(rgb.shape[:2])
     t = timeit(lambda: features.extract(rgb, masks, boxes), device, args.repeats, args.warmup)
-    times[f"features DINOv2-{dino_size}{' +TensorRT' if features.backend == 'tensorrt' else ''} "
-          f"({grid[0]}x{grid[1]} patches)"] = t
+    times[
+        f"features DINOv2-{dino_size}{' +TensorRT' if features.backend == 'tensorrt' else ''} "
+        f"({grid[0]}x{grid[1]} patches)"
+    ] = t
     return times
 
 
@@ -196,8 +232,11 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--fp32", action="store_true", help="no fp16 on CUDA")
     parser.add_argument("--tensorrt", action="store_true", help="also time TensorRT engines where available")
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny configs of every model, small SAM2 input, 1 repeat: checks the bench runs")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny configs of every model, small SAM2 input, 1 repeat: checks the bench runs",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -212,10 +251,12 @@ def main(argv=None) -> int:
     device = resolve_device(args.device, "bench")
     rgb = np.random.default_rng(0).integers(0, 256, (*args.hw, 3), dtype=np.uint8)
     boxes = random_boxes(args.boxes, args.hw)
-    print(f"device {device} ({torch.cuda.get_device_name(0) if device.startswith('cuda') else 'CPU'}), "
-          f"torch {torch.__version__}, fp16 {device.startswith('cuda') and not args.fp32}, image "
-          f"{args.hw[1]}x{args.hw[0]}, {args.boxes} boxes, median of {args.repeats}"
-          f"{' (QUICK: tiny configs)' if args.quick else ''}")
+    print(
+        f"device {device} ({torch.cuda.get_device_name(0) if device.startswith('cuda') else 'CPU'}), "
+        f"torch {torch.__version__}, fp16 {device.startswith('cuda') and not args.fp32}, image "
+        f"{args.hw[1]}x{args.hw[0]}, {args.boxes} boxes, median of {args.repeats}"
+        f"{' (QUICK: tiny configs)' if args.quick else ''}"
+    )
     trt_ok, trt_reason = tensorrt_status()
     variants = [False] + ([True] if args.tensorrt and trt_ok else [])
     if args.tensorrt and not trt_ok:

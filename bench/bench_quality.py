@@ -26,6 +26,7 @@ AP50 and tracker AP50 >= greedy AP50; over the mean row also tracker AP >= oracl
     .venv/bin/python bench/bench_quality.py --list          # the default cells
     .venv/bin/python bench/bench_quality.py --cells 'scannet/*/all' --methods tracker --set tracking.visible_iou=false
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,13 +63,26 @@ METHODS = {
     "tracker": {},
     "greedy": {"tracking.association": "greedy_iou"},
 }
-BASE = {"masks.source": "dataset", "perception.features.name": "color_hist", "perception.labeler.name": "none",
-        "keyframes.every_n": 1}
+BASE = {
+    "masks.source": "dataset",
+    "perception.features.name": "color_hist",
+    "perception.labeler.name": "none",
+    "keyframes.every_n": 1,
+}
 FRAMES = {"loop": 80, "wall": 90, "walk": 80, "tour": 80}  # per trajectory (--frames overrides)
 
 _OFF = dict(p_drop=0.0, p_edge=0.0, false_blobs=0.0, depth_k=0.0)  # MaskNoise with every error off
-_ALL = dict(p_drop=0.1, p_edge=0.6, edge_px=3, p_merge=0.1, p_split=0.1, p_bleed=0.15, false_blobs=0.3,
-            depth_k=0.0025, shuffle_ids=True)
+_ALL = dict(
+    p_drop=0.1,
+    p_edge=0.6,
+    edge_px=3,
+    p_merge=0.1,
+    p_split=0.1,
+    p_bleed=0.15,
+    false_blobs=0.3,
+    depth_k=0.0025,
+    shuffle_ids=True,
+)
 MODES = {  # name -> (MaskNoise fields, pose drift on)
     "clean": ({}, False),
     "drop": ({"p_drop": 0.1}, False),
@@ -104,9 +118,9 @@ def build_scene(name, objects):
     if name == "scannet":
         return load_scannet_npy(SCANNET_NPY)
     if name.startswith("wallroom"):
-        return make_wall_room(seed=int(name[len("wallroom"):]), n_objects=objects)
+        return make_wall_room(seed=int(name[len("wallroom") :]), n_objects=objects)
     if name.startswith("room"):
-        return make_room(seed=int(name[len("room"):]), n_objects=objects)
+        return make_room(seed=int(name[len("room") :]), n_objects=objects)
     raise SystemExit(f"unknown scene '{name}'")
 
 
@@ -142,8 +156,16 @@ def score(scene, seen, instances, radius):
         return dict(ap=0.0, ap50=0.0, ap25=0.0, n_pred=0, n_gt=0)
     pts = np.concatenate([i.points for i in instances])
     inst = np.concatenate([np.full(len(i.points), i.id) for i in instances])
-    r = evaluate_points(scene.points, scene.gt_ids(), pts, inst, [i.id for i in instances],
-                        [i.score for i in instances], radius=radius, gt_mask=seen)
+    r = evaluate_points(
+        scene.points,
+        scene.gt_ids(),
+        pts,
+        inst,
+        [i.id for i in instances],
+        [i.score for i in instances],
+        radius=radius,
+        gt_mask=seen,
+    )
     return dict(ap=r.ap, ap50=r.ap50, ap25=r.ap25, n_pred=r.n_pred, n_gt=r.n_gt)
 
 
@@ -152,8 +174,18 @@ def make_frames(views, mode, seed):
     noise = MaskNoise(**{**_OFF, **fields, "seed": seed})
     frames = views.frames(noise, PoseDrift(seed=seed) if drift else None, seed=seed)
     rng = np.random.default_rng(seed + 7)  # one anonymization shared by every non-oracle method
-    anonymous = [type(f)(rgb=f.rgb, depth=f.depth, K=f.K, T_world_cam=f.T_world_cam, stamp=f.stamp, index=f.index,
-                         masks=noise.anonymize(f.masks, rng)) for f in frames]
+    anonymous = [
+        type(f)(
+            rgb=f.rgb,
+            depth=f.depth,
+            K=f.K,
+            T_world_cam=f.T_world_cam,
+            stamp=f.stamp,
+            index=f.index,
+            masks=noise.anonymize(f.masks, rng),
+        )
+        for f in frames
+    ]
     return frames, anonymous
 
 
@@ -163,8 +195,9 @@ def _cell(cell):
     frames, anonymous = make_frames(views, mode, ARGS.seed)
     out = {"cell": cell, "scene": scene.name, "trajectory": traj, "mode": mode, "frames": len(frames)}
     for method in ARGS.methods:
-        instances, seconds = run_method(frames if method == "oracle" else anonymous,
-                                        {**_parse_sets(ARGS.set), **METHODS[method]})
+        instances, seconds = run_method(
+            frames if method == "oracle" else anonymous, {**_parse_sets(ARGS.set), **METHODS[method]}
+        )
         s = score(scene, views.seen, instances, ARGS.radius)
         s["seconds"] = round(seconds, 2)
         out[method] = s
@@ -198,8 +231,12 @@ def passes(row):
 def main(argv=None) -> int:
     global ARGS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cells", nargs="+", metavar="SCENE/TRAJ/MODE",
-                    help="cells to run (fnmatch patterns over every scene x trajectory x mode), e.g. 'scannet/wall/*'")
+    ap.add_argument(
+        "--cells",
+        nargs="+",
+        metavar="SCENE/TRAJ/MODE",
+        help="cells to run (fnmatch patterns over every scene x trajectory x mode), e.g. 'scannet/wall/*'",
+    )
     ap.add_argument("--quick", action="store_true", help="one scene x loop/wall/walk, error mode all, 60 frames")
     ap.add_argument("--list", action="store_true", help="print the selected cells and exit")
     ap.add_argument("--rooms", type=int, default=2, help="procedural rooms room0..N-1 (objects anywhere)")
@@ -213,14 +250,19 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
     ap.add_argument("--json", help="write the figures to this file")
     ap.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS), help="methods to run")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="config overrides for every method (ablations), e.g. tracking.visible_iou=false")
+    ap.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides for every method (ablations), e.g. tracking.visible_iou=false",
+    )
     args = ap.parse_args(argv)
     if args.quick and args.frames is None:
         args.frames = 60
     ARGS = args
 
-    scene_names = (["scannet"] if not args.no_scannet and SCANNET_NPY.is_file() else [])
+    scene_names = ["scannet"] if not args.no_scannet and SCANNET_NPY.is_file() else []
     scene_names += [f"room{s}" for s in range(args.rooms)] + [f"wallroom{s}" for s in range(args.wallrooms)]
     if not scene_names:
         raise SystemExit("no scenes (ScanNet room missing and --rooms 0 --wallrooms 0)")
@@ -228,8 +270,10 @@ def main(argv=None) -> int:
         universe = [f"{s}/{t}/{m}" for s in scene_names for t in TRAJECTORIES for m in MODES]
         cells = [c for c in universe if any(fnmatch.fnmatchcase(c, p) for p in args.cells)]
         if not cells:
-            raise SystemExit(f"no cell matches {args.cells}; cells are SCENE/TRAJ/MODE over scenes {scene_names}, "
-                             f"trajectories {list(TRAJECTORIES)}, modes {list(MODES)}")
+            raise SystemExit(
+                f"no cell matches {args.cells}; cells are SCENE/TRAJ/MODE over scenes {scene_names}, "
+                f"trajectories {list(TRAJECTORIES)}, modes {list(MODES)}"
+            )
     else:
         cells = quick_cells(scene_names) if args.quick else default_cells(scene_names)
     if args.list:
@@ -244,8 +288,11 @@ def main(argv=None) -> int:
         VIEWS[key] = views
     t_render = time.perf_counter() - t_start
     methods = args.methods
-    head = (f"{'cell':<26}" + "".join(f"{m[:7] + ' AP/50/25':>20}" for m in methods)
-            + f"{'pred ' + '/'.join(m[0] for m in methods):>12}{'gt':>4}  bar")
+    head = (
+        f"{'cell':<26}"
+        + "".join(f"{m[:7] + ' AP/50/25':>20}" for m in methods)
+        + f"{'pred ' + '/'.join(m[0] for m in methods):>12}{'gt':>4}  bar"
+    )
     print(head)
     order = {c: k for k, c in enumerate(cells)}
     rows = []
@@ -255,32 +302,45 @@ def main(argv=None) -> int:
         figures = "".join(f"  {row[m]['ap']:.3f} {row[m]['ap50']:.3f} {row[m]['ap25']:.3f}" for m in methods)
         preds = "/".join(str(row[m]["n_pred"]) for m in methods)
         gt = row[methods[0]].get("n_gt", 0)
-        print(f"{row['cell']:<26}{figures}{preds:>12}{gt:>4}  {'' if ok is None else ('ok' if ok else 'FAIL')}",
-              flush=True)
+        print(
+            f"{row['cell']:<26}{figures}{preds:>12}{gt:>4}  {'' if ok is None else ('ok' if ok else 'FAIL')}",
+            flush=True,
+        )
     rows.sort(key=lambda r: order[r["cell"]])
     print("-" * len(head))
     means = {m: {k: float(np.mean([r[m][k] for r in rows])) for k in ("ap", "ap50", "ap25")} for m in methods}
-    print(f"{'mean (' + str(len(rows)) + ' cells)':<26}" +
-          "".join(f"  {means[m]['ap']:.3f} {means[m]['ap50']:.3f} {means[m]['ap25']:.3f}" for m in methods))
+    print(
+        f"{'mean (' + str(len(rows)) + ' cells)':<26}"
+        + "".join(f"  {means[m]['ap']:.3f} {means[m]['ap50']:.3f} {means[m]['ap25']:.3f}" for m in methods)
+    )
     summary = {}
     if all(m in methods for m in METHODS):
         failing = [r["cell"] for r in rows if not passes(r)]
         mean_ok = means["tracker"]["ap"] >= means["oracle"]["ap"]
-        summary = {"failing_cells": failing, "mean_ap_above_oracle": mean_ok,
-                   "tracker_over_oracle_ap50": means["tracker"]["ap50"] / max(1e-9, means["oracle"]["ap50"]),
-                   "tracker_minus_greedy_ap50": means["tracker"]["ap50"] - means["greedy"]["ap50"]}
-        print(f"bar (tracker AP50 >= 0.95 x oracle and >= greedy per cell; mean tracker AP >= oracle): "
-              f"{len(rows) - len(failing)}/{len(rows)} cells pass; mean AP {means['tracker']['ap']:.3f} vs oracle "
-              f"{means['oracle']['ap']:.3f} {'ok' if mean_ok else 'FAIL'}; tracker/oracle AP50 "
-              f"{summary['tracker_over_oracle_ap50']:.3f}, tracker - greedy AP50 "
-              f"{summary['tracker_minus_greedy_ap50']:+.3f}")
+        summary = {
+            "failing_cells": failing,
+            "mean_ap_above_oracle": mean_ok,
+            "tracker_over_oracle_ap50": means["tracker"]["ap50"] / max(1e-9, means["oracle"]["ap50"]),
+            "tracker_minus_greedy_ap50": means["tracker"]["ap50"] - means["greedy"]["ap50"],
+        }
+        print(
+            f"bar (tracker AP50 >= 0.95 x oracle and >= greedy per cell; mean tracker AP >= oracle): "
+            f"{len(rows) - len(failing)}/{len(rows)} cells pass; mean AP {means['tracker']['ap']:.3f} vs oracle "
+            f"{means['oracle']['ap']:.3f} {'ok' if mean_ok else 'FAIL'}; tracker/oracle AP50 "
+            f"{summary['tracker_over_oracle_ap50']:.3f}, tracker - greedy AP50 "
+            f"{summary['tracker_minus_greedy_ap50']:+.3f}"
+        )
         if failing:
             print("failing: " + " ".join(failing))
     seconds = time.perf_counter() - t_start
     print(f"{len(rows)} cells in {seconds:.0f} s (rendering {t_render:.0f} s, {args.jobs} jobs)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "means": means, "summary": summary,
-                                               "seconds": round(seconds, 1), "args": vars(args)}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {"rows": rows, "means": means, "summary": summary, "seconds": round(seconds, 1), "args": vars(args)},
+                indent=1,
+            )
+        )
     return 0
 
 

@@ -10,6 +10,7 @@
 
     .venv/bin/python bench/bench_ros_latency.py --minutes 5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,14 @@ def make_node(extra: dict, features=None):
     from ros2_opentrack.ros import params
     from ros2_opentrack.ros.node import OpenTrackNode
 
-    values = {"masks.source": "topic", "perception.features.name": "color_hist", "perception.text_matcher.name": "none",
-              "perception.labeler.name": "none", "tf_timeout_s": 0.05, **extra}
+    values = {
+        "masks.source": "topic",
+        "perception.features.name": "color_hist",
+        "perception.text_matcher.name": "none",
+        "perception.labeler.name": "none",
+        "tf_timeout_s": 0.05,
+        **extra,
+    }
     core = {k: v for k, v in values.items() if "." in k}
     pipeline = Pipeline(from_flat(core), features=features)
     return OpenTrackNode(pipeline=pipeline, parameter_overrides=params.overrides(values))
@@ -80,14 +87,22 @@ def compress(msgs: dict) -> dict:
 
     rgb = conv.rgb_from_msg(msgs["rgb"])
     out = {k: v for k, v in msgs.items() if k not in ("rgb", "depth", "masks")}
-    out["rgb"] = CompressedImage(header=msgs["rgb"].header, format="rgb8; jpeg compressed bgr8",
-                                 data=cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
-    out["depth"] = CompressedImage(header=msgs["depth"].header, format="16UC1; compressedDepth png",
-                                   data=struct.pack("<iff", 0, 0.0, 0.0) +
-                                   cv2.imencode(".png", conv.image_to_array(msgs["depth"]))[1].tobytes())
+    out["rgb"] = CompressedImage(
+        header=msgs["rgb"].header,
+        format="rgb8; jpeg compressed bgr8",
+        data=cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes(),
+    )
+    out["depth"] = CompressedImage(
+        header=msgs["depth"].header,
+        format="16UC1; compressedDepth png",
+        data=struct.pack("<iff", 0, 0.0, 0.0) + cv2.imencode(".png", conv.image_to_array(msgs["depth"]))[1].tobytes(),
+    )
     if "masks" in msgs:
-        out["masks"] = CompressedImage(header=msgs["masks"].header, format="16UC1; png",
-                                       data=cv2.imencode(".png", conv.image_to_array(msgs["masks"]))[1].tobytes())
+        out["masks"] = CompressedImage(
+            header=msgs["masks"].header,
+            format="16UC1; png",
+            data=cv2.imencode(".png", conv.image_to_array(msgs["masks"]))[1].tobytes(),
+        )
     return out
 
 
@@ -96,8 +111,11 @@ def part1(args, frames, compressed: bool = False):
     from rig import Rig
     from sensor_msgs.msg import CompressedImage
 
-    transports = {"rgb_transport": "compressed", "depth_transport": "compressedDepth",
-                  "masks_transport": "compressed"} if compressed else {}
+    transports = (
+        {"rgb_transport": "compressed", "depth_transport": "compressedDepth", "masks_transport": "compressed"}
+        if compressed
+        else {}
+    )
     rig = Rig(make_node({"queue_size": args.queue_size, **transports}))
     if compressed:
         for stream, transport in (("rgb", "compressed"), ("depth", "compressedDepth"), ("masks", "compressed")):
@@ -122,11 +140,15 @@ def part1(args, frames, compressed: bool = False):
     finally:
         rig.close()
     lat, kf = np.array(lat), np.array(kf)
-    print(f"part 1{' (compressed inputs)' if compressed else ''}: {args.hw[1]}x{args.hw[0]}, masks on the topic, "
-          f"{len(lat)} frames, {n_inst} instances at the end")
-    print(f"  publish -> Instance3DArray latency: median {np.median(lat):.1f} ms, p90 {np.percentile(lat, 90):.1f} ms,"
-          f" max {lat.max():.1f} ms; keyframes median {np.median(lat[kf]):.1f} ms, other frames median "
-          f"{np.median(lat[~kf]):.1f} ms (target: median < 50 ms) drops={drops}")
+    print(
+        f"part 1{' (compressed inputs)' if compressed else ''}: {args.hw[1]}x{args.hw[0]}, masks on the topic, "
+        f"{len(lat)} frames, {n_inst} instances at the end"
+    )
+    print(
+        f"  publish -> Instance3DArray latency: median {np.median(lat):.1f} ms, p90 {np.percentile(lat, 90):.1f} ms,"
+        f" max {lat.max():.1f} ms; keyframes median {np.median(lat[kf]):.1f} ms, other frames median "
+        f"{np.median(lat[~kf]):.1f} ms (target: median < 50 ms) drops={drops}"
+    )
     return float(np.median(lat))
 
 
@@ -167,7 +189,7 @@ def part2(args, frames):
             stamp = conv.sec_to_stamp(2000.0 + k * period)
             for m in msgs.values():
                 m.header.stamp = stamp
-            published[stamp.sec * 10 ** 9 + stamp.nanosec] = time.perf_counter()
+            published[stamp.sec * 10**9 + stamp.nanosec] = time.perf_counter()
             rig.publish(msgs)
             k += 1
             t_next += period
@@ -184,13 +206,18 @@ def part2(args, frames):
         while time.monotonic() < end and rclpy.ok():
             rig.executor.spin_once(timeout_sec=0.01)
             if time.monotonic() >= next_sample:
-                rss.append((time.monotonic() - t_start, proc.memory_info().rss / 2 ** 20))
+                rss.append((time.monotonic() - t_start, proc.memory_info().rss / 2**20))
                 next_sample += 10.0
     finally:
         stop.set()
         thread.join(2)
-    lat = np.array([(arrived - published[key]) * 1e3 for key, arrived in zip(rig.stamps, rig.arrival["instances"])
-                    if key in published])
+    lat = np.array(
+        [
+            (arrived - published[key]) * 1e3
+            for key, arrived in zip(rig.stamps, rig.arrival["instances"])
+            if key in published
+        ]
+    )
     kf_ms = np.array([ms for kf, ms in steps if kf])
     other_ms = np.array([ms for kf, ms in steps if not kf])
     drops = rig.node.drops()
@@ -199,18 +226,26 @@ def part2(args, frames):
     bound = 2 * args.stage_ms
     rss_arr = np.array(rss)
     warm = rss_arr[rss_arr[:, 0] >= min(60.0, rss_arr[-1, 0] / 2)]
-    print(f"part 2: {args.minutes:g} min at {args.hz:g} Hz, {args.hw[1]}x{args.hw[0]}, stage {args.stage_ms:g} ms per "
-          f"keyframe ({slow.calls} stage calls), queue_size {args.queue_size}")
+    print(
+        f"part 2: {args.minutes:g} min at {args.hz:g} Hz, {args.hw[1]}x{args.hw[0]}, stage {args.stage_ms:g} ms per "
+        f"keyframe ({slow.calls} stage calls), queue_size {args.queue_size}"
+    )
     print(f"  published {n_pub} frames, {len(lat)} outputs ({len(lat) / max(n_pub, 1):.0%}); drops {drops}")
-    print(f"  output latency: median {np.median(lat):.0f} ms, p95 {np.percentile(lat, 95):.0f} ms, p99 "
-          f"{np.percentile(lat, 99):.0f} ms, max {lat.max():.0f} ms; over 2x stage ({bound:g} ms): "
-          f"{int((lat > bound).sum())} of {len(lat)}")
-    print(f"  pipeline step (wall, includes the stage): keyframes median {np.median(kf_ms):.0f} ms, p99 "
-          f"{np.percentile(kf_ms, 99):.0f} ms, max {kf_ms.max():.0f} ms; other frames median "
-          f"{np.median(other_ms):.1f} ms")
-    print(f"  RSS: start {rss_arr[0, 1]:.0f} MiB, after warm-up {warm[0, 1]:.0f} MiB, end {rss_arr[-1, 1]:.0f} MiB "
-          f"(max {rss_arr[:, 1].max():.0f}); samples every 10 s: "
-          + " ".join(f"{v:.0f}" for v in rss_arr[::max(1, len(rss_arr) // 12), 1]))
+    print(
+        f"  output latency: median {np.median(lat):.0f} ms, p95 {np.percentile(lat, 95):.0f} ms, p99 "
+        f"{np.percentile(lat, 99):.0f} ms, max {lat.max():.0f} ms; over 2x stage ({bound:g} ms): "
+        f"{int((lat > bound).sum())} of {len(lat)}"
+    )
+    print(
+        f"  pipeline step (wall, includes the stage): keyframes median {np.median(kf_ms):.0f} ms, p99 "
+        f"{np.percentile(kf_ms, 99):.0f} ms, max {kf_ms.max():.0f} ms; other frames median "
+        f"{np.median(other_ms):.1f} ms"
+    )
+    print(
+        f"  RSS: start {rss_arr[0, 1]:.0f} MiB, after warm-up {warm[0, 1]:.0f} MiB, end {rss_arr[-1, 1]:.0f} MiB "
+        f"(max {rss_arr[:, 1].max():.0f}); samples every 10 s: "
+        + " ".join(f"{v:.0f}" for v in rss_arr[:: max(1, len(rss_arr) // 12), 1])
+    )
     return lat, rss_arr
 
 

@@ -2,6 +2,7 @@
 
 Prints the median keyframe step time at 640x480 with 20 masks, a per-stage breakdown, and the step time with
 2000 tracks in the map against 50 tracks (the spatial index keeps the cost independent of the map size)."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,12 @@ def scene(n_objects=20, seed=0):
     for i in range(n_objects):  # a 5 x 4 grid of objects in front of the camera
         cx, cy = (i % 5 - 2) * 0.9, (i // 5) * 0.9 + 1.5
         size = rng.uniform(0.25, 0.6, 3)
-        boxes.append((np.array([cx, cy, 0]) - [size[0] / 2, size[1] / 2, 0],
-                      np.array([cx, cy, 0]) + [size[0] / 2, size[1] / 2, size[2]]))
+        boxes.append(
+            (
+                np.array([cx, cy, 0]) - [size[0] / 2, size[1] / 2, 0],
+                np.array([cx, cy, 0]) + [size[0] / 2, size[1] / 2, size[2]],
+            )
+        )
         colours.append(tuple(int(c) for c in rng.integers(30, 230, 3)))
     return boxes, colours
 
@@ -50,8 +55,9 @@ def render_frames(n, hw=(480, 640)):
     for i in range(n):
         a = np.radians(-10 + 20 * i / max(1, n - 1))
         pos = np.array([3.5 * np.sin(a), -1.8 - 0.3 * np.cos(a), 1.9])
-        frames.append(make_box_frame(boxes, colours, look_at(pos, (0, 2.8, 0.2)), hw=hw, K=K, index=i, stamp=i * 0.2,
-                                     rng=rng))
+        frames.append(
+            make_box_frame(boxes, colours, look_at(pos, (0, 2.8, 0.2)), hw=hw, K=K, index=i, stamp=i * 0.2, rng=rng)
+        )
     return frames
 
 
@@ -66,8 +72,14 @@ def add_far_tracks(pipe, n, seed=0):
             c[0] += 30
         pts = (c + rng.uniform(-0.3, 0.3, (300, 3))).astype(np.float32)
         f = rng.random(dim).astype(np.float32)
-        obs = Observation(voxels=voxel_keys(pts, 0.05), points=pts, colors=np.zeros((300, 3), np.uint8),
-                          feature=f / np.linalg.norm(f), pixel_count=300, box=np.zeros(4, np.float32))
+        obs = Observation(
+            voxels=voxel_keys(pts, 0.05),
+            points=pts,
+            colors=np.zeros((300, 3), np.uint8),
+            feature=f / np.linalg.norm(f),
+            pixel_count=300,
+            box=np.zeros(4, np.float32),
+        )
         pipe.tracker._open(obs, dummy)
 
 
@@ -95,17 +107,23 @@ def main(argv=None):
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     frames = render_frames(args.frames)
-    print(f"rendered {len(frames)} frames in {time.perf_counter() - t0:.1f} s; masks per frame: "
-          f"{[len(f.masks) for f in frames]}")
+    print(
+        f"rendered {len(frames)} frames in {time.perf_counter() - t0:.1f} s; masks per frame: "
+        f"{[len(f.masks) for f in frames]}"
+    )
     times, stages, pipe = run(frames, args.repeats)
-    print(f"median keyframe step (model inference excluded), 640x480, ~20 masks: {statistics.median(times):.1f} ms "
-          f"(p90 {np.percentile(times, 90):.1f} ms, n={len(times)}); tracks: {len(pipe.tracker.tracks)}")
+    print(
+        f"median keyframe step (model inference excluded), 640x480, ~20 masks: {statistics.median(times):.1f} ms "
+        f"(p90 {np.percentile(times, 90):.1f} ms, n={len(times)}); tracks: {len(pipe.tracker.tracks)}"
+    )
     print("  stages (median ms): " + ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in stages.items()))
     base, _, p50 = run(frames, args.repeats, extra_tracks=50 - 20)
     big, _, p2000 = run(frames, args.repeats, extra_tracks=2000 - 20)
     m50, m2000 = statistics.median(base), statistics.median(big)
-    print(f"map size: {len(p50.tracker.tracks)} tracks -> {m50:.1f} ms; {len(p2000.tracker.tracks)} tracks -> "
-          f"{m2000:.1f} ms; ratio {m2000 / m50:.2f}")
+    print(
+        f"map size: {len(p50.tracker.tracks)} tracks -> {m50:.1f} ms; {len(p2000.tracker.tracks)} tracks -> "
+        f"{m2000:.1f} ms; ratio {m2000 / m50:.2f}"
+    )
 
 
 if __name__ == "__main__":

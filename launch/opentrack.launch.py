@@ -7,6 +7,7 @@
 autostart (default true) configures and activates the node as it starts, as yolo_ros does; autostart:=false
 leaves it unconfigured for a lifecycle manager (nav2_lifecycle_manager) or `ros2 lifecycle set`.
 """
+
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode
@@ -18,8 +19,11 @@ from launch import LaunchDescription
 # (name, default, description). Strings stay strings (ParameterValue value_type=str: an empty camera_frame
 # would otherwise be parsed as YAML null); numbers are parsed from their text by launch_ros.
 ARGUMENTS = [
-    ("config_file", PathJoinSubstitution([FindPackageShare("ros2_opentrack"), "config", "opentrack.yaml"]),
-     "YAML with the pipeline parameters (opentrack: ros__parameters: ...)"),
+    (
+        "config_file",
+        PathJoinSubstitution([FindPackageShare("ros2_opentrack"), "config", "opentrack.yaml"]),
+        "YAML with the pipeline parameters (opentrack: ros__parameters: ...)",
+    ),
     ("rgb_topic", "/camera/color/image_raw", "colour image (rgb8 / bgr8 / rgba8 / bgra8 / mono8)"),
     ("depth_topic", "/camera/aligned_depth_to_color/image_raw", "depth image (16UC1 mm or 32FC1 m)"),
     ("camera_info_topic", "/camera/color/camera_info", "camera_info of the depth image's pixels"),
@@ -57,15 +61,27 @@ CHOICES = {
     "autostart": ["true", "false"],
     "use_sim_time": ["true", "false"],
 }
-STRING_PARAMETERS = ("world_frame", "camera_frame", "pose_source", "output_dir", "map_path", "rgb_transport",
-                     "depth_transport", "masks_transport", "rgb_reliability", "depth_reliability",
-                     "camera_info_reliability")
+STRING_PARAMETERS = (
+    "world_frame",
+    "camera_frame",
+    "pose_source",
+    "output_dir",
+    "map_path",
+    "rgb_transport",
+    "depth_transport",
+    "masks_transport",
+    "rgb_reliability",
+    "depth_reliability",
+    "camera_info_reliability",
+)
 NUMBER_PARAMETERS = ("sync_tolerance_s", "queue_size")
 
 
 def generate_launch_description():
-    declared = [DeclareLaunchArgument(name, default_value=default, description=doc, choices=CHOICES.get(name))
-                for name, default, doc in ARGUMENTS]
+    declared = [
+        DeclareLaunchArgument(name, default_value=default, description=doc, choices=CHOICES.get(name))
+        for name, default, doc in ARGUMENTS
+    ]
     node_parameters = {name: ParameterValue(LaunchConfiguration(name), value_type=str) for name in STRING_PARAMETERS}
     node_parameters.update({name: LaunchConfiguration(name) for name in NUMBER_PARAMETERS})
     node_parameters["masks.source"] = ParameterValue(LaunchConfiguration("mask_source"), value_type=str)

@@ -1,9 +1,10 @@
 """Replay a bag into the node with simulated time, and show the result in RViz.
 
-    ros2 launch ros2_opentrack replay.launch.py bag:=/data/scene.mcap
-    (a bag from `opentrack convert`: /camera/color/image_raw, /camera/depth/image_raw, /camera/color/camera_info,
-     /camera/pose, /tf, and /camera/masks/image_raw when the scene had instance masks: mask_source:=topic)
+ros2 launch ros2_opentrack replay.launch.py bag:=/data/scene.mcap
+(a bag from `opentrack convert`: /camera/color/image_raw, /camera/depth/image_raw, /camera/color/camera_info,
+ /camera/pose, /tf, and /camera/masks/image_raw when the scene had instance masks: mask_source:=topic)
 """
+
 from launch.actions import DeclareLaunchArgument, ExecuteProcess, IncludeLaunchDescription
 from launch.conditions import IfCondition
 from launch.launch_description_sources import PythonLaunchDescriptionSource
@@ -33,15 +34,28 @@ CHOICES = {"pose_source": ["tf", "pose", "odom"], "mask_source": ["model", "topi
 
 
 def generate_launch_description():
-    declared = [DeclareLaunchArgument(name, default_value=default, description=doc, choices=CHOICES.get(name))
-                for name, default, doc in ARGUMENTS]
+    declared = [
+        DeclareLaunchArgument(name, default_value=default, description=doc, choices=CHOICES.get(name))
+        for name, default, doc in ARGUMENTS
+    ]
     opentrack = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(PathJoinSubstitution([SHARE, "launch", "opentrack.launch.py"])),
         launch_arguments={
             "use_sim_time": "true",
-            **{name: LaunchConfiguration(name) for name in (
-                "config_file", "rgb_topic", "depth_topic", "camera_info_topic", "masks_topic", "pose_topic",
-                "world_frame", "pose_source", "mask_source")},
+            **{
+                name: LaunchConfiguration(name)
+                for name in (
+                    "config_file",
+                    "rgb_topic",
+                    "depth_topic",
+                    "camera_info_topic",
+                    "masks_topic",
+                    "pose_topic",
+                    "world_frame",
+                    "pose_source",
+                    "mask_source",
+                )
+            },
         }.items(),
     )
     play = ExecuteProcess(

@@ -1,4 +1,5 @@
 """python -m ros2_opentrack == opentrack."""
+
 import sys
 
 from .cli import main

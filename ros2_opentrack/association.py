@@ -7,6 +7,7 @@ a track the camera plainly sees elsewhere cannot take an observation by appearan
 IoU is taken against the part of the track this camera can see now. Modes (tracking.association): hungarian
 (the paper), greedy_iou (the baseline: voxel IoU only, greedy); masks.oracle_ids associates by dataset ids.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ class Ownership:
     shares: List[Share] = field(default_factory=list)
     consumed: set = field(default_factory=set)  # unmatched observations given to a track: open no new one
 
+
 class Associator:
     def __init__(self, tracking_cfg, lift_cfg, oracle_ids: bool = False):
         self.cfg = tracking_cfg
@@ -42,8 +44,9 @@ class Associator:
         self.oracle_ids = oracle_ids
         self._seen_now: Tuple[List[int], List[np.ndarray]] = ([], [])
 
-    def __call__(self, observations: Sequence[Observation], candidate_ids: Sequence[int], tracks: Mapping,
-                 frame: Frame = None) -> Pairs:
+    def __call__(
+        self, observations: Sequence[Observation], candidate_ids: Sequence[int], tracks: Mapping, frame: Frame = None
+    ) -> Pairs:
         """Pairs for this keyframe. ``tracks``: id -> Track (the oracle looks beyond the candidates)."""
         self._seen_now = ([], [])
         if not observations:
@@ -76,13 +79,18 @@ class Associator:
         sizes = np.array([len(c) for c in centers])
         if sizes.sum() == 0:
             return [t.voxels for t in tracks], [np.zeros((0, 2), np.int64) for _ in tracks]
-        visible, _, px = geometry.visibility(np.concatenate(centers), frame.T_world_cam, frame.K, frame.depth,
-                                             self.lift_cfg.depth_min_m, self.lift_cfg.depth_max_m,
-                                             self.cfg.occlusion_margin_m)
+        visible, _, px = geometry.visibility(
+            np.concatenate(centers),
+            frame.T_world_cam,
+            frame.K,
+            frame.depth,
+            self.lift_cfg.depth_min_m,
+            self.lift_cfg.depth_max_m,
+            self.cfg.occlusion_margin_m,
+        )
         bounds = np.r_[0, np.cumsum(sizes)]
         parts = [slice(bounds[k], bounds[k + 1]) for k in range(len(tracks))]
-        return ([t.voxels[visible[s]] for t, s in zip(tracks, parts)],
-                [px[s][visible[s]] for s in parts])
+        return ([t.voxels[visible[s]] for t, s in zip(tracks, parts)], [px[s][visible[s]] for s in parts])
 
     def seen_elsewhere(self, observations, tracks, visible_voxels, visible_pixels, iou) -> np.ndarray:
         """(observations, tracks) pairs where the camera plainly sees the track somewhere else: min_seen_voxels
@@ -91,18 +99,22 @@ class Associator:
         itself covers the track's visible surface; a track seen from a new side has its known surface hidden
         behind the new one (what stays visible are silhouette voxels inside the box); slivers are too small."""
         shown = np.array([len(v) for v in visible_voxels])
-        seen = (shown >= self.cfg.elsewhere_fraction * np.array([len(t.voxels) for t in tracks])) & \
-            (shown >= self.cfg.min_seen_voxels)
+        seen = (shown >= self.cfg.elsewhere_fraction * np.array([len(t.voxels) for t in tracks])) & (
+            shown >= self.cfg.min_seen_voxels
+        )
         sized = np.array([len(o.voxels) for o in observations]) >= self.cfg.min_seen_voxels
         boxes = np.array([o.box for o in observations], np.float64).reshape(-1, 4)
         outside = np.ones((len(observations), len(tracks)), bool)
         for k, px in enumerate(visible_pixels):
             if seen[k]:
-                inside = ((px[None, :, 0] >= boxes[:, None, 0]) & (px[None, :, 0] < boxes[:, None, 2]) &
-                          (px[None, :, 1] >= boxes[:, None, 1]) & (px[None, :, 1] < boxes[:, None, 3]))
+                inside = (
+                    (px[None, :, 0] >= boxes[:, None, 0])
+                    & (px[None, :, 0] < boxes[:, None, 2])
+                    & (px[None, :, 1] >= boxes[:, None, 1])
+                    & (px[None, :, 1] < boxes[:, None, 3])
+                )
                 outside[:, k] = inside.mean(axis=1) < 0.5
         return (iou <= 0.0) & outside & seen[None, :] & sized[:, None]
-
 
     def ownership(self, observations: Sequence[Observation], pairs: Pairs, tracks: Mapping) -> Ownership:
         """Part masks (a chair as seat and back), after the one-to-one assignment of the same keyframe: an
@@ -155,8 +167,9 @@ def spatial_gate(observations, tracks, max_gap_m: float) -> np.ndarray:
     return geometry.box_gap(omin[:, None], omax[:, None], tmin[None], tmax[None]) <= max_gap_m
 
 
-def associate_hungarian(score: np.ndarray, candidate_ids: Sequence[int], tau_match: float,
-                        margin: bool = True) -> Pairs:
+def associate_hungarian(
+    score: np.ndarray, candidate_ids: Sequence[int], tau_match: float, margin: bool = True
+) -> Pairs:
     """One-to-one assignment, pairs below tau_match rejected. The paper maximises the total score; with
     ``margin`` the total of s - tau_match over the pairs that pass, so the assignment never gives up one strong
     pair for two that barely pass (leaving an observation unmatched is worth 0, not -tau_match)."""

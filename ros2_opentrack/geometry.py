@@ -4,6 +4,7 @@
 Conventions: OpenCV camera (x right, y down, z forward); T_world_cam maps camera points to world points;
 pixel (u, v) = (column, row); boxes are x0, y0, x1, y1 with x1, y1 exclusive.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
@@ -19,8 +20,14 @@ _OFFSET = 1 << (_BITS - 1)
 _FIELD = (1 << _BITS) - 1
 
 
-def backproject(depth: np.ndarray, K: np.ndarray, mask: Optional[np.ndarray] = None, stride: int = 1,
-                depth_min: float = 0.0, depth_max: float = np.inf) -> Tuple[np.ndarray, np.ndarray]:
+def backproject(
+    depth: np.ndarray,
+    K: np.ndarray,
+    mask: Optional[np.ndarray] = None,
+    stride: int = 1,
+    depth_min: float = 0.0,
+    depth_max: float = np.inf,
+) -> Tuple[np.ndarray, np.ndarray]:
     """Camera-frame points of the valid depth pixels (under ``mask``) on a ``stride`` grid.
 
     Returns (points (N, 3) float32, pixels (N, 2) int32 as (u, v))."""
@@ -100,7 +107,7 @@ def key_neighbourhood(radius: int, spherical: bool = True) -> np.ndarray:
     r = np.arange(-radius, radius + 1)
     off = np.stack(np.meshgrid(r, r, r, indexing="ij"), axis=-1).reshape(-1, 3)
     if spherical:
-        off = off[(off ** 2).sum(axis=1) <= radius * radius + 1e-9]
+        off = off[(off**2).sum(axis=1) <= radius * radius + 1e-9]
     return (off[:, 0] << (2 * _BITS)) + (off[:, 1] << _BITS) + off[:, 2]
 
 
@@ -127,8 +134,15 @@ def in_view(uv: np.ndarray, z: np.ndarray, hw, depth_min: float, depth_max: floa
     return (z > depth_min) & (z < depth_max) & (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)
 
 
-def visibility(points_world: np.ndarray, T_world_cam: np.ndarray, K: np.ndarray, depth: np.ndarray,
-               depth_min: float, depth_max: float, margin: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def visibility(
+    points_world: np.ndarray,
+    T_world_cam: np.ndarray,
+    K: np.ndarray,
+    depth: np.ndarray,
+    depth_min: float,
+    depth_max: float,
+    margin: float,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Which points the camera sees: in the image, in the depth range and not occluded (z <= observed depth +
     margin, where the observed depth is valid). Returns (visible (N,), in_frustum (N,), pixel indices (N, 2)
     int (u, v); pixels are clipped into the image so they can index it)."""
@@ -184,7 +198,7 @@ def boxes_in_frustum(box_min: np.ndarray, box_max: np.ndarray, planes: np.ndarra
 def box_gap(a_min: np.ndarray, a_max: np.ndarray, b_min: np.ndarray, b_max: np.ndarray) -> np.ndarray:
     """Euclidean gap between AABBs (0 when they overlap); broadcasts (N, 1, 3) vs (1, M, 3)."""
     d = np.maximum(0.0, np.maximum(a_min - b_max, b_min - a_max))
-    return np.sqrt((d ** 2).sum(axis=-1))
+    return np.sqrt((d**2).sum(axis=-1))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -202,11 +216,13 @@ def quaternion_to_rotation(q: Sequence[float]) -> np.ndarray:
     if norm < 1e-9:
         raise InputError("quaternion has zero length (an unset orientation?)")
     x, y, z, w = q / norm
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 def rotation_to_quaternion(R) -> np.ndarray:

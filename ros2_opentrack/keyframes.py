@@ -1,5 +1,6 @@
 """Which frames run the expensive 2D stage (DESIGN step 1): every n-th frame, or after enough motion, capped
 in rate. Any enabled trigger makes a keyframe; the first frame always is one."""
+
 from __future__ import annotations
 
 from typing import Optional

@@ -3,6 +3,7 @@
 The step thread only enqueues small jobs (JPEG bytes + boxes, already encoded for the view store) into a
 bounded queue and collects finished results; decoding, drawing the red boxes and the model call all happen
 on the worker."""
+
 from __future__ import annotations
 
 import logging
@@ -96,9 +97,15 @@ class LabelWorker:
 
     def _answer(self, batch: Sequence[LabelJob]) -> None:
         try:
-            requests = [LabelRequest(track_id=j.track_id, choices=list(j.choices), mode=j.mode,
-                                     images=[draw_red_box(decode_jpeg(data), box, self.box_thickness)
-                                             for data, box in j.views]) for j in batch]
+            requests = [
+                LabelRequest(
+                    track_id=j.track_id,
+                    choices=list(j.choices),
+                    mode=j.mode,
+                    images=[draw_red_box(decode_jpeg(data), box, self.box_thickness) for data, box in j.views],
+                )
+                for j in batch
+            ]
             results = self.labeler.label(requests)
         except Exception as exc:  # a labeller failure must never end the worker
             log.warning("labeller failed on %d request(s): %s", len(batch), exc)
@@ -121,8 +128,9 @@ class TrackLabels:
 
     def __init__(self, labeler, labeler_cfg, box_thickness: int = 3):
         self.cfg = labeler_cfg
-        self.worker = LabelWorker(labeler, labeler_cfg.max_batch, box_thickness=box_thickness) \
-            if labeler is not None else None
+        self.worker = (
+            LabelWorker(labeler, labeler_cfg.max_batch, box_thickness=box_thickness) if labeler is not None else None
+        )
         self._state: dict = {}  # track id -> LabelState
 
     def get(self, track_id: int) -> LabelState:

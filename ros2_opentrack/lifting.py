@@ -2,6 +2,7 @@
 
 All masks of a frame are lifted and clustered together (one back-projection, one clustering call with the
 masks kept apart), because per-mask clustering calls cost more than the whole step budget."""
+
 from __future__ import annotations
 
 import logging
@@ -17,9 +18,15 @@ from .types import Frame, Mask2D, Observation
 log = logging.getLogger("ros2_opentrack")
 
 
-def lift_masks(frame: Frame, masks: Sequence[Mask2D], lift_cfg, dbscan_cfg, voxel_size: float,
-               rng: np.random.Generator, features: Optional[np.ndarray] = None
-               ) -> Tuple[List[Observation], Dict[str, int]]:
+def lift_masks(
+    frame: Frame,
+    masks: Sequence[Mask2D],
+    lift_cfg,
+    dbscan_cfg,
+    voxel_size: float,
+    rng: np.random.Generator,
+    features: Optional[np.ndarray] = None,
+) -> Tuple[List[Observation], Dict[str, int]]:
     """Lift the validated masks of a validated frame. Returns (observations, dropped reason -> count).
 
     ``features`` (N, D) are attached to the observations (row i to mask i) when given."""
@@ -100,16 +107,26 @@ def _to_observations(points, colors, group, masks, counts, small, voxel_size, fe
     for i, m in enumerate(masks):
         if small[i]:
             continue
-        sel = order[bounds[i]:bounds[i + 1]]
+        sel = order[bounds[i] : bounds[i + 1]]
         if len(sel) == 0:
             dropped["no_cluster"] = dropped.get("no_cluster", 0) + 1
             continue
         pts = points[sel]
         feat = features[i] if features is not None else np.zeros(0, np.float32)
-        observations.append(Observation(
-            voxels=geometry.voxel_keys(pts, voxel_size), points=pts, colors=colors[sel], feature=feat,
-            pixel_count=int(counts[i]), box=np.asarray(m.box, np.float32), score=float(m.score), label=m.label,
-            source_id=m.source_id, mask_index=i))
+        observations.append(
+            Observation(
+                voxels=geometry.voxel_keys(pts, voxel_size),
+                points=pts,
+                colors=colors[sel],
+                feature=feat,
+                pixel_count=int(counts[i]),
+                box=np.asarray(m.box, np.float32),
+                score=float(m.score),
+                label=m.label,
+                source_id=m.source_id,
+                mask_index=i,
+            )
+        )
     return observations
 
 
@@ -117,8 +134,9 @@ def _to_observations(points, colors, group, masks, counts, small, voxel_size, fe
 # DBSCAN denoising: keep, for each group (mask), the cluster holding the most points
 
 
-def main_cluster(points: np.ndarray, group: np.ndarray, eps: float, min_points: int,
-                 backend: str = "auto") -> np.ndarray:
+def main_cluster(
+    points: np.ndarray, group: np.ndarray, eps: float, min_points: int, backend: str = "auto"
+) -> np.ndarray:
     """Bool (N,): the point belongs to the largest DBSCAN cluster of its group."""
     if len(points) == 0:
         return np.zeros(0, bool)
@@ -126,8 +144,9 @@ def main_cluster(points: np.ndarray, group: np.ndarray, eps: float, min_points: 
     return _largest_per_group(labels, group)
 
 
-def cluster_labels(points: np.ndarray, group: np.ndarray, eps: float, min_points: int,
-                   backend: str = "auto") -> np.ndarray:
+def cluster_labels(
+    points: np.ndarray, group: np.ndarray, eps: float, min_points: int, backend: str = "auto"
+) -> np.ndarray:
     """Cluster label per point (-1 = noise); clusters never span two groups. An explicit backend runs exactly
     that backend; only auto chooses (grid, or sklearn where the grid cannot hold the points)."""
     if backend not in DBSCAN_BACKENDS:
@@ -137,9 +156,11 @@ def cluster_labels(points: np.ndarray, group: np.ndarray, eps: float, min_points
         if labels is not None:
             return labels
         if backend == "grid":
-            raise ConfigError(f"dbscan.backend 'grid' cannot cluster these points: they span more than "
-                              f"{(1 << _AXIS_BITS) - 2} cells of eps/2 = {eps / 2} m per axis, or the frame has "
-                              f"{1 << 14} or more masks; use dbscan.backend auto or sklearn")
+            raise ConfigError(
+                f"dbscan.backend 'grid' cannot cluster these points: they span more than "
+                f"{(1 << _AXIS_BITS) - 2} cells of eps/2 = {eps / 2} m per axis, or the frame has "
+                f"{1 << 14} or more masks; use dbscan.backend auto or sklearn"
+            )
         backend = "sklearn"
     if backend == "open3d":
         return _open3d_labels(points, group, eps, min_points)
@@ -228,8 +249,9 @@ def grid_dbscan(points: np.ndarray, group: np.ndarray, eps: float, min_points: i
     src_parts, dst_parts = _forward_neighbours(cells)
     src = np.concatenate(src_parts)
     dst = np.concatenate(dst_parts)
-    density = (counts + np.bincount(src, weights=counts[dst], minlength=n)
-               + np.bincount(dst, weights=counts[src], minlength=n))
+    density = (
+        counts + np.bincount(src, weights=counts[dst], minlength=n) + np.bincount(dst, weights=counts[src], minlength=n)
+    )
     # the 3x3x3 cube of side 1.5 eps holds ~0.75 of the points of the eps ball (0.81 in volume, 0.72 on
     # a surface): scale the threshold so grid and exact DBSCAN call the same points core
     core = density >= 0.75 * min_points
@@ -242,8 +264,13 @@ def grid_dbscan(points: np.ndarray, group: np.ndarray, eps: float, min_points: i
 
 
 # the 13 "forward" neighbours (each pair is seen once, counted both ways) as (dx, dy) columns and their dz
-_FORWARD_COLUMNS = (((0, 0), (1,)), ((0, 1), (-1, 0, 1)), ((1, -1), (-1, 0, 1)), ((1, 0), (-1, 0, 1)),
-                    ((1, 1), (-1, 0, 1)))
+_FORWARD_COLUMNS = (
+    ((0, 0), (1,)),
+    ((0, 1), (-1, 0, 1)),
+    ((1, -1), (-1, 0, 1)),
+    ((1, 0), (-1, 0, 1)),
+    ((1, 1), (-1, 0, 1)),
+)
 
 
 def _forward_neighbours(cells: np.ndarray):

@@ -24,6 +24,7 @@ voxels, views are top-K, the scene map is capped), not with the length of the ru
 the version and the parameters the arrays depend on (voxel sizes, descriptor dimension) and builds new state
 objects, which the caller swaps in only when everything loaded.
 """
+
 from __future__ import annotations
 
 import json
@@ -75,9 +76,15 @@ def save(pipeline, folder) -> Path:
     """Write the pipeline's map state to ``folder`` (created; replaced atomically when it exists)."""
     folder = Path(folder)
     tracks = list(pipeline.tracker.tracks.values())
-    meta = {"format": FORMAT, "version": VERSION, "config": to_dict(pipeline.cfg),
-            "counters": _counters(pipeline), "vocabulary": list(pipeline.vocabulary),
-            "tracks": [_track_meta(t, pipeline) for t in tracks], "images": _images_meta(pipeline.views.images)}
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": to_dict(pipeline.cfg),
+        "counters": _counters(pipeline),
+        "vocabulary": list(pipeline.vocabulary),
+        "tracks": [_track_meta(t, pipeline) for t in tracks],
+        "images": _images_meta(pipeline.views.images),
+    }
     if getattr(pipeline, "rng", None) is not None:
         meta["rng"] = pipeline.rng.bit_generator.state  # a resumed run draws the numbers the whole run would
     arrays = _track_arrays(tracks)
@@ -109,23 +116,52 @@ def _replace_folder(new: Path, target: Path) -> None:
 
 
 def _counters(pipeline) -> Dict[str, int]:
-    return {"next_id": pipeline.tracker.next_id, "terminated_total": pipeline.tracker.terminated_total,
-            "frames": pipeline._frames, "keyframes": pipeline._keyframes, "merged": pipeline._merged,
-            "last_frame_index": getattr(pipeline, "_last_index", -1)}
+    return {
+        "next_id": pipeline.tracker.next_id,
+        "terminated_total": pipeline.tracker.terminated_total,
+        "frames": pipeline._frames,
+        "keyframes": pipeline._keyframes,
+        "merged": pipeline._merged,
+        "last_frame_index": getattr(pipeline, "_last_index", -1),
+    }
 
 
 def _track_meta(t: Track, pipeline) -> dict:
     named = pipeline.labels.get(t.id)
-    return {"id": t.id, "first_seen": t.first_seen, "last_seen": t.last_seen, "first_frame": t.first_frame,
-            "last_frame": t.last_frame, "observations": t.observations, "state": t.state.value, "misses": t.misses,
-            "source_id": t.source_id, "det_label": t.det_label, "det_score_sum": t.det_score_sum,
-            "label": named.label, "label_score": named.score, "labelled_size": named.labelled_size,
-            "store_cap": t.store.cap, "presence": t.presence.value, "presence_since": t.presence_since,
-            "moved_from": t.moved_from, "moved_to": t.moved_to, "empty_count": t.empty_count,
-            "there_count": t.there_count,
-            "views": [{"image_key": v.image_key, "frame_index": v.frame_index, "stamp": v.stamp,
-                       "box": [float(x) for x in v.box], "visible_fraction": v.visible_fraction,
-                       "mask_area": int(v.mask_area)} for v in pipeline.views.of(t.id)]}
+    return {
+        "id": t.id,
+        "first_seen": t.first_seen,
+        "last_seen": t.last_seen,
+        "first_frame": t.first_frame,
+        "last_frame": t.last_frame,
+        "observations": t.observations,
+        "state": t.state.value,
+        "misses": t.misses,
+        "source_id": t.source_id,
+        "det_label": t.det_label,
+        "det_score_sum": t.det_score_sum,
+        "label": named.label,
+        "label_score": named.score,
+        "labelled_size": named.labelled_size,
+        "store_cap": t.store.cap,
+        "presence": t.presence.value,
+        "presence_since": t.presence_since,
+        "moved_from": t.moved_from,
+        "moved_to": t.moved_to,
+        "empty_count": t.empty_count,
+        "there_count": t.there_count,
+        "views": [
+            {
+                "image_key": v.image_key,
+                "frame_index": v.frame_index,
+                "stamp": v.stamp,
+                "box": [float(x) for x in v.box],
+                "visible_fraction": v.visible_fraction,
+                "mask_area": int(v.mask_area),
+            }
+            for v in pipeline.views.of(t.id)
+        ],
+    }
 
 
 def _track_arrays(tracks: List[Track]) -> Dict[str, np.ndarray]:
@@ -137,9 +173,14 @@ def _track_arrays(tracks: List[Track]) -> Dict[str, np.ndarray]:
         parts["store_colors"].append(t.store.colors)
         parts["store_visible"].append(t.store.visible)
         parts["store_in_mask"].append(t.store.in_mask)
-    empty = {"voxels": np.zeros(0, np.int64), "feature": np.zeros(0, np.float32), "store_keys": np.zeros(0, np.int64),
-             "store_colors": np.zeros((0, 3), np.uint8), "store_visible": np.zeros(0, np.uint16),
-             "store_in_mask": np.zeros(0, np.uint16)}
+    empty = {
+        "voxels": np.zeros(0, np.int64),
+        "feature": np.zeros(0, np.float32),
+        "store_keys": np.zeros(0, np.int64),
+        "store_colors": np.zeros((0, 3), np.uint8),
+        "store_visible": np.zeros(0, np.uint16),
+        "store_in_mask": np.zeros(0, np.uint16),
+    }
     out = {}
     for name, arrays in parts.items():
         out[name] = np.concatenate(arrays) if arrays else empty[name]
@@ -149,10 +190,12 @@ def _track_arrays(tracks: List[Track]) -> Dict[str, np.ndarray]:
 
 def _scene_arrays(scene) -> Dict[str, np.ndarray]:
     blocks = list(scene.blocks.items())
-    return {"map_block_ids": np.array([b for b, _ in blocks], np.int64),
-            "map_block_len": np.array([len(k) for _, (k, _) in blocks], np.int64),
-            "map_keys": np.concatenate([k for _, (k, _) in blocks]) if blocks else np.zeros(0, np.int64),
-            "map_colors": np.concatenate([c for _, (_, c) in blocks]) if blocks else np.zeros((0, 3), np.uint8)}
+    return {
+        "map_block_ids": np.array([b for b, _ in blocks], np.int64),
+        "map_block_len": np.array([len(k) for _, (k, _) in blocks], np.int64),
+        "map_keys": np.concatenate([k for _, (k, _) in blocks]) if blocks else np.zeros(0, np.int64),
+        "map_colors": np.concatenate([c for _, (_, c) in blocks]) if blocks else np.zeros((0, 3), np.uint8),
+    }
 
 
 def _images_meta(images) -> dict:
@@ -162,8 +205,10 @@ def _images_meta(images) -> dict:
 
 def _image_arrays(images) -> Dict[str, np.ndarray]:
     streams = [np.frombuffer(data, np.uint8) for _, data, _ in images.entries()]
-    return {"image_bytes": np.concatenate(streams) if streams else np.zeros(0, np.uint8),
-            "image_len": np.array([len(s) for s in streams], np.int64)}
+    return {
+        "image_bytes": np.concatenate(streams) if streams else np.zeros(0, np.uint8),
+        "image_len": np.array([len(s) for s in streams], np.int64),
+    }
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -192,8 +237,9 @@ def peek(folder) -> dict:
 def _read_meta(folder: Path) -> dict:
     path = folder / "state.json"
     if not path.is_file():
-        raise MapStateError(f"map state '{folder}': no state.json (expected a folder written by a save, e.g. "
-                            f"<out>/map)")
+        raise MapStateError(
+            f"map state '{folder}': no state.json (expected a folder written by a save, e.g. <out>/map)"
+        )
     try:
         meta = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -201,8 +247,9 @@ def _read_meta(folder: Path) -> dict:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise MapStateError(f"map state '{path}' is not a ros2_opentrack map state")
     if meta.get("version") != VERSION:
-        raise MapStateError(f"map state '{path}' has version {meta.get('version')!r}; this build reads version "
-                            f"{VERSION}")
+        raise MapStateError(
+            f"map state '{path}' has version {meta.get('version')!r}; this build reads version {VERSION}"
+        )
     return meta
 
 
@@ -216,8 +263,10 @@ def _check_compatible(meta: dict, cfg, folder: Path) -> None:
     now = flatten(cfg)
     for name in _MUST_MATCH:
         if saved[name] != now[name]:
-            raise MapStateError(f"map state '{folder}' was built with {name}={saved[name]}, this run has "
-                                f"{now[name]}: the stored voxels cannot be reused (set it to {saved[name]})")
+            raise MapStateError(
+                f"map state '{folder}' was built with {name}={saved[name]}, this run has "
+                f"{now[name]}: the stored voxels cannot be reused (set it to {saved[name]})"
+            )
 
 
 def _split(arrays: Dict[str, np.ndarray], name: str) -> List[np.ndarray]:
@@ -242,19 +291,35 @@ def _build(meta: dict, arrays: Dict[str, np.ndarray], cfg) -> LoadedState:
         t = _track(tm, {name: per_track[name][k] for name in _TRACK_ARRAYS}, cfg)
         tracker.tracks[t.id] = t
         tracker.index.insert(t.id, t.box_min, t.box_max)
-        views[t.id] = [View(image_key=int(v["image_key"]), frame_index=int(v["frame_index"]), stamp=float(v["stamp"]),
-                            box=np.asarray(v["box"], np.float32), visible_fraction=float(v["visible_fraction"]),
-                            mask_area=int(v["mask_area"])) for v in tm["views"]]
-        labels[t.id] = LabelState(label=tm["label"], score=float(tm["label_score"]),
-                                  labelled_size=int(tm["labelled_size"]))
+        views[t.id] = [
+            View(
+                image_key=int(v["image_key"]),
+                frame_index=int(v["frame_index"]),
+                stamp=float(v["stamp"]),
+                box=np.asarray(v["box"], np.float32),
+                visible_fraction=float(v["visible_fraction"]),
+                mask_area=int(v["mask_area"]),
+            )
+            for v in tm["views"]
+        ]
+        labels[t.id] = LabelState(
+            label=tm["label"], score=float(tm["label_score"]), labelled_size=int(tm["labelled_size"])
+        )
     _fill_scene(tracker.scene, arrays)
     counters = {k: int(v) for k, v in meta["counters"].items()}
     tracker.next_id, tracker.terminated_total = counters["next_id"], counters["terminated_total"]
     if tracker.tracks and max(tracker.tracks) >= tracker.next_id:
         raise MapStateError("a track id is not below the stored id counter")
-    return LoadedState(tracker=tracker, views=views, images=_images(meta["images"], arrays),
-                       next_image_key=int(meta["images"]["next_key"]), labels=labels, counters=counters,
-                       vocabulary=[str(c) for c in meta.get("vocabulary", [])], rng=_rng_state(meta.get("rng")))
+    return LoadedState(
+        tracker=tracker,
+        views=views,
+        images=_images(meta["images"], arrays),
+        next_image_key=int(meta["images"]["next_key"]),
+        labels=labels,
+        counters=counters,
+        vocabulary=[str(c) for c in meta.get("vocabulary", [])],
+        rng=_rng_state(meta.get("rng")),
+    )
 
 
 def _rng_state(state) -> Optional[dict]:
@@ -278,14 +343,28 @@ def _track(tm: dict, a: Dict[str, np.ndarray], cfg) -> Track:
         raise MapStateError(f"track {tm['id']}: its point keys are not sorted")
     store.keys, store.colors = a["store_keys"].astype(np.int64), a["store_colors"].astype(np.uint8).reshape(-1, 3)
     store.visible, store.in_mask = a["store_visible"].astype(np.uint16), a["store_in_mask"].astype(np.uint16)
-    t = Track(id=int(tm["id"]), voxels=np.unique(a["voxels"].astype(np.int64)), feature=a["feature"].astype(np.float32),
-              store=store, first_seen=float(tm["first_seen"]), last_seen=float(tm["last_seen"]),
-              first_frame=int(tm["first_frame"]), last_frame=int(tm["last_frame"]),
-              observations=int(tm["observations"]), state=TrackState(tm["state"]), misses=int(tm["misses"]),
-              source_id=tm["source_id"], det_label=tm["det_label"], det_score_sum=float(tm["det_score_sum"]),
-              presence=Presence(tm.get("presence", "present")), presence_since=float(tm.get("presence_since", 0.0)),
-              moved_from=_opt_int(tm.get("moved_from")), moved_to=_opt_int(tm.get("moved_to")),
-              empty_count=int(tm.get("empty_count", 0)), there_count=int(tm.get("there_count", 0)))
+    t = Track(
+        id=int(tm["id"]),
+        voxels=np.unique(a["voxels"].astype(np.int64)),
+        feature=a["feature"].astype(np.float32),
+        store=store,
+        first_seen=float(tm["first_seen"]),
+        last_seen=float(tm["last_seen"]),
+        first_frame=int(tm["first_frame"]),
+        last_frame=int(tm["last_frame"]),
+        observations=int(tm["observations"]),
+        state=TrackState(tm["state"]),
+        misses=int(tm["misses"]),
+        source_id=tm["source_id"],
+        det_label=tm["det_label"],
+        det_score_sum=float(tm["det_score_sum"]),
+        presence=Presence(tm.get("presence", "present")),
+        presence_since=float(tm.get("presence_since", 0.0)),
+        moved_from=_opt_int(tm.get("moved_from")),
+        moved_to=_opt_int(tm.get("moved_to")),
+        empty_count=int(tm.get("empty_count", 0)),
+        there_count=int(tm.get("there_count", 0)),
+    )
     t.update_box()
     return t
 
@@ -312,5 +391,7 @@ def _images(meta: dict, arrays: Dict[str, np.ndarray]) -> List[tuple]:
     if len(lengths) != len(meta["keys"]) or int(lengths.sum()) != len(arrays["image_bytes"]):
         raise MapStateError("the stored images and their index disagree")
     bounds = np.r_[0, np.cumsum(lengths)]
-    return [(int(k), arrays["image_bytes"][bounds[i]:bounds[i + 1]].tobytes(), int(r))
-            for i, (k, r) in enumerate(zip(meta["keys"], meta["refs"]))]
+    return [
+        (int(k), arrays["image_bytes"][bounds[i] : bounds[i + 1]].tobytes(), int(r))
+        for i, (k, r) in enumerate(zip(meta["keys"], meta["refs"]))
+    ]

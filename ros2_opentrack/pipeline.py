@@ -1,10 +1,11 @@
 """The online pipeline: frames in, tracked and labelled 3D instances out (DESIGN.md "Algorithm, online").
 
-    pipe = Pipeline.from_config(cfg)
-    for frame in reader:
-        result = pipe.step(frame)      # never raises for bad input; a bad frame comes back with .error set
-    instances = pipe.finalize()
+pipe = Pipeline.from_config(cfg)
+for frame in reader:
+    result = pipe.step(frame)      # never raises for bad input; a bad frame comes back with .error set
+instances = pipe.finalize()
 """
+
 from __future__ import annotations
 
 import logging
@@ -146,16 +147,20 @@ class Pipeline:
             result.merged = self._refine_and_merge(only_dirty=True)
             timer.lap("refine")
         self._forget(outcome.terminated)
-        self.labels.request([self.tracker.tracks[tid] for _, tid in outcome.matched if tid in self.tracker.tracks],
-                            self.views, self.vocabulary)
+        self.labels.request(
+            [self.tracker.tracks[tid] for _, tid in outcome.matched if tid in self.tracker.tracks],
+            self.views,
+            self.vocabulary,
+        )
         timer.lap("label")
 
     def _reject(self, frame, message: str) -> StepResult:
         source = getattr(frame, "source", "")
         log.warning("frame %s%s dropped: %s", getattr(frame, "index", "?"), f" ({source})" if source else "", message)
         self._dropped["bad_frame"] = self._dropped.get("bad_frame", 0) + 1
-        self._first_reasons.setdefault("bad_frame", f"{source or 'frame ' + str(getattr(frame, 'index', '?'))}: "
-                                                    f"{message}")
+        self._first_reasons.setdefault(
+            "bad_frame", f"{source or 'frame ' + str(getattr(frame, 'index', '?'))}: {message}"
+        )
         return StepResult(keyframe=False, error=message, dropped={"bad_frame": 1})
 
     def _masks(self, frame: Frame, result: StepResult) -> List[Mask2D]:
@@ -163,13 +168,15 @@ class Pipeline:
         if frame.masks is not None:
             masks = frame.masks
         elif self.mask_source is not None:
-            masks, drops = validate_masks(self.mask_source.masks(frame), frame.depth.shape, frame.rgb.shape[:2],
-                                          f"frame {frame.index}")
+            masks, drops = validate_masks(
+                self.mask_source.masks(frame), frame.depth.shape, frame.rgb.shape[:2], f"frame {frame.index}"
+            )
             for reason, n in drops.items():
                 result.dropped[reason] = result.dropped.get(reason, 0) + n
         else:
-            raise InputError(f"frame {frame.index} carries no masks (masks.source={self.cfg.masks.source} "
-                             "expects Frame.masks)")
+            raise InputError(
+                f"frame {frame.index} carries no masks (masks.source={self.cfg.masks.source} expects Frame.masks)"
+            )
         result.n_masks = len(masks)
         return masks
 
@@ -181,8 +188,9 @@ class Pipeline:
         return self.features.extract(frame.rgb, [m.mask for m in masks], boxes)
 
     def _lift(self, frame: Frame, masks: List[Mask2D], features, result: StepResult) -> List[Observation]:
-        observations, dropped = lift_masks(frame, masks, self.cfg.lift, self.cfg.dbscan,
-                                           self.cfg.tracking.voxel_size_m, self.rng, features)
+        observations, dropped = lift_masks(
+            frame, masks, self.cfg.lift, self.cfg.dbscan, self.cfg.tracking.voxel_size_m, self.rng, features
+        )
         for k, v in dropped.items():
             result.dropped[k] = result.dropped.get(k, 0) + v
         result.n_observations = len(observations)
@@ -192,15 +200,34 @@ class Pipeline:
         """Sampled depth points of every keyframe: the source of expansion (tau_exp) and of map.ply."""
         if self.cfg.refine.tau_exp <= 0:
             return
-        pts, px = geometry.backproject(frame.depth, frame.K, stride=_MAP_STRIDE, depth_min=self.cfg.lift.depth_min_m,
-                                       depth_max=self.cfg.lift.depth_max_m)
+        pts, px = geometry.backproject(
+            frame.depth,
+            frame.K,
+            stride=_MAP_STRIDE,
+            depth_min=self.cfg.lift.depth_min_m,
+            depth_max=self.cfg.lift.depth_max_m,
+        )
         self.tracker.scene.add(geometry.transform(frame.T_world_cam, pts), frame.rgb[px[:, 1], px[:, 0]])
 
     def _offer_views(self, frame: Frame, outcome: StepOutcome, observations: List[Observation]) -> None:
-        self.views.offer(frame.rgb, [
-            (tid, View(image_key=0, frame_index=frame.index, stamp=frame.stamp, box=observations[i].box.copy(),
-                       visible_fraction=outcome.in_frustum.get(tid, 1.0), mask_area=observations[i].pixel_count))
-            for i, tid in outcome.matched if tid in self.tracker.tracks])
+        self.views.offer(
+            frame.rgb,
+            [
+                (
+                    tid,
+                    View(
+                        image_key=0,
+                        frame_index=frame.index,
+                        stamp=frame.stamp,
+                        box=observations[i].box.copy(),
+                        visible_fraction=outcome.in_frustum.get(tid, 1.0),
+                        mask_area=observations[i].pixel_count,
+                    ),
+                )
+                for i, tid in outcome.matched
+                if tid in self.tracker.tracks
+            ],
+        )
 
     def _refine_and_merge(self, only_dirty: bool) -> Dict[int, int]:
         with self.tracker.changes.withheld(self.tracker):  # removed places: frozen, never merged (changes.py)
@@ -227,8 +254,9 @@ class Pipeline:
 
     # ---------------------------------------------------------------------------------------------
     def instances(self) -> List[Instance]:
-        return sorted((i for i in map(self._instance, self.tracker.tracks.values()) if i is not None),
-                      key=lambda i: i.id)
+        return sorted(
+            (i for i in map(self._instance, self.tracker.tracks.values()) if i is not None), key=lambda i: i.id
+        )
 
     def _instance(self, t: Track) -> Optional[Instance]:
         """A track as a reported instance: its consistent points, once it is seen often enough."""
@@ -242,13 +270,29 @@ class Pipeline:
         label = named.label if named.label is not None else t.det_label
         score = named.score if named.label is not None else t.det_score_sum / max(1, t.observations)
         score *= objectness(t.observations, rc.objectness_half_obs)
-        return Instance(id=t.id, points=t.store.centers()[keep], colors=t.store.colors[keep], label=label,
-                        score=float(score), observations=t.observations, state=t.state,
-                        first_seen=t.first_seen, last_seen=t.last_seen, views=self.views.of(t.id),
-                        feature=t.feature, presence=t.presence.value,
-                        presence_since=t.presence_since or t.first_seen, moved_from=t.moved_from,
-                        extra={"first_frame": t.first_frame, "last_frame": t.last_frame,
-                               "misses": t.misses, "detector_label": t.det_label, "moved_to": t.moved_to})
+        return Instance(
+            id=t.id,
+            points=t.store.centers()[keep],
+            colors=t.store.colors[keep],
+            label=label,
+            score=float(score),
+            observations=t.observations,
+            state=t.state,
+            first_seen=t.first_seen,
+            last_seen=t.last_seen,
+            views=self.views.of(t.id),
+            feature=t.feature,
+            presence=t.presence.value,
+            presence_since=t.presence_since or t.first_seen,
+            moved_from=t.moved_from,
+            extra={
+                "first_frame": t.first_frame,
+                "last_frame": t.last_frame,
+                "misses": t.misses,
+                "detector_label": t.det_label,
+                "moved_to": t.moved_to,
+            },
+        )
 
     def finalize(self, wait_s: float = 10.0) -> List[Instance]:
         """Last refinement and merging over all tracks; label what is eligible and wait briefly for it."""
@@ -285,8 +329,10 @@ class Pipeline:
         dims = {len(t.feature) for t in loaded.tracker.tracks.values()}
         want = getattr(self.features, "dim", None)
         if dims and want is not None and dims != {want}:
-            raise map_state.MapStateError(f"map state '{folder}' holds {dims.pop()}-d descriptors, the configured "
-                                          f"features backend gives {want}-d: use the backend it was built with")
+            raise map_state.MapStateError(
+                f"map state '{folder}' holds {dims.pop()}-d descriptors, the configured "
+                f"features backend gives {want}-d: use the backend it was built with"
+            )
         self.labels.clear()
         self.tracker = loaded.tracker
         self.views.restore(loaded.views, loaded.images, loaded.next_image_key)
@@ -335,8 +381,15 @@ class Pipeline:
         from .query import answer_query
 
         tm = self.cfg.perception.text_matcher
-        return answer_query(text, self.instances(), text_matcher=self.text_matcher, labeler=self.labeler,
-                            view_image=self.view_image, shortlist=tm.shortlist, min_similarity=tm.min_similarity)
+        return answer_query(
+            text,
+            self.instances(),
+            text_matcher=self.text_matcher,
+            labeler=self.labeler,
+            view_image=self.view_image,
+            shortlist=tm.shortlist,
+            min_similarity=tm.min_similarity,
+        )
 
     def view_image(self, view: View, boxed: bool = True) -> np.ndarray:
         """The stored keyframe image of a view (decoded), with the track's box drawn in red by default."""
@@ -345,11 +398,19 @@ class Pipeline:
     @property
     def stats(self) -> PipelineStats:
         states = [t.state for t in self.tracker.tracks.values()]
-        return PipelineStats(frames=self._frames, keyframes=self._keyframes, dropped=dict(self._dropped),
-                             active=states.count(TrackState.ACTIVE), dormant=states.count(TrackState.DORMANT),
-                             terminated=self.tracker.terminated_total, merged=self._merged,
-                             labelled=self.labels.labelled, images_stored=len(self.views.images),
-                             image_bytes=self.views.images.nbytes, first_reasons=dict(self._first_reasons))
+        return PipelineStats(
+            frames=self._frames,
+            keyframes=self._keyframes,
+            dropped=dict(self._dropped),
+            active=states.count(TrackState.ACTIVE),
+            dormant=states.count(TrackState.DORMANT),
+            terminated=self.tracker.terminated_total,
+            merged=self._merged,
+            labelled=self.labels.labelled,
+            images_stored=len(self.views.images),
+            image_bytes=self.views.images.nbytes,
+            first_reasons=dict(self._first_reasons),
+        )
 
 
 def release_memory() -> None:

@@ -8,6 +8,7 @@ Result: objects present at their place first, then last-known places (presence m
 the place empty); within each, confirmed candidates first, then unconfirmed (no view, failed request), then
 rejected; each group by score. Rejected candidates are kept (confirmed=False) so a caller can show them or filter them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,9 +35,15 @@ class QueryMatch:
         return self.presence != "present"
 
 
-def answer_query(text: str, instances: Sequence, text_matcher=None, labeler=None,
-                 view_image: Optional[Callable] = None, shortlist: int = 5,
-                 min_similarity: float = 0.3) -> List[QueryMatch]:
+def answer_query(
+    text: str,
+    instances: Sequence,
+    text_matcher=None,
+    labeler=None,
+    view_image: Optional[Callable] = None,
+    shortlist: int = 5,
+    min_similarity: float = 0.3,
+) -> List[QueryMatch]:
     """Instances matching ``text``, best first (see the module doc). Raises InputError on an empty query."""
     query = text.strip() if isinstance(text, str) else ""
     if not query:
@@ -45,11 +52,14 @@ def answer_query(text: str, instances: Sequence, text_matcher=None, labeler=None
     if not labelled:
         return []
     scores = label_scores(query, [inst.label for inst in labelled], text_matcher)
-    order = sorted(range(len(labelled)), key=lambda i: (_presence(labelled[i]) != "present", -scores[i],
-                                                        labelled[i].id))  # present objects make the shortlist first
-    picked = [i for i in order if scores[i] >= min_similarity][:max(0, int(shortlist))]
-    matches = [QueryMatch(int(labelled[i].id), float(scores[i]), labelled[i].label, None,
-                          _presence(labelled[i])) for i in picked]
+    order = sorted(
+        range(len(labelled)), key=lambda i: (_presence(labelled[i]) != "present", -scores[i], labelled[i].id)
+    )  # present objects make the shortlist first
+    picked = [i for i in order if scores[i] >= min_similarity][: max(0, int(shortlist))]
+    matches = [
+        QueryMatch(int(labelled[i].id), float(scores[i]), labelled[i].label, None, _presence(labelled[i]))
+        for i in picked
+    ]
     if labeler is not None and view_image is not None and matches:
         _confirm(query, matches, [labelled[i] for i in picked], labeler, view_image)
     rank = {True: 0, None: 1, False: 2}

@@ -5,6 +5,7 @@ Streaming, each track keeps per fine voxel two counters (keyframes it was visibl
 track's mask; voxel_store.PointStore) updated at every keyframe where the track is a candidate; no frame is
 stored. Refinement grows a track into the scene map near its confirmed voxels (tau_exp), then drops the
 voxels whose in-mask ratio stays under tau_vis. Merging joins duplicates, longer track first."""
+
 from __future__ import annotations
 
 from typing import Dict, List

@@ -1,4 +1,5 @@
 """Hash grid of axis-aligned boxes: which tracks lie near a region, in time independent of the map size."""
+
 from __future__ import annotations
 
 from typing import Dict, Set, Tuple
@@ -31,8 +32,9 @@ class SpatialIndex:
         """Insert or move ``item`` to the box [bmin, bmax]."""
         if item in self._boxes:
             old = self._boxes[item]
-            if np.array_equal(self._range(*old)[0], self._range(bmin, bmax)[0]) and \
-                    np.array_equal(self._range(*old)[1], self._range(bmin, bmax)[1]):
+            if np.array_equal(self._range(*old)[0], self._range(bmin, bmax)[0]) and np.array_equal(
+                self._range(*old)[1], self._range(bmin, bmax)[1]
+            ):
                 self._boxes[item] = (np.asarray(bmin, float), np.asarray(bmax, float))
                 return
             self.remove(item)

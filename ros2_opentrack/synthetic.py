@@ -5,6 +5,7 @@ ray-cast box scenes of the core tests.
 
 World frame: z up, floor at z = 0. Cameras are OpenCV (x right, y down, z forward), T_world_cam camera-to-world.
 Instance 0 is background (walls, floor, ceiling): it gets no mask and is ignored by evaluation."""
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,28 @@ from .io.encodings import depth_to_millimetres, label_image_to_masks, masks_to_l
 from .types import Frame, Mask2D
 
 FALSE_BLOB_ID_BASE = 50000  # source ids of false-positive blobs start here (never a true instance id)
-SCANNET20 = ("wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf", "picture",
-             "counter", "desk", "curtain", "refrigerator", "shower curtain", "toilet", "sink", "bathtub",
-             "otherfurniture")  # 1-based semantic ids of the ScanNet npy export
+SCANNET20 = (
+    "wall",
+    "floor",
+    "cabinet",
+    "bed",
+    "chair",
+    "sofa",
+    "table",
+    "door",
+    "window",
+    "bookshelf",
+    "picture",
+    "counter",
+    "desk",
+    "curtain",
+    "refrigerator",
+    "shower curtain",
+    "toilet",
+    "sink",
+    "bathtub",
+    "otherfurniture",
+)  # 1-based semantic ids of the ScanNet npy export
 
 
 @dataclass
@@ -40,8 +60,10 @@ class SyntheticScene:
         self.instance = np.ascontiguousarray(self.instance, dtype=np.int32)
         n = len(self.points)
         if self.points.shape != (n, 3) or self.colors.shape != (n, 3) or self.instance.shape != (n,):
-            raise InputError(f"scene '{self.name}': points (N,3), colors (N,3) and instance (N,) must agree, got "
-                             f"{self.points.shape}, {self.colors.shape}, {self.instance.shape}")
+            raise InputError(
+                f"scene '{self.name}': points (N,3), colors (N,3) and instance (N,) must agree, got "
+                f"{self.points.shape}, {self.colors.shape}, {self.instance.shape}"
+            )
         if self.radius is None:
             self.radius = estimate_radius(self.points)
         self.radius = np.asarray(self.radius, dtype=np.float32)
@@ -89,8 +111,23 @@ _CATALOG = {
     "shelf": ("box", ((0.8, 1.0), (0.3, 0.35), (1.4, 1.8)), [(140, 100, 60), (240, 240, 235)]),
     "bin": ("cylinder", ((0.25, 0.3), (0.25, 0.3), (0.3, 0.4)), [(200, 60, 40), (40, 70, 170)]),
 }
-_ORDER = ["chair", "table", "cabinet", "box", "trash can", "chair", "plant", "sofa", "shelf", "bin", "box",
-          "cabinet", "chair", "trash can", "plant"]
+_ORDER = [
+    "chair",
+    "table",
+    "cabinet",
+    "box",
+    "trash can",
+    "chair",
+    "plant",
+    "sofa",
+    "shelf",
+    "bin",
+    "box",
+    "cabinet",
+    "chair",
+    "trash can",
+    "plant",
+]
 WALL_COLOR, FLOOR_COLOR, CEILING_COLOR = (205, 200, 185), (150, 125, 95), (235, 235, 235)
 
 
@@ -131,16 +168,16 @@ def _cylinder_surface(center_xy, radius, z0, z1, spacing, rng, top=True):
     if not top:
         return side
     cx, cy = _grid(-radius, radius, -radius, radius, spacing, rng)
-    inside = cx ** 2 + cy ** 2 <= radius ** 2
+    inside = cx**2 + cy**2 <= radius**2
     cap = np.stack([center_xy[0] + cx[inside], center_xy[1] + cy[inside], np.full(inside.sum(), z1)], 1)
     return np.concatenate([side, cap])
 
 
 def _sphere_surface(center, radius, spacing, rng):
-    n = max(8, int(4 * np.pi * radius ** 2 / spacing ** 2))
+    n = max(8, int(4 * np.pi * radius**2 / spacing**2))
     k = np.arange(n) + 0.5  # Fibonacci sphere: even coverage
     phi = np.arccos(1 - 2 * k / n)
-    theta = np.pi * (1 + 5 ** 0.5) * k + rng.uniform(0, 2 * np.pi)
+    theta = np.pi * (1 + 5**0.5) * k + rng.uniform(0, 2 * np.pi)
     v = np.stack([np.cos(theta) * np.sin(phi), np.sin(theta) * np.sin(phi), np.cos(phi)], 1)
     return np.asarray(center) + radius * v
 
@@ -162,18 +199,32 @@ def _object_points(kind, x, y, w, d, h, spacing, rng):
         add(_cylinder_surface((x, y), w / 2, 0.0, h, spacing, rng))
     elif kind == "table":
         add(_box_surface([lo[0], lo[1], h - 0.04], [hi[0], hi[1], h], spacing, rng))
-        for cx, cy in ((lo[0] + 0.05, lo[1] + 0.05), (hi[0] - 0.05, lo[1] + 0.05), (lo[0] + 0.05, hi[1] - 0.05),
-                       (hi[0] - 0.05, hi[1] - 0.05)):
-            add(_box_surface([cx - 0.025, cy - 0.025, 0], [cx + 0.025, cy + 0.025, h - 0.04], spacing, rng,
-                             "no_bottom"), 0.8)
+        for cx, cy in (
+            (lo[0] + 0.05, lo[1] + 0.05),
+            (hi[0] - 0.05, lo[1] + 0.05),
+            (lo[0] + 0.05, hi[1] - 0.05),
+            (hi[0] - 0.05, hi[1] - 0.05),
+        ):
+            add(
+                _box_surface(
+                    [cx - 0.025, cy - 0.025, 0], [cx + 0.025, cy + 0.025, h - 0.04], spacing, rng, "no_bottom"
+                ),
+                0.8,
+            )
     elif kind == "chair":
         seat = 0.45
         add(_box_surface([lo[0], lo[1], seat - 0.05], [hi[0], hi[1], seat], spacing, rng))
         add(_box_surface([lo[0], hi[1] - 0.05, seat], [hi[0], hi[1], h], spacing, rng), 0.9)
-        for cx, cy in ((lo[0] + 0.03, lo[1] + 0.03), (hi[0] - 0.03, lo[1] + 0.03), (lo[0] + 0.03, hi[1] - 0.03),
-                       (hi[0] - 0.03, hi[1] - 0.03)):
-            add(_box_surface([cx - 0.02, cy - 0.02, 0], [cx + 0.02, cy + 0.02, seat - 0.05], spacing, rng,
-                             "no_bottom"), 0.7)
+        for cx, cy in (
+            (lo[0] + 0.03, lo[1] + 0.03),
+            (hi[0] - 0.03, lo[1] + 0.03),
+            (lo[0] + 0.03, hi[1] - 0.03),
+            (hi[0] - 0.03, hi[1] - 0.03),
+        ):
+            add(
+                _box_surface([cx - 0.02, cy - 0.02, 0], [cx + 0.02, cy + 0.02, seat - 0.05], spacing, rng, "no_bottom"),
+                0.7,
+            )
     elif kind == "sofa":
         add(_box_surface([lo[0], lo[1], 0], [hi[0], hi[1], 0.42], spacing, rng, "no_bottom"))
         add(_box_surface([lo[0], hi[1] - 0.2, 0.42], [hi[0], hi[1], h], spacing, rng), 0.9)
@@ -188,8 +239,14 @@ def _object_points(kind, x, y, w, d, h, spacing, rng):
     return np.concatenate(parts), np.concatenate(shades)
 
 
-def make_room(seed: int = 0, n_objects: int = 8, size: Tuple[float, float] = (5.0, 4.0), height: float = 2.5,
-              spacing: float = 0.02, wall_spacing: float = 0.035) -> SyntheticScene:
+def make_room(
+    seed: int = 0,
+    n_objects: int = 8,
+    size: Tuple[float, float] = (5.0, 4.0),
+    height: float = 2.5,
+    spacing: float = 0.02,
+    wall_spacing: float = 0.035,
+) -> SyntheticScene:
     """A procedural room: floor, four walls, ceiling, and n_objects furniture items placed without overlap.
 
     Colours are realistic and jittered per instance; the catalogue repeats classes (chairs, boxes, cabinets)
@@ -214,8 +271,12 @@ def make_room(seed: int = 0, n_objects: int = 8, size: Tuple[float, float] = (5.
     ws = wall_spacing
     add(_box_surface([0, 0, 0], [W, D, 0], ws, rng), FLOOR_COLOR, 0, ws)
     add(_box_surface([0, 0, height], [W, D, height], ws, rng), CEILING_COLOR, 0, ws)
-    for lo, hi in (([0, 0, 0], [W, 0, height]), ([0, D, 0], [W, D, height]), ([0, 0, 0], [0, D, height]),
-                   ([W, 0, 0], [W, D, height])):
+    for lo, hi in (
+        ([0, 0, 0], [W, 0, height]),
+        ([0, D, 0], [W, D, height]),
+        ([0, 0, 0], [0, D, height]),
+        ([W, 0, 0], [W, D, height]),
+    ):
         p = _box_surface(lo, hi, ws, rng)
         add(p, WALL_COLOR, 0, ws)
 
@@ -236,9 +297,14 @@ def make_room(seed: int = 0, n_objects: int = 8, size: Tuple[float, float] = (5.
         labels[iid] = name
     points = np.concatenate(pts).astype(np.float32)
     radius = 0.75 * np.concatenate(rad).astype(np.float32)
-    return SyntheticScene(points=points, colors=np.concatenate(cols).astype(np.uint8),
-                          instance=np.concatenate(inst).astype(np.int32), labels=labels,
-                          name=f"room_s{seed}_n{n_objects}", radius=radius)
+    return SyntheticScene(
+        points=points,
+        colors=np.concatenate(cols).astype(np.uint8),
+        instance=np.concatenate(inst).astype(np.int32),
+        labels=labels,
+        name=f"room_s{seed}_n{n_objects}",
+        radius=radius,
+    )
 
 
 def _place(rng, footprints, w, d, W, D, tries=300):
@@ -275,9 +341,13 @@ def load_scannet_npy(path, background_classes: Sequence[int] = (0, 1, 2)) -> Syn
         s = np.bincount(sem[inst == i]).argmax()
         labels[int(i)] = SCANNET20[s - 1] if 1 <= s <= len(SCANNET20) else f"class{s}"
     pts = a[:, :3].astype(np.float32)
-    return SyntheticScene(points=pts - np.array([0, 0, pts[:, 2].min()], np.float32),
-                          colors=np.clip(a[:, 3:6], 0, 255).astype(np.uint8), instance=inst.astype(np.int32),
-                          labels=labels, name=path.stem)
+    return SyntheticScene(
+        points=pts - np.array([0, 0, pts[:, 2].min()], np.float32),
+        colors=np.clip(a[:, 3:6], 0, 255).astype(np.uint8),
+        instance=inst.astype(np.int32),
+        labels=labels,
+        name=path.stem,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -341,8 +411,15 @@ def _viewpoint(rng, centre, lo, hi, boxes):
 # Renderer
 
 
-def render(scene: SyntheticScene, K: np.ndarray, T_world_cam: np.ndarray, hw=(240, 320), near: float = 0.1,
-           scale: Optional[int] = None, max_splat_px: int = 5):
+def render(
+    scene: SyntheticScene,
+    K: np.ndarray,
+    T_world_cam: np.ndarray,
+    hw=(240, 320),
+    near: float = 0.1,
+    scale: Optional[int] = None,
+    max_splat_px: int = 5,
+):
     """Z-buffer point splatting -> (rgb uint8 HxWx3, depth float32 metres (0 = no surface), ids int32 HxW).
 
     Each point is drawn as a disc of radius f * radius / z pixels (so surfaces close at any distance); the
@@ -385,8 +462,8 @@ def _splat(scene, pc, keep, zs, K, hw, max_splat_px):
     for radius in np.unique(r_idx):
         in_r = r_idx == radius
         sel, key = idx[in_r], key_all[in_r]
-        dy, dx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
-        disc = dx ** 2 + dy ** 2 <= radius ** 2 + radius
+        dy, dx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+        disc = dx**2 + dy**2 <= radius**2 + radius
         for ox, oy in zip(dx[disc], dy[disc]):
             uu, vv = u[sel] + ox, v[sel] + oy
             ok = (uu >= 0) & (uu < w) & (vv >= 0) & (vv < h)
@@ -446,8 +523,9 @@ class MaskNoise:
                 op = cv2.erode if rng.random() < 0.5 else cv2.dilate
                 mask = op(mask.astype(np.uint8), kernel).astype(bool)
             if mask.sum() >= self.min_pixels:
-                out.append(Mask2D(mask=mask, score=float(np.clip(rng.normal(0.85, 0.08), 0.3, 1.0)),
-                                  source_id=m.source_id))
+                out.append(
+                    Mask2D(mask=mask, score=float(np.clip(rng.normal(0.85, 0.08), 0.3, 1.0)), source_id=m.source_id)
+                )
         for _ in range(rng.poisson(self.false_blobs)):
             out.append(self._blob(rng, hw))
         return out
@@ -464,18 +542,20 @@ class MaskNoise:
     def perturb_depth(self, depth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if self.depth_k <= 0:
             return depth
-        noisy = depth + rng.normal(0.0, 1.0, depth.shape).astype(np.float32) * self.depth_k * depth ** 2
+        noisy = depth + rng.normal(0.0, 1.0, depth.shape).astype(np.float32) * self.depth_k * depth**2
         return np.where(depth > 0, np.maximum(noisy, 0.0), 0.0).astype(np.float32)
 
-    def perturb_frame(self, masks: List[Mask2D], rng: np.random.Generator, hw,
-                      depth: Optional[np.ndarray] = None) -> List[Mask2D]:
+    def perturb_frame(
+        self, masks: List[Mask2D], rng: np.random.Generator, hw, depth: Optional[np.ndarray] = None
+    ) -> List[Mask2D]:
         """Every error mode on one frame's perfect masks: merged neighbours, split objects and background
         bleeding (perturb_structure), then drops, edges and false blobs (perturb_masks). Ids stay true (a merged
         mask carries the larger object's id, extra parts PART_ID_BASE + k): ``anonymize`` hides them."""
         return self.perturb_masks(self.perturb_structure(masks, rng, hw, depth), rng, hw)
 
-    def perturb_structure(self, masks: List[Mask2D], rng: np.random.Generator, hw,
-                          depth: Optional[np.ndarray] = None) -> List[Mask2D]:
+    def perturb_structure(
+        self, masks: List[Mask2D], rng: np.random.Generator, hw, depth: Optional[np.ndarray] = None
+    ) -> List[Mask2D]:
         """Under-segmentation (p_merge), over-segmentation (p_split) and bleeding into the background (p_bleed).
         With ``depth``, only neighbours that also touch in depth (3D-adjacent objects) are merged."""
         out = list(masks)
@@ -517,12 +597,20 @@ class MaskNoise:
         if not self.shuffle_ids or not masks:
             return list(masks)
         ids = rng.choice(np.arange(1, 1 << 20), size=len(masks), replace=False)
-        return [Mask2D(mask=masks[k].mask, box=masks[k].box, score=masks[k].score, label=masks[k].label,
-                       source_id=int(i)) for k, i in zip(rng.permutation(len(masks)), ids)]
+        return [
+            Mask2D(mask=masks[k].mask, box=masks[k].box, score=masks[k].score, label=masks[k].label, source_id=int(i))
+            for k, i in zip(rng.permutation(len(masks)), ids)
+        ]
 
 
-def render_sequence(scene: SyntheticScene, n_frames: int = 60, hw=(240, 320), seed: int = 0,
-                    noise: Optional[MaskNoise] = None, fps: float = 30.0) -> List[Frame]:
+def render_sequence(
+    scene: SyntheticScene,
+    n_frames: int = 60,
+    hw=(240, 320),
+    seed: int = 0,
+    noise: Optional[MaskNoise] = None,
+    fps: float = 30.0,
+) -> List[Frame]:
     """Render a trajectory through the scene. Frames carry anonymous masks (label None; source_id = true id,
     FALSE_BLOB_ID_BASE+k for spurious blobs) and, in frame.masks order, nothing else about the truth.
     The perfect instance-id image of each frame is kept in ``frame_ids[i]`` of the returned list's attribute."""
@@ -598,8 +686,15 @@ def make_box_frame(boxes, colors, T, hw=(120, 160), K=None, index=0, stamp=None,
     if rng is not None:
         rgb = np.clip(rgb.astype(int) + rng.integers(-8, 9, rgb.shape), 0, 255).astype(np.uint8)
     masks = [Mask2D(mask=ids == i, source_id=i) for i in range(len(boxes)) if (ids == i).sum() >= min_pixels]
-    return Frame(rgb=rgb, depth=depth, K=K, T_world_cam=T, stamp=float(index if stamp is None else stamp),
-                 index=index, masks=masks)
+    return Frame(
+        rgb=rgb,
+        depth=depth,
+        K=K,
+        T_world_cam=T,
+        stamp=float(index if stamp is None else stamp),
+        index=index,
+        masks=masks,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -619,8 +714,9 @@ def write_scene_folder(scene: SyntheticScene, frames: Sequence[Frame], out_dir) 
         (out / sub).mkdir(parents=True, exist_ok=True)
     for frame in frames:
         i = frame.index
-        cv2.imwrite(str(out / "color" / f"{i}.jpg"), np.ascontiguousarray(frame.rgb[:, :, ::-1]),
-                    [cv2.IMWRITE_JPEG_QUALITY, 92])
+        cv2.imwrite(
+            str(out / "color" / f"{i}.jpg"), np.ascontiguousarray(frame.rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 92]
+        )
         cv2.imwrite(str(out / "depth" / f"{i}.png"), depth_to_millimetres(frame.depth))
         np.savetxt(out / "pose" / f"{i}.txt", frame.T_world_cam, fmt="%.9f")
         with_ids = [m for m in frame.masks or [] if m.source_id is not None]  # a mask without an id is not written
@@ -632,7 +728,8 @@ def write_scene_folder(scene: SyntheticScene, frames: Sequence[Frame], out_dir) 
         np.savetxt(out / "intrinsic" / "intrinsic_depth.txt", K4, fmt="%.6f")
         np.savetxt(out / "intrinsic" / "intrinsic_color.txt", K4, fmt="%.6f")
     (out / "instance_labels.json").write_text(
-        json.dumps({str(k): v for k, v in sorted(scene.labels.items())}, indent=1))
+        json.dumps({str(k): v for k, v in sorted(scene.labels.items())}, indent=1)
+    )
     write_ply(out / "points.ply", scene.points, scene.colors)
     np.savetxt(out / "gt_instances.txt", scene.gt_ids(), fmt="%d")
     names = {str(v): k for k, v in scene.class_ids().items()}
@@ -647,8 +744,13 @@ def write_scene_folder(scene: SyntheticScene, frames: Sequence[Frame], out_dir) 
 PART_ID_BASE = 60000  # source ids of the extra part masks of a split object (never a true instance id)
 
 
-def _merge_neighbours(masks: List[Mask2D], rng: np.random.Generator, depth: Optional[np.ndarray] = None,
-                      contact_px: int = 3, max_depth_step: float = 0.25) -> List[Mask2D]:
+def _merge_neighbours(
+    masks: List[Mask2D],
+    rng: np.random.Generator,
+    depth: Optional[np.ndarray] = None,
+    contact_px: int = 3,
+    max_depth_step: float = 0.25,
+) -> List[Mask2D]:
     """One random pair of touching masks replaced by one mask over both (and the gap between them), with the
     larger one's id. Touching: within contact_px pixels; with ``depth``, the two sides of the contact must also
     lie within max_depth_step metres (3D neighbours, not an object in front of another far behind)."""
@@ -700,8 +802,15 @@ def _split_mask(mask: np.ndarray, n_parts: int, rng: np.random.Generator, min_pi
     return sorted(parts, key=lambda m: -int(m.sum())) or [mask]
 
 
-def make_wall_room(seed: int = 0, n_objects: int = 10, size: Tuple[float, float] = (5.0, 4.0), height: float = 2.5,
-                   spacing: float = 0.02, wall_spacing: float = 0.035, gap_m=(0.0, 0.1)) -> SyntheticScene:
+def make_wall_room(
+    seed: int = 0,
+    n_objects: int = 10,
+    size: Tuple[float, float] = (5.0, 4.0),
+    height: float = 2.5,
+    spacing: float = 0.02,
+    wall_spacing: float = 0.035,
+    gap_m=(0.0, 0.1),
+) -> SyntheticScene:
     """A procedural room furnished along its walls, as rooms are: objects in rows against the walls, each a
     gap of gap_m from its neighbour (0 = touching), two in the middle. Many 3D-adjacent pairs (what merged
     masks fuse), and a wall-facing scan sees them from close by."""
@@ -725,8 +834,12 @@ def make_wall_room(seed: int = 0, n_objects: int = 10, size: Tuple[float, float]
     ws = wall_spacing
     add(_box_surface([0, 0, 0], [W, D, 0], ws, rng), FLOOR_COLOR, 0, ws)
     add(_box_surface([0, 0, height], [W, D, height], ws, rng), CEILING_COLOR, 0, ws)
-    for lo, hi in (([0, 0, 0], [W, 0, height]), ([0, D, 0], [W, D, height]), ([0, 0, 0], [0, D, height]),
-                   ([W, 0, 0], [W, D, height])):
+    for lo, hi in (
+        ([0, 0, 0], [W, 0, height]),
+        ([0, D, 0], [W, D, height]),
+        ([0, 0, 0], [0, D, height]),
+        ([W, 0, 0], [W, D, height]),
+    ):
         add(_box_surface(lo, hi, ws, rng), WALL_COLOR, 0, ws)
     names = [n for n in rng.permutation(_ORDER) if n != "sofa"]  # sofas are longer than some walls' free run
     cursor = {0: 0.05, 1: 0.95, 2: 0.05, 3: 0.95}  # wall -> free position along it: y=0, x=W, y=D, x=0
@@ -746,8 +859,12 @@ def make_wall_room(seed: int = 0, n_objects: int = 10, size: Tuple[float, float]
             off = 0.02 + d / 2
             if wall in (1, 3):
                 w, d = d, w  # the long side along the wall
-            x, y = {0: (along + w / 2, off), 1: (W - off, along + d / 2), 2: (along + w / 2, D - off),
-                    3: (off, along + d / 2)}[wall]
+            x, y = {
+                0: (along + w / 2, off),
+                1: (W - off, along + d / 2),
+                2: (along + w / 2, D - off),
+                3: (off, along + d / 2),
+            }[wall]
         else:  # the middle of the room
             x, y = W / 2 + rng.uniform(-0.6, 0.6), D / 2 + rng.uniform(-0.5, 0.5)
         p, shade = _object_points(kind, x, y, w, d, h, spacing, rng)
@@ -755,9 +872,14 @@ def make_wall_room(seed: int = 0, n_objects: int = 10, size: Tuple[float, float]
         iid += 1
         add(p, np.clip(base * rng.uniform(0.92, 1.08), 0, 255), iid, spacing, shade)
         labels[iid] = name
-    return SyntheticScene(points=np.concatenate(pts).astype(np.float32), colors=np.concatenate(cols).astype(np.uint8),
-                          instance=np.concatenate(inst).astype(np.int32), labels=labels,
-                          name=f"wallroom_s{seed}_n{n_objects}", radius=0.75 * np.concatenate(rad).astype(np.float32))
+    return SyntheticScene(
+        points=np.concatenate(pts).astype(np.float32),
+        colors=np.concatenate(cols).astype(np.uint8),
+        instance=np.concatenate(inst).astype(np.int32),
+        labels=labels,
+        name=f"wallroom_s{seed}_n{n_objects}",
+        radius=0.75 * np.concatenate(rad).astype(np.float32),
+    )
 
 
 def room_box(scene: SyntheticScene, pct: float = 0.5) -> Tuple[np.ndarray, np.ndarray]:
@@ -768,8 +890,9 @@ def room_box(scene: SyntheticScene, pct: float = 0.5) -> Tuple[np.ndarray, np.nd
 
 
 def _object_boxes(scene: SyntheticScene) -> List[Tuple[np.ndarray, np.ndarray]]:
-    return [(scene.points[scene.instance == i].min(0), scene.points[scene.instance == i].max(0))
-            for i in scene.instance_ids]
+    return [
+        (scene.points[scene.instance == i].min(0), scene.points[scene.instance == i].max(0)) for i in scene.instance_ids
+    ]
 
 
 def _clear_of(pos, boxes, margin: float) -> bool:
@@ -818,16 +941,24 @@ def _wall_furniture_depth(scene: SyntheticScene, lo, hi, near_m: float = 0.3, ca
     the room, at most cap_m."""
     out = np.zeros(4)
     for bmin, bmax in _object_boxes(scene):
-        reach = [bmax[1] - lo[1] if bmin[1] - lo[1] < near_m else 0.0,
-                 hi[0] - bmin[0] if hi[0] - bmax[0] < near_m else 0.0,
-                 hi[1] - bmin[1] if hi[1] - bmax[1] < near_m else 0.0,
-                 bmax[0] - lo[0] if bmin[0] - lo[0] < near_m else 0.0]
+        reach = [
+            bmax[1] - lo[1] if bmin[1] - lo[1] < near_m else 0.0,
+            hi[0] - bmin[0] if hi[0] - bmax[0] < near_m else 0.0,
+            hi[1] - bmin[1] if hi[1] - bmax[1] < near_m else 0.0,
+            bmax[0] - lo[0] if bmin[0] - lo[0] < near_m else 0.0,
+        ]
         out = np.maximum(out, np.minimum(reach, cap_m))
     return out
 
 
-def loop_trajectory(scene: SyntheticScene, n_frames: int = 80, seed: int = 0, turns: float = 1.25,
-                    height=(1.2, 1.6), pitch_deg=(-30.0, -15.0)) -> List[np.ndarray]:
+def loop_trajectory(
+    scene: SyntheticScene,
+    n_frames: int = 80,
+    seed: int = 0,
+    turns: float = 1.25,
+    height=(1.2, 1.6),
+    pitch_deg=(-30.0, -15.0),
+) -> List[np.ndarray]:
     """A loop around the middle of the room looking outward (at the walls and what stands before them):
     ``turns`` revolutions, so the start is seen again at the end (loop closure)."""
     rng = np.random.default_rng(seed)
@@ -848,8 +979,15 @@ def loop_trajectory(scene: SyntheticScene, n_frames: int = 80, seed: int = 0, tu
     return poses
 
 
-def wall_trajectory(scene: SyntheticScene, n_frames: int = 90, seed: int = 0, standoff=(0.45, 0.75),
-                    corner_deg: float = 13.0, height=(1.0, 1.5), pitch_deg=(-40.0, -20.0)) -> List[np.ndarray]:
+def wall_trajectory(
+    scene: SyntheticScene,
+    n_frames: int = 90,
+    seed: int = 0,
+    standoff=(0.45, 0.75),
+    corner_deg: float = 13.0,
+    height=(1.0, 1.5),
+    pitch_deg=(-40.0, -20.0),
+) -> List[np.ndarray]:
     """A scan along the walls facing them, close to the surfaces (standoff from the front of what stands
     against each wall, so surfaces lie at about 0.4-1.5 m), once around the room: straight runs along each
     wall, and at each corner a turn in place of 90 degrees at corner_deg per frame (fast turns, little
@@ -897,7 +1035,7 @@ def wall_trajectory(scene: SyntheticScene, n_frames: int = 90, seed: int = 0, st
         raw[k, :2] -= wobble[k] * np.array([np.cos(yaw[k]), np.sin(yaw[k])])  # nearer / farther from the wall
     push = np.array([np.linalg.norm(_push_clear(p, centre, boxes) - p) for p in raw])
     win = 9  # step back early and smoothly where an object stands in the way, no jumps
-    push = np.array([push[max(0, k - win):k + win + 1].max() for k in range(n)])
+    push = np.array([push[max(0, k - win) : k + win + 1].max() for k in range(n)])
     push = np.convolve(np.pad(push, win // 2, mode="edge"), np.ones(win) / win, mode="valid")[:n]
     poses = []
     for k in range(n):
@@ -909,9 +1047,17 @@ def wall_trajectory(scene: SyntheticScene, n_frames: int = 90, seed: int = 0, st
     return poses
 
 
-def walk_trajectory(scene: SyntheticScene, n_frames: int = 80, seed: int = 0, speed_m: float = 0.06,
-                    turn_deg: float = 4.0, height=(1.1, 1.6), pitch_deg=(-40.0, -10.0),
-                    shake_deg: float = 0.4, shake_m: float = 0.003) -> List[np.ndarray]:
+def walk_trajectory(
+    scene: SyntheticScene,
+    n_frames: int = 80,
+    seed: int = 0,
+    speed_m: float = 0.06,
+    turn_deg: float = 4.0,
+    height=(1.1, 1.6),
+    pitch_deg=(-40.0, -10.0),
+    shake_deg: float = 0.4,
+    shake_m: float = 0.003,
+) -> List[np.ndarray]:
     """A hand-held-like random walk: the walker wanders at about speed_m per frame with a smoothly random
     heading, the camera looks around (yaw rate a random walk of about turn_deg per frame, pitch wandering),
     and the hand shakes (shake_deg, shake_m per frame). It stays in the room and out of the objects."""
@@ -978,8 +1124,15 @@ class PoseDrift:
         return out
 
 
-def seen_points(scene: SyntheticScene, K: np.ndarray, T_world_cam: np.ndarray, depth: np.ndarray,
-                near: float = 0.1, tol_m: float = 0.03, tol_rel: float = 0.02) -> np.ndarray:
+def seen_points(
+    scene: SyntheticScene,
+    K: np.ndarray,
+    T_world_cam: np.ndarray,
+    depth: np.ndarray,
+    near: float = 0.1,
+    tol_m: float = 0.03,
+    tol_rel: float = 0.02,
+) -> np.ndarray:
     """(N,) bool: the scene points this view saw - in the image and not behind the rendered (noise-free)
     depth of their pixel by more than tol_m + tol_rel * z."""
     h, w = depth.shape
@@ -1007,8 +1160,9 @@ class RenderedViews:
     ids: List[np.ndarray]
     seen: np.ndarray  # (N,) bool over the scene points: seen by at least one view
 
-    def frames(self, noise: Optional[MaskNoise] = None, drift: Optional[PoseDrift] = None, seed: int = 0,
-               fps: float = 30.0) -> List[Frame]:
+    def frames(
+        self, noise: Optional[MaskNoise] = None, drift: Optional[PoseDrift] = None, seed: int = 0, fps: float = 30.0
+    ) -> List[Frame]:
         """Frames with perturbed masks (perturb_frame) and depth, and drifted poses when ``drift`` is given.
         Mask ids are the true ones (for the oracle); noise.anonymize hides them for everyone else."""
         rng = np.random.default_rng(seed + 1)
@@ -1020,16 +1174,31 @@ class RenderedViews:
             if noise is not None:
                 masks = noise.perturb_frame(masks, rng, hw, depth)
                 depth = noise.perturb_depth(depth, rng)
-            out.append(Frame(rgb=rgb, depth=depth, K=self.K.copy(), T_world_cam=np.array(T, float), stamp=k / fps,
-                             index=k, masks=masks))
+            out.append(
+                Frame(
+                    rgb=rgb,
+                    depth=depth,
+                    K=self.K.copy(),
+                    T_world_cam=np.array(T, float),
+                    stamp=k / fps,
+                    index=k,
+                    masks=masks,
+                )
+            )
         return out
 
 
 def render_views(scene: SyntheticScene, poses: Sequence[np.ndarray], hw=(240, 320)) -> RenderedViews:
     """Render every pose (noise-free) and note which scene points some view saw."""
     K = default_K(hw)
-    views = RenderedViews(K=K, poses=[np.asarray(T, float) for T in poses], rgb=[], depth=[], ids=[],
-                          seen=np.zeros(len(scene.points), bool))
+    views = RenderedViews(
+        K=K,
+        poses=[np.asarray(T, float) for T in poses],
+        rgb=[],
+        depth=[],
+        ids=[],
+        seen=np.zeros(len(scene.points), bool),
+    )
     for T in views.poses:
         rgb, depth, ids = render(scene, K, T, hw)
         views.rgb.append(rgb)

@@ -9,6 +9,7 @@ slerp between the two samples around it when ``interpolate`` and both lie within
 (no extrapolation, like tf2). ``wait_lookup`` blocks the calling (worker) thread up to a timeout for data that
 has not arrived yet. ``cache_s`` bounds the history per edge (``float('inf')`` keeps all, as a bag reader wants).
 """
+
 from __future__ import annotations
 
 import bisect
@@ -28,8 +29,14 @@ class TransformUnavailable(LookupError):
 
 
 class TfBuffer:
-    def __init__(self, cache_s: float = 10.0, tolerance: float = 0.05, interpolate: bool = True,
-                 interp_reach_s: Optional[float] = None, jump_back_s: Optional[float] = None):
+    def __init__(
+        self,
+        cache_s: float = 10.0,
+        tolerance: float = 0.05,
+        interpolate: bool = True,
+        interp_reach_s: Optional[float] = None,
+        jump_back_s: Optional[float] = None,
+    ):
         """``interp_reach_s``: the farthest a sample may lie from the stamp to be interpolated from (None: any
         distance, i.e. interpolation across gaps of any length). ``jump_back_s``: a timed sample this much older
         than its edge's newest means time jumped back (bag loop, sim reset): all timed history is cleared, as
@@ -86,8 +93,9 @@ class TfBuffer:
             up_tgt = self._chain(target)
             common = next((f for f in up_src if f in up_tgt), None)
             if common is None:
-                raise TransformUnavailable(f"no transform between '{target}' and '{source}' "
-                                           f"(frames known: {sorted(self.frames())})")
+                raise TransformUnavailable(
+                    f"no transform between '{target}' and '{source}' (frames known: {sorted(self.frames())})"
+                )
             T_common_src = self._compose(source, common, stamp)
             T_common_tgt = self._compose(target, common, stamp)
             return np.linalg.inv(T_common_tgt) @ T_common_src
@@ -106,8 +114,12 @@ class TfBuffer:
                     self._cond.wait(min(remaining, 0.05))
 
     def frames(self) -> set:
-        return set(self._static) | set(self._timed) | {p for p, *_ in self._static.values()} | \
-            {p for p, *_ in self._timed.values()}
+        return (
+            set(self._static)
+            | set(self._timed)
+            | {p for p, *_ in self._static.values()}
+            | {p for p, *_ in self._timed.values()}
+        )
 
     def __bool__(self) -> bool:
         return bool(self._static or self._timed)
@@ -162,8 +174,11 @@ class TfBuffer:
         i = bisect.bisect_left(stamps, stamp)
         if i < len(stamps) and stamps[i] == stamp:
             return Ts[i]
-        if self.interpolate and 0 < i < len(stamps) and \
-                max(stamp - stamps[i - 1], stamps[i] - stamp) <= self.interp_reach_s:
+        if (
+            self.interpolate
+            and 0 < i < len(stamps)
+            and max(stamp - stamps[i - 1], stamps[i] - stamp) <= self.interp_reach_s
+        ):
             alpha = (stamp - stamps[i - 1]) / (stamps[i] - stamps[i - 1])
             return interpolate_pose(Ts[i - 1], Ts[i], alpha)
         nearest = min((j for j in (i - 1, i) if 0 <= j < len(stamps)), key=lambda j: abs(stamps[j] - stamp))
@@ -172,10 +187,12 @@ class TfBuffer:
         if stamps[0] < stamp < stamps[-1]:
             raise TransformUnavailable(
                 f"transform '{parent}' -> '{child}' has no sample within {self.tolerance} s of t={stamp:.3f} "
-                f"(gap [{stamps[i - 1]:.3f}, {stamps[i]:.3f}])")
+                f"(gap [{stamps[i - 1]:.3f}, {stamps[i]:.3f}])"
+            )
         raise TransformUnavailable(
             f"transform '{parent}' -> '{child}' at t={stamp:.3f} is outside the buffered range "
-            f"[{stamps[0]:.3f}, {stamps[-1]:.3f}] (no extrapolation beyond {self.tolerance} s)")
+            f"[{stamps[0]:.3f}, {stamps[-1]:.3f}] (no extrapolation beyond {self.tolerance} s)"
+        )
 
 
 def _strip(frame: str) -> str:

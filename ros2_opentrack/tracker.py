@@ -4,6 +4,7 @@
 Only tracks whose box lies near the camera frustum are candidates (a hash grid of track boxes finds them),
 so the work per keyframe depends on what the camera sees, not on the size of the map. Tracking state only:
 views and labels are owned by views.TrackViews and labeling.TrackLabels, keyed by track id."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -120,13 +121,15 @@ class Tracker:
             return []
         hw = frame.depth.shape
         margin = self.cfg.candidate_margin_m
-        corners = geometry.frustum_corners(frame.K, frame.T_world_cam, hw, self.lift_cfg.depth_min_m,
-                                           self.lift_cfg.depth_max_m)
+        corners = geometry.frustum_corners(
+            frame.K, frame.T_world_cam, hw, self.lift_cfg.depth_min_m, self.lift_cfg.depth_max_m
+        )
         near = sorted(self.index.query(corners.min(axis=0) - margin, corners.max(axis=0) + margin))
         if not near:
             return []
-        planes = geometry.frustum_planes(frame.K, frame.T_world_cam, hw, self.lift_cfg.depth_min_m,
-                                         self.lift_cfg.depth_max_m)
+        planes = geometry.frustum_planes(
+            frame.K, frame.T_world_cam, hw, self.lift_cfg.depth_min_m, self.lift_cfg.depth_max_m
+        )
         bmin = np.array([self.tracks[t].box_min for t in near])
         bmax = np.array([self.tracks[t].box_max for t in near])
         ok = geometry.boxes_in_frustum(bmin, bmax, planes, margin)
@@ -136,9 +139,19 @@ class Tracker:
     def _open(self, obs: Observation, frame: Frame) -> Track:
         store = PointStore(self.refine_cfg.map_voxel_m, self.refine_cfg.max_track_points)
         store.add_points(obs.points, obs.colors)
-        t = Track(id=self.next_id, voxels=obs.voxels[: self.cfg.max_track_voxels], feature=obs.feature.copy(),
-                  store=store, first_seen=frame.stamp, last_seen=frame.stamp, first_frame=frame.index,
-                  last_frame=frame.index, source_id=obs.source_id, det_label=obs.label, det_score_sum=obs.score)
+        t = Track(
+            id=self.next_id,
+            voxels=obs.voxels[: self.cfg.max_track_voxels],
+            feature=obs.feature.copy(),
+            store=store,
+            first_seen=frame.stamp,
+            last_seen=frame.stamp,
+            first_frame=frame.index,
+            last_frame=frame.index,
+            source_id=obs.source_id,
+            det_label=obs.label,
+            det_score_sum=obs.score,
+        )
         self.next_id += 1
         self.tracks[t.id] = t
         t.update_box()
@@ -175,9 +188,15 @@ class Tracker:
         stores = [self.tracks[t].store for t in ids]
         sizes = np.array([len(s) for s in stores])
         pts = np.concatenate([s.centers() for s in stores]) if sizes.sum() else np.zeros((0, 3), np.float32)
-        visible, frustum, px = geometry.visibility(pts, frame.T_world_cam, frame.K, frame.depth,
-                                                   self.lift_cfg.depth_min_m, self.lift_cfg.depth_max_m,
-                                                   self.cfg.occlusion_margin_m)
+        visible, frustum, px = geometry.visibility(
+            pts,
+            frame.T_world_cam,
+            frame.K,
+            frame.depth,
+            self.lift_cfg.depth_min_m,
+            self.lift_cfg.depth_max_m,
+            self.cfg.occlusion_margin_m,
+        )
         in_mask = np.zeros(len(pts), bool)
         bounds = np.r_[0, np.cumsum(sizes)]
         if masks is not None and len(masks):
@@ -246,4 +265,3 @@ class Tracker:
         self.index.clear()
         self.scene.clear()
         self.terminated_total = 0  # next_id keeps counting: ids stay unique for the pipeline's lifetime
-

@@ -1,4 +1,5 @@
 """Data contracts shared by the core, the perception backends, the readers and the ROS layer."""
+
 from __future__ import annotations
 
 import enum
@@ -142,22 +143,28 @@ def validate_frame(frame: Frame, mask_drops: Optional[Dict[str, int]] = None, li
         K = validate_intrinsics(frame.K, (h, w))
     except InputError as exc:
         if len(rgb_hw) == 2 and tuple(rgb_hw) != (h, w) and "principal point" in str(exc):
-            raise InputError(f"depth image is {w}x{h} but the colour image is {rgb_hw[1]}x{rgb_hw[0]}, and the "
-                             f"intrinsics do not fit the depth image ({exc}): K must be the depth image's") from None
+            raise InputError(
+                f"depth image is {w}x{h} but the colour image is {rgb_hw[1]}x{rgb_hw[0]}, and the "
+                f"intrinsics do not fit the depth image ({exc}): K must be the depth image's"
+            ) from None
         raise
     _check_focal(K, limits)
     T = validate_pose(frame.T_world_cam)
     far = float(np.abs(T[:3, 3]).max())  # per axis: a norm of 1e300 overflows
     if far > limits.max_translation_m:
-        raise InputError(f"pose translation {np.array2string(T[:3, 3], precision=3)} m lies beyond "
-                         f"validation.max_translation_m = {limits.max_translation_m:g}")
+        raise InputError(
+            f"pose translation {np.array2string(T[:3, 3], precision=3)} m lies beyond "
+            f"validation.max_translation_m = {limits.max_translation_m:g}"
+        )
     valid = np.isfinite(depth) & (depth > 0)
     if not valid.any():
         raise InputError(f"frame {frame.index}: depth has no valid pixel (all zero or NaN)")
     deepest = float(depth[valid].max())
     if deepest > limits.max_depth_m:
-        raise InputError(f"depth holds {deepest:.3g} m, beyond validation.max_depth_m = {limits.max_depth_m:g} "
-                         f"(wrong unit or encoding?)")
+        raise InputError(
+            f"depth holds {deepest:.3g} m, beyond validation.max_depth_m = {limits.max_depth_m:g} "
+            f"(wrong unit or encoding?)"
+        )
     depth = np.where(valid, depth, 0.0).astype(np.float32, copy=False)
     masks = None
     if frame.masks is not None:
@@ -165,15 +172,26 @@ def validate_frame(frame: Frame, mask_drops: Optional[Dict[str, int]] = None, li
         for reason, n in drops.items():
             if mask_drops is not None:
                 mask_drops[reason] = mask_drops.get(reason, 0) + n
-    return Frame(rgb=rgb, depth=depth, K=K, T_world_cam=T, stamp=float(frame.stamp), index=frame.index,
-                 masks=masks, frame_id=frame.frame_id, source=frame.source)
+    return Frame(
+        rgb=rgb,
+        depth=depth,
+        K=K,
+        T_world_cam=T,
+        stamp=float(frame.stamp),
+        index=frame.index,
+        masks=masks,
+        frame_id=frame.frame_id,
+        source=frame.source,
+    )
 
 
 def _check_focal(K: np.ndarray, limits) -> None:
     for name, f in (("fx", K[0, 0]), ("fy", K[1, 1])):
         if not limits.min_focal_px <= f <= limits.max_focal_px:
-            raise InputError(f"intrinsics {name} is {f:.6g} px, outside [validation.min_focal_px "
-                             f"{limits.min_focal_px:g}, validation.max_focal_px {limits.max_focal_px:g}]")
+            raise InputError(
+                f"intrinsics {name} is {f:.6g} px, outside [validation.min_focal_px "
+                f"{limits.min_focal_px:g}, validation.max_focal_px {limits.max_focal_px:g}]"
+            )
 
 
 def _as_depth(depth) -> np.ndarray:
@@ -198,8 +216,9 @@ def check_rgb(rgb, who: str = "rgb", min_side: int = 1) -> np.ndarray:
     except Exception as exc:
         raise InputError(f"{who} must be uint8 HxWx3, got {type(rgb).__name__} ({exc})") from None
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) < min_side:
-        raise InputError(f"{who} must be uint8 HxWx3 (at least {min_side}x{min_side}), "
-                         f"got shape {arr.shape} dtype {arr.dtype}")
+        raise InputError(
+            f"{who} must be uint8 HxWx3 (at least {min_side}x{min_side}), got shape {arr.shape} dtype {arr.dtype}"
+        )
     return np.ascontiguousarray(arr)
 
 
@@ -254,8 +273,9 @@ def validate_pose(T) -> np.ndarray:
     R = T[:3, :3]
     err = np.abs(R.T @ R - np.eye(3)).max()
     if err > _ROTATION_TOLERANCE or np.linalg.det(R) <= 0:
-        raise InputError(f"pose is not rigid: rotation deviates from orthonormal by {err:.3g} "
-                         f"(det {np.linalg.det(R):.3g})")
+        raise InputError(
+            f"pose is not rigid: rotation deviates from orthonormal by {err:.3g} (det {np.linalg.det(R):.3g})"
+        )
     if err > 1e-9:
         u, _, vt = np.linalg.svd(R)
         T = T.copy()
@@ -278,7 +298,7 @@ def validate_mask(m: Mask2D, depth_hw, rgb_hw) -> Optional[Mask2D]:
     if len(rows) == 0:
         return None
     if m.box is None:
-        cols = np.flatnonzero(mask[rows[0]:rows[-1] + 1].any(axis=0))  # only the rows that hold the mask
+        cols = np.flatnonzero(mask[rows[0] : rows[-1] + 1].any(axis=0))  # only the rows that hold the mask
         box = np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=np.float32)
     else:
         box = np.asarray(m.box, dtype=np.float32)

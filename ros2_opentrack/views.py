@@ -1,4 +1,5 @@
 """Per-track view ranking and the red-box images the labeller sees (paper 3.3)."""
+
 from __future__ import annotations
 
 import threading
@@ -22,10 +23,10 @@ def draw_red_box(rgb: np.ndarray, box, thickness: int = 3, color=(255, 0, 0)) ->
         return out
     t = max(1, int(thickness))
     c = np.asarray(color, dtype=np.uint8)
-    out[y0:min(y0 + t, y1), x0:x1] = c
-    out[max(y1 - t, y0):y1, x0:x1] = c
-    out[y0:y1, x0:min(x0 + t, x1)] = c
-    out[y0:y1, max(x1 - t, x0):x1] = c
+    out[y0 : min(y0 + t, y1), x0:x1] = c
+    out[max(y1 - t, y0) : y1, x0:x1] = c
+    out[y0:y1, x0 : min(x0 + t, x1)] = c
+    out[y0:y1, max(x1 - t, x0) : x1] = c
     return out
 
 
@@ -173,8 +174,9 @@ class TrackViews:
 
     def jpegs(self, track_id: int) -> list:
         """(jpeg bytes, box) of the track's stored views, best first: what a label request carries."""
-        return [(self.images.jpeg(v.image_key), v.box) for v in self._views.get(track_id, ())
-                if v.image_key in self.images]
+        return [
+            (self.images.jpeg(v.image_key), v.box) for v in self._views.get(track_id, ()) if v.image_key in self.images
+        ]
 
     def image(self, view, boxed: bool = True) -> np.ndarray:
         """The stored keyframe image of a view (decoded), with the track's box drawn in red by default. Safe to

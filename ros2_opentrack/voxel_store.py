@@ -1,5 +1,6 @@
 """Voxel stores at the fine resolution: a track's points with their consistency counters (PointStore) and the
 scene's points in bounded blocks (SceneMap). Keys are sorted int64 voxel keys (geometry.voxel_keys)."""
+
 from __future__ import annotations
 
 from collections import OrderedDict

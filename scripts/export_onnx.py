@@ -14,6 +14,7 @@
 Each export is checked after writing: the ONNX Runtime output is compared with the torch output on a random
 input and the max abs difference is printed (exit 1 above --tolerance). --random-weights builds the
 architecture without a checkpoint (offline timing and tests)."""
+
 from __future__ import annotations
 
 import argparse
@@ -25,11 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 # the packaged hiera-tiny config shrunk for tests (128 px, 16-d trunk); not a real model size
-TINY_TEST_SAM2 = ["++model.image_encoder.trunk.embed_dim=16", "++model.image_encoder.trunk.stages=[1,1,2,1]",
-                  "++model.image_encoder.trunk.global_att_blocks=[3]",
-                  "++model.image_encoder.trunk.window_spec=[8,4,4,2]",
-                  "++model.image_encoder.neck.backbone_channel_list=[128,64,32,16]",
-                  "++model.memory_attention.num_layers=1"]
+TINY_TEST_SAM2 = [
+    "++model.image_encoder.trunk.embed_dim=16",
+    "++model.image_encoder.trunk.stages=[1,1,2,1]",
+    "++model.image_encoder.trunk.global_att_blocks=[3]",
+    "++model.image_encoder.trunk.window_spec=[8,4,4,2]",
+    "++model.image_encoder.neck.backbone_channel_list=[128,64,32,16]",
+    "++model.memory_attention.num_layers=1",
+]
 
 
 def ort_session(path):
@@ -63,8 +67,16 @@ def cmd_sam2(args) -> float:
         labels = torch.tensor([[2, 3]], dtype=torch.int32)
         ref_m, ref_i = X.Sam2Decoder.build(model, not args.single_mask)(*ref, coords, labels)
     got = ort_session(enc).run(None, {"image": x.numpy()})
-    m, i = ort_session(dec).run(None, {"image_embed": got[0], "high_res_feats_0": got[1], "high_res_feats_1": got[2],
-                                       "point_coords": coords.numpy(), "point_labels": labels.numpy()})
+    m, i = ort_session(dec).run(
+        None,
+        {
+            "image_embed": got[0],
+            "high_res_feats_0": got[1],
+            "high_res_feats_1": got[2],
+            "point_coords": coords.numpy(),
+            "point_labels": labels.numpy(),
+        },
+    )
     d_enc = max(X.max_abs_diff(g, r) for g, r in zip(got, ref))
     d_dec = max(X.max_abs_diff(m, ref_m), X.max_abs_diff(i, ref_i))
     print(f"wrote {enc} and {dec} (image size {s})")
@@ -82,14 +94,18 @@ def cmd_dinov2(args) -> float:
         from transformers import Dinov2Config, Dinov2Model
 
         torch.manual_seed(0)
-        model = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                         intermediate_size=64, patch_size=14)).eval()
+        model = Dinov2Model(
+            Dinov2Config(
+                hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=14
+            )
+        ).eval()
     else:
         from ros2_opentrack.perception.dinov2 import hub_id
 
         args.model = hub_id(args.model)
-    path = X.export_dinov2(args.out, model=model, model_ref=args.model, height=args.height, width=args.width,
-                           opset=args.opset)
+    path = X.export_dinov2(
+        args.out, model=model, model_ref=args.model, height=args.height, width=args.width, opset=args.opset
+    )
     if model is None:
         from transformers import Dinov2Model
 
@@ -111,10 +127,17 @@ def cmd_yolo_world(args) -> float:
     from ros2_opentrack.perception import onnx_export as X
 
     vocab = [v.strip() for v in args.vocabulary.split(",") if v.strip()]
-    path = X.export_yolo_world(args.out, args.weights, vocab, image_size=args.image_size or 640, half=args.half,
-                               opset=args.opset)
-    out = ort_session(path).run(None, {ort_session(path).get_inputs()[0].name:
-                                       np.zeros((1, 3, args.image_size or 640, args.image_size or 640), np.float32)})
+    path = X.export_yolo_world(
+        args.out, args.weights, vocab, image_size=args.image_size or 640, half=args.half, opset=args.opset
+    )
+    out = ort_session(path).run(
+        None,
+        {
+            ort_session(path).get_inputs()[0].name: np.zeros(
+                (1, 3, args.image_size or 640, args.image_size or 640), np.float32
+            )
+        },
+    )
     print(f"wrote {path} (output {list(out[0].shape)}, classes: {', '.join(vocab)})")
     return 0.0
 

@@ -1,5 +1,6 @@
 """Core test scenes: coloured boxes on a floor (ros2_opentrack.synthetic's ray-caster), camera orbits and the
 core tests' config."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,6 @@
 """Shared test setup. DDS discovery is pinned to loopback for the whole session as a safety net; tests that
 start rclpy still set their own ROS_DOMAIN_ID (and this variable) explicitly."""
+
 import os
 from pathlib import Path
 

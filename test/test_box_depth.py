@@ -1,5 +1,6 @@
 """Weight-free box_depth segmenter: a box in front of a wall with a hand-known answer, and a real 7-Scenes frame;
 the model mask source hands it the depth (needs_depth), and sam2-style segmenters keep their 2-argument call."""
+
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +39,15 @@ def test_box_in_front_of_a_wall_gives_the_object():
     depth, obj = scene()
     rgb = np.zeros((*depth.shape, 3), np.uint8)
     seg = BoxDepthSegmenter()
-    boxes = np.array([[30, 25, 130, 95],  # object + wall margin + the small near patch + flying pixels
-                      [52, 42, 108, 78],  # tight box inside the object
-                      [0, 0, 30, 30],  # only wall: the wall is the near mode there
-                      [10, 10, 10, 50]], np.float32)  # degenerate
+    boxes = np.array(
+        [
+            [30, 25, 130, 95],  # object + wall margin + the small near patch + flying pixels
+            [52, 42, 108, 78],  # tight box inside the object
+            [0, 0, 30, 30],  # only wall: the wall is the near mode there
+            [10, 10, 10, 50],
+        ],
+        np.float32,
+    )  # degenerate
     masks, scores = seg.segment(rgb, boxes, depth=depth)
     assert masks.shape == (4, 120, 160) and masks.dtype == bool
     assert iou(masks[0], obj) > 0.97, iou(masks[0], obj)  # holes closed, flying pixels and patch dropped

@@ -2,6 +2,7 @@
 within removed_after_keyframes keyframes of the camera seeing that place empty, the new place has it (linked by
 moved_from) and queries answer it first; an object only occluded, or only missed by the detector while its
 surface is in view, stays present. Exact ray-cast box scenes (no noise), every frame a keyframe."""
+
 import dataclasses
 import json
 import sys
@@ -37,11 +38,13 @@ def frame(boxes, T, index, drop=(), hide=()):
     things, e.g. an occluder) are left out."""
     key = np.concatenate([np.ravel(b) for box in boxes for b in box] + [np.ravel(T), [index]]).tobytes()
     if key not in _RENDERED:  # the tests share renders (the ray-caster is most of their time)
-        _RENDERED[key] = make_frame(boxes, COLOURS[: len(boxes)], T, hw=HW, index=index, stamp=float(index),
-                                    rng=np.random.default_rng(index))
+        _RENDERED[key] = make_frame(
+            boxes, COLOURS[: len(boxes)], T, hw=HW, index=index, stamp=float(index), rng=np.random.default_rng(index)
+        )
     f = _RENDERED[key]
-    masks = [dataclasses.replace(m, label=LABELS[m.source_id]) for m in f.masks
-             if m.source_id not in set(drop) | set(hide)]
+    masks = [
+        dataclasses.replace(m, label=LABELS[m.source_id]) for m in f.masks if m.source_id not in set(drop) | set(hide)
+    ]
     return dataclasses.replace(f, masks=masks)
 
 
@@ -88,8 +91,10 @@ def test_an_object_moved_to_another_table_is_moved_at_the_old_place_and_found_at
             changed_at = i
     # within 3 keyframes of the camera first seeing the old place empty (that keyframe counts as the first)
     assert first_empty is not None and changed_at is not None
-    print(f"moved object: old place first seen empty at keyframe {first_empty}, reported {old.presence.value} at "
-          f"keyframe {changed_at} ({changed_at - first_empty + 1} keyframes)")
+    print(
+        f"moved object: old place first seen empty at keyframe {first_empty}, reported {old.presence.value} at "
+        f"keyframe {changed_at} ({changed_at - first_empty + 1} keyframes)"
+    )
     assert changed_at - first_empty + 1 <= 3
     assert old.id in pipe.tracker.tracks, "a removed track stays as a last-known place, never terminated"
     new = [t for t in by_source(pipe)[2] if t.id != old.id]
@@ -123,8 +128,12 @@ def test_presence_survives_a_save_and_an_old_state_without_it_loads_present(tmp_
     back = Pipeline(config())
     back.load_state(tmp_path / "map")
     o, n = back.tracker.tracks[old.id], back.tracker.tracks[new.id]
-    assert (o.presence, o.presence_since, o.moved_to, n.moved_from) == (Presence.MOVED, old.presence_since, new.id,
-                                                                         old.id)
+    assert (o.presence, o.presence_since, o.moved_to, n.moved_from) == (
+        Presence.MOVED,
+        old.presence_since,
+        new.id,
+        old.id,
+    )
     for i, T in enumerate(poses(10, start_deg=300.0), start=50):  # it continues: the old place stays set aside
         back.step(frame([TABLE_A, TABLE_B, ON_B], T, i))
     assert back.tracker.tracks[old.id].presence == Presence.MOVED

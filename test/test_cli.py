@@ -1,4 +1,5 @@
 """`opentrack` end to end: run then eval on a tiny synthetic scene folder, demo, query, error exits."""
+
 import json
 import subprocess
 import sys
@@ -20,8 +21,16 @@ def scene_dir(tmp_path_factory):
     return write_scene_folder(room, frames, tmp_path_factory.mktemp("cli") / "scene")
 
 
-SETS = ["--set", "perception.features.name=color_hist", "--set", "perception.labeler.name=none",
-        "--set", "keyframes.every_n=1", "--set", "lift.min_mask_pixels=40"]
+SETS = [
+    "--set",
+    "perception.features.name=color_hist",
+    "--set",
+    "perception.labeler.name=none",
+    "--set",
+    "keyframes.every_n=1",
+    "--set",
+    "lift.min_mask_pixels=40",
+]
 
 
 def test_run_then_eval(scene_dir, tmp_path, capsys):
@@ -70,8 +79,13 @@ def test_demo_and_help_in_a_subprocess():
     env_py = sys.executable
     help_text = subprocess.run([env_py, "-m", "ros2_opentrack", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert help_text.returncode == 0 and "opentrack demo" in help_text.stdout and "eval" in help_text.stdout
-    demo = subprocess.run([env_py, "-m", "ros2_opentrack", "demo", "--frames", "24", "--objects", "5"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    demo = subprocess.run(
+        [env_py, "-m", "ros2_opentrack", "demo", "--frames", "24", "--objects", "5"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert demo.returncode == 0, demo.stderr
     line = [ln for ln in demo.stdout.splitlines() if ln.startswith("result")][0]
     found = int(line.split()[1])
@@ -82,6 +96,10 @@ def test_demo_and_help_in_a_subprocess():
     # matching every pair (tau_match 0) AP50 0.60, voxel IoU only (alpha 0) AP50 0.53, 10 fragments.
     assert "for 5 objects" in line and 5 <= found <= 9, line
     assert ap50 >= 0.7 and ap25 >= 0.9, line
-    bad = subprocess.run([env_py, "-m", "ros2_opentrack", "eval", "/nonexistent", "--gt", "/nonexistent"], cwd=ROOT,
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [env_py, "-m", "ros2_opentrack", "eval", "/nonexistent", "--gt", "/nonexistent"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr

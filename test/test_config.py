@@ -27,14 +27,16 @@ def test_ros_wrapped_and_plain_yaml_give_the_same_tree(tmp_path):
     plain = tmp_path / "plain.yaml"
     plain.write_text("tracking:\n  alpha: 0.7\nrefine:\n  tau_vis: 0.8\n")
     wrapped = tmp_path / "ros.yaml"
-    wrapped.write_text(textwrap.dedent("""\
+    wrapped.write_text(
+        textwrap.dedent("""\
         opentrack:
           ros__parameters:
             tracking:
               alpha: 0.7
             refine:
               tau_vis: 0.8
-        """))
+        """)
+    )
     a, b = C.load_config(plain), C.load_config(wrapped)
     assert a == b
     assert a.tracking.alpha == 0.7 and a.refine.tau_vis == 0.8
@@ -52,8 +54,9 @@ def test_flat_view_round_trips():
 
 
 def test_flat_overrides_are_coerced_and_checked():
-    cfg = C.from_flat({"keyframes.every_n": "3", "dbscan.enabled": "false",
-                       "perception.detector.vocabulary": "red mug, chair"})
+    cfg = C.from_flat(
+        {"keyframes.every_n": "3", "dbscan.enabled": "false", "perception.detector.vocabulary": "red mug, chair"}
+    )
     assert cfg.keyframes.every_n == 3
     assert cfg.dbscan.enabled is False
     assert cfg.perception.detector.vocabulary == ["red mug", "chair"]
@@ -67,12 +70,15 @@ def test_flat_overrides_are_coerced_and_checked():
         C.from_flat({"tracking.alpha": "high"})
 
 
-@pytest.mark.parametrize("key,value,expected", [
-    ("tracking.alpha", 1.5, r"\[0, 1\]"),
-    ("tracking.voxel_size_m", 0.0, "> 0"),
-    ("masks.source", "camera", "model, dataset or topic"),
-    ("lift.depth_max_m", 0.05, "depth_max_m > depth_min_m"),
-])
+@pytest.mark.parametrize(
+    "key,value,expected",
+    [
+        ("tracking.alpha", 1.5, r"\[0, 1\]"),
+        ("tracking.voxel_size_m", 0.0, "> 0"),
+        ("masks.source", "camera", "model, dataset or topic"),
+        ("lift.depth_max_m", 0.05, "depth_max_m > depth_min_m"),
+    ],
+)
 def test_out_of_range_values_name_the_parameter(key, value, expected):
     with pytest.raises(ConfigError, match=rf"'{key}'.*{expected}"):
         C.from_flat({key: value})
@@ -140,8 +146,10 @@ def test_field_docs_come_from_field_metadata_not_source(monkeypatch):
     assert set(docs) == set(C.flatten(C.OpenTrackConfig()))  # every leaf
     assert all(docs.values())
     # a description written over two source lines comes back whole
-    assert docs["tracking.min_visible_fraction"] == ("a track this much in view counts as seen: if missed it ages, "
-                                                     "and it cannot take an observation it does not overlap")
+    assert docs["tracking.min_visible_fraction"] == (
+        "a track this much in view counts as seen: if missed it ages, "
+        "and it cannot take an observation it does not overlap"
+    )
 
 
 def test_param_copies_a_list_default():

@@ -1,4 +1,5 @@
 """Every bad input of the issue: handled without a crash and without losing tracks."""
+
 import sys
 from pathlib import Path
 
@@ -85,8 +86,12 @@ def test_bad_pose(pipe, bad):
 @pytest.mark.parametrize("bad", ["zeros", "zero_focal", "nan", "shape"])
 def test_bad_intrinsics(pipe, bad):
     f = good()
-    K = {"zeros": np.zeros((3, 3)), "zero_focal": np.diag([0.0, 0.0, 1.0]),
-         "nan": np.full((3, 3), np.nan), "shape": np.eye(4)}[bad]
+    K = {
+        "zeros": np.zeros((3, 3)),
+        "zero_focal": np.diag([0.0, 0.0, 1.0]),
+        "nan": np.full((3, 3), np.nan),
+        "shape": np.eye(4),
+    }[bad]
     f.K = K
     check_rejected(pipe, f, "intrinsics")
 

@@ -1,4 +1,5 @@
 """Image, label image, depth, JPEG, CompressedImage and CameraInfo codecs (ros2_opentrack.io.encodings)."""
+
 import struct
 
 import cv2
@@ -14,6 +15,7 @@ RGB = RNG.integers(0, 256, (5, 7, 3), dtype=np.uint8)
 
 
 # -- raw images ------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8"])
 @pytest.mark.parametrize("pad", [0, 5])
@@ -48,8 +50,10 @@ def test_mono8_gives_grey_rgb_and_accepts_hw():
     assert data == bytes([82])
 
 
-@pytest.mark.parametrize("encoding,dtype", [("16UC1", np.uint16), ("mono16", np.uint16), ("32FC1", np.float32),
-                                            ("32SC1", np.int32), ("8UC1", np.uint8)])
+@pytest.mark.parametrize(
+    "encoding,dtype",
+    [("16UC1", np.uint16), ("mono16", np.uint16), ("32FC1", np.float32), ("32SC1", np.int32), ("8UC1", np.uint8)],
+)
 @pytest.mark.parametrize("pad", [0, 8])
 def test_single_channel_round_trip(encoding, dtype, pad):
     if dtype == np.float32:
@@ -90,13 +94,16 @@ def test_decoded_image_owns_its_memory():
     assert out[0, 0, 0] == RGB[0, 0, 0]
 
 
-@pytest.mark.parametrize("args,needle", [
-    (("yuv422", 2, 2, 4, b"\0" * 8), "yuv422"),
-    (("rgb8", 2, 3, 8, b"\0" * 16), "step >= 9"),
-    (("16UC1", 2, 3, 6, b"\0" * 11), "expected height*step = 2*6 = 12"),
-    (("32FC1", 2, 2, 8, b"\0" * 20), "20 bytes"),
-    (("mono8", 0, 3, 3, b""), "empty size"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (("yuv422", 2, 2, 4, b"\0" * 8), "yuv422"),
+        (("rgb8", 2, 3, 8, b"\0" * 16), "step >= 9"),
+        (("16UC1", 2, 3, 6, b"\0" * 11), "expected height*step = 2*6 = 12"),
+        (("32FC1", 2, 2, 8, b"\0" * 20), "20 bytes"),
+        (("mono8", 0, 3, 3, b""), "empty size"),
+    ],
+)
 def test_bad_raw_images_raise_input_error_naming_the_problem(args, needle):
     with pytest.raises(InputError, match=needle.replace("*", r"\*")) as info:
         enc.image_to_numpy(*args)
@@ -108,13 +115,16 @@ def test_unknown_encoding_lists_the_supported_ones():
         enc.image_to_numpy("bayer_rggb8", 1, 1, 1, b"\0")
 
 
-@pytest.mark.parametrize("array,encoding,needle", [
-    (np.zeros((2, 2), np.uint8), "rgb8", "HxWx3"),
-    (np.zeros((2, 2, 3), np.float32), "rgb8", "uint8"),
-    (np.zeros((2, 2, 3), np.uint16), "16UC1", "HxW"),
-    (np.full((2, 2), -1, np.int32), "16UC1", "outside the uint16 range"),
-    (np.zeros((2, 2), np.float32), "16UC1", "must be uint16"),
-])
+@pytest.mark.parametrize(
+    "array,encoding,needle",
+    [
+        (np.zeros((2, 2), np.uint8), "rgb8", "HxWx3"),
+        (np.zeros((2, 2, 3), np.float32), "rgb8", "uint8"),
+        (np.zeros((2, 2, 3), np.uint16), "16UC1", "HxW"),
+        (np.full((2, 2), -1, np.int32), "16UC1", "outside the uint16 range"),
+        (np.zeros((2, 2), np.float32), "16UC1", "must be uint16"),
+    ],
+)
 def test_bad_arrays_to_encode_raise(array, encoding, needle):
     with pytest.raises(InputError, match=needle):
         enc.numpy_to_image(array, encoding)
@@ -126,6 +136,7 @@ def test_step_too_small_when_encoding():
 
 
 # -- depth -------------------------------------------------------------------------------------------------
+
 
 def test_depth_to_metres():
     mm = np.array([[0, 1000, 1234]], np.uint16)
@@ -153,6 +164,7 @@ def test_depth_to_millimetres_rounds_to_nearest_and_zeroes_invalid():
 
 
 # -- label images ------------------------------------------------------------------------------------------
+
 
 def test_label_image_to_masks_one_mask_per_positive_id():
     labels = np.array([[0, 7, 7, 3], [2, 0, 7, -1]], np.int32)
@@ -222,6 +234,7 @@ def test_masks_to_label_image_rejects_ids_outside_the_dtype(ident, dtype):
 
 # -- jpeg --------------------------------------------------------------------------------------------------
 
+
 def test_jpeg_round_trip_is_close():
     x, y = np.meshgrid(np.arange(32) * 8, np.arange(24) * 10)
     smooth = np.dstack([x, y, np.full_like(x, 128)]).astype(np.uint8)
@@ -235,6 +248,7 @@ def test_jpeg_round_trip_is_close():
 
 
 # -- compressed --------------------------------------------------------------------------------------------
+
 
 def test_decode_png_and_jpeg():
     ok, png = cv2.imencode(".png", RGB[..., ::-1].copy())
@@ -263,20 +277,24 @@ def test_decode_compressed_depth_16uc1_and_32fc1():
     np.testing.assert_allclose(out, [[0.0, 2.0], [0.5, 1.0]])
 
 
-@pytest.mark.parametrize("fmt,data,needle", [
-    ("jpeg", b"not an image at all", "could not be decoded"),
-    ("tiff", b"II*\0", "format 'tiff' is not supported"),
-    ("16UC1; compressedDepth rvl", struct.pack("<iff", 1, 0, 0) + b"\0" * 8, "RVL"),
-    ("16UC1; compressedDepth", struct.pack("<iff", 1, 0, 0) + b"\0" * 8, "RVL"),
-    ("16UC1; compressedDepth", b"\0\0", "12-byte header"),
-    ("png", b"", "no data"),
-])
+@pytest.mark.parametrize(
+    "fmt,data,needle",
+    [
+        ("jpeg", b"not an image at all", "could not be decoded"),
+        ("tiff", b"II*\0", "format 'tiff' is not supported"),
+        ("16UC1; compressedDepth rvl", struct.pack("<iff", 1, 0, 0) + b"\0" * 8, "RVL"),
+        ("16UC1; compressedDepth", struct.pack("<iff", 1, 0, 0) + b"\0" * 8, "RVL"),
+        ("16UC1; compressedDepth", b"\0\0", "12-byte header"),
+        ("png", b"", "no data"),
+    ],
+)
 def test_bad_compressed_raise(fmt, data, needle):
     with pytest.raises(InputError, match=needle):
         enc.decode_compressed(fmt, data)
 
 
 # -- camera_info -------------------------------------------------------------------------------------------
+
 
 def test_intrinsics_from_k():
     K = enc.intrinsics_from_k([500, 0, 320, 0, 510, 240, 0, 0, 1], hw=(480, 640))

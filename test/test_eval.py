@@ -1,4 +1,5 @@
 """ScanNet-style AP against hand-computed cases."""
+
 import numpy as np
 import pytest
 
@@ -6,8 +7,7 @@ from ros2_opentrack.eval import Prediction, evaluate, evaluate_points
 
 # 3 GT instances of 200 points each (class 1: ids 1001, 1002; class 2: id 2003), 100 void points, 50 points of a
 # GT instance too small to count (class 1, id 1004).
-GT = np.concatenate([np.full(200, 1001), np.full(200, 1002), np.full(200, 2003), np.zeros(100, int),
-                     np.full(50, 1004)])
+GT = np.concatenate([np.full(200, 1001), np.full(200, 1002), np.full(200, 2003), np.zeros(100, int), np.full(50, 1004)])
 
 
 def pred(ids, conf, label=None, extra_void=0):
@@ -32,14 +32,26 @@ def test_two_of_three_found_gives_recall_bound():
 def test_duplicate_above_a_true_positive_lowers_ap():
     gt2 = GT.copy()
     gt2[gt2 == 2003] = 0
-    r = evaluate(gt2, [Prediction(np.isin(gt2, [1001]), 0.9), Prediction(np.isin(gt2, [1001]), 0.8),
-                       Prediction(np.isin(gt2, [1002]), 0.7)])
+    r = evaluate(
+        gt2,
+        [
+            Prediction(np.isin(gt2, [1001]), 0.9),
+            Prediction(np.isin(gt2, [1001]), 0.8),
+            Prediction(np.isin(gt2, [1002]), 0.7),
+        ],
+    )
     # sorted ascending: TP .7, FP .8, TP .9 -> precision [2/3, 1/2, 1, 1], recall [1, 1/2, 1/2, 0];
     # step widths [1/4, 1/4, 1/4, 1/4] -> AP = (2/3 + 1/2 + 1 + 1) / 4 = 19/24
     assert r.ap50 == pytest.approx(19 / 24)
     # the same duplicate ranked last does not lower AP (ScanNet's curve starts at the top score)
-    r = evaluate(gt2, [Prediction(np.isin(gt2, [1001]), 0.9), Prediction(np.isin(gt2, [1002]), 0.7),
-                       Prediction(np.isin(gt2, [1001]), 0.1)])
+    r = evaluate(
+        gt2,
+        [
+            Prediction(np.isin(gt2, [1001]), 0.9),
+            Prediction(np.isin(gt2, [1002]), 0.7),
+            Prediction(np.isin(gt2, [1001]), 0.1),
+        ],
+    )
     assert r.ap50 == pytest.approx(1.0)
 
 
@@ -80,8 +92,9 @@ def test_small_predictions_skipped_and_no_predictions_zero():
 
 def test_per_class_ap_with_labels():
     names = {1: "chair", 2: "table"}
-    r = evaluate(GT, [pred([1001], 0.9, "chair"), pred([1002], 0.8, "Table"), pred([2003], 0.7, "table")],
-                 class_names=names)
+    r = evaluate(
+        GT, [pred([1001], 0.9, "chair"), pred([1002], 0.8, "Table"), pred([2003], 0.7, "table")], class_names=names
+    )
     assert r.ap == pytest.approx(1.0)  # class-agnostic ignores labels
     # chair: 1001 found, 1002 missed (it was called a table) -> 0.5
     assert r.per_class["chair"]["ap50"] == pytest.approx(0.5)

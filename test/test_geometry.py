@@ -35,7 +35,7 @@ def test_project_inverts_backprojection():
 
 
 def test_voxel_keys_round_trip_with_negative_indices():
-    idx = np.array([[-1, 1, 2], [0, 0, 0], [-(2 ** 20), 2 ** 20 - 1, -5], [123456, -654321, 7]])
+    idx = np.array([[-1, 1, 2], [0, 0, 0], [-(2**20), 2**20 - 1, -5], [123456, -654321, 7]])
     np.testing.assert_array_equal(g.unpack_keys(g.pack_keys(idx)), idx)
     keys = g.voxel_keys(np.array([[-0.01, 0.06, 0.11]]), 0.05)
     np.testing.assert_array_equal(g.unpack_keys(keys), [[-1, 1, 2]])
@@ -54,11 +54,15 @@ def test_key_neighbourhood_adds_offsets_exactly():
 def test_visibility_in_image_range_and_occlusion():
     Tc = np.eye(4)
     depth = np.full((80, 100), 2.0, np.float32)
-    pts = np.array([[0.0, 0.0, 1.0],     # in front of the surface: visible
-                    [0.0, 0.0, 2.05],    # on the surface within the margin: visible
-                    [0.0, 0.0, 3.0],     # behind the surface: occluded
-                    [5.0, 0.0, 1.0],     # outside the image
-                    [0.0, 0.0, -1.0]])   # behind the camera
+    pts = np.array(
+        [
+            [0.0, 0.0, 1.0],  # in front of the surface: visible
+            [0.0, 0.0, 2.05],  # on the surface within the margin: visible
+            [0.0, 0.0, 3.0],  # behind the surface: occluded
+            [5.0, 0.0, 1.0],  # outside the image
+            [0.0, 0.0, -1.0],
+        ]
+    )  # behind the camera
     vis, frustum, px = g.visibility(pts, Tc, K, depth, 0.1, 6.0, 0.1)
     assert vis.tolist() == [True, True, False, False, False]
     assert frustum.tolist() == [True, True, True, False, False]
@@ -93,20 +97,24 @@ def test_quaternion_90_degrees_about_z():
     np.testing.assert_allclose(q, [0, 0, S, S], atol=1e-12)
 
 
-@pytest.mark.parametrize("q,R", [
-    ([1, 0, 0, 0], [[1, 0, 0], [0, -1, 0], [0, 0, -1]]),  # 180 deg about x (w = 0: the non-trace branch)
-    ([0, S, 0, S], [[0, 0, 1], [0, 1, 0], [-1, 0, 0]]),  # 90 deg about y
-    ([0, 0, 0, 1], np.eye(3)),
-    ([0.5, 0.5, 0.5, 0.5], [[0, 0, 1], [1, 0, 0], [0, 1, 0]]),  # 120 deg about (1,1,1): x->y->z->x
-])
+@pytest.mark.parametrize(
+    "q,R",
+    [
+        ([1, 0, 0, 0], [[1, 0, 0], [0, -1, 0], [0, 0, -1]]),  # 180 deg about x (w = 0: the non-trace branch)
+        ([0, S, 0, S], [[0, 0, 1], [0, 1, 0], [-1, 0, 0]]),  # 90 deg about y
+        ([0, 0, 0, 1], np.eye(3)),
+        ([0.5, 0.5, 0.5, 0.5], [[0, 0, 1], [1, 0, 0], [0, 1, 0]]),  # 120 deg about (1,1,1): x->y->z->x
+    ],
+)
 def test_quaternion_known_rotations_and_back(q, R):
     np.testing.assert_allclose(g.quaternion_to_rotation(q), R, atol=1e-12)
     np.testing.assert_allclose(g.rotation_to_quaternion(np.asarray(R, float)), q, atol=1e-12)
 
 
 def test_quaternion_is_normalised_and_sign_fixed():
-    np.testing.assert_allclose(g.quaternion_to_rotation([0, 0, 2, 2]), g.quaternion_to_rotation([0, 0, S, S]),
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        g.quaternion_to_rotation([0, 0, 2, 2]), g.quaternion_to_rotation([0, 0, S, S]), atol=1e-12
+    )
     R = g.quaternion_to_rotation([0, 0, -S, -S])  # same rotation as +q
     np.testing.assert_allclose(g.rotation_to_quaternion(R), [0, 0, S, S], atol=1e-12)
 
@@ -123,13 +131,16 @@ def test_random_pose_round_trip():
         np.testing.assert_allclose(g.pose_to_matrix(t2, q2), T, atol=1e-12)
 
 
-@pytest.mark.parametrize("t,q,needle", [
-    ([0, 0, 0], [np.nan, 0, 0, 1], "non-finite"),
-    ([0, 0, 0], [0, 0, 0, 0], "zero length"),
-    ([0, np.nan, 0], [0, 0, 0, 1], "translation"),
-    ([0, 0], [0, 0, 0, 1], "translation"),
-    ([0, 0, 0], [0, 0, 1], "4 values"),
-])
+@pytest.mark.parametrize(
+    "t,q,needle",
+    [
+        ([0, 0, 0], [np.nan, 0, 0, 1], "non-finite"),
+        ([0, 0, 0], [0, 0, 0, 0], "zero length"),
+        ([0, np.nan, 0], [0, 0, 0, 1], "translation"),
+        ([0, 0], [0, 0, 0, 1], "translation"),
+        ([0, 0, 0], [0, 0, 1], "4 values"),
+    ],
+)
 def test_bad_poses_raise(t, q, needle):
     with pytest.raises(InputError, match=needle):
         g.pose_to_matrix(t, q)

@@ -1,4 +1,5 @@
 """Scene readers: ScanNet export layout, 7-Scenes layout, bad input counted or refused."""
+
 import json
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """The resumable map state: save -> new pipeline -> load continues as if never stopped; bad states never
 replace the live map."""
+
 import json
 import sys
 from pathlib import Path
@@ -20,8 +21,10 @@ COLOURS = [(200, 30, 30), (30, 30, 200), (30, 200, 30)]
 
 def frames(n=16):
     rng = np.random.default_rng(0)
-    return [make_frame(BOXES, COLOURS, T, hw=HW, index=i, stamp=float(i), rng=rng)
-            for i, T in enumerate(orbit((1.2, 0.5, 0.3), 4.0, 1.5, np.linspace(0, 340, n)))]
+    return [
+        make_frame(BOXES, COLOURS, T, hw=HW, index=i, stamp=float(i), rng=rng)
+        for i, T in enumerate(orbit((1.2, 0.5, 0.3), 4.0, 1.5, np.linspace(0, 340, n)))
+    ]
 
 
 def config():
@@ -105,8 +108,13 @@ def test_a_bad_state_fails_clearly_and_leaves_the_live_map(tmp_path, damage):
     with pytest.raises(MapStateError) as err:
         live.load_state(folder)
     assert str(folder) in str(err.value)
-    expected_words = {"truncate": "corrupt", "version": "version 99", "voxel_size": "tracking.voxel_size_m",
-                      "missing": "no state.json", "garbage_json": "corrupt"}[damage]
+    expected_words = {
+        "truncate": "corrupt",
+        "version": "version 99",
+        "voxel_size": "tracking.voxel_size_m",
+        "missing": "no state.json",
+        "garbage_json": "corrupt",
+    }[damage]
     assert expected_words in str(err.value)
     assert _live(live) == before
     assert live.step(frames(4)[3]).error is None  # and it keeps tracking

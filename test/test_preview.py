@@ -1,5 +1,6 @@
 """preview.png (io/preview.py): the top-down map with boxes, ids and labels, the strip of best views, and the
 per-frame instance drawing the node's ~/debug_image uses. No ROS."""
+
 import numpy as np
 
 from ros2_opentrack import synthetic
@@ -33,10 +34,10 @@ def test_preview_png_top_down_and_view_strip(tmp_path):
     img = cv2.imread(str(paths["preview"]))[..., ::-1]
     top = preview.top_down(instances, pipe.map_points())
     assert img.shape[1] == 900 and img.shape[0] > top.shape[0]  # the strip of views is below the map
-    assert np.array_equal(img[:top.shape[0]], top)
+    assert np.array_equal(img[: top.shape[0]], top)
     for inst in instances:  # every instance drawn in its colour on the map, and its view in the strip
         assert (top == instance_color(inst.id)).all(axis=2).sum() > 20, inst.id
-    strip = img[top.shape[0] + 6:]
+    strip = img[top.shape[0] + 6 :]
     assert (strip == (255, 0, 0)).all(axis=2).sum() > 50  # red boxes of the best views
     # the synthetic room is z-up: the top-down view looks along z
     assert preview.up_axis_of(pipe.map_points()[0]) == 2

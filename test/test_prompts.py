@@ -1,4 +1,5 @@
 """Prompt building and answer parsing (both modes) with hand-made inputs and exact expected outputs."""
+
 import numpy as np
 import pytest
 
@@ -21,14 +22,16 @@ TASKS = ["open the door", "turn on the light", "sit down"]
 def test_closed_prompt_is_the_papers_template():
     assert build_prompt_text("closed", ["chair", "table", "trash can"]) == (
         "Identify the object shown in the red rectangle. Return the class name from chair, table, trash can. "
-        "If no object is shown, return 'none'.")
+        "If no object is shown, return 'none'."
+    )
 
 
 def test_tasks_prompt_numbers_tasks_from_one():
     assert build_prompt_text("tasks", TASKS) == (
         "The interactive element is shown in the red rectangle. Determine whether the element in the image can "
         "accomplish any task in the task list. If so, return the task index; otherwise return 'no match'. "
-        "Tasks:\n1. open the door\n2. turn on the light\n3. sit down")
+        "Tasks:\n1. open the door\n2. turn on the light\n3. sit down"
+    )
 
 
 def test_build_prompt_keeps_images_in_order_and_chat_content_puts_them_first():
@@ -38,13 +41,16 @@ def test_build_prompt_keeps_images_in_order_and_chat_content_puts_them_first():
     assert prompt.chat_content() == [{"type": "image"}] * 3 + [{"type": "text", "text": prompt.text}]
 
 
-@pytest.mark.parametrize("request_kwargs, message", [
-    (dict(images=[], choices=["cup"]), "carries no image"),
-    (dict(images=[np.zeros((4, 5), np.uint8)], choices=["cup"]), "must be uint8 HxWx3"),
-    (dict(images=[np.zeros((4, 5, 3), np.float32)], choices=["cup"]), "must be uint8 HxWx3"),
-    (dict(images=[np.zeros((4, 5, 3), np.uint8)], choices=[]), "non-empty list"),
-    (dict(images=[np.zeros((4, 5, 3), np.uint8)], choices=["cup"], mode="open"), "expected one of closed, tasks"),
-])
+@pytest.mark.parametrize(
+    "request_kwargs, message",
+    [
+        (dict(images=[], choices=["cup"]), "carries no image"),
+        (dict(images=[np.zeros((4, 5), np.uint8)], choices=["cup"]), "must be uint8 HxWx3"),
+        (dict(images=[np.zeros((4, 5, 3), np.float32)], choices=["cup"]), "must be uint8 HxWx3"),
+        (dict(images=[np.zeros((4, 5, 3), np.uint8)], choices=[]), "non-empty list"),
+        (dict(images=[np.zeros((4, 5, 3), np.uint8)], choices=["cup"], mode="open"), "expected one of closed, tasks"),
+    ],
+)
 def test_bad_requests_raise_input_error_naming_the_problem(request_kwargs, message):
     with pytest.raises(InputError, match=message):
         build_prompt(LabelRequest(track_id=3, **request_kwargs))
@@ -55,22 +61,25 @@ def test_normalise():
     assert normalise('  "Trash-Can!" ') == "trash can"
 
 
-@pytest.mark.parametrize("answer, label", [
-    ("chair", "chair"),
-    ("Chair", "chair"),
-    ("The object is a Chair.", "chair"),
-    ("'table'", "table"),
-    ('"Office chair"', "office chair"),           # the longer class wins over the contained one
-    ("It is an office chair next to a table", "office chair"),
-    ("Chairs", "chair"),
-    ("trash cans", "trash can"),
-    ("Trash-can", "trash can"),
-    ("shelves", "shelf"),
-    ("boxes", "box"),
-    ("libraries", "library"),
-    ("Answer: Plant", "plant"),
-    ("a table, not a chair", "table"),            # earliest named class
-])
+@pytest.mark.parametrize(
+    "answer, label",
+    [
+        ("chair", "chair"),
+        ("Chair", "chair"),
+        ("The object is a Chair.", "chair"),
+        ("'table'", "table"),
+        ('"Office chair"', "office chair"),  # the longer class wins over the contained one
+        ("It is an office chair next to a table", "office chair"),
+        ("Chairs", "chair"),
+        ("trash cans", "trash can"),
+        ("Trash-can", "trash can"),
+        ("shelves", "shelf"),
+        ("boxes", "box"),
+        ("libraries", "library"),
+        ("Answer: Plant", "plant"),
+        ("a table, not a chair", "table"),  # earliest named class
+    ],
+)
 def test_closed_answers_map_to_the_class(answer, label):
     parsed = parse_closed(answer, CLASSES)
     assert (parsed.label, parsed.score, parsed.error) == (label, 1.0, None)
@@ -100,24 +109,26 @@ class TableMatcher:
 
 
 def test_closed_free_answer_maps_through_the_matcher_above_the_threshold():
-    matcher = TableMatcher({("a comfy seat", "chair"): 0.72, ("a comfy seat", "table"): 0.31,
-                            ("xyzzy", "plant"): 0.2})
+    matcher = TableMatcher({("a comfy seat", "chair"): 0.72, ("a comfy seat", "table"): 0.31, ("xyzzy", "plant"): 0.2})
     parsed = parse_closed("a comfy seat", CLASSES, matcher, min_similarity=0.5)
     assert parsed.label == "chair" and parsed.score == pytest.approx(0.72) and parsed.error is None
     parsed = parse_closed("xyzzy", CLASSES, matcher, min_similarity=0.5)
     assert parsed.label is None and parsed.error is not None
 
 
-@pytest.mark.parametrize("answer, indices", [
-    ("1", [0]),
-    ("1, 3", [0, 2]),
-    ("[1, 2]", [0, 1]),
-    ("Task 2.", [1]),
-    ("The answer is 3", [2]),
-    ("2 and 7", [1]),            # 7 is out of range: dropped
-    ("3, 3, 1", [2, 0]),         # duplicates removed, order kept
-    ("turn on the light", [1]),  # the task quoted instead of its index
-])
+@pytest.mark.parametrize(
+    "answer, indices",
+    [
+        ("1", [0]),
+        ("1, 3", [0, 2]),
+        ("[1, 2]", [0, 1]),
+        ("Task 2.", [1]),
+        ("The answer is 3", [2]),
+        ("2 and 7", [1]),  # 7 is out of range: dropped
+        ("3, 3, 1", [2, 0]),  # duplicates removed, order kept
+        ("turn on the light", [1]),  # the task quoted instead of its index
+    ],
+)
 def test_task_answers_give_zero_based_indices(answer, indices):
     parsed = parse_tasks(answer, TASKS)
     assert parsed.task_indices == indices
@@ -131,12 +142,15 @@ def test_task_no_match_is_empty_without_error(answer):
     assert (parsed.task_indices, parsed.label, parsed.error) == ([], None, None)
 
 
-@pytest.mark.parametrize("answer, message", [
-    ("5", "no task index in 1..3"),
-    ("0", "no task index in 1..3"),
-    ("3.5 meters", "neither task indices nor 'no match'"),
-    ("blah", "neither task indices nor 'no match'"),
-])
+@pytest.mark.parametrize(
+    "answer, message",
+    [
+        ("5", "no task index in 1..3"),
+        ("0", "no task index in 1..3"),
+        ("3.5 meters", "neither task indices nor 'no match'"),
+        ("blah", "neither task indices nor 'no match'"),
+    ],
+)
 def test_task_nonsense_is_an_error(answer, message):
     parsed = parse_tasks(answer, TASKS)
     assert parsed.task_indices == [] and message in parsed.error

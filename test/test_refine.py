@@ -49,7 +49,7 @@ def test_refinement_removes_planted_outliers():
     boxes = [cube((0, 0, 0.4), 0.6)]
     cfg = config()
     cfg.refine.tau_vis = 0.8  # the paper's value for fully observed scenes: floating points near the object
-    pipe = Pipeline(cfg)      # project into its mask from some views (4 of 9 here), never from most
+    pipe = Pipeline(cfg)  # project into its mask from some views (4 of 9 here), never from most
     poses = orbit((0, 0, 0.4), 3.0, 1.5, np.arange(0, 360, 30))
     r = pipe.step(make_frame(boxes, [RED], poses[0], hw=HW, index=0))
     track = pipe.tracker.tracks[r.created[0]]

@@ -3,6 +3,7 @@
 Every input is made here (a small synthetic ScanNet-layout scene, then damaged one way per test); each test
 asserts the exact outcome: the exit code, the one error line naming the input, the counted drop reason, the
 partial files written and readable."""
+
 import json
 import os
 import shutil
@@ -24,16 +25,28 @@ from ros2_opentrack.synthetic import MaskNoise, make_room, render_sequence, writ
 from ros2_opentrack.types import Frame, validate_frame
 
 ROOT = Path(__file__).resolve().parents[1]
-SETS = ["--no-progress", "--masks", "dataset", "--set", "perception.features.name=color_hist",
-        "--set", "perception.labeler.name=none", "--set", "keyframes.every_n=1", "--set", "lift.min_mask_pixels=40"]
+SETS = [
+    "--no-progress",
+    "--masks",
+    "dataset",
+    "--set",
+    "perception.features.name=color_hist",
+    "--set",
+    "perception.labeler.name=none",
+    "--set",
+    "keyframes.every_n=1",
+    "--set",
+    "lift.min_mask_pixels=40",
+]
 N_FRAMES = 10
 
 
 @pytest.fixture(scope="module")
 def clean_scene(tmp_path_factory):
     room = make_room(seed=1, n_objects=4)
-    frames = render_sequence(room, n_frames=N_FRAMES, hw=(120, 160), seed=1,
-                             noise=MaskNoise(p_drop=0.0, false_blobs=0.0))
+    frames = render_sequence(
+        room, n_frames=N_FRAMES, hw=(120, 160), seed=1, noise=MaskNoise(p_drop=0.0, false_blobs=0.0)
+    )
     return write_scene_folder(room, frames, tmp_path_factory.mktemp("rel") / "scene")
 
 
@@ -88,14 +101,21 @@ def test_validation_bounds_are_configurable_and_named(scene):
         validate_frame(deep)
     K = frame.K.copy()
     K[0, 0] = 1e9
-    with pytest.raises(InputError, match=r"intrinsics fx is 1e\+09 px, outside \[validation.min_focal_px 1, "
-                                         r"validation.max_focal_px 100000\]"):
+    with pytest.raises(
+        InputError,
+        match=r"intrinsics fx is 1e\+09 px, outside \[validation.min_focal_px 1, "
+        r"validation.max_focal_px 100000\]",
+    ):
         validate_frame(Frame(**{**frame.__dict__, "K": K}))
     with pytest.raises(ConfigError, match="validation.max_focal_px"):
         load_config(None, {"validation.max_focal_px": 0.5})
     # the pipeline rejects, counts and goes on
-    pipe = Pipeline(load_config(None, {"masks.source": "dataset", "perception.features.name": "color_hist",
-                                       "perception.labeler.name": "none"}))
+    pipe = Pipeline(
+        load_config(
+            None,
+            {"masks.source": "dataset", "perception.features.name": "color_hist", "perception.labeler.name": "none"},
+        )
+    )
     result = pipe.step(far)
     assert result.error and "max_translation_m" in result.error and pipe.stats.dropped == {"bad_frame": 1}
 
@@ -120,14 +140,18 @@ def test_output_under_a_file_fails_before_the_first_frame(scene, tmp_path, capsy
     (tmp_path / "afile").write_text("x")
     assert run(scene, tmp_path / "afile" / "sub") == 2
     err = capsys.readouterr().err
-    assert err == f"opentrack run: error: output folder '{tmp_path / 'afile' / 'sub'}' cannot be created: " \
-                  f"'{tmp_path / 'afile'}' is a file\n"
+    assert (
+        err == f"opentrack run: error: output folder '{tmp_path / 'afile' / 'sub'}' cannot be created: "
+        f"'{tmp_path / 'afile'}' is a file\n"
+    )
     assert run(scene, tmp_path / "afile") == 2
     assert capsys.readouterr().err == f"opentrack run: error: output folder '{tmp_path / 'afile'}' is a file\n"
     (tmp_path / "o" / "instances.npz").mkdir(parents=True)
     assert run(scene, tmp_path / "o") == 2
-    assert capsys.readouterr().err == f"opentrack run: error: output '{tmp_path / 'o' / 'instances.npz'}' is a " \
-                                      f"directory: remove it or choose another output folder\n"
+    assert (
+        capsys.readouterr().err == f"opentrack run: error: output '{tmp_path / 'o' / 'instances.npz'}' is a "
+        f"directory: remove it or choose another output folder\n"
+    )
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -221,9 +245,11 @@ def test_depth_of_another_size_says_so(scene, tmp_path, capsys):
         d = cv2.imread(str(scene / "depth" / f"{i}.png"), cv2.IMREAD_UNCHANGED)
         cv2.imwrite(str(scene / "depth" / f"{i}.png"), cv2.resize(d, (60, 45), interpolation=cv2.INTER_NEAREST))
     text = _no_frame_usable(scene, tmp_path, capsys)  # intrinsic_depth.txt (cx 79.5, cy 59.5) is the 160x120 one's
-    assert f"first bad_frame: {scene / 'color' / '0.jpg'}: depth image is 60x45 but the colour image is 160x120, " \
-           f"and the intrinsics do not fit the depth image (intrinsics principal point (79.5, 59.5) lies outside " \
-           f"the 60x45 image): K must be the depth image's" in text
+    assert (
+        f"first bad_frame: {scene / 'color' / '0.jpg'}: depth image is 60x45 but the colour image is 160x120, "
+        f"and the intrinsics do not fit the depth image (intrinsics principal point (79.5, 59.5) lies outside "
+        f"the 60x45 image): K must be the depth image's" in text
+    )
 
 
 def test_help_documents_the_exit_codes():
@@ -258,8 +284,10 @@ def test_truncated_jpeg_is_rejected_naming_the_file(scene, tmp_path, capsys):
     assert run(scene, tmp_path / "out") == 0
     text = capsys.readouterr().out
     assert "truncated_image: 1" in text
-    assert f"first truncated_image: {jpg} is a truncated JPEG (no end-of-image marker after {len(data) // 2} " \
-           f"bytes)" in text
+    assert (
+        f"first truncated_image: {jpg} is a truncated JPEG (no end-of-image marker after {len(data) // 2} "
+        f"bytes)" in text
+    )
 
 
 def test_truncated_instances_npz_is_one_line_exit_2(run_dir, clean_scene, tmp_path, capsys):
@@ -276,8 +304,7 @@ def test_truncated_instances_npz_is_one_line_exit_2(run_dir, clean_scene, tmp_pa
 
 def test_eval_rejects_a_negative_radius_and_writes_json_null(run_dir, clean_scene, capsys):
     assert cli.main(["eval", str(run_dir), "--gt", str(clean_scene), "--radius", "-1"]) == 2
-    assert capsys.readouterr().err == "opentrack eval: error: --radius -1.0: expected a transfer radius > 0 in " \
-                                      "metres\n"
+    assert capsys.readouterr().err == "opentrack eval: error: --radius -1.0: expected a transfer radius > 0 in metres\n"
     # every GT instance under --min-size: AP is undefined (NaN), which JSON writes as null
     assert cli.main(["eval", str(run_dir), "--gt", str(clean_scene), "--json", "--min-size", "100000000"]) == 0
     text = capsys.readouterr().out
@@ -286,22 +313,34 @@ def test_eval_rejects_a_negative_radius_and_writes_json_null(run_dir, clean_scen
 
 
 def test_broken_pipe_is_quiet(run_dir):
-    proc = subprocess.Popen([sys.executable, "-m", "ros2_opentrack", "eval", str(run_dir), "--gt", str(run_dir),
-                             "--json"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ros2_opentrack", "eval", str(run_dir), "--gt", str(run_dir), "--json"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     proc.stdout.close()  # the reader is gone before anything is written, as with `| head -0`
     err = proc.stderr.read().decode()
     assert proc.wait(60) in (2, 141)  # eval of a folder without GT: its one error line, or the quiet pipe exit
     assert "Traceback" not in err and "BrokenPipeError" not in err
-    proc = subprocess.Popen([sys.executable, "-m", "ros2_opentrack", "query", str(run_dir), "table",
-                             "--no-model"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ros2_opentrack", "query", str(run_dir), "table", "--no-model"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait(60) == 141 and err == "", err
 
 
 def test_masks_source_topic_is_rejected_in_the_cli(clean_scene, tmp_path, capsys):
-    assert cli.main(["run", str(clean_scene), "--out", str(tmp_path / "o"), "--no-progress",
-                     "--set", "masks.source=topic"]) == 2
+    assert (
+        cli.main(
+            ["run", str(clean_scene), "--out", str(tmp_path / "o"), "--no-progress", "--set", "masks.source=topic"]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("opentrack run: error: masks.source=topic reads masks from the ROS node's masks topic")
     assert not (tmp_path / "o").exists()
@@ -310,10 +349,15 @@ def test_masks_source_topic_is_rejected_in_the_cli(clean_scene, tmp_path, capsys
 def test_yaml_for_another_node_is_rejected_naming_it(tmp_path):
     assert unwrap_ros_yaml({"opentrack": {"ros__parameters": {"seed": 3}}}) == {"seed": 3}
     assert unwrap_ros_yaml({"/robot1/opentrack": {"ros__parameters": {"seed": 3}}}) == {"seed": 3}
-    assert unwrap_ros_yaml({"/**": {"ros__parameters": {"seed": 1, "tracking": {"alpha": 0.3}}},
-                            "opentrack": {"ros__parameters": {"seed": 3}}}) == {"seed": 3, "tracking": {"alpha": 0.3}}
-    assert unwrap_ros_yaml({"camera_driver": {"ros__parameters": {"fps": 30}},
-                            "opentrack": {"ros__parameters": {"seed": 3}}}) == {"seed": 3}
+    assert unwrap_ros_yaml(
+        {
+            "/**": {"ros__parameters": {"seed": 1, "tracking": {"alpha": 0.3}}},
+            "opentrack": {"ros__parameters": {"seed": 3}},
+        }
+    ) == {"seed": 3, "tracking": {"alpha": 0.3}}
+    assert unwrap_ros_yaml(
+        {"camera_driver": {"ros__parameters": {"fps": 30}}, "opentrack": {"ros__parameters": {"seed": 3}}}
+    ) == {"seed": 3}
     path = tmp_path / "other.yaml"
     path.write_text("camera_driver:\n  ros__parameters:\n    seed: 5\n")
     with pytest.raises(ConfigError, match=r"holds parameters for node 'camera_driver', not for 'opentrack'"):
@@ -362,7 +406,11 @@ def test_unreachable_hub_means_local_only_at_once(tmp_path, monkeypatch):
         W.from_pretrained(loader, "google/owlv2-base-patch16-ensemble", "detector (owlv2)", pcfg)
     assert calls == [True]  # the hub client was told not to try the network (no 30 s of retries)
     assert probes == [(("huggingface.co", 443), W.HUB_PROBE_S)]
-    W.from_pretrained(lambda t, local_files_only: calls.append(local_files_only), "google/owlv2-base-patch16-ensemble",
-                      "detector (owlv2)", pcfg)
+    W.from_pretrained(
+        lambda t, local_files_only: calls.append(local_files_only),
+        "google/owlv2-base-patch16-ensemble",
+        "detector (owlv2)",
+        pcfg,
+    )
     assert len(probes) == 1  # remembered for the process
     W._reachable.cache_clear()

@@ -1,5 +1,6 @@
 """Message conversions (round trips, hand-computed values), the stamp synchroniser, the drop-oldest queue and
 the fallback TF buffer. No DDS traffic: messages are built and read in-process."""
+
 import math
 
 import numpy as np
@@ -25,8 +26,17 @@ HEADER = Header(frame_id="map", stamp=conv.sec_to_stamp(12.25))
 
 def _instance(i=3, label="mug"):
     pts = np.array([[0, 0, 0], [1, 2, 3], [0.5, 1, 1.5]], np.float32)
-    return Instance(id=i, points=pts, colors=np.zeros((3, 3), np.uint8), label=label, score=0.75, observations=4,
-                    state=TrackState.DORMANT, first_seen=1.5, last_seen=7.25)
+    return Instance(
+        id=i,
+        points=pts,
+        colors=np.zeros((3, 3), np.uint8),
+        label=label,
+        score=0.75,
+        observations=4,
+        state=TrackState.DORMANT,
+        first_seen=1.5,
+        last_seen=7.25,
+    )
 
 
 def test_stamp_round_trip():
@@ -187,8 +197,13 @@ def test_marker_book_deletes_vanished_ids():
     book = MarkerBook()
     first = book.update([_instance(1), _instance(2)], HEADER)
     assert sorted((m.ns, m.id) for m in first.markers if m.action == Marker.ADD) == [
-        ("instance_boxes", 1), ("instance_boxes", 2), ("instance_labels", 1), ("instance_labels", 2),
-        ("instance_points", 1), ("instance_points", 2)]
+        ("instance_boxes", 1),
+        ("instance_boxes", 2),
+        ("instance_labels", 1),
+        ("instance_labels", 2),
+        ("instance_points", 1),
+        ("instance_points", 2),
+    ]
     second = book.update([_instance(2)], HEADER)  # 1 was merged into 2
     deleted = sorted((m.ns, m.id) for m in second.markers if m.action == Marker.DELETE)
     assert deleted == [("instance_boxes", 1), ("instance_labels", 1), ("instance_points", 1)]
@@ -208,15 +223,16 @@ def test_presence_fields_and_compressed_decoders():
     from sensor_msgs.msg import CompressedImage
 
     pts = np.array([[0, 0, 0], [1, 2, 3]], np.float32)
-    inst = Instance(id=9, points=pts, colors=np.zeros((2, 3), np.uint8), presence="moved", presence_since=12.5,
-                    moved_from=3)
+    inst = Instance(
+        id=9, points=pts, colors=np.zeros((2, 3), np.uint8), presence="moved", presence_since=12.5, moved_from=3
+    )
     m = conv.instance_to_msg(inst)
     assert (m.presence, conv.stamp_to_sec(m.presence_since), m.moved_from) == ("moved", 12.5, 3)
     assert m.presence == m.PRESENCE_MOVED
     plain = conv.instance_to_msg(Instance(id=1, points=pts, colors=np.zeros((2, 3), np.uint8)))
     assert (plain.presence, plain.moved_from) == ("present", -1)
 
-    depth = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 250)
+    depth = np.arange(12, dtype=np.uint16).reshape(3, 4) * 250
     png = cv2.imencode(".png", depth)[1].tobytes()
     msg = CompressedImage(format="16UC1; compressedDepth png", data=struct.pack("<iff", 0, 0.0, 0.0) + png)
     assert np.allclose(conv.depth_from_any(msg), depth / 1000.0)
@@ -227,12 +243,17 @@ def test_presence_fields_and_compressed_decoders():
     assert len(masks.masks) == 1 and masks.masks[0].mask.sum() == 4
     rgb = np.zeros((3, 4, 3), np.uint8)
     rgb[..., 0] = 200  # red
-    got = conv.rgb_from_any(CompressedImage(format="rgb8; png compressed bgr8",
-                                            data=cv2.imencode(".png", rgb[..., ::-1])[1].tobytes()))
+    got = conv.rgb_from_any(
+        CompressedImage(format="rgb8; png compressed bgr8", data=cv2.imencode(".png", rgb[..., ::-1])[1].tobytes())
+    )
     assert np.array_equal(got, rgb)
-    for bad, fn in ((CompressedImage(format="jpeg", data=b"not an image"), conv.rgb_from_any),
-                    (CompressedImage(format="16UC1; png", data=cv2.imencode(".png", rgb)[1].tobytes()),
-                     conv.depth_from_any),  # 8-bit colour is not depth
-                    (CompressedImage(format="16UC1; compressedDepth png", data=b""), conv.depth_from_any)):
+    for bad, fn in (
+        (CompressedImage(format="jpeg", data=b"not an image"), conv.rgb_from_any),
+        (
+            CompressedImage(format="16UC1; png", data=cv2.imencode(".png", rgb)[1].tobytes()),
+            conv.depth_from_any,
+        ),  # 8-bit colour is not depth
+        (CompressedImage(format="16UC1; compressedDepth png", data=b""), conv.depth_from_any),
+    ):
         with pytest.raises(InputError):
             fn(bad)

@@ -2,6 +2,7 @@
 never hold frames up (a deliberately slow labeller), the vocabulary / enable / query / save / load services,
 compressed inputs (real 7-Scenes frames) equal raw ones, Detection3DArray equals Instance3DArray, the debug
 image, per-input QoS and publisher qos_overrides."""
+
 import os
 import struct
 import sys
@@ -41,9 +42,16 @@ from ros2_opentrack.srv import LoadMap, Query, SetVocabulary  # noqa: E402
 
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 SEVEN_SCENES = Path(__file__).resolve().parents[2] / "shared" / "data" / "7scenes_redkitchen"
-BASE = {"masks.source": "topic", "perception.features.name": "color_hist", "perception.text_matcher.name": "none",
-        "perception.labeler.name": "none", "keyframes.every_n": 1, "markers_rate_hz": 0.0, "tf_timeout_s": 0.1,
-        "warn_throttle_s": 0.0}
+BASE = {
+    "masks.source": "topic",
+    "perception.features.name": "color_hist",
+    "perception.text_matcher.name": "none",
+    "perception.labeler.name": "none",
+    "keyframes.every_n": 1,
+    "markers_rate_hz": 0.0,
+    "tf_timeout_s": 0.1,
+    "warn_throttle_s": 0.0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +98,14 @@ def service_names(node) -> set:
 
 
 def box(msg):
-    return (msg.box_pose.position.x, msg.box_pose.position.y, msg.box_pose.position.z,
-            msg.box_size.x, msg.box_size.y, msg.box_size.z)
+    return (
+        msg.box_pose.position.x,
+        msg.box_pose.position.y,
+        msg.box_pose.position.z,
+        msg.box_size.x,
+        msg.box_size.y,
+        msg.box_size.z,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -109,8 +123,14 @@ def test_lifecycle_transitions_decide_what_exists(make, room_frames):
     assert node.trigger_configure() == SUCCESS, node.last_error
     assert state() == "inactive" and node.pipeline is not None
     assert {"/instances", "/detections", "/opentrack/debug_image"} <= {p.topic_name for p in node.publishers}
-    assert {"/opentrack/save", "/opentrack/load", "/opentrack/query", "/opentrack/set_vocabulary",
-            "/opentrack/enable", "/opentrack/reset"} <= service_names(node)
+    assert {
+        "/opentrack/save",
+        "/opentrack/load",
+        "/opentrack/query",
+        "/opentrack/set_vocabulary",
+        "/opentrack/enable",
+        "/opentrack/reset",
+    } <= service_names(node)
     assert not {"/rgb", "/depth", "/masks", "/camera_info", "/query", "/tf"} & sub_topics(node)  # none yet
 
     assert node.trigger_activate() == SUCCESS
@@ -245,8 +265,9 @@ def test_frames_keep_flowing_while_a_slow_labeller_confirms_a_query(make, room_f
 
 def test_set_vocabulary_and_enable(make, room_frames):
     r = make()
-    reply = r.call(SetVocabulary, "/opentrack/set_vocabulary",
-                   request=SetVocabulary.Request(classes=["red mug", " kettle ", ""]))
+    reply = r.call(
+        SetVocabulary, "/opentrack/set_vocabulary", request=SetVocabulary.Request(classes=["red mug", " kettle ", ""])
+    )
     assert reply.success, reply.message
     assert list(r.node.get_parameter("perception.detector.vocabulary").value) == ["red mug", "kettle"]
     assert r.spin_until(lambda: r.node.pipeline.vocabulary == ["red mug", "kettle"], 2.0)
@@ -320,15 +341,26 @@ def test_detections_equal_instances_and_the_debug_image(make, room_frames):
     assert det.header == inst.header and len(det.detections) == len(inst.instances) > 0
     for i, d in zip(inst.instances, det.detections):
         assert d.id == str(i.id) and d.header == inst.header
-        assert (d.bbox.center.position.x, d.bbox.center.position.y, d.bbox.center.position.z,
-                d.bbox.size.x, d.bbox.size.y, d.bbox.size.z) == pytest.approx(box(i), abs=1e-6)
+        assert (
+            d.bbox.center.position.x,
+            d.bbox.center.position.y,
+            d.bbox.center.position.z,
+            d.bbox.size.x,
+            d.bbox.size.y,
+            d.bbox.size.z,
+        ) == pytest.approx(box(i), abs=1e-6)
         assert d.bbox.center.orientation.w == 1.0
         assert d.results[0].hypothesis.class_id == i.label
         assert d.results[0].hypothesis.score == pytest.approx(i.confidence, abs=1e-6)
         assert d.results[0].pose.pose == d.bbox.center
 
-    assert r.spin_until(lambda: r.got["debug_image"] and
-                        conv.stamp_to_sec(r.got["debug_image"][-1].header.stamp) == pytest.approx(stamp_of(9)), 3.0)
+    assert r.spin_until(
+        lambda: (
+            r.got["debug_image"]
+            and conv.stamp_to_sec(r.got["debug_image"][-1].header.stamp) == pytest.approx(stamp_of(9))
+        ),
+        3.0,
+    )
     img_msg = r.got["debug_image"][-1]
     last = room_frames[-1]
     assert (img_msg.height, img_msg.width, img_msg.encoding) == (*last.depth.shape, "rgb8")
@@ -342,9 +374,15 @@ def test_detections_equal_instances_and_the_debug_image(make, room_frames):
 
 
 def test_input_qos_and_publisher_qos_overrides(make):
-    r = make({"rgb_reliability": "reliable", "rgb_qos_depth": 3, "camera_info_qos_depth": 2,
-              "qos_overrides./instances.publisher.depth": 4,
-              "qos_overrides./instances.publisher.reliability": "best_effort"})
+    r = make(
+        {
+            "rgb_reliability": "reliable",
+            "rgb_qos_depth": 3,
+            "camera_info_qos_depth": 2,
+            "qos_overrides./instances.publisher.depth": 4,
+            "qos_overrides./instances.publisher.reliability": "best_effort",
+        }
+    )
     subs = {s.topic_name: s.qos_profile for s in r.node.subscriptions}
     assert subs["/rgb"].reliability == ReliabilityPolicy.RELIABLE and subs["/rgb"].depth == 3
     assert subs["/depth"].reliability == ReliabilityPolicy.BEST_EFFORT and subs["/depth"].depth == 5
@@ -397,11 +435,17 @@ def _compressed(msgs: dict, labels: np.ndarray, rgb_format: str) -> dict:
         ok, data = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
         rgb_msg = CompressedImage(header=msgs["rgb"].header, format="rgb8; jpeg compressed bgr8", data=data.tobytes())
     else:
-        rgb_msg = CompressedImage(header=msgs["rgb"].header, format="rgb8; png compressed bgr8",
-                                  data=_png(np.ascontiguousarray(rgb[..., ::-1])))
+        rgb_msg = CompressedImage(
+            header=msgs["rgb"].header,
+            format="rgb8; png compressed bgr8",
+            data=_png(np.ascontiguousarray(rgb[..., ::-1])),
+        )
     depth_mm = conv.image_to_array(msgs["depth"])
-    depth_msg = CompressedImage(header=msgs["depth"].header, format="16UC1; compressedDepth png",
-                                data=struct.pack("<iff", 0, 0.0, 0.0) + _png(depth_mm))
+    depth_msg = CompressedImage(
+        header=msgs["depth"].header,
+        format="16UC1; compressedDepth png",
+        data=struct.pack("<iff", 0, 0.0, 0.0) + _png(depth_mm),
+    )
     masks_msg = CompressedImage(header=msgs["depth"].header, format="16UC1; png", data=_png(labels))
     return {"rgb": rgb_msg, "depth": depth_msg, "masks": masks_msg}
 
@@ -428,8 +472,10 @@ def _run_kitchen(make, kitchen, transports=None, rgb_format="png"):
     pubs = {}
     if transports:
         d = r.driver
-        pubs = {s: d.create_publisher(CompressedImage, f"/{s}/{transports[f'{s}_transport']}", 10)
-                for s in ("rgb", "depth", "masks")}
+        pubs = {
+            s: d.create_publisher(CompressedImage, f"/{s}/{transports[f'{s}_transport']}", 10)
+            for s in ("rgb", "depth", "masks")
+        }
         assert r.spin_until(lambda: all(p.get_subscription_count() for p in pubs.values()), 5.0)
     for msgs, labels in kitchen:
         n = r.counts["instances"]
@@ -452,8 +498,9 @@ def test_compressed_inputs_give_the_same_instances_as_raw(make, kitchen):
     assert raw.instances, "real frames with depth-band masks should give instances"
     transports = {"rgb_transport": "compressed", "depth_transport": "compressedDepth", "masks_transport": "compressed"}
     lossless = _run_kitchen(make, kitchen, transports, rgb_format="png")
-    assert [(i.id, i.point_count, box(i)) for i in lossless.instances] == \
-        [(i.id, i.point_count, box(i)) for i in raw.instances]
+    assert [(i.id, i.point_count, box(i)) for i in lossless.instances] == [
+        (i.id, i.point_count, box(i)) for i in raw.instances
+    ]
     # jpeg colour (lossy): the geometry comes from depth + masks, so the same instances and boxes
     jpeg = _run_kitchen(make, kitchen, transports, rgb_format="jpeg")
     assert [i.id for i in jpeg.instances] == [i.id for i in raw.instances]
@@ -470,13 +517,33 @@ def test_entry_point_autostart_reaches_active_and_shuts_down_cleanly(tmp_path):
     import rclpy
 
     code = "from ros2_opentrack.ros.node import main; raise SystemExit(main())"
-    proc = subprocess.Popen([sys.executable, "-c", code, "--ros-args", "-r", "__node:=opentrack_autostart",
-                             "-p", "autostart:=true", "-p", "masks.source:=topic",
-                             "-p", "perception.features.name:=color_hist", "-p", "perception.labeler.name:=none",
-                             "-p", "perception.text_matcher.name:=none", "-p", f"output_dir:={tmp_path}"],
-                            # the domain this process's rclpy uses (an earlier test module may have set it)
-                            env=dict(os.environ, ROS_DOMAIN_ID=str(rclpy.get_default_context().get_domain_id())),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "--ros-args",
+            "-r",
+            "__node:=opentrack_autostart",
+            "-p",
+            "autostart:=true",
+            "-p",
+            "masks.source:=topic",
+            "-p",
+            "perception.features.name:=color_hist",
+            "-p",
+            "perception.labeler.name:=none",
+            "-p",
+            "perception.text_matcher.name:=none",
+            "-p",
+            f"output_dir:={tmp_path}",
+        ],
+        # the domain this process's rclpy uses (an earlier test module may have set it)
+        env=dict(os.environ, ROS_DOMAIN_ID=str(rclpy.get_default_context().get_domain_id())),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     client_node = rclpy.create_node("opentrack_autostart_probe")
     try:
         client = client_node.create_client(GetState, "/opentrack_autostart/get_state")

@@ -1,5 +1,6 @@
 """The opentrack node in-process, fed by a second node in the same process: a small rendered room (masks on the
 masks topic), bad input of every kind, query / save / reset / vocabulary, and a 7-Scenes bag when available."""
+
 import json
 import os
 import sys
@@ -28,9 +29,16 @@ from ros2_opentrack.ros import params  # noqa: E402
 from ros2_opentrack.ros.node import OpenTrackNode  # noqa: E402
 
 SEVEN_SCENES = Path(__file__).resolve().parents[2] / "shared" / "data" / "7scenes_redkitchen"
-BASE = {"masks.source": "topic", "perception.features.name": "color_hist", "perception.text_matcher.name": "none",
-        "perception.labeler.name": "none", "keyframes.every_n": 1, "markers_rate_hz": 0.0, "tf_timeout_s": 0.1,
-        "warn_throttle_s": 0.0}
+BASE = {
+    "masks.source": "topic",
+    "perception.features.name": "color_hist",
+    "perception.text_matcher.name": "none",
+    "perception.labeler.name": "none",
+    "keyframes.every_n": 1,
+    "markers_rate_hz": 0.0,
+    "tf_timeout_s": 0.1,
+    "warn_throttle_s": 0.0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -91,15 +99,22 @@ def test_room_instances_markers_cloud_frames_and_stamps(rig, room, room_frames):
     last = r.got["instances"][-1]
     assert last.header.frame_id == "map"
     assert conv.stamp_to_sec(last.header.stamp) == pytest.approx(stamp_of(len(room_frames) - 1), abs=1e-6)
-    assert [conv.stamp_to_sec(m.header.stamp) for m in r.got["instances"]] == \
-        pytest.approx([stamp_of(i) for i in range(len(room_frames))], abs=1e-6)
+    assert [conv.stamp_to_sec(m.header.stamp) for m in r.got["instances"]] == pytest.approx(
+        [stamp_of(i) for i in range(len(room_frames))], abs=1e-6
+    )
     assert all(i.point_count > 0 and i.observation_count >= 2 for i in last.instances)
     truth = {int(i.id) for i in r.node.pipeline.instances()}
     assert {int(i.id) for i in last.instances} == truth
     last_stamp = conv.stamp_to_sec(last.header.stamp)
-    assert r.spin_until(lambda: r.got["cloud"] and conv.stamp_to_sec(r.got["cloud"][-1].header.stamp) == last_stamp
-                        and r.got["markers"] and r.got["markers"][-1].markers[-1].header.stamp == last.header.stamp,
-                        2.0)
+    assert r.spin_until(
+        lambda: (
+            r.got["cloud"]
+            and conv.stamp_to_sec(r.got["cloud"][-1].header.stamp) == last_stamp
+            and r.got["markers"]
+            and r.got["markers"][-1].markers[-1].header.stamp == last.header.stamp
+        ),
+        2.0,
+    )
     markers = r.got["markers"][-1].markers
     assert {m.header.frame_id for m in markers} == {"map"}
     shown = {m.id for m in markers if m.ns == "instance_boxes" and m.action == m.ADD}
@@ -137,10 +152,18 @@ def chat():
 
 def test_query_save_reset_and_vocabulary(chat, rig, room_frames, tmp_path):
     # labelling only once a track has 11 observations: none can during the first 10 frames
-    r = rig({"perception.labeler.name": "mllm", "perception.labeler.transport": "openai",
-             "perception.labeler.endpoint": chat.endpoint, "perception.labeler.model": "stand-in",
-             "perception.labeler.api_key_env": "OPENTRACK_TEST_NO_KEY", "perception.labeler.min_observations": 11,
-             "perception.labeler.relabel_growth": 1000.0, "perception.detector.vocabulary": ["cup", "kettle"]})
+    r = rig(
+        {
+            "perception.labeler.name": "mllm",
+            "perception.labeler.transport": "openai",
+            "perception.labeler.endpoint": chat.endpoint,
+            "perception.labeler.model": "stand-in",
+            "perception.labeler.api_key_env": "OPENTRACK_TEST_NO_KEY",
+            "perception.labeler.min_observations": 11,
+            "perception.labeler.relabel_growth": 1000.0,
+            "perception.detector.vocabulary": ["cup", "kettle"],
+        }
+    )
     feed(r, room_frames)
     ids = sorted(int(i.id) for i in r.got["instances"][-1].instances)
     assert ids and all(i.label == "" for i in r.got["instances"][-1].instances) and chat.received == []
@@ -173,8 +196,9 @@ def test_query_save_reset_and_vocabulary(chat, rig, room_frames, tmp_path):
     # text matcher 'none': word match, so 'kettle' (score 0) is no match and only the mug answers
     assert list(answer.ids) == mugs and list(answer.labels) == ["red mug"] and answer.error == ""
     assert answer.instances[0].label == "red mug" and answer.instances[0].id == mugs[0]
-    assert r.spin_until(lambda: any(m.ns == "query_highlight" and m.id == mugs[0] for a in r.got["markers"]
-                                    for m in a.markers), 2.0)
+    assert r.spin_until(
+        lambda: any(m.ns == "query_highlight" and m.id == mugs[0] for a in r.got["markers"] for m in a.markers), 2.0
+    )
 
     reply = r.call(Trigger, "/opentrack/save")
     assert reply.success, reply.message
@@ -237,8 +261,15 @@ def test_bad_input_is_counted_and_survived(rig, room_frames):
     drops = r.node.drops()
     # each bad input counted once under its own reason, nothing else: two bad camera_infos (zeros, other size),
     # and the out-of-order frame's three images (depth, rgb, masks) rejected by the synchroniser
-    assert drops == {"bad_rgb": 1, "bad_depth": 1, "bad_camera_info": 2, "no_pose": 1, "bad_tf": 1,
-                     "sync_out_of_order": 3, "empty_query": 1}
+    assert drops == {
+        "bad_rgb": 1,
+        "bad_depth": 1,
+        "bad_camera_info": 2,
+        "no_pose": 1,
+        "bad_tf": 1,
+        "sync_out_of_order": 3,
+        "empty_query": 1,
+    }
     # and the node goes on: a good frame still gives its output
     feed(r, [room_frames[3]], start=20)
     assert conv.stamp_to_sec(r.got["instances"][-1].header.stamp) == pytest.approx(stamp_of(20), abs=1e-6)
@@ -292,8 +323,11 @@ def test_sevenscenes_bag_through_the_node(rig, tmp_path):
     rosbag.convert_scene_to_bag(SEVEN_SCENES, bag, stride=10, max_frames=6, progress=False)
     t = rosbag.BagTopics()
     remap = {"rgb": t.rgb, "depth": t.depth, "camera_info": t.camera_info}  # the node's topics, renamed
-    r = rig({"lift.min_mask_pixels": 300}, topics=remap,
-            cli_args=["--ros-args"] + [a for k, v in remap.items() for a in ("-r", f"{k}:={v}")])
+    r = rig(
+        {"lift.min_mask_pixels": 300},
+        topics=remap,
+        cli_args=["--ros-args"] + [a for k, v in remap.items() for a in ("-r", f"{k}:={v}")],
+    )
     types = {t.rgb: Image, t.depth: Image, t.camera_info: CameraInfo, t.tf: TFMessage}
     frames, current = [], {}
     with AnyReader([bag]) as reader:

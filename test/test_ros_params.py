@@ -1,5 +1,6 @@
 """config/opentrack.yaml, the node's parameter declarations, the launch files (parsed, launch is not a wheel)
 and the package manifest / CMake file agree with each other and with the code."""
+
 import ast
 import dataclasses
 import os
@@ -29,8 +30,9 @@ def test_yaml_is_the_generated_one():
     pytest.importorskip("rclpy")
     from ros2_opentrack.ros.params import default_yaml
 
-    assert YAML.read_text() == default_yaml(), \
+    assert YAML.read_text() == default_yaml(), (
         "config/opentrack.yaml is stale: python -m ros2_opentrack.ros.params > config/opentrack.yaml"
+    )
 
 
 def _flatten(tree, prefix=""):
@@ -56,26 +58,50 @@ def _launch_arguments(path: Path):
 
 
 def _string_constants(path: Path):
-    return {n.value for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Constant)
-            and isinstance(n.value, str)}
+    return {
+        n.value
+        for n in ast.walk(ast.parse(path.read_text()))
+        if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    }
 
 
 def _called(path: Path):
-    return {n.func.id if isinstance(n.func, ast.Name) else n.func.attr
-            for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call)}
+    return {
+        n.func.id if isinstance(n.func, ast.Name) else n.func.attr
+        for n in ast.walk(ast.parse(path.read_text()))
+        if isinstance(n, ast.Call)
+    }
 
 
 def test_robot_launch_arguments_and_references():
     path = ROOT / "launch" / "opentrack.launch.py"
     compile(path.read_text(), str(path), "exec")
     args = _launch_arguments(path)
-    assert {"config_file", "rgb_topic", "depth_topic", "camera_info_topic", "masks_topic", "pose_topic",
-            "odom_topic", "world_frame", "camera_frame", "pose_source", "mask_source", "use_sim_time"} <= set(args)
+    assert {
+        "config_file",
+        "rgb_topic",
+        "depth_topic",
+        "camera_info_topic",
+        "masks_topic",
+        "pose_topic",
+        "odom_topic",
+        "world_frame",
+        "camera_frame",
+        "pose_source",
+        "mask_source",
+        "use_sim_time",
+    } <= set(args)
     assert args["pose_source"].value == "tf" and args["world_frame"].value == "map"
-    assert {"generate_launch_description"} <= {n.name for n in ast.parse(path.read_text()).body
-                                               if isinstance(n, ast.FunctionDef)}
-    assert {"DeclareLaunchArgument", "LifecycleNode", "LaunchConfiguration", "FindPackageShare",
-            "ParameterValue"} <= _called(path)
+    assert {"generate_launch_description"} <= {
+        n.name for n in ast.parse(path.read_text()).body if isinstance(n, ast.FunctionDef)
+    }
+    assert {
+        "DeclareLaunchArgument",
+        "LifecycleNode",
+        "LaunchConfiguration",
+        "FindPackageShare",
+        "ParameterValue",
+    } <= _called(path)
     assert {"namespace", "autostart", "rgb_transport", "depth_transport", "masks_transport"} <= set(args)
     assert args["autostart"].value == "true"
     consts = _string_constants(path)
@@ -131,8 +157,12 @@ def test_replay_launch_arguments_and_references():
     from ros2_opentrack.io.rosbag import BagTopics
 
     t = BagTopics()
-    assert (args["rgb_topic"].value, args["depth_topic"].value, args["camera_info_topic"].value,
-            args["pose_topic"].value) == (t.rgb, t.depth, t.camera_info, t.pose)
+    assert (
+        args["rgb_topic"].value,
+        args["depth_topic"].value,
+        args["camera_info_topic"].value,
+        args["pose_topic"].value,
+    ) == (t.rgb, t.depth, t.camera_info, t.pose)
 
 
 def test_rviz_config_shows_markers_cloud_and_image():
@@ -153,10 +183,26 @@ def test_package_xml_and_cmake():
     pkg = ET.parse(ROOT / "package.xml").getroot()
     assert pkg.get("format") == "3" and pkg.findtext("name") == "ros2_opentrack"
     deps = {e.text for e in pkg if e.tag.endswith("depend")}
-    assert {"rclpy", "std_msgs", "sensor_msgs", "geometry_msgs", "nav_msgs", "visualization_msgs", "std_srvs",
-            "tf2_ros", "tf2_msgs", "builtin_interfaces", "rosidl_default_generators", "rosidl_default_runtime",
-            "ament_cmake", "ament_cmake_python", "python3-numpy", "python3-scipy", "python3-yaml",
-            "diagnostic_msgs"} <= deps
+    assert {
+        "rclpy",
+        "std_msgs",
+        "sensor_msgs",
+        "geometry_msgs",
+        "nav_msgs",
+        "visualization_msgs",
+        "std_srvs",
+        "tf2_ros",
+        "tf2_msgs",
+        "builtin_interfaces",
+        "rosidl_default_generators",
+        "rosidl_default_runtime",
+        "ament_cmake",
+        "ament_cmake_python",
+        "python3-numpy",
+        "python3-scipy",
+        "python3-yaml",
+        "diagnostic_msgs",
+    } <= deps
     assert pkg.findtext("member_of_group") == "rosidl_interface_packages"
     assert pkg.find("export/build_type").text == "ament_cmake"
     cmake = (ROOT / "CMakeLists.txt").read_text()
@@ -220,8 +266,9 @@ def test_yaml_values_reach_the_config_through_ros_parameters(ros):
 
     flat = _flatten(yaml.safe_load(YAML.read_text())["opentrack"]["ros__parameters"])
     flat.update({"tracking.alpha": 1, "refine.tau_vis": 0.8, "perception.detector.vocabulary": ["mug", "kettle"]})
-    node = ros.create_node("opentrack_params_test2",
-                           parameter_overrides=[Parameter(k, value=v) for k, v in flat.items()])
+    node = ros.create_node(
+        "opentrack_params_test2", parameter_overrides=[Parameter(k, value=v) for k, v in flat.items()]
+    )
     try:
         declare_all(node)
         c = read_config(node)
@@ -247,7 +294,12 @@ def test_entry_point_refuses_bad_parameters_with_a_clear_message():
     pytest.importorskip("rclpy")
     env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=str(60 + os.getpid() % 40))
     code = "from ros2_opentrack.ros.node import main; raise SystemExit(main())"
-    proc = subprocess.run([sys.executable, "-c", code, "--ros-args", "-p", "masks.source:=topic",
-                           "-p", "pose_source:=gps"], env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "--ros-args", "-p", "masks.source:=topic", "-p", "pose_source:=gps"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 1
     assert "pose_source" in proc.stderr and "tf, pose, odom" in proc.stderr

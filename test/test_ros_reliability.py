@@ -2,6 +2,7 @@
 sim reset) and wildly future stamps recover by themselves; a 640x480 label image of thousands of ids is capped
 by masks.max_ids; a seeded flood of hostile messages on every input topic is counted message by message and the
 node still tracks afterwards; ~/reset gives the memory back. Pure StampSync / TfBuffer cases need no ROS."""
+
 import os
 import resource
 import sys
@@ -33,9 +34,16 @@ from ros2_opentrack.ros import conversions as conv  # noqa: E402
 from ros2_opentrack.ros import params  # noqa: E402
 from ros2_opentrack.ros.node import OpenTrackNode  # noqa: E402
 
-BASE = {"masks.source": "topic", "perception.features.name": "color_hist", "perception.text_matcher.name": "none",
-        "perception.labeler.name": "none", "keyframes.every_n": 1, "markers_rate_hz": 0.0, "tf_timeout_s": 0.1,
-        "warn_throttle_s": 0.0}
+BASE = {
+    "masks.source": "topic",
+    "perception.features.name": "color_hist",
+    "perception.text_matcher.name": "none",
+    "perception.labeler.name": "none",
+    "keyframes.every_n": 1,
+    "markers_rate_hz": 0.0,
+    "tf_timeout_s": 0.1,
+    "warn_throttle_s": 0.0,
+}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -44,8 +52,14 @@ BASE = {"masks.source": "topic", "perception.features.name": "color_hist", "perc
 
 def test_stamp_sync_recovers_from_a_jump_back_and_ignores_wild_future_stamps():
     jumps = []
-    sync = StampSync(["depth", "rgb"], tolerance=0.01, jump_back_s=1.0, max_ahead_s=100.0, clock=lambda: 1000.0,
-                     on_jump=lambda *a: jumps.append(a))
+    sync = StampSync(
+        ["depth", "rgb"],
+        tolerance=0.01,
+        jump_back_s=1.0,
+        max_ahead_s=100.0,
+        clock=lambda: 1000.0,
+        on_jump=lambda *a: jumps.append(a),
+    )
 
     def frame(t):
         return sync.add("rgb", t, "r") + sync.add("depth", t, "d")
@@ -154,8 +168,20 @@ def test_label_image_of_thousands_of_random_ids_is_capped_by_the_parameter(rig):
 # fuzz: a seeded flood of hostile messages on every input topic, then good frames
 
 ENCODINGS = ["rgb8", "bgr8", "rgba8", "mono8", "mono16", "16UC1", "32FC1", "32SC1", "8UC3", "yuv422", "", "nonsense"]
-BYTES_PER_PIXEL = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "mono8": 1, "mono16": 2, "16UC1": 2, "32FC1": 4, "32SC1": 4,
-                   "8UC3": 3, "yuv422": 2, "": 1, "nonsense": 1}
+BYTES_PER_PIXEL = {
+    "rgb8": 3,
+    "bgr8": 3,
+    "rgba8": 4,
+    "mono8": 1,
+    "mono16": 2,
+    "16UC1": 2,
+    "32FC1": 4,
+    "32SC1": 4,
+    "8UC3": 3,
+    "yuv422": 2,
+    "": 1,
+    "nonsense": 1,
+}
 
 
 def hostile_image(rng, topic, base_stamp, now):
@@ -183,8 +209,15 @@ def hostile_image(rng, topic, base_stamp, now):
     elif kind < 0.25:
         stamp = 0.0
     header = Header(stamp=conv.sec_to_stamp(max(0.0, stamp)), frame_id=str(rng.choice(["camera_optical", "", "x"])))
-    return Image(header=header, height=h, width=w, encoding=enc, is_bigendian=int(rng.random() < 0.1),
-                 step=max(0, step), data=data)
+    return Image(
+        header=header,
+        height=h,
+        width=w,
+        encoding=enc,
+        is_bigendian=int(rng.random() < 0.1),
+        step=max(0, step),
+        data=data,
+    )
 
 
 def hostile_set(rng, base_stamp, now):
@@ -201,8 +234,12 @@ def hostile_camera_info(rng, stamp):
 
     k = rng.uniform(-100, 600, 9)
     k[int(rng.integers(0, 2)) * 4] = rng.choice([0.0, np.nan, -5.0, np.inf])  # fx or fy
-    return CameraInfo(header=Header(stamp=conv.sec_to_stamp(stamp), frame_id="camera_optical"),
-                      height=int(rng.integers(0, 500)), width=int(rng.integers(0, 700)), k=k.tolist())
+    return CameraInfo(
+        header=Header(stamp=conv.sec_to_stamp(stamp), frame_id="camera_optical"),
+        height=int(rng.integers(0, 500)),
+        width=int(rng.integers(0, 700)),
+        k=k.tolist(),
+    )
 
 
 def hostile_tf(rng, stamp):
@@ -258,14 +295,18 @@ def test_fuzz_every_input_topic_then_good_frames(rig, room_frames):
             sent["tf"] += 1
         else:
             empty = rng.random() < 0.5
-            text = str(rng.choice(["", "   ", "\t\n"])) if empty else "".join(
-                chr(int(c)) for c in rng.integers(32, 0x2FF, int(rng.integers(1, 40))))
+            text = (
+                str(rng.choice(["", "   ", "\t\n"]))
+                if empty
+                else "".join(chr(int(c)) for c in rng.integers(32, 0x2FF, int(rng.integers(1, 40))))
+            )
             got = lambda: len(r.got["query_result"])  # noqa: E731
             before = got()
             r.pubs["query"].publish(String(data=text))
             sent["empty_query" if empty or not text.strip() else "query"] += 1
-        assert r.spin_until(lambda got=got, before=before: got() > before, 5.0), \
+        assert r.spin_until(lambda got=got, before=before: got() > before, 5.0), (
             f"message {k} on {topic} was not received"
+        )
     assert r.spin_until(lambda: len(r.got["query_result"]) >= sent["empty_query"] + sent["query"], 10.0)
     assert node._worker.is_alive()
     # good frames after the flood (with a good camera_info again): outputs, and the map grows
@@ -280,10 +321,23 @@ def test_fuzz_every_input_topic_then_good_frames(rig, room_frames):
     assert received == accounted == sent["image"] + 3 * 10  # the flood, and 10 good frames of 3 images
     assert drops["bad_tf"] == sent["tf"] and drops["empty_query"] == sent["empty_query"]
     assert drops["bad_camera_info"] >= sent["camera_info"]
-    frame_reasons = {"bad_depth", "bad_rgb", "bad_masks", "bad_camera_info", "no_pose", "no_camera_info", "bad_pose",
-                     "pipeline_rejected", "mask_ids_over_cap", "queue_overflow", "bad_query"}
-    sync_reasons = {f"sync_{k}" for k in ("out_of_order", "unmatched", "buffer_full", "future_stamp",
-                                          "cleared_by_time_jump", "bad_stamp")}
+    frame_reasons = {
+        "bad_depth",
+        "bad_rgb",
+        "bad_masks",
+        "bad_camera_info",
+        "no_pose",
+        "no_camera_info",
+        "bad_pose",
+        "pipeline_rejected",
+        "mask_ids_over_cap",
+        "queue_overflow",
+        "bad_query",
+    }
+    sync_reasons = {
+        f"sync_{k}"
+        for k in ("out_of_order", "unmatched", "buffer_full", "future_stamp", "cleared_by_time_jump", "bad_stamp")
+    }
     assert set(drops) <= frame_reasons | sync_reasons | {"bad_tf", "empty_query", "time_jump_back"}, drops
 
 
@@ -293,7 +347,7 @@ def test_fuzz_every_input_topic_then_good_frames(rig, room_frames):
 
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2 ** 20
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 @pytest.mark.skipif(not Path("/proc/self/statm").is_file(), reason="needs /proc (Linux) to read the RSS")

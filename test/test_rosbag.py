@@ -1,4 +1,5 @@
 """ROS 2 bag writing and reading (ros2_opentrack.io.rosbag) on tiny scenes made here, plus 7-Scenes."""
+
 import dataclasses
 import os
 from pathlib import Path
@@ -40,11 +41,19 @@ def make_frames(n=5, with_masks=False, seed=0):
             a = np.zeros(HW, bool)
             a[2:10, 3:12] = True
             b = np.zeros(HW, bool)
-            b[12:20, 15 + i:25 + i] = True
+            b[12:20, 15 + i : 25 + i] = True
             masks = [Mask2D(mask=a, source_id=3), Mask2D(mask=b, source_id=700)]
-        frames.append(Frame(rgb=rng.integers(0, 256, HW + (3,), dtype=np.uint8),
-                            depth=mm.astype(np.float32) / np.float32(1000.0), K=K.copy(), T_world_cam=T,
-                            stamp=10.0 + i / 30.0, index=i, masks=masks))
+        frames.append(
+            Frame(
+                rgb=rng.integers(0, 256, HW + (3,), dtype=np.uint8),
+                depth=mm.astype(np.float32) / np.float32(1000.0),
+                K=K.copy(),
+                T_world_cam=T,
+                stamp=10.0 + i / 30.0,
+                index=i,
+                masks=masks,
+            )
+        )
     return frames
 
 
@@ -69,8 +78,13 @@ def test_write_then_read_round_trip(tmp_path, frames, name):
     summary = convert_frames_to_bag(frames, out)
     assert summary["frames"] == 5
     assert summary["storage"] == ("sqlite3" if name.endswith(".db3") else "mcap")
-    assert summary["messages"] == {"/camera/color/image_raw": 5, "/camera/depth/image_raw": 5,
-                                   "/camera/color/camera_info": 5, "/camera/pose": 5, "/tf": 5}
+    assert summary["messages"] == {
+        "/camera/color/image_raw": 5,
+        "/camera/depth/image_raw": 5,
+        "/camera/color/camera_info": 5,
+        "/camera/pose": 5,
+        "/tf": 5,
+    }
     assert summary["duration_s"] == pytest.approx(4 / 30)
     assert summary["size_bytes"] > 5 * HW[0] * HW[1] * 5
     assert out.is_file() == (name != "scene_folder")
@@ -180,6 +194,7 @@ def test_garbage_file_and_missing_path(tmp_path):
 
 # -- hand-written bags: TF chains, interpolation, dropped frames ------------------------------------------
 
+
 def _typestore():
     from rosbags.typesys import Stores, get_typestore
 
@@ -190,17 +205,21 @@ def _header(ts, stamp, frame_id):
     sec = int(stamp)
     return ts.types["std_msgs/msg/Header"](
         stamp=ts.types["builtin_interfaces/msg/Time"](sec=sec, nanosec=int(round((stamp - sec) * 1e9))),
-        frame_id=frame_id)
+        frame_id=frame_id,
+    )
 
 
 def _tf_message(ts, stamp, parent, child, T):
     t, q = geometry.matrix_to_pose(T)
     Tt = ts.types
     tr = Tt["geometry_msgs/msg/TransformStamped"](
-        header=_header(ts, stamp, parent), child_frame_id=child,
+        header=_header(ts, stamp, parent),
+        child_frame_id=child,
         transform=Tt["geometry_msgs/msg/Transform"](
             translation=Tt["geometry_msgs/msg/Vector3"](x=t[0], y=t[1], z=t[2]),
-            rotation=Tt["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3])))
+            rotation=Tt["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3]),
+        ),
+    )
     return Tt["tf2_msgs/msg/TFMessage"](transforms=[tr])
 
 
@@ -239,16 +258,23 @@ def test_tf_chain_static_mount_and_interpolation(tmp_path):
     T_base_cam[:3, :3] = np.array([[0, 0, 1], [-1, 0, 0], [0, -1, 0]])  # optical frame on a base link
     T_base_cam[:3, 3] = [0.2, 0.0, 0.5]
     items = _camera_items(ts, frames)
-    items.append(("/tf_static", "tf2_msgs/msg/TFMessage",
-                  _tf_message(ts, 0.0, "base_link", "camera_color_optical_frame", T_base_cam), 0.0))
+    items.append(
+        (
+            "/tf_static",
+            "tf2_msgs/msg/TFMessage",
+            _tf_message(ts, 0.0, "base_link", "camera_color_optical_frame", T_base_cam),
+            0.0,
+        )
+    )
     expected = []
     for i, f in enumerate(frames):
         before, after = np.eye(4), np.eye(4)
         before[:3, :3], after[:3, :3] = rot_z(10 * i), rot_z(10 * i + 20)
         before[:3, 3], after[:3, 3] = [i, 0, 0], [i + 0.2, 0.4, 0]
         for dt, T in ((-0.01, before), (0.01, after)):
-            items.append(("/tf", "tf2_msgs/msg/TFMessage", _tf_message(ts, f.stamp + dt, "/map", "base_link", T),
-                          f.stamp + dt))
+            items.append(
+                ("/tf", "tf2_msgs/msg/TFMessage", _tf_message(ts, f.stamp + dt, "/map", "base_link", T), f.stamp + dt)
+            )
         halfway = np.eye(4)
         halfway[:3, :3] = rot_z(10 * i + 10)  # slerp halfway between 10i and 10i + 20 degrees
         halfway[:3, 3] = [i + 0.1, 0.2, 0]
@@ -288,9 +314,11 @@ def test_frames_that_cannot_be_assembled_are_dropped_by_reason(tmp_path):
             Tt = ts.types
             pose = Tt["geometry_msgs/msg/PoseStamped"](
                 header=_header(ts, f.stamp, "map"),
-                pose=Tt["geometry_msgs/msg/Pose"](position=Tt["geometry_msgs/msg/Point"](x=t[0], y=t[1], z=t[2]),
-                                                  orientation=Tt["geometry_msgs/msg/Quaternion"](
-                                                      x=q[0], y=q[1], z=q[2], w=q[3])))
+                pose=Tt["geometry_msgs/msg/Pose"](
+                    position=Tt["geometry_msgs/msg/Point"](x=t[0], y=t[1], z=t[2]),
+                    orientation=Tt["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3]),
+                ),
+            )
             items.append(("/camera/pose", "geometry_msgs/msg/PoseStamped", pose, f.stamp))
     _write(tmp_path / "bad", items)
     reader = RosbagReader(tmp_path / "bad", interpolate=False, pose_tolerance_s=0.02)  # frames 33 ms apart
@@ -298,8 +326,12 @@ def test_frames_that_cannot_be_assembled_are_dropped_by_reason(tmp_path):
     got = list(reader)
     assert [f.index for f in got] == [0]
     assert_same_frames(frames[:1], got)
-    assert reader.dropped == {"bad_encoding": 1, "camera_info_invalid": 1, "no_depth_within_tolerance": 1,
-                              "no_pose_within_tolerance": 1}
+    assert reader.dropped == {
+        "bad_encoding": 1,
+        "camera_info_invalid": 1,
+        "no_depth_within_tolerance": 1,
+        "no_pose_within_tolerance": 1,
+    }
 
 
 def test_camera_info_of_another_size_is_rescaled_to_depth(tmp_path):
@@ -312,15 +344,21 @@ def test_camera_info_of_another_size_is_rescaled_to_depth(tmp_path):
         return msg
 
     items = _camera_items(ts, frames, tweak)
-    items.append(("/tf", "tf2_msgs/msg/TFMessage",
-                  _tf_message(ts, frames[0].stamp, "map", "camera_color_optical_frame", frames[0].T_world_cam),
-                  frames[0].stamp))
+    items.append(
+        (
+            "/tf",
+            "tf2_msgs/msg/TFMessage",
+            _tf_message(ts, frames[0].stamp, "map", "camera_color_optical_frame", frames[0].T_world_cam),
+            frames[0].stamp,
+        )
+    )
     _write(tmp_path / "scaled", items)
     (frame,) = list(RosbagReader(tmp_path / "scaled"))
     np.testing.assert_allclose(frame.K, K)
 
 
 # -- real ROS 2 and real data ------------------------------------------------------------------------------
+
 
 def test_bag_deserialises_with_rclpy(tmp_path, frames):
     """The bag is a real ROS 2 bag: rclpy's own CDR deserialiser reads its messages."""
@@ -356,8 +394,9 @@ def test_bag_deserialises_with_rclpy(tmp_path, frames):
     assert info.distortion_model == "plumb_bob"
     pose = serialization.deserialize_message(by_topic["/camera/pose"][1], geometry_msgs.PoseStamped)
     p, o = pose.pose.position, pose.pose.orientation
-    np.testing.assert_allclose(geometry.pose_to_matrix([p.x, p.y, p.z], [o.x, o.y, o.z, o.w]),
-                               frames[1].T_world_cam, atol=1e-9)
+    np.testing.assert_allclose(
+        geometry.pose_to_matrix([p.x, p.y, p.z], [o.x, o.y, o.z, o.w]), frames[1].T_world_cam, atol=1e-9
+    )
 
 
 def test_convert_scannet_layout_folder_with_instance_masks(tmp_path):
@@ -417,28 +456,43 @@ def test_odometry_pose_with_static_camera_mount_and_compressed_rgb(tmp_path):
     def tweak(f, topic, msg):
         if "color/image_raw" in topic:
             ok, png = cv2.imencode(".png", f.rgb[..., ::-1].copy())
-            return Tt["sensor_msgs/msg/CompressedImage"](header=msg.header, format="rgb8; png compressed bgr8",
-                                                         data=png.ravel())
+            return Tt["sensor_msgs/msg/CompressedImage"](
+                header=msg.header, format="rgb8; png compressed bgr8", data=png.ravel()
+            )
         return msg
 
-    items = [(topic, "sensor_msgs/msg/CompressedImage" if "color/image_raw" in topic else msgtype, msg, stamp)
-             for topic, msgtype, msg, stamp in _camera_items(ts, frames, tweak)]
-    items.append(("/tf_static", "tf2_msgs/msg/TFMessage",
-                  _tf_message(ts, 0.0, "base_link", "camera_color_optical_frame", T_base_cam), 0.0))
+    items = [
+        (topic, "sensor_msgs/msg/CompressedImage" if "color/image_raw" in topic else msgtype, msg, stamp)
+        for topic, msgtype, msg, stamp in _camera_items(ts, frames, tweak)
+    ]
+    items.append(
+        (
+            "/tf_static",
+            "tf2_msgs/msg/TFMessage",
+            _tf_message(ts, 0.0, "base_link", "camera_color_optical_frame", T_base_cam),
+            0.0,
+        )
+    )
     for f in frames:
         T_odom_base = f.T_world_cam @ np.linalg.inv(T_base_cam)
         t, q = geometry.matrix_to_pose(T_odom_base)
         pose = Tt["geometry_msgs/msg/PoseWithCovariance"](
-            pose=Tt["geometry_msgs/msg/Pose"](position=Tt["geometry_msgs/msg/Point"](x=t[0], y=t[1], z=t[2]),
-                                              orientation=Tt["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2],
-                                                                                             w=q[3])),
-            covariance=np.zeros(36))
+            pose=Tt["geometry_msgs/msg/Pose"](
+                position=Tt["geometry_msgs/msg/Point"](x=t[0], y=t[1], z=t[2]),
+                orientation=Tt["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3]),
+            ),
+            covariance=np.zeros(36),
+        )
         twist = Tt["geometry_msgs/msg/TwistWithCovariance"](
-            twist=Tt["geometry_msgs/msg/Twist"](linear=Tt["geometry_msgs/msg/Vector3"](x=0, y=0, z=0),
-                                                angular=Tt["geometry_msgs/msg/Vector3"](x=0, y=0, z=0)),
-            covariance=np.zeros(36))
-        odom = Tt["nav_msgs/msg/Odometry"](header=_header(ts, f.stamp, "odom"), child_frame_id="base_link",
-                                           pose=pose, twist=twist)
+            twist=Tt["geometry_msgs/msg/Twist"](
+                linear=Tt["geometry_msgs/msg/Vector3"](x=0, y=0, z=0),
+                angular=Tt["geometry_msgs/msg/Vector3"](x=0, y=0, z=0),
+            ),
+            covariance=np.zeros(36),
+        )
+        odom = Tt["nav_msgs/msg/Odometry"](
+            header=_header(ts, f.stamp, "odom"), child_frame_id="base_link", pose=pose, twist=twist
+        )
         items.append(("/odom", "nav_msgs/msg/Odometry", odom, f.stamp))
     _write(tmp_path / "odom", items)
     reader = RosbagReader(tmp_path / "odom")

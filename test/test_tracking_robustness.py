@@ -1,6 +1,7 @@
 """Known-answer scenes for segmenter errors and pose drift (issue 9): under-segmentation (one mask over two
 adjacent objects), over-segmentation (an object as part masks), and accumulated pose drift. Dataset masks,
 colour-histogram features, every frame a keyframe (the ray-caster of _core_scene)."""
+
 import sys
 from pathlib import Path
 

@@ -36,7 +36,7 @@ class DominantColourLabeler:
             for img in r.images:
                 red = (img[..., 0] == 255) & (img[..., 1] == 0) & (img[..., 2] == 0)
                 ys, xs = np.nonzero(red)
-                inner = img[ys.min() + 4:ys.max() - 3, xs.min() + 4:xs.max() - 3].reshape(-1, 3).astype(float)
+                inner = img[ys.min() + 4 : ys.max() - 3, xs.min() + 4 : xs.max() - 3].reshape(-1, 3).astype(float)
                 mean = inner.mean(axis=0)
                 votes.append(min(r.choices, key=lambda c: np.linalg.norm(mean - COLOURS[c])))
             best = max(set(votes), key=votes.count)

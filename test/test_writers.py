@@ -1,4 +1,5 @@
 """PLY / JSON / NPZ writers and readers round trip."""
+
 import json
 
 import numpy as np
@@ -25,10 +26,12 @@ def test_ply_binary_round_trip_with_extra_column(tmp_path):
 
 
 def test_ply_ascii_and_mesh_with_faces(tmp_path):
-    text = ("ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\nproperty float z\n"
-            "property uchar red\nproperty uchar green\nproperty uchar blue\nelement face 1\n"
-            "property list uchar int vertex_indices\nend_header\n0 0 0 255 0 0\n1 0 0 0 255 0\n0 1 0 0 0 255\n"
-            "3 0 1 2\n")
+    text = (
+        "ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\nproperty float z\n"
+        "property uchar red\nproperty uchar green\nproperty uchar blue\nelement face 1\n"
+        "property list uchar int vertex_indices\nend_header\n0 0 0 255 0 0\n1 0 0 0 255 0\n0 1 0 0 0 255\n"
+        "3 0 1 2\n"
+    )
     (tmp_path / "m.ply").write_text(text)
     pts, cols = read_ply_points(tmp_path / "m.ply")
     np.testing.assert_array_equal(pts, [[0, 0, 0], [1, 0, 0], [0, 1, 0]])
@@ -37,8 +40,10 @@ def test_ply_ascii_and_mesh_with_faces(tmp_path):
 
 def test_ply_big_endian_and_bad_files(tmp_path):
     data = np.array([(1.0, 2.0, 3.0)], dtype=[("x", ">f4"), ("y", ">f4"), ("z", ">f4")])
-    hdr = b"ply\nformat binary_big_endian 1.0\nelement vertex 1\nproperty float x\nproperty float y\n" \
-          b"property float z\nend_header\n"
+    hdr = (
+        b"ply\nformat binary_big_endian 1.0\nelement vertex 1\nproperty float x\nproperty float y\n"
+        b"property float z\nend_header\n"
+    )
     (tmp_path / "be.ply").write_bytes(hdr + data.tobytes())
     pts, cols = read_ply_points(tmp_path / "be.ply")
     assert pts.tolist() == [[1, 2, 3]] and cols is None
@@ -51,12 +56,32 @@ def test_ply_big_endian_and_bad_files(tmp_path):
 
 
 def make_instances():
-    a = Instance(id=4, points=np.array([[0, 0, 0], [2, 0, 0], [0, 4, 1]], np.float32),
-                 colors=np.full((3, 3), 10, np.uint8), label="chair", score=0.9, observations=7,
-                 views=[View(image_key=1, frame_index=12, stamp=0.4, box=np.array([1, 2, 30, 40]),
-                             visible_fraction=0.75, mask_area=300)])
-    b = Instance(id=9, points=np.array([[5, 5, 5]] * 2, np.float32), colors=np.full((2, 3), 200, np.uint8),
-                 label=None, score=0.3, observations=2)
+    a = Instance(
+        id=4,
+        points=np.array([[0, 0, 0], [2, 0, 0], [0, 4, 1]], np.float32),
+        colors=np.full((3, 3), 10, np.uint8),
+        label="chair",
+        score=0.9,
+        observations=7,
+        views=[
+            View(
+                image_key=1,
+                frame_index=12,
+                stamp=0.4,
+                box=np.array([1, 2, 30, 40]),
+                visible_fraction=0.75,
+                mask_area=300,
+            )
+        ],
+    )
+    b = Instance(
+        id=9,
+        points=np.array([[5, 5, 5]] * 2, np.float32),
+        colors=np.full((2, 3), 200, np.uint8),
+        label=None,
+        score=0.3,
+        observations=2,
+    )
     return [a, b]
 
 

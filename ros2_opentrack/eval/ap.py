@@ -8,6 +8,7 @@ strictly above the threshold; a second prediction on an already matched GT is a 
 score; unmatched predictions are false
 positives unless more than the threshold of their points lie on ignored points or on too-small GT instances;
 AP is the area under ScanNet's precision-recall curve (artificial first point at recall 0, precision 1)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -41,8 +42,10 @@ class APResult:
     n_pred: int = 0
 
     def summary(self) -> str:
-        lines = [f"AP {self.ap:.3f}   AP50 {self.ap50:.3f}   AP25 {self.ap25:.3f}   "
-                 f"({self.n_pred} predictions, {self.n_gt} ground-truth instances)"]
+        lines = [
+            f"AP {self.ap:.3f}   AP50 {self.ap50:.3f}   AP25 {self.ap25:.3f}   "
+            f"({self.n_pred} predictions, {self.n_gt} ground-truth instances)"
+        ]
         for name, v in sorted(self.per_class.items()):
             lines.append(f"  {name:<16} AP {_fmt(v['ap'])}  AP50 {_fmt(v['ap50'])}  AP25 {_fmt(v['ap25'])}")
         return "\n".join(lines)
@@ -52,8 +55,13 @@ def _fmt(x: float) -> str:
     return "  nan" if np.isnan(x) else f"{x:.3f}"
 
 
-def transfer_to_gt(gt_points: np.ndarray, pred_points: np.ndarray, pred_instance: np.ndarray,
-                   pred_ids: Sequence[int], radius: float = 0.05) -> List[np.ndarray]:
+def transfer_to_gt(
+    gt_points: np.ndarray,
+    pred_points: np.ndarray,
+    pred_instance: np.ndarray,
+    pred_ids: Sequence[int],
+    radius: float = 0.05,
+) -> List[np.ndarray]:
     """For each predicted id, the bool mask of GT points that lie within ``radius`` of one of its points."""
     from scipy.spatial import cKDTree
 
@@ -73,8 +81,13 @@ def transfer_to_gt(gt_points: np.ndarray, pred_points: np.ndarray, pred_instance
     return masks
 
 
-def evaluate(gt_ids: np.ndarray, predictions: Sequence[Prediction], class_names: Optional[Dict[int, str]] = None,
-             min_region_size: int = MIN_REGION_SIZE, per_class: bool = True) -> APResult:
+def evaluate(
+    gt_ids: np.ndarray,
+    predictions: Sequence[Prediction],
+    class_names: Optional[Dict[int, str]] = None,
+    min_region_size: int = MIN_REGION_SIZE,
+    per_class: bool = True,
+) -> APResult:
     """Class-agnostic AP (all GT with label > 0 are one class), and per-class AP when predictions carry labels
     and GT label ids have names (class_names: label id -> name)."""
     gt_ids = np.asarray(gt_ids, np.int64).reshape(-1)
@@ -82,8 +95,9 @@ def evaluate(gt_ids: np.ndarray, predictions: Sequence[Prediction], class_names:
         if p.mask.shape != gt_ids.shape:
             raise InputError(f"prediction {p.id}: mask of {p.mask.shape[0]} points for {gt_ids.shape[0]} GT points")
     agnostic = {int(g): 1 for g in np.unique(gt_ids) if g >= 1000}  # every GT instance in one class
-    per_t = _ap_per_threshold(gt_ids, [(p.mask, p.confidence, 1) for p in predictions], [1], agnostic,
-                              min_region_size)[1]
+    per_t = _ap_per_threshold(gt_ids, [(p.mask, p.confidence, 1) for p in predictions], [1], agnostic, min_region_size)[
+        1
+    ]
     result = _summarise(per_t)
     result.n_pred = len(predictions)
     result.n_gt = int(sum(1 for g in agnostic if np.count_nonzero(gt_ids == g) >= min_region_size))
@@ -102,8 +116,12 @@ def evaluate(gt_ids: np.ndarray, predictions: Sequence[Prediction], class_names:
 def _summarise(per_t: Dict[float, float]) -> APResult:
     main = [per_t[t] for t in IOU_THRESHOLDS[:-1]]
     ap = float(np.nanmean(main)) if not all(np.isnan(main)) else float("nan")
-    return APResult(ap=ap, ap50=float(per_t[IOU_THRESHOLDS[0]]), ap25=float(per_t[IOU_THRESHOLDS[-1]]),
-                    per_threshold={round(float(t), 2): float(v) for t, v in per_t.items()})
+    return APResult(
+        ap=ap,
+        ap50=float(per_t[IOU_THRESHOLDS[0]]),
+        ap25=float(per_t[IOU_THRESHOLDS[-1]]),
+        per_threshold={round(float(t), 2): float(v) for t, v in per_t.items()},
+    )
 
 
 def _ap_per_threshold(gt_ids, preds, labels, gt_class, min_region_size) -> Dict[int, Dict[float, float]]:
@@ -196,10 +214,19 @@ def _curve_ap(y_true: np.ndarray, y_score: np.ndarray, hard_fn: int) -> float:
     return float(np.dot(precision, steps))
 
 
-def evaluate_points(gt_points: np.ndarray, gt_ids: np.ndarray, pred_points: np.ndarray, pred_instance: np.ndarray,
-                    pred_ids: Sequence[int], pred_scores: Sequence[float], pred_labels: Optional[Sequence] = None,
-                    class_names: Optional[Dict[int, str]] = None, radius: float = 0.05,
-                    min_region_size: int = MIN_REGION_SIZE, gt_mask: Optional[np.ndarray] = None) -> APResult:
+def evaluate_points(
+    gt_points: np.ndarray,
+    gt_ids: np.ndarray,
+    pred_points: np.ndarray,
+    pred_instance: np.ndarray,
+    pred_ids: Sequence[int],
+    pred_scores: Sequence[float],
+    pred_labels: Optional[Sequence] = None,
+    class_names: Optional[Dict[int, str]] = None,
+    radius: float = 0.05,
+    min_region_size: int = MIN_REGION_SIZE,
+    gt_mask: Optional[np.ndarray] = None,
+) -> APResult:
     """AP of predicted point sets (e.g. a run's instances.npz) against a GT point cloud.
 
     gt_mask: (N_gt,) bool; only these GT points take part, e.g. the points some frame saw ("seen-only" AP: an
@@ -214,6 +241,8 @@ def evaluate_points(gt_points: np.ndarray, gt_ids: np.ndarray, pred_points: np.n
         gt_points, gt_ids = gt_points[gt_mask], np.asarray(gt_ids).reshape(-1)[gt_mask]
     masks = transfer_to_gt(gt_points, pred_points, np.asarray(pred_instance), pred_ids, radius)
     labels = list(pred_labels) if pred_labels is not None else [None] * len(pred_ids)
-    preds = [Prediction(mask=m, confidence=float(s), label=lab, id=int(i))
-             for m, s, lab, i in zip(masks, pred_scores, labels, pred_ids)]
+    preds = [
+        Prediction(mask=m, confidence=float(s), label=lab, id=int(i))
+        for m, s, lab, i in zip(masks, pred_scores, labels, pred_ids)
+    ]
     return evaluate(gt_ids, preds, class_names, min_region_size)

@@ -2,6 +2,7 @@
 
 Every reader yields ``Frame`` objects as read (the pipeline's entry validates them, once) and counts what it had
 to skip; ``open_scene`` picks the reader that claims the path."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -45,5 +46,7 @@ def open_scene(path, stride: int = 1, max_frames: int | None = None, with_masks:
         reader = getattr(importlib.import_module(module), name)
         if reader.claims(path):
             return reader(path, stride=stride, max_frames=max_frames, with_masks=with_masks, **kwargs)
-    raise InputError(f"'{path}' is not a scene: expected a ScanNet export folder (color/ depth/ pose/ intrinsic/), "
-                     f"a 7-Scenes folder (frame-XXXXXX.color.jpg|depth.png|pose.txt) or a ROS 2 bag (.mcap/.db3)")
+    raise InputError(
+        f"'{path}' is not a scene: expected a ScanNet export folder (color/ depth/ pose/ intrinsic/), "
+        f"a 7-Scenes folder (frame-XXXXXX.color.jpg|depth.png|pose.txt) or a ROS 2 bag (.mcap/.db3)"
+    )

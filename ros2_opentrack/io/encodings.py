@@ -6,6 +6,7 @@ Every function takes plain fields (encoding, height, width, step, data bytes, ar
 code path.
 Bad input raises InputError naming the encoding / sizes and what was expected.
 """
+
 from __future__ import annotations
 
 import struct
@@ -38,8 +39,9 @@ def canonical_encoding(encoding: str) -> str:
     """The supported spelling of an encoding (ROS publishers differ in case, e.g. '16uc1'), or InputError."""
     name = _CANONICAL.get(str(encoding).strip().lower())
     if name is None:
-        raise InputError(f"image encoding '{encoding}' is not supported; expected one of "
-                         f"{', '.join(SUPPORTED_ENCODINGS)}")
+        raise InputError(
+            f"image encoding '{encoding}' is not supported; expected one of {', '.join(SUPPORTED_ENCODINGS)}"
+        )
     return name
 
 
@@ -65,12 +67,15 @@ def image_to_numpy(encoding: str, height: int, width: int, step: int, data, is_b
     if height <= 0 or width <= 0:
         raise InputError(f"{enc} image has an empty size {width}x{height}")
     if step < row_bytes:
-        raise InputError(f"{enc} image of width {width} needs step >= {row_bytes} bytes "
-                         f"({channels} channel(s) x {itemsize} byte(s)), got step {step}")
+        raise InputError(
+            f"{enc} image of width {width} needs step >= {row_bytes} bytes "
+            f"({channels} channel(s) x {itemsize} byte(s)), got step {step}"
+        )
     buf = np.frombuffer(_as_bytes(data), dtype=np.uint8)
     if buf.size != height * step:
-        raise InputError(f"{enc} image data has {buf.size} bytes, expected height*step = {height}*{step} = "
-                         f"{height * step}")
+        raise InputError(
+            f"{enc} image data has {buf.size} bytes, expected height*step = {height}*{step} = {height * step}"
+        )
     rows = buf.reshape(height, step)[:, :row_bytes]
     order = ">" if is_bigendian else "<"
     pixels = np.ascontiguousarray(rows).view(np.dtype(dtype).newbyteorder(order))
@@ -155,15 +160,20 @@ def _single_channel_pixels(arr: np.ndarray, enc: str, dtype) -> np.ndarray:
     if arr.ndim != 2:
         raise InputError(f"{enc} image must be HxW, got shape {arr.shape}")
     integer_target = np.issubdtype(dtype, np.integer)
-    castable = np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool or \
-        (not integer_target and np.issubdtype(arr.dtype, np.floating))
+    castable = (
+        np.issubdtype(arr.dtype, np.integer)
+        or arr.dtype == bool
+        or (not integer_target and np.issubdtype(arr.dtype, np.floating))
+    )
     if arr.dtype != dtype and not castable:  # never round floats into integer pixels silently
         raise InputError(f"{enc} image must be {np.dtype(dtype).name}, got dtype {arr.dtype}")
     if arr.dtype != dtype and integer_target and arr.size:
         info = np.iinfo(dtype)
         if arr.min() < info.min or arr.max() > info.max:
-            raise InputError(f"{enc} image values span [{arr.min()}, {arr.max()}], outside the "
-                             f"{np.dtype(dtype).name} range [{info.min}, {info.max}]")
+            raise InputError(
+                f"{enc} image values span [{arr.min()}, {arr.max()}], outside the "
+                f"{np.dtype(dtype).name} range [{info.min}, {info.max}]"
+            )
     return arr.astype(dtype, copy=False)[..., None]
 
 
@@ -212,8 +222,9 @@ class LabelMasks(NamedTuple):
     over_cap: int  # ids beyond the max_ids largest
 
 
-def label_image_to_masks(labels, min_pixels: int = 1, max_ids: Optional[int] = MAX_LABEL_IDS,
-                         names: Optional[Dict[int, str]] = None) -> LabelMasks:
+def label_image_to_masks(
+    labels, min_pixels: int = 1, max_ids: Optional[int] = MAX_LABEL_IDS, names: Optional[Dict[int, str]] = None
+) -> LabelMasks:
     """One Mask2D per positive id of an HxW integer label image (source_id = the id, label = names[id]).
 
     Ids with fewer than ``min_pixels`` pixels are dropped, then all but the ``max_ids`` largest (None: no cap),
@@ -226,11 +237,13 @@ def label_image_to_masks(labels, min_pixels: int = 1, max_ids: Optional[int] = M
     kept = np.flatnonzero(big)
     over_cap = 0
     if max_ids is not None and len(kept) > max_ids:
-        largest = np.argsort(-counts[kept], kind="stable")[:max(0, int(max_ids))]  # ties: the lower id
+        largest = np.argsort(-counts[kept], kind="stable")[: max(0, int(max_ids))]  # ties: the lower id
         over_cap = len(kept) - len(largest)
         kept = np.sort(kept[largest])
-    masks = [Mask2D(mask=mask, source_id=int(ids[k]), label=(names or {}).get(int(ids[k])))
-             for k, mask in zip(kept, _masks_of(codes, kept, labels.shape))]
+    masks = [
+        Mask2D(mask=mask, source_id=int(ids[k]), label=(names or {}).get(int(ids[k])))
+        for k, mask in zip(kept, _masks_of(codes, kept, labels.shape))
+    ]
     return LabelMasks(masks, int(np.count_nonzero(named & ~big)), over_cap)
 
 
@@ -329,8 +342,10 @@ def decode_compressed(format: str, data) -> np.ndarray:  # noqa: A002 - the mess
     if "compresseddepth" in fmt.lower():
         return _decode_compressed_depth(fmt, raw)
     if not any(k in fmt.lower() for k in ("jpeg", "jpg", "png")) and fmt:
-        raise InputError(f"compressed image format '{fmt}' is not supported; expected jpeg, png or "
-                         f"'16UC1; compressedDepth' / '32FC1; compressedDepth'")
+        raise InputError(
+            f"compressed image format '{fmt}' is not supported; expected jpeg, png or "
+            f"'16UC1; compressedDepth' / '32FC1; compressedDepth'"
+        )
     image = _imdecode(raw, fmt)
     if image.ndim == 2:
         return np.repeat(image[..., None], 3, axis=2) if image.dtype == np.uint8 else image
@@ -346,27 +361,31 @@ def _imdecode(raw: np.ndarray, fmt: str) -> np.ndarray:
 
     image = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
     if image is None:
-        raise InputError(f"compressed image ('{fmt}', {raw.size} bytes) could not be decoded: corrupt or not "
-                         f"jpeg/png data")
+        raise InputError(
+            f"compressed image ('{fmt}', {raw.size} bytes) could not be decoded: corrupt or not jpeg/png data"
+        )
     return image
 
 
 def _decode_compressed_depth(fmt: str, raw: np.ndarray) -> np.ndarray:
     depth_enc = fmt.split(";")[0].strip()
     if "rvl" in fmt.lower():
-        raise InputError(f"compressed depth format '{fmt}' (RVL) is not supported; publish with png "
-                         f"compression or raw depth")
+        raise InputError(
+            f"compressed depth format '{fmt}' (RVL) is not supported; publish with png compression or raw depth"
+        )
     if raw.size <= _COMPRESSED_DEPTH_HEADER.size:
-        raise InputError(f"compressed depth ('{fmt}') has only {raw.size} bytes; expected a "
-                         f"{_COMPRESSED_DEPTH_HEADER.size}-byte header followed by a PNG")
-    kind, quant_a, quant_b = _COMPRESSED_DEPTH_HEADER.unpack(raw[:_COMPRESSED_DEPTH_HEADER.size].tobytes())
+        raise InputError(
+            f"compressed depth ('{fmt}') has only {raw.size} bytes; expected a "
+            f"{_COMPRESSED_DEPTH_HEADER.size}-byte header followed by a PNG"
+        )
+    kind, quant_a, quant_b = _COMPRESSED_DEPTH_HEADER.unpack(raw[: _COMPRESSED_DEPTH_HEADER.size].tobytes())
     if kind != 0:  # 0 = PNG, 1 = RVL
-        raise InputError(f"compressed depth ('{fmt}') uses compression format {kind} (RVL?); only PNG (0) is "
-                         f"supported")
-    image = _imdecode(raw[_COMPRESSED_DEPTH_HEADER.size:], fmt)
+        raise InputError(f"compressed depth ('{fmt}') uses compression format {kind} (RVL?); only PNG (0) is supported")
+    image = _imdecode(raw[_COMPRESSED_DEPTH_HEADER.size :], fmt)
     if image.dtype != np.uint16 or image.ndim != 2:
-        raise InputError(f"compressed depth ('{fmt}') decoded to {image.dtype} {image.shape}; expected a "
-                         f"16-bit single-channel PNG")
+        raise InputError(
+            f"compressed depth ('{fmt}') decoded to {image.dtype} {image.shape}; expected a 16-bit single-channel PNG"
+        )
     enc = canonical_encoding(depth_enc or "16UC1")
     if enc in ("16UC1", "mono16"):
         return image
@@ -409,8 +428,10 @@ def camera_info_intrinsics(k: Sequence[float], info_hw: Tuple[int, int], image_h
     (ih, iw), (h, w) = info_hw, image_hw
     if ih and iw and (ih, iw) != (h, w):
         if abs(iw * h - ih * w) > max(iw, w):
-            raise InputError(f"camera_info is for a {iw}x{ih} image but the depth image is {w}x{h} "
-                             f"(another aspect ratio: expected the camera_info of the depth image)")
+            raise InputError(
+                f"camera_info is for a {iw}x{ih} image but the depth image is {w}x{h} "
+                f"(another aspect ratio: expected the camera_info of the depth image)"
+            )
         K = scale_intrinsics(K, (ih, iw), (h, w))
     return validate_intrinsics(K, (h, w))
 
@@ -420,5 +441,12 @@ def camera_info_fields(K, height: int, width: int) -> dict:
     K = np.asarray(K, dtype=np.float64).reshape(3, 3)
     P = np.zeros((3, 4))
     P[:, :3] = K
-    return {"height": int(height), "width": int(width), "distortion_model": "plumb_bob",
-            "d": np.zeros(5), "k": K.ravel().copy(), "r": np.eye(3).ravel(), "p": P.ravel()}
+    return {
+        "height": int(height),
+        "width": int(width),
+        "distortion_model": "plumb_bob",
+        "d": np.zeros(5),
+        "k": K.ravel().copy(),
+        "r": np.eye(3).ravel(),
+        "p": P.ravel(),
+    }

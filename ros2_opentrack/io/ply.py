@@ -2,6 +2,7 @@
 
 Writes binary little-endian vertex-only files; reads ascii and binary (either endianness) files and returns the
 vertex element as a dict of columns. Faces or other elements after the vertices (ScanNet meshes) are ignored."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,17 +13,38 @@ import numpy as np
 from ..errors import InputError
 
 _PLY_TYPES = {
-    "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1",
-    "short": "i2", "int16": "i2", "ushort": "u2", "uint16": "u2",
-    "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
-    "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
+    "char": "i1",
+    "int8": "i1",
+    "uchar": "u1",
+    "uint8": "u1",
+    "short": "i2",
+    "int16": "i2",
+    "ushort": "u2",
+    "uint16": "u2",
+    "int": "i4",
+    "int32": "i4",
+    "uint": "u4",
+    "uint32": "u4",
+    "float": "f4",
+    "float32": "f4",
+    "double": "f8",
+    "float64": "f8",
 }
-_NUMPY_TO_PLY = {"i1": "char", "u1": "uchar", "i2": "short", "u2": "ushort", "i4": "int", "u4": "uint",
-                 "f4": "float", "f8": "double"}
+_NUMPY_TO_PLY = {
+    "i1": "char",
+    "u1": "uchar",
+    "i2": "short",
+    "u2": "ushort",
+    "i4": "int",
+    "u4": "uint",
+    "f4": "float",
+    "f8": "double",
+}
 
 
-def write_ply(path, points: np.ndarray, colors: Optional[np.ndarray] = None,
-              extra: Optional[Dict[str, np.ndarray]] = None) -> Path:
+def write_ply(
+    path, points: np.ndarray, colors: Optional[np.ndarray] = None, extra: Optional[Dict[str, np.ndarray]] = None
+) -> Path:
     """Write points (N,3), optional colours (N,3) uint8 and extra per-point scalar columns (e.g. instance)."""
     path = Path(path)
     points = np.asarray(points, dtype=np.float32).reshape(-1, 3)
@@ -79,7 +101,7 @@ def read_ply(path) -> Dict[str, np.ndarray]:
                 raise InputError(f"PLY '{path}': list properties on vertices are not supported")
             dtype = np.dtype([(p[0], ("<" if fmt != "binary_big_endian" else ">") + _PLY_TYPES[p[1]]) for p in props])
             if fmt == "ascii":
-                rows = [ln.split() for ln in text_lines[line_no:line_no + count]]
+                rows = [ln.split() for ln in text_lines[line_no : line_no + count]]
                 try:
                     table = np.array(rows, dtype=np.float64).reshape(count, len(props))
                 except ValueError:

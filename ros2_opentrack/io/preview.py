@@ -1,10 +1,11 @@
 """Pictures of a map for people without RViz (no ROS here).
 
-    preview.png   a top-down view of the map points with each instance's box, id and label, and below it a strip
-                  of each instance's best view (the keyframe with its red box), captioned with the same id + label
-    draw_instances  a camera image with every instance in view outlined (box of its projected points), id + label:
-                  the node's ~/debug_image
+preview.png   a top-down view of the map points with each instance's box, id and label, and below it a strip
+              of each instance's best view (the keyframe with its red box), captioned with the same id + label
+draw_instances  a camera image with every instance in view outlined (box of its projected points), id + label:
+              the node's ~/debug_image
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,8 +40,14 @@ def up_axis_of(points: np.ndarray) -> int:
     return int(np.argmin(hi - lo))
 
 
-def draw_instances(rgb: np.ndarray, instances: Sequence, K: np.ndarray, T_world_cam: np.ndarray,
-                   thickness: int = 2, min_points: int = 20) -> Tuple[np.ndarray, List[int]]:
+def draw_instances(
+    rgb: np.ndarray,
+    instances: Sequence,
+    K: np.ndarray,
+    T_world_cam: np.ndarray,
+    thickness: int = 2,
+    min_points: int = 20,
+) -> Tuple[np.ndarray, List[int]]:
     """A copy of ``rgb`` with each instance whose points project into the image (at least ``min_points`` in
     front of the camera and inside) outlined by the box of those points in its colour, with its id + label.
     Returns (image, ids drawn)."""
@@ -72,8 +79,13 @@ def draw_instances(rgb: np.ndarray, instances: Sequence, K: np.ndarray, T_world_
     return out, drawn
 
 
-def top_down(instances: Sequence, scene_map: Optional[Tuple[np.ndarray, np.ndarray]] = None, width: int = 900,
-             up_axis: Optional[int] = None, max_map_points: int = 400000) -> np.ndarray:
+def top_down(
+    instances: Sequence,
+    scene_map: Optional[Tuple[np.ndarray, np.ndarray]] = None,
+    width: int = 900,
+    up_axis: Optional[int] = None,
+    max_map_points: int = 400000,
+) -> np.ndarray:
     """The map seen from above: map points in their colours (dimmed), each instance's points in its colour, its
     box (the footprint of its 3D box) and id + label; a 1 m grid and the axes named in the corner."""
     import cv2
@@ -127,13 +139,19 @@ def top_down(instances: Sequence, scene_map: Optional[Tuple[np.ndarray, np.ndarr
         (x0, y1), (x1, y0) = px(np.array([pts[:, [a, b]].min(0), pts[:, [a, b]].max(0)])).astype(int)
         cv2.rectangle(img, (x0, y0), (x1, y1), color, 2)
         _text(img, caption(inst), (x0, max(12, y0 - 4)), color)
-    _text(img, f"top-down: {_AXES[a]} right, {_AXES[b]} up (grid 1 m), {len(instances)} instances", (8, 18),
-          (255, 255, 255), 0.5)
+    _text(
+        img,
+        f"top-down: {_AXES[a]} right, {_AXES[b]} up (grid 1 m), {len(instances)} instances",
+        (8, 18),
+        (255, 255, 255),
+        0.5,
+    )
     return img
 
 
-def view_strip(instances: Sequence, view_image: Callable, width: int = 900, thumb_h: int = 150,
-               max_views: int = 60) -> Optional[np.ndarray]:
+def view_strip(
+    instances: Sequence, view_image: Callable, width: int = 900, thumb_h: int = 150, max_views: int = 60
+) -> Optional[np.ndarray]:
     """Each instance's best view (red box drawn by ``view_image``), captioned with id + label, in rows."""
     import cv2
 
@@ -169,15 +187,16 @@ def view_strip(instances: Sequence, view_image: Callable, width: int = 900, thum
         x = 0
         for t in row:
             tw = min(t.shape[1], width - x)
-            line[:, x:x + tw] = t[:, :tw]
+            line[:, x : x + tw] = t[:, :tw]
             x += tw + gap
         out.append(line)
         out.append(np.full((gap, width, 3), 245, np.uint8))
     return np.concatenate(out, 0)
 
 
-def preview_image(instances: Sequence, scene_map=None, view_image: Optional[Callable] = None,
-                  width: int = 900) -> np.ndarray:
+def preview_image(
+    instances: Sequence, scene_map=None, view_image: Optional[Callable] = None, width: int = 900
+) -> np.ndarray:
     """top_down above view_strip (when ``view_image`` is given and some instance has a view)."""
     parts = [top_down(instances, scene_map, width)]
     if view_image is not None:
@@ -187,8 +206,9 @@ def preview_image(instances: Sequence, scene_map=None, view_image: Optional[Call
     return np.concatenate(parts, 0)
 
 
-def write_preview(path, instances: Sequence, scene_map=None, view_image: Optional[Callable] = None,
-                  width: int = 900) -> Path:
+def write_preview(
+    path, instances: Sequence, scene_map=None, view_image: Optional[Callable] = None, width: int = 900
+) -> Path:
     """preview.png (see the module doc); the file is written whole (a temporary file, then renamed)."""
     import os
 

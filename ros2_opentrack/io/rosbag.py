@@ -5,6 +5,7 @@ single .mcap / .db3 file. Reading makes two passes: the first collects header st
 small topics (camera_info, poses, TF) whole; the second streams only the image messages that the synchronised
 frame plan needs, so memory stays at a few frames whatever the length of the bag.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -104,8 +105,9 @@ class _Bag:
         elif self.path.suffix == ".db3":
             from rosbags.rosbag2.storage_sqlite3 import Sqlite3Reader as Storage
         else:
-            raise InputError(f"'{self.path}' is not a ROS 2 bag: expected a .mcap or .db3 file or a bag folder "
-                             f"with metadata.yaml")
+            raise InputError(
+                f"'{self.path}' is not a ROS 2 bag: expected a .mcap or .db3 file or a bag folder with metadata.yaml"
+            )
         self._storage = Storage(self.path)
         self._storage.open()
         self.connections = list(self._storage.connections)
@@ -250,9 +252,17 @@ class RosbagReader:
             return True
         return path.is_dir() and any(p.suffix.lower() in cls.SUFFIXES for p in path.iterdir() if p.is_file())
 
-    def __init__(self, path, stride: int = 1, max_frames: Optional[int] = None, topics: Optional[BagTopics] = None,
-                 with_masks: bool = False, sync_tolerance_s: float = 0.02, pose_tolerance_s: float = 0.05,
-                 interpolate: bool = True):
+    def __init__(
+        self,
+        path,
+        stride: int = 1,
+        max_frames: Optional[int] = None,
+        topics: Optional[BagTopics] = None,
+        with_masks: bool = False,
+        sync_tolerance_s: float = 0.02,
+        pose_tolerance_s: float = 0.05,
+        interpolate: bool = True,
+    ):
         self.path = _resolve_bag_path(Path(path))
         self.name = self.path.stem if self.path.is_file() else self.path.name
         if stride < 1:
@@ -297,19 +307,28 @@ class RosbagReader:
             missing.append(f"a pose ({t.pose} or {t.odom} or {t.tf}/{t.tf_static})")
         if missing:
             listing = ", ".join(f"{name} [{have[name]}, {counts.get(name, '?')} msgs]" for name in sorted(have))
-            raise InputError(f"ROS 2 bag '{self.path}' lacks topic(s) {', '.join(missing)}; it has: "
-                             f"{listing or 'no topics'}. Set the topic names (BagTopics / --topic options).")
-        for name, allowed in ((t.rgb, (_IMAGE, _COMPRESSED)), (t.depth, (_IMAGE, _COMPRESSED)),
-                              (t.camera_info, (_CAMERA_INFO,))):
+            raise InputError(
+                f"ROS 2 bag '{self.path}' lacks topic(s) {', '.join(missing)}; it has: "
+                f"{listing or 'no topics'}. Set the topic names (BagTopics / --topic options)."
+            )
+        for name, allowed in (
+            (t.rgb, (_IMAGE, _COMPRESSED)),
+            (t.depth, (_IMAGE, _COMPRESSED)),
+            (t.camera_info, (_CAMERA_INFO,)),
+        ):
             if have[name] not in allowed:
-                raise InputError(f"topic {name} of '{self.path}' has type {have[name]}; expected "
-                                 f"{' or '.join(allowed)}")
+                raise InputError(
+                    f"topic {name} of '{self.path}' has type {have[name]}; expected {' or '.join(allowed)}"
+                )
         self._types = have
 
     def _pick_pose_source(self, present) -> Optional[str]:
         t = self.topics
-        available = {"pose": t.pose in present, "odom": t.odom in present,
-                     "tf": t.tf in present or t.tf_static in present}
+        available = {
+            "pose": t.pose in present,
+            "odom": t.odom in present,
+            "tf": t.tf in present or t.tf_static in present,
+        }
         if t.pose_source != "auto":
             return t.pose_source if available[t.pose_source] else (None if t.pose_source == "tf" else t.pose_source)
         return next((s for s in ("pose", "odom", "tf") if available[s]), None)
@@ -424,8 +443,10 @@ class RosbagReader:
         stamp = self._rgb_stamps[i]
         try:
             if t.depth not in parts:
-                raise _Drop("no_depth_within_tolerance", f"no {t.depth} message within "
-                                                         f"{self.sync_tolerance_s} s of t={stamp:.3f}")
+                raise _Drop(
+                    "no_depth_within_tolerance",
+                    f"no {t.depth} message within {self.sync_tolerance_s} s of t={stamp:.3f}",
+                )
             rgb_msg = self._deserialize(bag, *parts[t.rgb])
             depth_msg = self._deserialize(bag, *parts[t.depth])
             rgb = self._decode(rgb_msg, colour=True)
@@ -433,9 +454,17 @@ class RosbagReader:
             K = self._intrinsics(stamp, depth.shape)
             T = self._pose(stamp, _frame(rgb_msg.header.frame_id))
             masks = self._masks(bag, parts, stamp) if self.with_masks else None
-            return Frame(rgb=rgb, depth=depth, K=K, T_world_cam=T, stamp=stamp, index=i, masks=masks,
-                         frame_id=_frame(rgb_msg.header.frame_id) or "camera",
-                         source=f"{self.path.name} {t.rgb} t={stamp:.3f}")
+            return Frame(
+                rgb=rgb,
+                depth=depth,
+                K=K,
+                T_world_cam=T,
+                stamp=stamp,
+                index=i,
+                masks=masks,
+                frame_id=_frame(rgb_msg.header.frame_id) or "camera",
+                source=f"{self.path.name} {t.rgb} t={stamp:.3f}",
+            )
         except _Drop as drop:
             self._drop(drop.reason, f"frame {i} (t={stamp:.3f}): {drop}")
             return None
@@ -451,12 +480,13 @@ class RosbagReader:
             if hasattr(msg, "format"):  # CompressedImage
                 image = enc.decode_compressed(msg.format, msg.data)
             else:
-                image = enc.image_to_numpy(msg.encoding, msg.height, msg.width, msg.step, msg.data,
-                                           msg.is_bigendian)
+                image = enc.image_to_numpy(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian)
             if colour:
                 if image.ndim != 3 or image.dtype != np.uint8:
-                    raise InputError(f"rgb topic carries a {image.dtype} {'x'.join(map(str, image.shape))} "
-                                     f"image; expected a colour encoding (rgb8, bgr8, rgba8, bgra8, mono8)")
+                    raise InputError(
+                        f"rgb topic carries a {image.dtype} {'x'.join(map(str, image.shape))} "
+                        f"image; expected a colour encoding (rgb8, bgr8, rgba8, bgra8, mono8)"
+                    )
                 return image
             if image.ndim != 2:
                 raise InputError("depth topic carries a colour image; expected 16UC1 / mono16 (mm) or 32FC1 (m)")
@@ -487,8 +517,9 @@ class RosbagReader:
             T = self._poses.lookup(_SERIES_PARENT, _SERIES_CHILD, stamp)
         except TransformUnavailable:
             topic = t.pose if self.pose_source == "pose" else t.odom
-            raise _Drop("no_pose_within_tolerance",
-                        f"no {topic} message within {self.pose_tolerance_s} s of t={stamp:.3f}") from None
+            raise _Drop(
+                "no_pose_within_tolerance", f"no {topic} message within {self.pose_tolerance_s} s of t={stamp:.3f}"
+            ) from None
         if self.pose_source == "odom":
             T = T @ self._odom_to_camera(image_frame)
         return T
@@ -502,8 +533,12 @@ class RosbagReader:
             return self._tf.lookup(self._odom_child, camera)  # the mount: static, or else its latest sample
         except TransformUnavailable:
             if not self._warned["odom_mount"]:
-                log.warning("%s: no static TF %s -> %s: using the odometry pose as the camera pose",
-                            self.path, self._odom_child, camera)
+                log.warning(
+                    "%s: no static TF %s -> %s: using the odometry pose as the camera pose",
+                    self.path,
+                    self._odom_child,
+                    camera,
+                )
             self._warned["odom_mount"] += 1
             return np.eye(4)
 
@@ -525,8 +560,12 @@ class RosbagReader:
             self.dropped[reason] += 1
             self.first_reasons.setdefault(reason, f"{self.path.name}: {message}")
         if self._warned[reason] < _MAX_DROP_WARNINGS:
-            log.warning("%s: skipping %s%s", self.path, message,
-                        " (further ones only counted)" if self._warned[reason] == _MAX_DROP_WARNINGS - 1 else "")
+            log.warning(
+                "%s: skipping %s%s",
+                self.path,
+                message,
+                " (further ones only counted)" if self._warned[reason] == _MAX_DROP_WARNINGS - 1 else "",
+            )
         self._warned[reason] += 1
 
 
@@ -556,8 +595,10 @@ def _resolve_bag_path(path: Path) -> Path:
     if path.is_dir() and not (path / "metadata.yaml").is_file():  # a recording that never wrote its metadata
         files = sorted(p for p in path.iterdir() if p.suffix in (".mcap", ".db3"))
         if len(files) != 1:
-            raise InputError(f"'{path}' is not a ROS 2 bag folder: no metadata.yaml and {len(files)} .mcap/.db3 "
-                             f"files (expected one; `ros2 bag reindex` rebuilds the metadata of a split bag)")
+            raise InputError(
+                f"'{path}' is not a ROS 2 bag folder: no metadata.yaml and {len(files)} .mcap/.db3 "
+                f"files (expected one; `ros2 bag reindex` rebuilds the metadata of a split bag)"
+            )
         return files[0]
     return path
 
@@ -566,24 +607,46 @@ def _resolve_bag_path(path: Path) -> Path:
 # Writer
 
 
-def convert_scene_to_bag(scene, out, stride: int = 1, max_frames: Optional[int] = None,
-                         topics: Optional[BagTopics] = None, progress: bool = True, **reader_kwargs) -> dict:
+def convert_scene_to_bag(
+    scene,
+    out,
+    stride: int = 1,
+    max_frames: Optional[int] = None,
+    topics: Optional[BagTopics] = None,
+    progress: bool = True,
+    **reader_kwargs,
+) -> dict:
     """Write any scene open_scene can read as a ROS 2 bag; returns a summary (messages per topic, frames, ...)."""
     from . import open_scene
 
     scene = Path(scene)
     with_masks = scene.is_dir() and (scene / "instance").is_dir()
     reader = open_scene(scene, stride=stride, max_frames=max_frames, with_masks=with_masks, **reader_kwargs)
-    summary = convert_frames_to_bag(reader, out, topics=topics, progress=progress, total=len(reader),
-                                    desc=f"{getattr(reader, 'name', scene.name)} -> {Path(out).name}")
+    summary = convert_frames_to_bag(
+        reader,
+        out,
+        topics=topics,
+        progress=progress,
+        total=len(reader),
+        desc=f"{getattr(reader, 'name', scene.name)} -> {Path(out).name}",
+    )
     summary["source"] = str(scene)
     summary["dropped"] = dict(getattr(reader, "dropped", {}))
     return summary
 
 
-def convert_frames_to_bag(frames: Iterable[Frame], out, topics: Optional[BagTopics] = None, progress: bool = False,
-                          total: Optional[int] = None, fps: float = 30.0, version: int = 9, desc: str = "bag",
-                          write_pose: bool = True, write_tf: bool = True) -> dict:
+def convert_frames_to_bag(
+    frames: Iterable[Frame],
+    out,
+    topics: Optional[BagTopics] = None,
+    progress: bool = False,
+    total: Optional[int] = None,
+    fps: float = 30.0,
+    version: int = 9,
+    desc: str = "bag",
+    write_pose: bool = True,
+    write_tf: bool = True,
+) -> dict:
     """Write frames as a ROS 2 bag: rgb8 Image, 16UC1 mm depth, CameraInfo, PoseStamped, /tf, masks (16UC1).
 
     ``out`` ending in .mcap / .db3 becomes that single storage file (what ``ros2 bag play`` and Foxglove open);
@@ -601,8 +664,7 @@ def convert_frames_to_bag(frames: Iterable[Frame], out, topics: Optional[BagTopi
     folder = tmp / (out.stem if out.suffix in (".mcap", ".db3") else out.name)
     try:
         kinds = {"pose": write_pose, "tf": write_tf}
-        counts, n_frames, span = _write_bag(frames, folder, topics, storage, version, progress, total, fps, desc,
-                                            kinds)
+        counts, n_frames, span = _write_bag(frames, folder, topics, storage, version, progress, total, fps, desc, kinds)
         if out.suffix in (".mcap", ".db3"):
             os.replace(folder / f"{folder.name}{out.suffix}", out)
         else:
@@ -610,12 +672,28 @@ def convert_frames_to_bag(frames: Iterable[Frame], out, topics: Optional[BagTopi
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     size = out.stat().st_size if out.is_file() else sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    return {"path": str(out), "storage": storage, "frames": n_frames, "messages": counts,
-            "duration_s": span[1] - span[0] if n_frames else 0.0, "size_bytes": size}
+    return {
+        "path": str(out),
+        "storage": storage,
+        "frames": n_frames,
+        "messages": counts,
+        "duration_s": span[1] - span[0] if n_frames else 0.0,
+        "size_bytes": size,
+    }
 
 
-def _write_bag(frames, folder: Path, topics: BagTopics, storage: str, version: int, progress: bool,
-               total: Optional[int], fps: float, desc: str, kinds: Dict[str, bool]):
+def _write_bag(
+    frames,
+    folder: Path,
+    topics: BagTopics,
+    storage: str,
+    version: int,
+    progress: bool,
+    total: Optional[int],
+    fps: float,
+    desc: str,
+    kinds: Dict[str, bool],
+):
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
@@ -673,23 +751,42 @@ def _frame_messages(ts, frame: Frame, stamp: float, topics: BagTopics, kinds: Di
 
     def image(array, encoding):
         h, w, step, data = enc.numpy_to_image(array, encoding)
-        return T[_IMAGE](header=cam_header, height=h, width=w, encoding=encoding, is_bigendian=0, step=step,
-                         data=np.frombuffer(data, np.uint8))
+        return T[_IMAGE](
+            header=cam_header,
+            height=h,
+            width=w,
+            encoding=encoding,
+            is_bigendian=0,
+            step=step,
+            data=np.frombuffer(data, np.uint8),
+        )
 
     h, w = frame.depth.shape[:2]
     info = enc.camera_info_fields(frame.K, h, w)
     roi = T["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
-    camera_info = T[_CAMERA_INFO](header=cam_header, height=h, width=w, distortion_model=info["distortion_model"],
-                                  d=info["d"], k=info["k"], r=info["r"], p=info["p"], binning_x=0, binning_y=0,
-                                  roi=roi)
+    camera_info = T[_CAMERA_INFO](
+        header=cam_header,
+        height=h,
+        width=w,
+        distortion_model=info["distortion_model"],
+        d=info["d"],
+        k=info["k"],
+        r=info["r"],
+        p=info["p"],
+        binning_x=0,
+        binning_y=0,
+        roi=roi,
+    )
     t, q = geometry.matrix_to_pose(frame.T_world_cam)
     point = T["geometry_msgs/msg/Point"](x=t[0], y=t[1], z=t[2])
     vector = T["geometry_msgs/msg/Vector3"](x=t[0], y=t[1], z=t[2])
     quat = T["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3])
     pose = T[_POSE_STAMPED](header=world_header, pose=T["geometry_msgs/msg/Pose"](position=point, orientation=quat))
     transform = T["geometry_msgs/msg/TransformStamped"](
-        header=world_header, child_frame_id=camera,
-        transform=T["geometry_msgs/msg/Transform"](translation=vector, rotation=quat))
+        header=world_header,
+        child_frame_id=camera,
+        transform=T["geometry_msgs/msg/Transform"](translation=vector, rotation=quat),
+    )
     yield topics.rgb, _IMAGE, image(frame.rgb, "rgb8")
     yield topics.depth, _IMAGE, image(enc.depth_to_millimetres(frame.depth), "16UC1")
     yield topics.camera_info, _CAMERA_INFO, camera_info

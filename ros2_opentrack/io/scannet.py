@@ -7,6 +7,7 @@
 
 A frame that cannot be read (missing file, unreadable image, invalid pose such as ScanNet's -inf poses) is
 skipped, counted in ``reader.dropped`` by reason and logged; the run goes on."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,10 @@ from .encodings import label_image_to_masks
 
 log = logging.getLogger(__name__)
 
-SCANNET_LAYOUT = ("a ScanNet export folder: color/<i>.jpg, depth/<i>.png (uint16 mm), pose/<i>.txt (4x4 "
-                  "camera-to-world), intrinsic/intrinsic_depth.txt")
+SCANNET_LAYOUT = (
+    "a ScanNet export folder: color/<i>.jpg, depth/<i>.png (uint16 mm), pose/<i>.txt (4x4 "
+    "camera-to-world), intrinsic/intrinsic_depth.txt"
+)
 FPS = 30.0  # both ScanNet and 7-Scenes are recorded at 30 Hz; stamps are index / FPS
 
 
@@ -73,7 +76,6 @@ class FolderReader:
         raise NotImplementedError
 
 
-
 def read_color(path: Path) -> np.ndarray:
     import cv2
 
@@ -85,8 +87,9 @@ def read_color(path: Path) -> np.ndarray:
         raise FrameDropped("unreadable_image", f"{path} cannot be read: {exc}") from None
     if data[:2] == b"\xff\xd8" and not data.rstrip(b"\x00\r\n\t ").endswith(b"\xff\xd9"):
         # libjpeg decodes a cut-off JPEG with its missing rows grey (a warning only): refuse it instead
-        raise FrameDropped("truncated_image", f"{path} is a truncated JPEG (no end-of-image marker after "
-                                              f"{len(data)} bytes)")
+        raise FrameDropped(
+            "truncated_image", f"{path} is a truncated JPEG (no end-of-image marker after {len(data)} bytes)"
+        )
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
     if bgr is None:
         raise FrameDropped("unreadable_image", f"{path} is not a readable image")
@@ -150,8 +153,14 @@ class ScanNetReader(FolderReader):
     def claims(path: Path) -> bool:
         return path.is_dir() and (path / "color").is_dir()
 
-    def __init__(self, path, stride: int = 1, max_frames: Optional[int] = None, with_masks: bool = False,
-                 min_mask_pixels: int = 1):
+    def __init__(
+        self,
+        path,
+        stride: int = 1,
+        max_frames: Optional[int] = None,
+        with_masks: bool = False,
+        min_mask_pixels: int = 1,
+    ):
         super().__init__(path, stride, max_frames)
         self.with_masks = with_masks
         self.min_mask_pixels = int(min_mask_pixels)
@@ -181,8 +190,10 @@ class ScanNetReader(FolderReader):
         K_color = read_intrinsics(color_txt) if color_txt.is_file() else None
         self._K_file = depth_txt if K_depth is not None else color_txt
         if K_depth is None and K_color is None:
-            raise InputError(f"scene '{self.path}' has no intrinsic/intrinsic_depth.txt or intrinsic_color.txt: "
-                             f"expected {SCANNET_LAYOUT}")
+            raise InputError(
+                f"scene '{self.path}' has no intrinsic/intrinsic_depth.txt or intrinsic_color.txt: "
+                f"expected {SCANNET_LAYOUT}"
+            )
         return K_depth, K_color
 
     def _load_labels(self) -> Dict[int, str]:
@@ -193,7 +204,7 @@ class ScanNetReader(FolderReader):
             data = json.loads(path.read_text())
             return {int(k): str(v) for k, v in data.items()}
         except (ValueError, AttributeError) as exc:
-            raise InputError(f"'{path}' must be a JSON object {{\"<instance id>\": \"<label>\"}}: {exc}") from None
+            raise InputError(f'\'{path}\' must be a JSON object {{"<instance id>": "<label>"}}: {exc}') from None
 
     def K_for(self, depth_hw: Tuple[int, int], color_hw: Tuple[int, int]) -> np.ndarray:
         """Depth intrinsics; when only colour intrinsics exist, scaled from the colour size to the depth size."""
@@ -218,8 +229,16 @@ class ScanNetReader(FolderReader):
         K = self.K_for(depth.shape, rgb.shape[:2])
         masks = self._masks(index, depth.shape) if self.with_masks else None
         # not validated here: the pipeline's entry validates every frame once, whatever its reader
-        return Frame(rgb=rgb, depth=depth, K=K, T_world_cam=T, stamp=index / FPS, index=index, masks=masks,
-                     source=str(root / "color" / f"{index}.jpg"))
+        return Frame(
+            rgb=rgb,
+            depth=depth,
+            K=K,
+            T_world_cam=T,
+            stamp=index / FPS,
+            index=index,
+            masks=masks,
+            source=str(root / "color" / f"{index}.jpg"),
+        )
 
     def _masks(self, index: int, hw) -> List[Mask2D]:
         import cv2
@@ -244,8 +263,9 @@ def read_scene_gt(scene) -> Tuple[np.ndarray, np.ndarray, Dict[int, str]]:
     scene = Path(scene)
     ply, txt = scene / "points.ply", scene / "gt_instances.txt"
     if not ply.is_file() or not txt.is_file():
-        raise InputError(f"ground truth '{scene}' needs points.ply and gt_instances.txt (per point "
-                         f"label*1000+instance, 0 = ignore)")
+        raise InputError(
+            f"ground truth '{scene}' needs points.ply and gt_instances.txt (per point label*1000+instance, 0 = ignore)"
+        )
     points, _ = read_ply_points(ply)
     try:
         gt = np.loadtxt(txt, dtype=np.int64).reshape(-1)

@@ -5,6 +5,7 @@
 
 7-Scenes colour and depth are not registered; the colour image is only resized to the depth size, as the
 Frame contract does for every source."""
+
 from __future__ import annotations
 
 import re
@@ -36,8 +37,9 @@ class SevenScenesReader(FolderReader):
         if not root.is_dir():
             raise InputError(f"scene '{root}' is not a folder: expected {SEVENSCENES_LAYOUT}")
         if with_masks:
-            raise InputError(f"scene '{root}' is a 7-Scenes folder, which has no instance masks "
-                             f"(use masks.source=model)")
+            raise InputError(
+                f"scene '{root}' is a 7-Scenes folder, which has no instance masks (use masks.source=model)"
+            )
         self._files: Dict[int, Dict[str, Path]] = {}
         for p in root.iterdir():
             m = _FRAME_RE.match(p.name)
@@ -57,8 +59,15 @@ class SevenScenesReader(FolderReader):
         rgb = read_color(files.get("color", Path(f"{stem}.color.jpg")))
         depth = read_depth_mm(files.get("depth", Path(f"{stem}.depth.png")), invalid=INVALID_DEPTH)
         T = read_pose(files.get("pose", Path(f"{stem}.pose.txt")))
-        return Frame(rgb=rgb, depth=depth, K=self._K_for(depth.shape, rgb.shape[:2]), T_world_cam=T,
-                     stamp=index / FPS, index=index, source=f"{stem}.*")
+        return Frame(
+            rgb=rgb,
+            depth=depth,
+            K=self._K_for(depth.shape, rgb.shape[:2]),
+            T_world_cam=T,
+            stamp=index / FPS,
+            index=index,
+            source=f"{stem}.*",
+        )
 
     def _K_for(self, depth_hw, color_hw) -> np.ndarray:
         # camera-intrinsics.txt describes the depth camera; rescale when the depth image is clearly of another

@@ -1,4 +1,5 @@
 """Model roles (protocols in base.py) and their backends, built by name through registry.build."""
+
 from .base import (
     Detections,
     Detector,
@@ -12,5 +13,16 @@ from .base import (
 )
 from .registry import BACKENDS, build
 
-__all__ = ["Detections", "Detector", "FeatureExtractor", "Labeler", "LabelRequest", "LabelResult", "MaskSource",
-           "Segmenter", "TextMatcher", "BACKENDS", "build"]
+__all__ = [
+    "Detections",
+    "Detector",
+    "FeatureExtractor",
+    "Labeler",
+    "LabelRequest",
+    "LabelResult",
+    "MaskSource",
+    "Segmenter",
+    "TextMatcher",
+    "BACKENDS",
+    "build",
+]

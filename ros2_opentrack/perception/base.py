@@ -1,5 +1,6 @@
 """Protocols of the model roles. A backend is a small class that satisfies one of these; the pipeline only
 sees the protocol. Images are RGB uint8 HxWx3 numpy arrays; boxes are float32 (N, 4) x0, y0, x1, y1 pixels."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -10,6 +10,7 @@ component. The predicted "IoU" returned is the share of the box's valid pixels i
 
 It needs the frame's depth: ``needs_depth = True`` tells the model mask source to call
 ``segment(rgb, boxes, depth=...)``. CPU only; a few ms per box at 640x480."""
+
 from __future__ import annotations
 
 from typing import Any, Optional, Tuple
@@ -23,11 +24,18 @@ from .onnx_segmenter import clip_boxes
 class BoxDepthSegmenter:
     needs_depth = True  # the mask source passes the frame's depth (metres, 0 / NaN invalid)
 
-    def __init__(self, bin_m: float = 0.02, min_mode_fraction: float = 0.15, min_pixels: int = 20,
-                 depth_min_m: float = 0.1, depth_max_m: float = 10.0):
+    def __init__(
+        self,
+        bin_m: float = 0.02,
+        min_mode_fraction: float = 0.15,
+        min_pixels: int = 20,
+        depth_min_m: float = 0.1,
+        depth_max_m: float = 10.0,
+    ):
         if bin_m <= 0 or not (0 < min_mode_fraction <= 1):
-            raise InputError(f"box_depth: bin {bin_m} m must be > 0 and min_mode_fraction {min_mode_fraction} "
-                             f"in (0, 1]")
+            raise InputError(
+                f"box_depth: bin {bin_m} m must be > 0 and min_mode_fraction {min_mode_fraction} in (0, 1]"
+            )
         self.bin_m = float(bin_m)
         self.min_mode_fraction = float(min_mode_fraction)
         self.min_pixels = int(min_pixels)
@@ -46,8 +54,9 @@ class BoxDepthSegmenter:
         return cls(bin_m=getattr(cfg, "depth_bin_m", 0.02), min_mode_fraction=getattr(cfg, "min_mode_fraction", 0.15))
 
     # -------------------------------------------------------------------------------------------------
-    def segment(self, rgb: np.ndarray, boxes: np.ndarray, depth: Optional[np.ndarray] = None
-                ) -> Tuple[np.ndarray, np.ndarray]:
+    def segment(
+        self, rgb: np.ndarray, boxes: np.ndarray, depth: Optional[np.ndarray] = None
+    ) -> Tuple[np.ndarray, np.ndarray]:
         """(masks (N, H, W) bool, share of each box's valid depth in its mask (N,))."""
         if depth is None:
             raise InputError("segmenter box_depth needs the frame's depth: call segment(rgb, boxes, depth=...)")
@@ -90,7 +99,7 @@ class BoxDepthSegmenter:
             b = p
             while b < n - 1 and smooth[b + 1] <= smooth[b] and smooth[b + 1] > 0.1 * top:
                 b += 1
-            share = float(hist[a:b + 1].sum()) / total
+            share = float(hist[a : b + 1].sum()) / total
             if share >= self.min_mode_fraction:
                 return lo + a * self.bin_m, lo + (b + 1) * self.bin_m, share
         return None

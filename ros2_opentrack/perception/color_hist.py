@@ -3,6 +3,7 @@
 Hue is binned finer than saturation and value because it carries most of an object's colour identity and
 is stable under the brightness changes between views. Bins are square-rooted (Hellinger) and L2-normalised,
 so the dot product of two descriptors is a cosine in [0, 1]."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -56,7 +57,10 @@ class ColorHistogramFeatures:
                 raise InputError(f"color_hist features: mask {i} is {m.shape}, expected ({h}, {w}) like the image")
             x0, y0 = max(0, int(b[0])), max(0, int(b[1]))
             x1, y1 = min(w, int(np.ceil(b[2]))), min(h, int(np.ceil(b[3])))
-            crop, mcrop = bins[y0:y1:self.stride, x0:x1:self.stride], m[y0:y1:self.stride, x0:x1:self.stride]
+            crop, mcrop = (
+                bins[y0 : y1 : self.stride, x0 : x1 : self.stride],
+                m[y0 : y1 : self.stride, x0 : x1 : self.stride],
+            )
             if not mcrop.any():  # a tiny mask may fall between the sampled pixels
                 crop, mcrop = bins[y0:y1, x0:x1], m[y0:y1, x0:x1]
             out[i] = np.bincount(crop[mcrop], minlength=self.dim)

@@ -1,4 +1,5 @@
 """Device and precision choice shared by the torch backends."""
+
 from __future__ import annotations
 
 from ..errors import BackendUnavailable, ConfigError
@@ -16,12 +17,15 @@ def resolve_device(name: str = "auto", role: str = "model") -> str:
         return "cpu"
     if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise BackendUnavailable(f"{role}: device '{name}' requested but CUDA is not available "
-                                     f"(torch {torch.__version__}); set {role}.device to auto or cpu")
+            raise BackendUnavailable(
+                f"{role}: device '{name}' requested but CUDA is not available "
+                f"(torch {torch.__version__}); set {role}.device to auto or cpu"
+            )
         index = int(name.split(":")[1]) if ":" in name else 0
         if index >= torch.cuda.device_count():
-            raise BackendUnavailable(f"{role}: device '{name}' requested but only "
-                                     f"{torch.cuda.device_count()} CUDA device(s) exist")
+            raise BackendUnavailable(
+                f"{role}: device '{name}' requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
         return name
     if name == "mps":
         return name
@@ -60,8 +64,9 @@ def check_masks(masks, hw, who: str = "masks"):
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3 or (arr.shape[0] and tuple(arr.shape[1:]) != tuple(hw)):
-        raise InputError(f"{who}: expected (N, {hw[0]}, {hw[1]}) masks for a {hw[1]}x{hw[0]} image, "
-                         f"got shape {arr.shape}")
+        raise InputError(
+            f"{who}: expected (N, {hw[0]}, {hw[1]}) masks for a {hw[1]}x{hw[0]} image, got shape {arr.shape}"
+        )
     if arr.dtype != bool:
         if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
             raise InputError(f"{who}: masks must be bool or numeric, got dtype {arr.dtype}")

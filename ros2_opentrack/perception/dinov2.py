@@ -1,5 +1,6 @@
 """DINOv2 mask descriptors (paper 3.1): one backbone forward per frame, patch tokens averaged under each mask
 on the device (mask area fraction per patch as weight), L2-normalised."""
+
 from __future__ import annotations
 
 import logging
@@ -14,9 +15,14 @@ from .devices import check_masks, check_rgb, resolve_device, torch_dtype, use_ha
 log = logging.getLogger(__name__)
 
 HUB_IDS = {
-    "small": "facebook/dinov2-small", "s": "facebook/dinov2-small", "base": "facebook/dinov2-base",
-    "b": "facebook/dinov2-base", "large": "facebook/dinov2-large", "l": "facebook/dinov2-large",
-    "giant": "facebook/dinov2-giant", "g": "facebook/dinov2-giant",
+    "small": "facebook/dinov2-small",
+    "s": "facebook/dinov2-small",
+    "base": "facebook/dinov2-base",
+    "b": "facebook/dinov2-base",
+    "large": "facebook/dinov2-large",
+    "l": "facebook/dinov2-large",
+    "giant": "facebook/dinov2-giant",
+    "g": "facebook/dinov2-giant",
 }
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -36,8 +42,16 @@ def grid_for(hw: Tuple[int, int], image_size: int, patch: int) -> Tuple[int, int
 class Dinov2Features:
     """FeatureExtractor over a transformers Dinov2Model (any size; tests use a tiny random config)."""
 
-    def __init__(self, model: Any, image_size: int = 448, device: str = "cpu", half: bool = False,
-                 tensorrt: bool = False, perception_cfg: Any = None, name: str = "dinov2"):
+    def __init__(
+        self,
+        model: Any,
+        image_size: int = 448,
+        device: str = "cpu",
+        half: bool = False,
+        tensorrt: bool = False,
+        perception_cfg: Any = None,
+        name: str = "dinov2",
+    ):
         import torch
 
         if image_size < 1:
@@ -76,8 +90,15 @@ class Dinov2Features:
 
         device = resolve_device(cfg.device, "features")
         model = from_pretrained(Dinov2Model.from_pretrained, hub_id(cfg.model), "features (dinov2)", perception_cfg)
-        return cls(model, image_size=cfg.image_size, device=device, half=cfg.half, tensorrt=cfg.tensorrt,
-                   perception_cfg=perception_cfg, name=hub_id(cfg.model).split("/")[-1])
+        return cls(
+            model,
+            image_size=cfg.image_size,
+            device=device,
+            half=cfg.half,
+            tensorrt=cfg.tensorrt,
+            perception_cfg=perception_cfg,
+            name=hub_id(cfg.model).split("/")[-1],
+        )
 
     # -------------------------------------------------------------------------------------------------
     def grid(self, hw: Tuple[int, int]) -> Tuple[int, int]:
@@ -90,8 +111,9 @@ class Dinov2Features:
 
         gh, gw = self.grid(rgb.shape[:2])
         x = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None].float().div_(255.0)
-        x = F.interpolate(x, size=(gh * self.patch, gw * self.patch), mode="bilinear", align_corners=False,
-                          antialias=True)
+        x = F.interpolate(
+            x, size=(gh * self.patch, gw * self.patch), mode="bilinear", align_corners=False, antialias=True
+        )
         return ((x - self._mean) / self._std).to(self.dtype)
 
     def patch_tokens(self, rgb: np.ndarray):
@@ -104,7 +126,7 @@ class Dinov2Features:
         self.backend = "tensorrt" if runner is not None else "torch"
         with torch.inference_mode():
             hidden = runner(pixels) if runner is not None else self.model(pixel_values=pixels).last_hidden_state
-        return hidden[0, self.n_prefix:].float()
+        return hidden[0, self.n_prefix :].float()
 
     def extract(self, rgb: np.ndarray, masks, boxes) -> np.ndarray:
         """FeatureExtractor.extract; the boxes are ignored (each mask is pooled over the whole patch grid)."""

@@ -4,6 +4,7 @@ downloaded and no model is loaded, so it is quick and safe offline.
 
 The rows come from the registry and what each backend class declares (``requirements``, base.Requirements), so
 a new backend needs no change here."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,8 +63,9 @@ def _row(role: str, name: str, role_cfg: Any, pcfg: Any, required: bool = True) 
     except Exception as exc:  # its module does not import
         return Row(role, name, "-", f"{type(exc).__name__}: {exc}"[:160], "-", False, required)
     deps_ok, deps = req.import_check() if req.import_check is not None else _try_import(*req.modules)
-    status = W.status(req.weights, pcfg, hub_file=req.hub_file, hub_repo=req.hub_repo) \
-        if req.weights is not None else None
+    status = (
+        W.status(req.weights, pcfg, hub_file=req.hub_file, hub_repo=req.hub_repo) if req.weights is not None else None
+    )
     dev_ok, dev = _device(role_cfg.device, role) if req.device is None else (True, req.device)
     weights = status.where if status is not None else req.note
     w_ok = status.present if status is not None else True
@@ -82,8 +84,17 @@ def model_rows(config: Any, all_backends: bool = False) -> List[Row]:
         if role_cfg.name == "none":
             rows.append(Row(role, "none", "-", "-", "disabled", True, required=False))
         elif role in ("detector", "segmenter") and config.masks.source != "model":
-            rows.append(Row(role, role_cfg.name, "-", "-", f"not used (masks.source={config.masks.source})",
-                            True, required=False))
+            rows.append(
+                Row(
+                    role,
+                    role_cfg.name,
+                    "-",
+                    "-",
+                    f"not used (masks.source={config.masks.source})",
+                    True,
+                    required=False,
+                )
+            )
         else:
             rows.append(_row(role, role_cfg.name, role_cfg, pcfg))
         if all_backends:
@@ -108,15 +119,32 @@ def system_rows(config: Any) -> List[Row]:
     from .onnx_runtime import available_providers
 
     providers = available_providers()
-    rows.append(Row("onnxruntime", "onnxruntime", "-", "ok" if providers else "not installed",
-                    "providers: " + (", ".join(p.replace("ExecutionProvider", "") for p in providers) or "none"),
-                    bool(providers), required=False))
+    rows.append(
+        Row(
+            "onnxruntime",
+            "onnxruntime",
+            "-",
+            "ok" if providers else "not installed",
+            "providers: " + (", ".join(p.replace("ExecutionProvider", "") for p in providers) or "none"),
+            bool(providers),
+            required=False,
+        )
+    )
     try:
         import torch
 
         cuda = torch.cuda.is_available()
-        rows.append(Row("cuda", f"torch {torch.__version__}", "cuda" if cuda else "cpu",
-                        "ok", torch.cuda.get_device_name(0) if cuda else "no GPU (CPU only)", cuda, required=False))
+        rows.append(
+            Row(
+                "cuda",
+                f"torch {torch.__version__}",
+                "cuda" if cuda else "cpu",
+                "ok",
+                torch.cuda.get_device_name(0) if cuda else "no GPU (CPU only)",
+                cuda,
+                required=False,
+            )
+        )
     except Exception as exc:
         rows.append(Row("cuda", "torch", "-", f"{type(exc).__name__}: {exc}", "-", False, required=True))
     return rows
@@ -132,8 +160,15 @@ def _open3d_row(required: bool) -> Row:
         ok, msg = True, "ok (open3d)"
     except BackendUnavailable as exc:
         ok, msg = False, str(exc)
-    return Row("open3d", "open3d", "cpu", msg, "DBSCAN/PLY (sklearn fallback)" if not required else "dbscan.backend",
-               ok, required=required)
+    return Row(
+        "open3d",
+        "open3d",
+        "cpu",
+        msg,
+        "DBSCAN/PLY (sklearn fallback)" if not required else "dbscan.backend",
+        ok,
+        required=required,
+    )
 
 
 def run_doctor(config: Any = None, out: TextIO = sys.stdout, all_backends: bool = False) -> int:

@@ -8,6 +8,7 @@ Two transports share the prompt builder and the answer parser (prompts.py):
 ``label()`` never raises for a failed request: timeouts, HTTP errors and unusable answers come back as
 ``LabelResult(error=...)`` with label None, so the asynchronous labelling loop never dies on one bad answer.
 """
+
 from __future__ import annotations
 
 import base64
@@ -51,18 +52,28 @@ def assemble_processor(cls, image_processor, tokenizer, chat_template=None):
         return base_check(self, name, arg)
 
     no_video = type(cls.__name__, (cls,), {"check_argument_for_proper_class": check})
-    return no_video(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-                    chat_template=chat_template or getattr(tokenizer, "chat_template", None))
+    return no_video(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=None,
+        chat_template=chat_template or getattr(tokenizer, "chat_template", None),
+    )
 
 
 def _processor_class(model_type: str):
     import transformers
 
-    names = {"qwen3_vl": "Qwen3VLProcessor", "qwen3_vl_moe": "Qwen3VLProcessor",
-             "qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen2_vl": "Qwen2VLProcessor"}
+    names = {
+        "qwen3_vl": "Qwen3VLProcessor",
+        "qwen3_vl_moe": "Qwen3VLProcessor",
+        "qwen2_5_vl": "Qwen2_5_VLProcessor",
+        "qwen2_vl": "Qwen2VLProcessor",
+    }
     if model_type not in names:
-        raise BackendUnavailable(f"labeler: model type '{model_type}' has no known processor without torchvision "
-                                 f"(supported: {', '.join(sorted(names))}); install torchvision")
+        raise BackendUnavailable(
+            f"labeler: model type '{model_type}' has no known processor without torchvision "
+            f"(supported: {', '.join(sorted(names))}); install torchvision"
+        )
     return getattr(transformers, names[model_type])
 
 
@@ -82,8 +93,10 @@ def load_processor(folder: str, model_type: str, **kwargs):
     try:
         processor = AutoProcessor.from_pretrained(folder, **kwargs)
     except ImportError as exc:
-        log.info("labeler: AutoProcessor unavailable (%s); assembling the image-only processor",
-                 str(exc).strip().splitlines()[0])
+        log.info(
+            "labeler: AutoProcessor unavailable (%s); assembling the image-only processor",
+            str(exc).strip().splitlines()[0],
+        )
         tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
         template = getattr(tokenizer, "chat_template", None) or _read_chat_template(folder)
         image_processor = AutoImageProcessor.from_pretrained(folder, **kwargs)
@@ -104,15 +117,17 @@ class TransformersTransport:
         self._lock = threading.Lock()  # one generate at a time on the shared model
 
     @classmethod
-    def from_pretrained(cls, ref: str, perception_cfg: Any = None, device: str = "auto", half: bool = True,
-                        max_new_tokens: int = 32) -> "TransformersTransport":
+    def from_pretrained(
+        cls, ref: str, perception_cfg: Any = None, device: str = "auto", half: bool = True, max_new_tokens: int = 32
+    ) -> "TransformersTransport":
         """``ref``: a local folder, a folder in perception.weights_dir, or a hub id (cache only when offline)."""
         try:
             import torch
             from transformers import AutoModelForImageTextToText
         except ImportError as exc:
             raise BackendUnavailable(
-                f"labeler: the transformers transport needs torch and transformers ({exc})") from None
+                f"labeler: the transformers transport needs torch and transformers ({exc})"
+            ) from None
         from . import weights
         from .devices import resolve_device, use_half
 
@@ -120,17 +135,26 @@ class TransformersTransport:
         dtype = torch.float32
         if use_half(device, half):  # bf16 where the GPU has it: Qwen-VL activations can overflow fp16
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        model = weights.from_pretrained(AutoModelForImageTextToText.from_pretrained, ref, "perception.labeler",
-                                        perception_cfg, dtype=dtype)
+        model = weights.from_pretrained(
+            AutoModelForImageTextToText.from_pretrained, ref, "perception.labeler", perception_cfg, dtype=dtype
+        )
         folder = _model_folder(model, ref)
-        processor = weights.from_pretrained(lambda target, **kw: load_processor(target, model.config.model_type, **kw),
-                                            folder, "perception.labeler", perception_cfg)
+        processor = weights.from_pretrained(
+            lambda target, **kw: load_processor(target, model.config.model_type, **kw),
+            folder,
+            "perception.labeler",
+            perception_cfg,
+        )
         return cls(model.to(device).eval(), processor, device, max_new_tokens)
 
     def prepare(self, prompts: Sequence[Prompt]):
         """Processor inputs of a batch: chat template, image tokens, left padding."""
-        texts = [self.processor.apply_chat_template([{"role": "user", "content": p.chat_content()}],
-                                                    add_generation_prompt=True, tokenize=False) for p in prompts]
+        texts = [
+            self.processor.apply_chat_template(
+                [{"role": "user", "content": p.chat_content()}], add_generation_prompt=True, tokenize=False
+            )
+            for p in prompts
+        ]
         images = [np.ascontiguousarray(image) for p in prompts for image in p.images]
         return self.processor(text=texts, images=images, padding=True, return_tensors="pt")
 
@@ -139,11 +163,12 @@ class TransformersTransport:
 
         inputs = self.prepare(prompts)
         dtype = next(self.model.parameters()).dtype
-        inputs = {k: (v.to(self.device, dtype) if v.is_floating_point() else v.to(self.device))
-                  for k, v in inputs.items()}
+        inputs = {
+            k: (v.to(self.device, dtype) if v.is_floating_point() else v.to(self.device)) for k, v in inputs.items()
+        }
         with self._lock, torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
-        new_tokens = out[:, inputs["input_ids"].shape[1]:]
+        new_tokens = out[:, inputs["input_ids"].shape[1] :]
         return list(self.processor.batch_decode(new_tokens, skip_special_tokens=True))
 
 
@@ -165,12 +190,22 @@ class OpenAITransport:
     """POST /chat/completions per prompt, up to ``max_workers`` at once. The API key is read from the env var
     named ``api_key_env`` at each request (never stored); no key set -> no Authorization header."""
 
-    def __init__(self, endpoint: str, model: str, api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 30.0,
-                 max_workers: int = 8, max_new_tokens: int = 32, jpeg_quality: int = 90):
+    def __init__(
+        self,
+        endpoint: str,
+        model: str,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout_s: float = 30.0,
+        max_workers: int = 8,
+        max_new_tokens: int = 32,
+        jpeg_quality: int = 90,
+    ):
         endpoint = str(endpoint).strip().rstrip("/")
         if not endpoint.startswith(("http://", "https://")):
-            raise ConfigError(f"parameter 'perception.labeler.endpoint' = {endpoint!r}: expected an http(s) URL "
-                              f"such as http://127.0.0.1:8000/v1")
+            raise ConfigError(
+                f"parameter 'perception.labeler.endpoint' = {endpoint!r}: expected an http(s) URL "
+                f"such as http://127.0.0.1:8000/v1"
+            )
         self.url = endpoint if endpoint.endswith("/chat/completions") else endpoint + "/chat/completions"
         self.model = model
         self.api_key_env = api_key_env
@@ -180,11 +215,17 @@ class OpenAITransport:
         self._pool = ThreadPoolExecutor(max_workers=max(1, int(max_workers)), thread_name_prefix="mllm-http")
 
     def payload(self, prompt: Prompt) -> dict:
-        content = [{"type": "image_url", "image_url": {"url": jpeg_data_url(image, self.jpeg_quality)}}
-                   for image in prompt.images]
+        content = [
+            {"type": "image_url", "image_url": {"url": jpeg_data_url(image, self.jpeg_quality)}}
+            for image in prompt.images
+        ]
         content.append({"type": "text", "text": prompt.text})
-        return {"model": self.model, "messages": [{"role": "user", "content": content}],
-                "max_tokens": self.max_new_tokens, "temperature": 0.0}
+        return {
+            "model": self.model,
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": self.max_new_tokens,
+            "temperature": 0.0,
+        }
 
     def _headers(self) -> dict:
         headers = {"Content-Type": "application/json"}
@@ -252,8 +293,14 @@ class MllmLabeler:
     answers that name no class to the nearest class; the pipeline may share its own matcher by setting
     ``labeler.text_matcher``."""
 
-    def __init__(self, transport, max_batch: int = 8, text_matcher=None,
-                 text_matcher_factory: Optional[Callable[[], Any]] = None, min_similarity: float = 0.5):
+    def __init__(
+        self,
+        transport,
+        max_batch: int = 8,
+        text_matcher=None,
+        text_matcher_factory: Optional[Callable[[], Any]] = None,
+        min_similarity: float = 0.5,
+    ):
         self.transport = transport
         self.max_batch = max(1, int(max_batch))
         self.text_matcher = text_matcher
@@ -264,19 +311,25 @@ class MllmLabeler:
     @staticmethod
     def requirements(cfg, perception_cfg=None) -> Requirements:
         if cfg.transport == "openai":
-            return Requirements(modules=("urllib",), device="remote", note=f"remote: {cfg.endpoint} (not checked)",
-                                backend="mllm (openai)")
+            return Requirements(
+                modules=("urllib",),
+                device="remote",
+                note=f"remote: {cfg.endpoint} (not checked)",
+                backend="mllm (openai)",
+            )
         return Requirements(modules=("transformers",), weights=cfg.model)
 
     @classmethod
     def from_config(cls, cfg, perception_cfg=None) -> "MllmLabeler":
         _check_config(cfg)
         if cfg.transport == "openai":
-            transport = OpenAITransport(cfg.endpoint, cfg.model, cfg.api_key_env, cfg.timeout_s, cfg.max_batch,
-                                        cfg.max_new_tokens)
+            transport = OpenAITransport(
+                cfg.endpoint, cfg.model, cfg.api_key_env, cfg.timeout_s, cfg.max_batch, cfg.max_new_tokens
+            )
         else:
-            transport = TransformersTransport.from_pretrained(cfg.model, perception_cfg, cfg.device, cfg.half,
-                                                              cfg.max_new_tokens)
+            transport = TransformersTransport.from_pretrained(
+                cfg.model, perception_cfg, cfg.device, cfg.half, cfg.max_new_tokens
+            )
         return cls(transport, cfg.max_batch, text_matcher_factory=_matcher_factory(perception_cfg))
 
     def label(self, requests: Sequence[LabelRequest]) -> List[LabelResult]:
@@ -288,7 +341,7 @@ class MllmLabeler:
             except Exception as exc:  # a malformed request fails alone
                 results[i] = LabelResult(track_id=_track_id(request), label=None, error=str(exc))
         for start in range(0, len(ready), self.max_batch):
-            chunk = ready[start:start + self.max_batch]
+            chunk = ready[start : start + self.max_batch]
             answers = self._complete([prompt for _, prompt in chunk])
             for (i, _), answer in zip(chunk, answers):
                 results[i] = self._result(requests[i], answer)
@@ -307,8 +360,9 @@ class MllmLabeler:
             log.warning("labeler: batch of %d failed: %s", len(prompts), exc)
             return [exc] * len(prompts)
         if len(answers) != len(prompts):
-            return [RuntimeError(f"transport returned {len(answers)} answers for {len(prompts)} prompts")] \
-                * len(prompts)
+            return [RuntimeError(f"transport returned {len(answers)} answers for {len(prompts)} prompts")] * len(
+                prompts
+            )
         return answers
 
     def _result(self, request, answer: Answer) -> LabelResult:
@@ -322,8 +376,14 @@ class MllmLabeler:
         except Exception as exc:  # a failing matcher must not lose the answer
             log.warning("labeler: answer mapping failed (%s); parsing without the text matcher", exc)
             parsed = parse_answer(text, mode, request.choices, None)
-        return LabelResult(track_id=track_id, label=parsed.label, task_indices=parsed.task_indices,
-                           score=parsed.score, raw=answer, error=parsed.error)
+        return LabelResult(
+            track_id=track_id,
+            label=parsed.label,
+            task_indices=parsed.task_indices,
+            score=parsed.score,
+            raw=answer,
+            error=parsed.error,
+        )
 
     def _matcher(self, mode: str):
         if mode != "closed":
@@ -345,10 +405,12 @@ def _track_id(request) -> int:
 def _check_config(cfg) -> None:
     from ..config import LABELER_TRANSPORTS, one_of
 
-    checks = [("transport", cfg.transport in LABELER_TRANSPORTS, one_of(LABELER_TRANSPORTS)),
-              ("timeout_s", cfg.timeout_s > 0, "a time > 0 in seconds"),
-              ("max_batch", cfg.max_batch >= 1, "an integer >= 1"),
-              ("max_new_tokens", cfg.max_new_tokens >= 1, "an integer >= 1")]
+    checks = [
+        ("transport", cfg.transport in LABELER_TRANSPORTS, one_of(LABELER_TRANSPORTS)),
+        ("timeout_s", cfg.timeout_s > 0, "a time > 0 in seconds"),
+        ("max_batch", cfg.max_batch >= 1, "an integer >= 1"),
+        ("max_new_tokens", cfg.max_new_tokens >= 1, "an integer >= 1"),
+    ]
     for name, ok, expected in checks:
         if not ok:
             raise ConfigError(f"parameter 'perception.labeler.{name}' = {getattr(cfg, name)!r}: expected {expected}")

@@ -1,4 +1,5 @@
 """The model mask source: detector boxes for the current vocabulary -> one batched segmenter call -> Mask2D."""
+
 from __future__ import annotations
 
 import logging
@@ -18,8 +19,9 @@ class ModelMaskSource:
 
     def __init__(self, detector: Any, segmenter: Any):
         if detector is None or segmenter is None:
-            raise ConfigError("masks.source: model needs both perception.detector and perception.segmenter "
-                              "(neither may be 'none')")
+            raise ConfigError(
+                "masks.source: model needs both perception.detector and perception.segmenter (neither may be 'none')"
+            )
         self.detector = detector
         self.segmenter = segmenter
         self.empty_masks = 0  # segmenter masks with no pixel (degenerate boxes, random weights), not returned
@@ -30,10 +32,14 @@ class ModelMaskSource:
 
         for role in ("detector", "segmenter"):
             if getattr(perception_cfg, role).name == "none":
-                raise ConfigError(f"masks.source: model needs perception.{role} (it is 'none'); "
-                                  f"use masks.source dataset or topic to run without models")
-        return cls(build("detector", perception_cfg.detector, perception_cfg),
-                   build("segmenter", perception_cfg.segmenter, perception_cfg))
+                raise ConfigError(
+                    f"masks.source: model needs perception.{role} (it is 'none'); "
+                    f"use masks.source dataset or topic to run without models"
+                )
+        return cls(
+            build("detector", perception_cfg.detector, perception_cfg),
+            build("segmenter", perception_cfg.segmenter, perception_cfg),
+        )
 
     def set_vocabulary(self, classes: Sequence[str]) -> None:
         self.detector.set_vocabulary(list(classes))
@@ -50,6 +56,12 @@ class ModelMaskSource:
         has_pixels = masks.reshape(len(masks), -1).any(axis=1)
         self.empty_masks += int((~has_pixels).sum())
         labels = detections.labels or [None] * len(detections)
-        return [Mask2D(mask=masks[i], box=np.asarray(detections.boxes[i], np.float32),
-                       score=float(detections.scores[i]), label=labels[i])
-                for i in np.flatnonzero(has_pixels)]
+        return [
+            Mask2D(
+                mask=masks[i],
+                box=np.asarray(detections.boxes[i], np.float32),
+                score=float(detections.scores[i]),
+                label=labels[i],
+            )
+            for i in np.flatnonzero(has_pixels)
+        ]

@@ -16,6 +16,7 @@ exact (or whole-word) name match maps directly, otherwise the text matcher's nea
 is >= detector.class_match_min (so "mug" finds COCO "cup", "sofa" finds "couch"). Model classes no vocabulary
 word maps to are ignored, and each box carries the VOCABULARY word (the user's word), so tracks, labels and
 queries speak the user's language."""
+
 from __future__ import annotations
 
 import logging
@@ -56,7 +57,7 @@ def letterbox(rgb: np.ndarray, size: Tuple[int, int]) -> Tuple[np.ndarray, float
     px, py = (tw - nw) / 2.0, (th - nh) / 2.0
     left, top = int(round(px - 0.1)), int(round(py - 0.1))
     out = np.full((th, tw, 3), PAD_VALUE, np.uint8)
-    out[top:top + nh, left:left + nw] = resized
+    out[top : top + nh, left : left + nw] = resized
     return out, scale, (float(left), float(top))
 
 
@@ -64,8 +65,9 @@ def normalise_name(text: str) -> str:
     return re.sub(r"[\s_\-]+", " ", text.strip().lower())
 
 
-def map_vocabulary(vocabulary: Sequence[str], model_names: Sequence[str], matcher: Any = None,
-                   min_similarity: float = 0.62) -> Tuple[Dict[int, str], Dict[str, Tuple[Optional[str], float]]]:
+def map_vocabulary(
+    vocabulary: Sequence[str], model_names: Sequence[str], matcher: Any = None, min_similarity: float = 0.62
+) -> Tuple[Dict[int, str], Dict[str, Tuple[Optional[str], float]]]:
     """(model class index -> vocabulary word, vocabulary word -> (model class or None, score)).
 
     Exact names first (case, '_' and '-' ignored), then whole-word containment ('table' -> 'dining table',
@@ -80,8 +82,11 @@ def map_vocabulary(vocabulary: Sequence[str], model_names: Sequence[str], matche
         if w in index:
             found[word] = (index[w], 2.0)  # exact beats everything
             continue
-        contains = [i for i, n in enumerate(norm_model)
-                    if re.search(rf"\b{re.escape(w)}\b", n) or re.search(rf"\b{re.escape(n)}\b", w)]
+        contains = [
+            i
+            for i, n in enumerate(norm_model)
+            if re.search(rf"\b{re.escape(w)}\b", n) or re.search(rf"\b{re.escape(n)}\b", w)
+        ]
         if len(contains) == 1:
             found[word] = (contains[0], 1.5)
             continue
@@ -106,10 +111,21 @@ def map_vocabulary(vocabulary: Sequence[str], model_names: Sequence[str], matche
 class OnnxDetector:
     """Detector protocol over an ONNX Runtime session of a fixed-class detector."""
 
-    def __init__(self, session: Any, class_names: Sequence[str], vocabulary: Sequence[str],
-                 score_threshold: float = 0.1, nms_iou: float = 0.5, max_detections: int = 50,
-                 image_size: int = 640, matcher: Any = None, matcher_factory: Any = None,
-                 class_match_min: float = 0.62, meta: Optional[Dict[str, str]] = None, name: str = "onnx"):
+    def __init__(
+        self,
+        session: Any,
+        class_names: Sequence[str],
+        vocabulary: Sequence[str],
+        score_threshold: float = 0.1,
+        nms_iou: float = 0.5,
+        max_detections: int = 50,
+        image_size: int = 640,
+        matcher: Any = None,
+        matcher_factory: Any = None,
+        class_match_min: float = 0.62,
+        meta: Optional[Dict[str, str]] = None,
+        name: str = "onnx",
+    ):
         self.session = session
         self.meta = dict(meta if meta is not None else metadata(session))
         self.class_names = list(class_names)
@@ -139,13 +155,22 @@ class OnnxDetector:
     @classmethod
     def from_config(cls, cfg: Any, perception_cfg: Any = None) -> "OnnxDetector":
         path = resolve_model(cfg.model, "detector (onnx)", perception_cfg)
-        session = make_session(path, cfg.device, perception_cfg, half=cfg.half, tensorrt=cfg.tensorrt,
-                               role="detector (onnx)", threads=env_threads())
+        session = make_session(
+            path,
+            cfg.device,
+            perception_cfg,
+            half=cfg.half,
+            tensorrt=cfg.tensorrt,
+            role="detector (onnx)",
+            threads=env_threads(),
+        )
         meta = metadata(session)
         names = parse_names(meta.get("names")) or sidecar_names(path)
         if not names:
-            raise BackendUnavailable(f"detector (onnx): {path} names no classes: expected metadata 'names' "
-                                     f"(JSON list or ultralytics dict) or a sidecar {path.with_suffix('.classes.txt')}")
+            raise BackendUnavailable(
+                f"detector (onnx): {path} names no classes: expected metadata 'names' "
+                f"(JSON list or ultralytics dict) or a sidecar {path.with_suffix('.classes.txt')}"
+            )
 
         def factory():
             if perception_cfg is None or perception_cfg.text_matcher.name == "none":
@@ -154,9 +179,19 @@ class OnnxDetector:
 
             return build("text_matcher", perception_cfg.text_matcher, perception_cfg)
 
-        return cls(session, names, cfg.vocabulary, cfg.score_threshold, cfg.nms_iou, cfg.max_detections,
-                   cfg.image_size, matcher_factory=factory,
-                   class_match_min=getattr(cfg, "class_match_min", 0.62), meta=meta, name=path.stem)
+        return cls(
+            session,
+            names,
+            cfg.vocabulary,
+            cfg.score_threshold,
+            cfg.nms_iou,
+            cfg.max_detections,
+            cfg.image_size,
+            matcher_factory=factory,
+            class_match_min=getattr(cfg, "class_match_min", 0.62),
+            meta=meta,
+            name=path.stem,
+        )
 
     # -------------------------------------------------------------------------------------------------
     def _format(self, shape: Sequence[Any]) -> str:
@@ -167,8 +202,10 @@ class OnnxDetector:
             return "end2end"
         if len(shape) == 3 and (shape[1] == 4 + len(self.class_names) or not isinstance(shape[1], int)):
             return "yolo"
-        raise BackendUnavailable(f"detector (onnx): output shape {list(shape)} is neither end-to-end [1, N, 6] "
-                                 f"nor a YOLOv8 head [1, 4+{len(self.class_names)}, anchors]")
+        raise BackendUnavailable(
+            f"detector (onnx): output shape {list(shape)} is neither end-to-end [1, N, 6] "
+            f"nor a YOLOv8 head [1, 4+{len(self.class_names)}, anchors]"
+        )
 
     @property
     def vocabulary(self) -> List[str]:
@@ -181,8 +218,9 @@ class OnnxDetector:
         if needs_matcher and self._matcher is None and self._matcher_factory is not None:
             self._matcher = self._matcher_factory()
             self._matcher_factory = None
-        self.class_to_word, report = map_vocabulary(self._vocabulary, self.class_names, self._matcher,
-                                                    self.class_match_min)
+        self.class_to_word, report = map_vocabulary(
+            self._vocabulary, self.class_names, self._matcher, self.class_match_min
+        )
         self._class_ok = np.zeros(len(self.class_names), bool)
         self._class_ok[list(self.class_to_word)] = True
         key = tuple(sorted(report.items()))
@@ -190,9 +228,13 @@ class OnnxDetector:
             self._mapping_logged = key
             mapped = [f"{w}->{c}" + ("" if s >= 1.5 else f" ({s:.2f})") for w, (c, s) in report.items() if c]
             unmapped = [w for w, (c, _) in report.items() if c is None]
-            log.info("detector (onnx) %s: vocabulary mapped onto %d model classes: %s%s", self.name,
-                     len(self.class_to_word), ", ".join(mapped) or "nothing",
-                     f"; no model class for: {', '.join(unmapped)}" if unmapped else "")
+            log.info(
+                "detector (onnx) %s: vocabulary mapped onto %d model classes: %s%s",
+                self.name,
+                len(self.class_to_word),
+                ", ".join(mapped) or "nothing",
+                f"; no model class for: {', '.join(unmapped)}" if unmapped else "",
+            )
         self.mapping = report
 
     def preprocess(self, rgb: np.ndarray) -> Tuple[np.ndarray, float, Tuple[float, float]]:
@@ -232,7 +274,7 @@ class OnnxDetector:
         if len(boxes) == 0:
             return Detections.empty()
         if len(boxes) > 4 * self.max_detections + 100:  # bound the O(n^2) NMS on raw heads
-            top = np.argsort(-scores, kind="stable")[:4 * self.max_detections + 100]
+            top = np.argsort(-scores, kind="stable")[: 4 * self.max_detections + 100]
             boxes, scores, classes = boxes[top], scores[top], classes[top]
         keep = nms(boxes, scores, self.nms_iou, labels=classes, max_keep=self.max_detections)
         return Detections(boxes[keep], scores[keep], [self.class_to_word[int(c)] for c in classes[keep]])

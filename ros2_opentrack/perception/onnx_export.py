@@ -7,6 +7,7 @@ on ONNX Runtime (CPU, CUDA or TensorRT execution providers) without torch, torch
   (interface in perception/onnx_segmenter.py).
 - DINOv2 (transformers) -> a feature map [1, D, H/14, W/14] with normalisation inside -> features 'onnx'.
 Every export writes metadata_props the backends read (names, stride, image_size, input_scale, ...)."""
+
 from __future__ import annotations
 
 import json
@@ -36,16 +37,26 @@ def add_metadata(path: Path, meta: Dict[str, Any]) -> None:
     onnx.save(model, str(path))
 
 
-def _export(module: Any, args: Tuple, path: Path, input_names, output_names, dynamic_axes=None,
-            opset: int = 17) -> Path:
+def _export(
+    module: Any, args: Tuple, path: Path, input_names, output_names, dynamic_axes=None, opset: int = 17
+) -> Path:
     """torch.onnx.export with the TorchScript exporter (robust for SAM2's and DINOv2's Python control flow)."""
     import torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
-        torch.onnx.export(module, args, str(path), input_names=list(input_names), output_names=list(output_names),
-                          dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False, do_constant_folding=True)
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_axes=dynamic_axes,
+            opset_version=opset,
+            dynamo=False,
+            do_constant_folding=True,
+        )
     return path
 
 
@@ -94,17 +105,28 @@ class Sam2Decoder:
                 sam = self.sam
                 sparse, dense = sam.sam_prompt_encoder(points=(point_coords, point_labels), boxes=None, masks=None)
                 low_res, iou, _, _ = sam.sam_mask_decoder(
-                    image_embeddings=image_embed, image_pe=sam.sam_prompt_encoder.get_dense_pe(),
-                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                    multimask_output=self.multimask, repeat_image=True,
-                    high_res_features=[high_res_feats_0, high_res_feats_1])
+                    image_embeddings=image_embed,
+                    image_pe=sam.sam_prompt_encoder.get_dense_pe(),
+                    sparse_prompt_embeddings=sparse,
+                    dense_prompt_embeddings=dense,
+                    multimask_output=self.multimask,
+                    repeat_image=True,
+                    high_res_features=[high_res_feats_0, high_res_feats_1],
+                )
                 return low_res, iou
 
         return Decoder(model).eval()
 
 
-def export_sam2(prefix: str | Path, model: Any = None, size: str = "tiny", checkpoint: Optional[str] = None,
-                image_size: Optional[int] = None, multimask: bool = True, opset: int = 17) -> Tuple[Path, Path]:
+def export_sam2(
+    prefix: str | Path,
+    model: Any = None,
+    size: str = "tiny",
+    checkpoint: Optional[str] = None,
+    image_size: Optional[int] = None,
+    multimask: bool = True,
+    opset: int = 17,
+) -> Tuple[Path, Path]:
     """SAM2 -> (<prefix>.encoder.onnx, <prefix>.decoder.onnx). ``model`` (a SAM2Base) or the sam2 package's
     packaged config of ``size`` with ``checkpoint`` (None: random weights, for tests and timing)."""
     import torch
@@ -120,34 +142,67 @@ def export_sam2(prefix: str | Path, model: Any = None, size: str = "tiny", check
     dec_path = prefix.parent / f"{prefix.name}.decoder.onnx"
     encoder = Sam2Encoder.build(model)
     image = torch.rand(1, 3, s, s)
-    _export(encoder, (image,), enc_path, ["image"], ["image_embed", "high_res_feats_0", "high_res_feats_1"],
-            opset=opset)
+    _export(
+        encoder, (image,), enc_path, ["image"], ["image_embed", "high_res_feats_0", "high_res_feats_1"], opset=opset
+    )
     with torch.no_grad():
         embed, h0, h1 = encoder(image)
     decoder = Sam2Decoder.build(model, multimask)
     coords = torch.tensor([[[10.0, 12.0], [s * 0.6, s * 0.7]], [[s * 0.2, s * 0.1], [s * 0.9, s * 0.5]]])
     labels = torch.tensor([[2, 3], [2, 3]], dtype=torch.int32)
-    _export(decoder, (embed, h0, h1, coords, labels), dec_path,
-            ["image_embed", "high_res_feats_0", "high_res_feats_1", "point_coords", "point_labels"],
-            ["masks", "iou_predictions"],
-            dynamic_axes={"point_coords": {0: "boxes"}, "point_labels": {0: "boxes"}, "masks": {0: "boxes"},
-                          "iou_predictions": {0: "boxes"}}, opset=opset)
-    common = {"model": "sam2", "image_size": str(s), "input_scale": "0..1 RGB",
-              "normalization": "ImageNet mean/std inside the graph"}
-    add_metadata(enc_path, {**common, "role": "sam2 image encoder",
-                            "outputs": "image_embed [1,256,S/16,S/16], high_res_feats_0 [1,32,S/4,S/4], "
-                                       "high_res_feats_1 [1,64,S/8,S/8]"})
-    add_metadata(dec_path, {**common, "role": "sam2 prompt encoder + mask decoder",
-                            "multimask": "true" if multimask else "false",
-                            "prompts": "point_coords [B,2,2] box corners (x0,y0),(x1,y1) in encoder input pixels; "
-                                       "point_labels [B,2] int32 = 2, 3",
-                            "outputs": "masks [B,M,S/4,S/4] logits, iou_predictions [B,M]"})
+    _export(
+        decoder,
+        (embed, h0, h1, coords, labels),
+        dec_path,
+        ["image_embed", "high_res_feats_0", "high_res_feats_1", "point_coords", "point_labels"],
+        ["masks", "iou_predictions"],
+        dynamic_axes={
+            "point_coords": {0: "boxes"},
+            "point_labels": {0: "boxes"},
+            "masks": {0: "boxes"},
+            "iou_predictions": {0: "boxes"},
+        },
+        opset=opset,
+    )
+    common = {
+        "model": "sam2",
+        "image_size": str(s),
+        "input_scale": "0..1 RGB",
+        "normalization": "ImageNet mean/std inside the graph",
+    }
+    add_metadata(
+        enc_path,
+        {
+            **common,
+            "role": "sam2 image encoder",
+            "outputs": "image_embed [1,256,S/16,S/16], high_res_feats_0 [1,32,S/4,S/4], "
+            "high_res_feats_1 [1,64,S/8,S/8]",
+        },
+    )
+    add_metadata(
+        dec_path,
+        {
+            **common,
+            "role": "sam2 prompt encoder + mask decoder",
+            "multimask": "true" if multimask else "false",
+            "prompts": "point_coords [B,2,2] box corners (x0,y0),(x1,y1) in encoder input pixels; "
+            "point_labels [B,2] int32 = 2, 3",
+            "outputs": "masks [B,M,S/4,S/4] logits, iou_predictions [B,M]",
+        },
+    )
     return enc_path, dec_path
 
 
 # ---------------------------------------------------------------------------------------------------- DINOv2
-def export_dinov2(path: str | Path, model: Any = None, model_ref: str = "facebook/dinov2-small",
-                  height: int = 448, width: int = 588, opset: int = 17, perception_cfg: Any = None) -> Path:
+def export_dinov2(
+    path: str | Path,
+    model: Any = None,
+    model_ref: str = "facebook/dinov2-small",
+    height: int = 448,
+    width: int = 588,
+    opset: int = 17,
+    perception_cfg: Any = None,
+) -> Path:
     """DINOv2 -> features [1, D, H/14, W/14] (patch tokens as a map), input RGB 0..1 [1, 3, H, W] fixed
     (H, W multiples of the patch; the backend resizes frames to it), ImageNet normalisation inside."""
     import torch
@@ -179,15 +234,28 @@ def export_dinov2(path: str | Path, model: Any = None, model_ref: str = "faceboo
 
     wrapper = FeatureMap(model).eval()
     path = _export(wrapper, (torch.rand(1, 3, height, width),), Path(path), ["images"], ["features"], opset=opset)
-    add_metadata(path, {"stride": str(patch), "input_scale": "0..1 RGB", "model": "dinov2",
-                        "normalization": "ImageNet mean/std inside the graph",
-                        "output": f"features [1,{model.config.hidden_size},{gh},{gw}] patch tokens"})
+    add_metadata(
+        path,
+        {
+            "stride": str(patch),
+            "input_scale": "0..1 RGB",
+            "model": "dinov2",
+            "normalization": "ImageNet mean/std inside the graph",
+            "output": f"features [1,{model.config.hidden_size},{gh},{gw}] patch tokens",
+        },
+    )
     return path
 
 
 # ------------------------------------------------------------------------------------------------ YOLO-World
-def export_yolo_world(path: str | Path, weights: str = "yolov8s-worldv2.pt", vocabulary: Sequence[str] = (),
-                      image_size: int = 640, half: bool = False, opset: int = 17) -> Path:
+def export_yolo_world(
+    path: str | Path,
+    weights: str = "yolov8s-worldv2.pt",
+    vocabulary: Sequence[str] = (),
+    image_size: int = 640,
+    half: bool = False,
+    opset: int = 17,
+) -> Path:
     """YOLO-World with ``vocabulary`` baked in (set_classes runs the CLIP text tower once) -> an ONNX file with
     the raw YOLOv8 head [1, 4 + nc, anchors] and ultralytics' ``names`` metadata (= the vocabulary), which
     detector 'onnx' reads. Needs ultralytics (and so torchvision) and the CLIP weights ultralytics downloads on
@@ -205,14 +273,22 @@ def export_yolo_world(path: str | Path, weights: str = "yolov8s-worldv2.pt", voc
     classes = check_vocabulary(list(vocabulary))
     model = YOLOWorld(weights)
     model.set_classes(classes)
-    exported = model.export(format="onnx", imgsz=image_size, opset=opset, half=half, simplify=False,
-                            dynamic=False, nms=False)
+    exported = model.export(
+        format="onnx", imgsz=image_size, opset=opset, half=half, simplify=False, dynamic=False, nms=False
+    )
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     if Path(exported).resolve() != out.resolve():
         shutil.move(str(exported), str(out))
-    add_metadata(out, {"names": json.dumps(classes), "input_scale": "0..1 RGB",
-                       "vocabulary": ", ".join(classes), "source": f"YOLO-World {weights} (ultralytics)"})
+    add_metadata(
+        out,
+        {
+            "names": json.dumps(classes),
+            "input_scale": "0..1 RGB",
+            "vocabulary": ", ".join(classes),
+            "source": f"YOLO-World {weights} (ultralytics)",
+        },
+    )
     return out
 
 

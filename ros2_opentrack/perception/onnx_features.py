@@ -11,6 +11,7 @@ reshaped to a map) both fit.
 Pooling is the DINOv2 backend's: each mask's area fraction in every cell of the feature grid (the bins of
 torch's adaptive_avg_pool2d, computed here with two small matrix products) weights the cell features, then
 L2-normalisation; a mask covering no cell falls back to the image mean. No torch at run time."""
+
 from __future__ import annotations
 
 import json
@@ -81,8 +82,7 @@ def pool(tokens: np.ndarray, weights: np.ndarray) -> Tuple[np.ndarray, int]:
 class OnnxFeatures:
     """FeatureExtractor protocol over an ONNX feature-map backbone."""
 
-    def __init__(self, session: Any, image_size: int = 448, meta: Optional[Dict[str, str]] = None,
-                 name: str = "onnx"):
+    def __init__(self, session: Any, image_size: int = 448, meta: Optional[Dict[str, str]] = None, name: str = "onnx"):
         import cv2  # noqa: F401  (resize)
 
         self.session = session
@@ -93,8 +93,9 @@ class OnnxFeatures:
         self.input_name, self.output_name = inp.name, out.name
         self.fixed = fixed_hw(inp.shape)
         if len(out.shape) != 4:
-            raise BackendUnavailable(f"features (onnx): {name} outputs shape {list(out.shape)}; expected a "
-                                     f"feature map [1, C, h, w]")
+            raise BackendUnavailable(
+                f"features (onnx): {name} outputs shape {list(out.shape)}; expected a feature map [1, C, h, w]"
+            )
         if not isinstance(out.shape[1], int):
             raise BackendUnavailable(f"features (onnx): {name} has no fixed channel count ({out.shape})")
         self.dim = int(out.shape[1])
@@ -117,8 +118,15 @@ class OnnxFeatures:
     @classmethod
     def from_config(cls, cfg: Any, perception_cfg: Any = None) -> "OnnxFeatures":
         path = resolve_model(cfg.model, "features (onnx)", perception_cfg)
-        session = make_session(path, cfg.device, perception_cfg, half=cfg.half, tensorrt=cfg.tensorrt,
-                               role="features (onnx)", threads=env_threads())
+        session = make_session(
+            path,
+            cfg.device,
+            perception_cfg,
+            half=cfg.half,
+            tensorrt=cfg.tensorrt,
+            role="features (onnx)",
+            threads=env_threads(),
+        )
         return cls(session, image_size=cfg.image_size, name=path.stem)
 
     def _stride(self, out_shape: Sequence[Any]) -> int:

@@ -6,6 +6,7 @@ device (per role): ``auto`` (CUDA when ONNX Runtime has it, else CPU), ``cpu``, 
 CUDA and CPU behind it). ``tensorrt: true`` in the detector / features config means the same as device tensorrt.
 A provider that this ONNX Runtime build lacks is not an error: the session falls back to what exists and says so
 in ONE log line (per model), so a robot without a GPU still runs the same config."""
+
 from __future__ import annotations
 
 import ast
@@ -26,8 +27,10 @@ def import_ort():
     try:
         import onnxruntime
     except Exception as exc:
-        raise BackendUnavailable(f"the onnx backends need onnxruntime ({type(exc).__name__}: {exc}); "
-                                 f"pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA / TensorRT)") from None
+        raise BackendUnavailable(
+            f"the onnx backends need onnxruntime ({type(exc).__name__}: {exc}); "
+            f"pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA / TensorRT)"
+        ) from None
     return onnxruntime
 
 
@@ -54,15 +57,22 @@ def parse_device(device: str, tensorrt: bool = False) -> Tuple[str, int]:
     kind, _, index = text.partition(":")
     kind = {"trt": "tensorrt", "gpu": "cuda"}.get(kind, kind)
     if kind not in ("auto", "cpu", "cuda", "tensorrt") or (index and not index.isdigit()):
-        raise ConfigError(f"device = {device!r}: expected auto, cpu, cuda, cuda:N, tensorrt or tensorrt:N "
-                          f"(onnx backends)")
+        raise ConfigError(
+            f"device = {device!r}: expected auto, cpu, cuda, cuda:N, tensorrt or tensorrt:N (onnx backends)"
+        )
     if tensorrt and kind in ("auto", "cuda"):
         kind = "tensorrt"
     return kind, int(index or 0)
 
 
-def provider_list(device: str, perception_cfg: Any = None, half: bool = False, tensorrt: bool = False,
-                  available: Optional[Sequence[str]] = None, role: str = "model") -> Tuple[list, Optional[str]]:
+def provider_list(
+    device: str,
+    perception_cfg: Any = None,
+    half: bool = False,
+    tensorrt: bool = False,
+    available: Optional[Sequence[str]] = None,
+    role: str = "model",
+) -> Tuple[list, Optional[str]]:
     """(providers with options for InferenceSession, a fallback note or None). Only providers that exist are
     listed; what was asked for and is missing is named in the note."""
     kind, index = parse_device(device, tensorrt)
@@ -76,9 +86,19 @@ def provider_list(device: str, perception_cfg: Any = None, half: bool = False, t
             from .weights import weights_dir
 
             cache = weights_dir(perception_cfg) / "onnx_trt_engines"
-            out.append((TRT, {"device_id": index, "trt_engine_cache_enable": True,
-                              "trt_engine_cache_path": str(cache), "trt_timing_cache_enable": True,
-                              "trt_timing_cache_path": str(cache), "trt_fp16_enable": bool(half)}))
+            out.append(
+                (
+                    TRT,
+                    {
+                        "device_id": index,
+                        "trt_engine_cache_enable": True,
+                        "trt_engine_cache_path": str(cache),
+                        "trt_timing_cache_enable": True,
+                        "trt_timing_cache_path": str(cache),
+                        "trt_fp16_enable": bool(half),
+                    },
+                )
+            )
         elif name == CUDA:
             out.append((CUDA, {"device_id": index}))
         else:
@@ -89,13 +109,22 @@ def provider_list(device: str, perception_cfg: Any = None, half: bool = False, t
     note = None
     if missing:
         chosen = [p if isinstance(p, str) else p[0] for p in out]
-        note = (f"{role}: device '{device}' asks for {', '.join(missing)}, which this ONNX Runtime lacks "
-                f"(it has {', '.join(have) or 'nothing'}): running on {chosen[0] if chosen else '?'}")
+        note = (
+            f"{role}: device '{device}' asks for {', '.join(missing)}, which this ONNX Runtime lacks "
+            f"(it has {', '.join(have) or 'nothing'}): running on {chosen[0] if chosen else '?'}"
+        )
     return out, note
 
 
-def make_session(path: Path, device: str = "auto", perception_cfg: Any = None, half: bool = False,
-                 tensorrt: bool = False, role: str = "model", threads: int = 0):
+def make_session(
+    path: Path,
+    device: str = "auto",
+    perception_cfg: Any = None,
+    half: bool = False,
+    tensorrt: bool = False,
+    role: str = "model",
+    threads: int = 0,
+):
     """An InferenceSession on the best providers the device allows; logs one line on fallback."""
     ort = import_ort()
     providers, note = provider_list(device, perception_cfg, half, tensorrt, role=role)
@@ -110,14 +139,20 @@ def make_session(path: Path, device: str = "auto", perception_cfg: Any = None, h
     try:
         session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
     except Exception as exc:
-        raise BackendUnavailable(f"{role}: ONNX Runtime cannot load {path}: {type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        raise BackendUnavailable(
+            f"{role}: ONNX Runtime cannot load {path}: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
     used = session.get_providers()
     if note:
         log.warning(note)
     elif providers and (providers[0] if isinstance(providers[0], str) else providers[0][0]) != used[0]:
-        log.warning("%s: ONNX Runtime could not start %s; running on %s", role,
-                    providers[0] if isinstance(providers[0], str) else providers[0][0], used[0])
+        log.warning(
+            "%s: ONNX Runtime could not start %s; running on %s",
+            role,
+            providers[0] if isinstance(providers[0], str) else providers[0][0],
+            used[0],
+        )
     log.info("%s: %s on %s", role, Path(path).name, ", ".join(used))
     return session
 
@@ -127,8 +162,10 @@ def resolve_model(ref: str, role: str, perception_cfg: Any = None) -> Path:
     from .weights import resolve_file
 
     if not ref:
-        raise ConfigError(f"{role}: no model file given; set it to the path of an .onnx file "
-                          f"(or a file name inside perception.weights_dir)")
+        raise ConfigError(
+            f"{role}: no model file given; set it to the path of an .onnx file "
+            f"(or a file name inside perception.weights_dir)"
+        )
     path = resolve_file(ref, role, perception_cfg)
     if path.is_dir():
         raise ConfigError(f"{role}: {path} is a folder; name the .onnx file in it")

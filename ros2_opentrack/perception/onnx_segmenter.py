@@ -21,6 +21,7 @@ Decoder
 Metadata: ``image_size`` (S; else read from the encoder's input shape), ``multimask``.
 The best of the M masks by predicted IoU is upsampled (bilinear) to the frame and thresholded at 0, as the torch
 sam2 backend does."""
+
 from __future__ import annotations
 
 import logging
@@ -78,17 +79,21 @@ class OnnxSam2Segmenter:
         fixed = fixed_hw(encoder.get_inputs()[0].shape)
         size = int(meta.get("image_size", 0) or 0) or (fixed[0] if fixed else 0)
         if not size:
-            raise BackendUnavailable(f"segmenter (onnx): {name}: the encoder declares no image size (metadata "
-                                     f"image_size or a fixed input shape)")
+            raise BackendUnavailable(
+                f"segmenter (onnx): {name}: the encoder declares no image size (metadata "
+                f"image_size or a fixed input shape)"
+            )
         self.image_size = size
         self.input_name = encoder.get_inputs()[0].name
         names = [o.name for o in encoder.get_outputs()]
         missing = [n for n in ENCODER_OUTPUTS if n not in names]
         dec_inputs = {i.name for i in decoder.get_inputs()}
         if missing or not {*ENCODER_OUTPUTS, "point_coords", "point_labels"} <= dec_inputs:
-            raise BackendUnavailable(f"segmenter (onnx): {name} does not follow the SAM2 encoder/decoder interface "
-                                     f"(encoder outputs {names}, decoder inputs {sorted(dec_inputs)}; see "
-                                     f"perception/onnx_segmenter.py)")
+            raise BackendUnavailable(
+                f"segmenter (onnx): {name} does not follow the SAM2 encoder/decoder interface "
+                f"(encoder outputs {names}, decoder inputs {sorted(dec_inputs)}; see "
+                f"perception/onnx_segmenter.py)"
+            )
 
     @staticmethod
     def requirements(cfg: Any, perception_cfg: Any = None):
@@ -98,15 +103,20 @@ class OnnxSam2Segmenter:
 
     @classmethod
     def from_config(cls, cfg: Any, perception_cfg: Any = None) -> "OnnxSam2Segmenter":
-        enc_path = resolve_model(cfg.model, "segmenter (onnx)", perception_cfg) if not Path(
-            cfg.model).expanduser().is_dir() else Path(cfg.model).expanduser()
+        enc_path = (
+            resolve_model(cfg.model, "segmenter (onnx)", perception_cfg)
+            if not Path(cfg.model).expanduser().is_dir()
+            else Path(cfg.model).expanduser()
+        )
         if enc_path.is_dir():
             enc_path = enc_path / "encoder.onnx"
         dec_path = decoder_path(enc_path)
         for p, what in ((enc_path, "encoder"), (dec_path, "decoder")):
             if not p.is_file():
-                raise BackendUnavailable(f"segmenter (onnx): SAM2 {what} {p} not found; export a pair with "
-                                         f"scripts/export_onnx.py sam2 --out <prefix>")
+                raise BackendUnavailable(
+                    f"segmenter (onnx): SAM2 {what} {p} not found; export a pair with "
+                    f"scripts/export_onnx.py sam2 --out <prefix>"
+                )
         common = dict(device=cfg.device, perception_cfg=perception_cfg, half=cfg.half, threads=env_threads())
         enc = make_session(enc_path, role="segmenter (onnx) encoder", **common)
         dec = make_session(dec_path, role="segmenter (onnx) decoder", **common)
@@ -128,8 +138,9 @@ class OnnxSam2Segmenter:
         s = self.image_size
         coords = (boxes.reshape(-1, 2, 2) * np.array([s / w, s / h], np.float32)).astype(np.float32)
         labels = np.tile(np.array([[2, 3]], np.int32), (len(boxes), 1))
-        low, iou = self.decoder.run(["masks", "iou_predictions"],
-                                    {**features, "point_coords": coords, "point_labels": labels})
+        low, iou = self.decoder.run(
+            ["masks", "iou_predictions"], {**features, "point_coords": coords, "point_labels": labels}
+        )
         best = iou.argmax(axis=1)
         rows = np.arange(len(boxes))
         return low[rows, best], iou[rows, best]

@@ -1,6 +1,7 @@
 """OWLv2 open-vocabulary detector through transformers (Apache-2.0): the alternative for users who cannot take
 YOLO-World's (ultralytics) AGPL licence. Text embeddings are computed once per vocabulary and cached; each frame
 runs the image tower once. Uses the PIL (slow) image processor, which works without torchvision."""
+
 from __future__ import annotations
 
 import logging
@@ -15,8 +16,10 @@ from .devices import check_rgb, resolve_device, torch_dtype
 log = logging.getLogger(__name__)
 
 HUB_IDS = {
-    "base": "google/owlv2-base-patch16-ensemble", "b": "google/owlv2-base-patch16-ensemble",
-    "large": "google/owlv2-large-patch14-ensemble", "l": "google/owlv2-large-patch14-ensemble",
+    "base": "google/owlv2-base-patch16-ensemble",
+    "b": "google/owlv2-base-patch16-ensemble",
+    "large": "google/owlv2-large-patch14-ensemble",
+    "l": "google/owlv2-large-patch14-ensemble",
 }
 DEFAULT_HUB_ID = HUB_IDS["base"]
 PRE_NMS_TOP_K = 1000  # candidates kept before NMS (OWLv2 scores every patch: 3600 at 960 px / 16)
@@ -45,8 +48,13 @@ def check_vocabulary(classes: Any) -> List[str]:
     return items
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, labels: Optional[np.ndarray] = None,
-        max_keep: Optional[int] = None) -> np.ndarray:
+def nms(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    iou_threshold: float,
+    labels: Optional[np.ndarray] = None,
+    max_keep: Optional[int] = None,
+) -> np.ndarray:
     """Greedy non-maximum suppression (per class when labels are given) -> kept indices, best first."""
     order = np.argsort(-scores, kind="stable")
     b = boxes[order].astype(np.float64)
@@ -72,9 +80,19 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, labels: Opt
 class Owlv2Detector:
     """Detector over transformers' Owlv2ForObjectDetection."""
 
-    def __init__(self, model: Any, tokenizer: Any, image_processor: Any, vocabulary: Sequence[str],
-                 score_threshold: float = 0.1, nms_iou: float = 0.5, max_detections: int = 50,
-                 device: str = "cpu", half: bool = False, prompt: str = "a photo of a {}"):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        image_processor: Any,
+        vocabulary: Sequence[str],
+        score_threshold: float = 0.1,
+        nms_iou: float = 0.5,
+        max_detections: int = 50,
+        device: str = "cpu",
+        half: bool = False,
+        prompt: str = "a photo of a {}",
+    ):
         self.device = device
         self.dtype = torch_dtype(device, half)
         self.model = model.to(device=device, dtype=self.dtype).eval()
@@ -106,8 +124,17 @@ class Owlv2Detector:
         model = from_pretrained(Owlv2ForObjectDetection.from_pretrained, ref, role, perception_cfg)
         tokenizer = from_pretrained(AutoTokenizer.from_pretrained, ref, role, perception_cfg)
         processor = from_pretrained(slow_image_processor().from_pretrained, ref, role, perception_cfg)
-        return cls(model, tokenizer, processor, cfg.vocabulary, cfg.score_threshold, cfg.nms_iou,
-                   cfg.max_detections, device, cfg.half)
+        return cls(
+            model,
+            tokenizer,
+            processor,
+            cfg.vocabulary,
+            cfg.score_threshold,
+            cfg.nms_iou,
+            cfg.max_detections,
+            device,
+            cfg.half,
+        )
 
     # -------------------------------------------------------------------------------------------------
     @property
@@ -124,11 +151,14 @@ class Owlv2Detector:
 
         if classes not in self._text_cache:
             texts = [self.prompt.format(c) for c in classes]
-            tokens = self.tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt",
-                                    max_length=self._max_text_length())
+            tokens = self.tokenizer(
+                texts, padding="max_length", truncation=True, return_tensors="pt", max_length=self._max_text_length()
+            )
             with torch.inference_mode():
-                out = self.model.owlv2.get_text_features(input_ids=tokens["input_ids"].to(self.device),
-                                                         attention_mask=tokens["attention_mask"].to(self.device))
+                out = self.model.owlv2.get_text_features(
+                    input_ids=tokens["input_ids"].to(self.device),
+                    attention_mask=tokens["attention_mask"].to(self.device),
+                )
             embeds = out.pooler_output if hasattr(out, "pooler_output") else out
             self._text_cache[classes] = embeds
             self.text_encodings += 1
@@ -152,11 +182,13 @@ class Owlv2Detector:
             logits, _ = self.model.class_predictor(feats, self._queries[None], None)
             boxes = self.model.box_predictor(feats, feature_map)
         scores, labels = torch.sigmoid(logits[0].float()).max(dim=-1)
-        return self._postprocess(boxes[0].float().cpu().numpy(), scores.cpu().numpy(), labels.cpu().numpy(),
-                                 rgb.shape[:2])
+        return self._postprocess(
+            boxes[0].float().cpu().numpy(), scores.cpu().numpy(), labels.cpu().numpy(), rgb.shape[:2]
+        )
 
-    def _postprocess(self, cxcywh: np.ndarray, scores: np.ndarray, labels: np.ndarray,
-                     hw: Tuple[int, int]) -> Detections:
+    def _postprocess(
+        self, cxcywh: np.ndarray, scores: np.ndarray, labels: np.ndarray, hw: Tuple[int, int]
+    ) -> Detections:
         """Threshold, boxes to image pixels (the processor pads bottom/right to a square), clip, NMS, cap."""
         h, w = hw
         keep = np.flatnonzero(scores >= self.score_threshold)
@@ -165,16 +197,21 @@ class Owlv2Detector:
             return Detections.empty()
         side = float(max(h, w))
         c = cxcywh[keep]
-        boxes = np.stack([c[:, 0] - c[:, 2] / 2, c[:, 1] - c[:, 3] / 2,
-                          c[:, 0] + c[:, 2] / 2, c[:, 1] + c[:, 3] / 2], axis=1) * side
+        boxes = (
+            np.stack(
+                [c[:, 0] - c[:, 2] / 2, c[:, 1] - c[:, 3] / 2, c[:, 0] + c[:, 2] / 2, c[:, 1] + c[:, 3] / 2], axis=1
+            )
+            * side
+        )
         boxes = np.clip(boxes, 0.0, [w, h, w, h])
         area_ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # boxes lying only in the padding
         boxes, sc, lb = boxes[area_ok], scores[keep][area_ok], labels[keep][area_ok]
         if not len(boxes):
             return Detections.empty()
         kept = nms(boxes, sc, self.nms_iou, lb, self.max_detections)
-        return Detections(boxes[kept].astype(np.float32), sc[kept].astype(np.float32),
-                          [self._vocabulary[i] for i in lb[kept]])
+        return Detections(
+            boxes[kept].astype(np.float32), sc[kept].astype(np.float32), [self._vocabulary[i] for i in lb[kept]]
+        )
 
 
 def slow_image_processor():

@@ -6,6 +6,7 @@ Two modes:
   'no match', all in one call.
 Tasks are shown numbered from 1 (what a model is used to read); parsed indices are 0-based into the list.
 """
+
 from __future__ import annotations
 
 import re
@@ -18,16 +19,32 @@ from ..config import LABEL_MODES
 from ..errors import InputError
 from ..types import check_rgb
 
-CLOSED_TEMPLATE = ("Identify the object shown in the red rectangle. Return the class name from {classes}. "
-                   "If no object is shown, return 'none'.")
-TASKS_TEMPLATE = ("The interactive element is shown in the red rectangle. Determine whether the element in the "
-                  "image can accomplish any task in the task list. If so, return the task index; otherwise return "
-                  "'no match'. Tasks:\n{tasks}")
+CLOSED_TEMPLATE = (
+    "Identify the object shown in the red rectangle. Return the class name from {classes}. "
+    "If no object is shown, return 'none'."
+)
+TASKS_TEMPLATE = (
+    "The interactive element is shown in the red rectangle. Determine whether the element in the "
+    "image can accomplish any task in the task list. If so, return the task index; otherwise return "
+    "'no match'. Tasks:\n{tasks}"
+)
 MODES = LABEL_MODES  # the values of labeler.mode
 
 # Answers that mean "nothing here" (after normalisation).
-_NONE_ANSWERS = {"none", "no object", "nothing", "no", "n a", "na", "null", "unknown", "no match", "none of them",
-                 "none of the above", "no object is shown"}
+_NONE_ANSWERS = {
+    "none",
+    "no object",
+    "nothing",
+    "no",
+    "n a",
+    "na",
+    "null",
+    "unknown",
+    "no match",
+    "none of them",
+    "none of the above",
+    "no object is shown",
+}
 _NO_MATCH_ANSWERS = {"no match", "none", "no", "no matches", "nothing", "no task", "none of them", "null"}
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -86,7 +103,7 @@ def _forms(name: str) -> List[str]:
     if last.endswith("y"):
         plurals.append(last[:-1] + "ies")
     if last.endswith(("f", "fe")):  # shelf -> shelves, knife -> knives
-        plurals.append(last[:last.rfind("f")] + "ves")
+        plurals.append(last[: last.rfind("f")] + "ves")
     if last.endswith("s"):  # a class given in plural also matches its singular
         plurals.append(last[:-1])
     return [base] + [prefix + p for p in plurals]
@@ -126,8 +143,7 @@ class ParsedAnswer:
     error: Optional[str] = None
 
 
-def parse_closed(answer: str, classes: Sequence[str], text_matcher=None,
-                 min_similarity: float = 0.5) -> ParsedAnswer:
+def parse_closed(answer: str, classes: Sequence[str], text_matcher=None, min_similarity: float = 0.5) -> ParsedAnswer:
     """Map a free answer to one of ``classes``.
 
     A class named in the answer (any case, plural, within a sentence) wins, score 1. 'none' and its
@@ -174,8 +190,9 @@ def _task_result(indices: List[int], tasks: Sequence[str]) -> ParsedAnswer:
     return ParsedAnswer(label=tasks[indices[0]], task_indices=indices, score=1.0)
 
 
-def parse_answer(answer: str, mode: str, choices: Sequence[str], text_matcher=None,
-                 min_similarity: float = 0.5) -> ParsedAnswer:
+def parse_answer(
+    answer: str, mode: str, choices: Sequence[str], text_matcher=None, min_similarity: float = 0.5
+) -> ParsedAnswer:
     if mode == "tasks":
         return parse_tasks(answer, choices)
     return parse_closed(answer, choices, text_matcher, min_similarity)

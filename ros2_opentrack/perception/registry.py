@@ -4,6 +4,7 @@ who ask for that backend.
 
 Adding a backend: write its class (the role's protocol from base.py, plus base.Backend: ``from_config`` and
 ``requirements``) in its own module, and add one line here. The doctor derives its rows from this table."""
+
 from __future__ import annotations
 
 import importlib

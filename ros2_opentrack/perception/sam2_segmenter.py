@@ -4,6 +4,7 @@ and mask decoder batched over the boxes), best-of-3 by predicted IoU.
 SAM2ImagePredictor imports torchvision, so the image preprocessing (resize to the model's square input,
 ImageNet normalisation) and the mask post-processing (upsample the logits to the image, threshold) are done
 here in torch; the model itself is the sam2 package's, built from its packaged sam2.1 configs."""
+
 from __future__ import annotations
 
 import logging
@@ -21,8 +22,19 @@ log = logging.getLogger(__name__)
 
 # size -> (config suffix, checkpoint/hub name part)
 SIZES = {"tiny": ("t", "tiny"), "small": ("s", "small"), "base_plus": ("b+", "base_plus"), "large": ("l", "large")}
-_ALIASES = {"t": "tiny", "tiny": "tiny", "s": "small", "small": "small", "b+": "base_plus", "base_plus": "base_plus",
-            "base-plus": "base_plus", "baseplus": "base_plus", "b": "base_plus", "l": "large", "large": "large"}
+_ALIASES = {
+    "t": "tiny",
+    "tiny": "tiny",
+    "s": "small",
+    "small": "small",
+    "b+": "base_plus",
+    "base_plus": "base_plus",
+    "base-plus": "base_plus",
+    "baseplus": "base_plus",
+    "b": "base_plus",
+    "l": "large",
+    "large": "large",
+}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -48,23 +60,29 @@ def parse_model(ref: str) -> Sam2Model:
     token = re.sub(r"^sam2(\.1)?[_-]hiera[_-]", "", stem)
     size = _ALIASES.get(token)
     if size is None:
-        raise ConfigError(f"segmenter.model = {ref!r}: expected a SAM2 size (tiny, small, base_plus, large), "
-                          f"'sam2.1_hiera_<size>' or a checkpoint path whose name contains the size")
+        raise ConfigError(
+            f"segmenter.model = {ref!r}: expected a SAM2 size (tiny, small, base_plus, large), "
+            f"'sam2.1_hiera_<size>' or a checkpoint path whose name contains the size"
+        )
     short, long = SIZES[size]
     is_path = text.endswith((".pt", ".pth")) or "/" in text
     checkpoint = text if is_path else f"sam2.1_hiera_{long}.pt"
-    return Sam2Model(size, f"configs/sam2.1/sam2.1_hiera_{short}.yaml", checkpoint,
-                     f"facebook/sam2.1-hiera-{long.replace('_', '-')}")
+    return Sam2Model(
+        size, f"configs/sam2.1/sam2.1_hiera_{short}.yaml", checkpoint, f"facebook/sam2.1-hiera-{long.replace('_', '-')}"
+    )
 
 
-def build_sam2_model(size: str = "tiny", checkpoint: Optional[str] = None, device: str = "cpu",
-                     image_size: Optional[int] = None) -> Any:
+def build_sam2_model(
+    size: str = "tiny", checkpoint: Optional[str] = None, device: str = "cpu", image_size: Optional[int] = None
+) -> Any:
     """The sam2 package's model from its packaged config; checkpoint None -> random weights (tests, timing)."""
     try:
         from sam2.build_sam import build_sam2
     except Exception as exc:
-        raise BackendUnavailable(f"segmenter 'sam2' needs the sam2 package (pip install --no-deps sam2 "
-                                 f"hydra-core iopath): {type(exc).__name__}: {exc}") from None
+        raise BackendUnavailable(
+            f"segmenter 'sam2' needs the sam2 package (pip install --no-deps sam2 "
+            f"hydra-core iopath): {type(exc).__name__}: {exc}"
+        ) from None
     spec = parse_model(size)
     overrides = [f"++model.image_size={int(image_size)}"] if image_size else []
     return build_sam2(spec.config, checkpoint, device=device, hydra_overrides_extra=overrides)
@@ -73,8 +91,9 @@ def build_sam2_model(size: str = "tiny", checkpoint: Optional[str] = None, devic
 class Sam2Segmenter:
     """Segmenter over a SAM2Base model."""
 
-    def __init__(self, model: Any, device: str = "cpu", half: bool = False, multimask: bool = True,
-                 mask_threshold: float = 0.0):
+    def __init__(
+        self, model: Any, device: str = "cpu", half: bool = False, multimask: bool = True, mask_threshold: float = 0.0
+    ):
         import torch
 
         self.model = model.to(device).eval()
@@ -88,16 +107,24 @@ class Sam2Segmenter:
         self._std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
 
     @classmethod
-    def build(cls, size: str = "tiny", checkpoint: Optional[str] = None, device: str = "cpu", half: bool = False,
-              multimask: bool = True, image_size: Optional[int] = None) -> "Sam2Segmenter":
+    def build(
+        cls,
+        size: str = "tiny",
+        checkpoint: Optional[str] = None,
+        device: str = "cpu",
+        half: bool = False,
+        multimask: bool = True,
+        image_size: Optional[int] = None,
+    ) -> "Sam2Segmenter":
         return cls(build_sam2_model(size, checkpoint, device, image_size), device, half, multimask)
 
     @staticmethod
     def requirements(cfg: Any, perception_cfg: Any = None) -> Requirements:
         """A single checkpoint file of a hub repository; ConfigError when segmenter.model names no SAM2 size."""
         spec = parse_model(cfg.model)
-        return Requirements(modules=("sam2.build_sam",), weights=spec.checkpoint, hub_file=spec.filename,
-                            hub_repo=spec.repo)
+        return Requirements(
+            modules=("sam2.build_sam",), weights=spec.checkpoint, hub_file=spec.filename, hub_repo=spec.repo
+        )
 
     @classmethod
     def from_config(cls, cfg: Any, perception_cfg: Any = None) -> "Sam2Segmenter":
@@ -105,13 +132,20 @@ class Sam2Segmenter:
 
         spec = parse_model(cfg.model)
         device = resolve_device(cfg.device, "segmenter")
-        ckpt = resolve_file(spec.checkpoint, "segmenter (sam2)", perception_cfg, repo=spec.repo,
-                            download=lambda: hf_download(spec.repo, spec.filename, perception_cfg))
+        ckpt = resolve_file(
+            spec.checkpoint,
+            "segmenter (sam2)",
+            perception_cfg,
+            repo=spec.repo,
+            download=lambda: hf_download(spec.repo, spec.filename, perception_cfg),
+        )
         try:
             model = build_sam2_model(spec.size, str(ckpt), device)
         except (RuntimeError, KeyError) as exc:
-            raise BackendUnavailable(f"segmenter (sam2): checkpoint {ckpt} does not fit the {spec.size} model "
-                                     f"({type(exc).__name__}: {exc}); set segmenter.model to its size") from None
+            raise BackendUnavailable(
+                f"segmenter (sam2): checkpoint {ckpt} does not fit the {spec.size} model "
+                f"({type(exc).__name__}: {exc}); set segmenter.model to its size"
+            ) from None
         return cls(model, device, cfg.half, cfg.multimask)
 
     # -------------------------------------------------------------------------------------------------
@@ -120,8 +154,9 @@ class Sam2Segmenter:
         import torch.nn.functional as F
 
         x = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None].float().div_(255.0)
-        x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
-                          antialias=True)
+        x = F.interpolate(
+            x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False, antialias=True
+        )
         return (x - self._mean) / self._std
 
     def encode(self, pixels) -> dict:
@@ -191,9 +226,14 @@ class Sam2Segmenter:
         labels = torch.tensor([[2, 3]], dtype=torch.int, device=self.device).repeat(len(boxes), 1)
         sparse, dense = model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
         low_res, iou, _, _ = model.sam_mask_decoder(
-            image_embeddings=features["image_embed"], image_pe=model.sam_prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=self.multimask,
-            repeat_image=len(boxes) > 1, high_res_features=features["high_res_feats"])
+            image_embeddings=features["image_embed"],
+            image_pe=model.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=self.multimask,
+            repeat_image=len(boxes) > 1,
+            high_res_features=features["high_res_feats"],
+        )
         best = iou.argmax(dim=1)  # (B,) best of the 3 (or the only) masks by predicted IoU
         rows = torch.arange(len(boxes), device=self.device)
         chosen = low_res[rows, best][:, None].float()

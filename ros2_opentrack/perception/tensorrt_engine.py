@@ -4,6 +4,7 @@ YOLO-World: ultralytics' own export (format='engine'), one engine per vocabulary
 baked into the exported graph. DINOv2: ONNX export -> TensorRT builder, one engine per input size. Engines are
 built once and cached under <weights_dir>/engines. When tensorrt does not import, or a build fails, the backend
 keeps running on PyTorch and says so once in the log."""
+
 from __future__ import annotations
 
 import hashlib
@@ -49,15 +50,18 @@ def vocabulary_key(classes: Sequence[str]) -> str:
 # YOLO-World
 
 
-def yolo_world_engine(yolo: Any, classes: Sequence[str], stem: str, image_size: int, half: bool, device: str,
-                      perception_cfg: Any = None) -> Optional[Any]:
+def yolo_world_engine(
+    yolo: Any, classes: Sequence[str], stem: str, image_size: int, half: bool, device: str, perception_cfg: Any = None
+) -> Optional[Any]:
     """An ultralytics model running the engine for this vocabulary, or None (use PyTorch)."""
     ok, reason = tensorrt_status()
     if not ok:
         warn_once("yolo_world", f"detector.tensorrt: {reason}; YOLO-World runs on PyTorch")
         return None
-    path = (engine_dir(perception_cfg)
-            / f"{stem}-{vocabulary_key(classes)}-{image_size}-{'fp16' if half else 'fp32'}.engine")
+    path = (
+        engine_dir(perception_cfg)
+        / f"{stem}-{vocabulary_key(classes)}-{image_size}-{'fp16' if half else 'fp32'}.engine"
+    )
     try:
         if not path.is_file():
             log.info("building TensorRT engine %s (once per vocabulary; takes minutes)", path)
@@ -68,8 +72,10 @@ def yolo_world_engine(yolo: Any, classes: Sequence[str], stem: str, image_size: 
 
         return YOLO(str(path), task="detect")
     except Exception as exc:
-        warn_once(f"yolo_world:{path}", f"detector.tensorrt: engine build/load failed ({type(exc).__name__}: "
-                                        f"{exc}); YOLO-World runs on PyTorch")
+        warn_once(
+            f"yolo_world:{path}",
+            f"detector.tensorrt: engine build/load failed ({type(exc).__name__}: {exc}); YOLO-World runs on PyTorch",
+        )
         return None
 
 
@@ -95,16 +101,20 @@ class Dinov2EngineCache:
         if not self.available or hw in self._failed:
             return None
         if hw not in self._runners:
-            path = (engine_dir(self.perception_cfg)
-                    / f"{self.name}-{hw[0]}x{hw[1]}-{'fp16' if self.half else 'fp32'}.engine")
+            path = (
+                engine_dir(self.perception_cfg)
+                / f"{self.name}-{hw[0]}x{hw[1]}-{'fp16' if self.half else 'fp32'}.engine"
+            )
             try:
                 if not path.is_file():
                     build_dinov2_engine(self.model, hw, self.half, path)
                 self._runners[hw] = TrtRunner(path)
             except Exception as exc:
                 self._failed.add(hw)
-                warn_once(f"dinov2:{hw}", f"features.tensorrt: engine for {hw} failed ({type(exc).__name__}: "
-                                          f"{exc}); DINOv2 runs on PyTorch")
+                warn_once(
+                    f"dinov2:{hw}",
+                    f"features.tensorrt: engine for {hw} failed ({type(exc).__name__}: {exc}); DINOv2 runs on PyTorch",
+                )
                 return None
         return self._runners[hw]
 
@@ -135,12 +145,19 @@ def build_dinov2_engine(model: Any, hw: Tuple[int, int], half: bool, path: Path)
     param = next(model.parameters())
     dummy = torch.zeros(1, 3, hw[0], hw[1], device=param.device, dtype=param.dtype)
     log.info("exporting DINOv2 to %s and building %s (once per input size)", onnx_path, path)
-    torch.onnx.export(_LastHidden(model), (dummy,), str(onnx_path), input_names=["pixel_values"],
-                      output_names=["last_hidden_state"], opset_version=17)
+    torch.onnx.export(
+        _LastHidden(model),
+        (dummy,),
+        str(onnx_path),
+        input_names=["pixel_values"],
+        output_names=["last_hidden_state"],
+        opset_version=17,
+    )
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = (0 if int(trt.__version__.split(".")[0]) >= 10
-             else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH))
+    flags = (
+        0 if int(trt.__version__.split(".")[0]) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    )
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_path.read_bytes()):
@@ -177,14 +194,16 @@ class TrtRunner:
         import torch
 
         return {self.trt.DataType.HALF: torch.float16, self.trt.DataType.FLOAT: torch.float32}[
-            self.engine.get_tensor_dtype(name)]
+            self.engine.get_tensor_dtype(name)
+        ]
 
     def __call__(self, x):
         import torch
 
         x = x.to(self._torch_dtype(self.input)).contiguous()
-        out = torch.empty(tuple(self.engine.get_tensor_shape(self.output)), dtype=self._torch_dtype(self.output),
-                          device=x.device)
+        out = torch.empty(
+            tuple(self.engine.get_tensor_shape(self.output)), dtype=self._torch_dtype(self.output), device=x.device
+        )
         self.context.set_tensor_address(self.input, x.data_ptr())
         self.context.set_tensor_address(self.output, out.data_ptr())
         self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream)

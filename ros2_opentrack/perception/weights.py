@@ -1,6 +1,7 @@
 """Where model weights come from: a local path, a file (or folder) inside perception.weights_dir, or a model hub
 id. Offline (perception.offline or HF_HUB_OFFLINE=1) nothing is downloaded, and a missing model gives ONE error
 that names what is missing, where it was looked for and where to put it."""
+
 from __future__ import annotations
 
 import functools
@@ -39,10 +40,14 @@ def _hub_address() -> tuple:
     """(host, port) a download would connect to first: the HTTPS proxy when one is set, else HF_ENDPOINT."""
     from urllib.parse import urlsplit
 
-    proxy = next((os.environ[k] for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
-                  if os.environ.get(k)), "")
-    url = urlsplit(proxy if "://" in proxy else (f"http://{proxy}" if proxy else
-                                                 os.environ.get("HF_ENDPOINT", "https://huggingface.co")))
+    proxy = next(
+        (os.environ[k] for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy") if os.environ.get(k)), ""
+    )
+    url = urlsplit(
+        proxy
+        if "://" in proxy
+        else (f"http://{proxy}" if proxy else os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    )
     return url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
 
 
@@ -69,9 +74,13 @@ def local_only(perception_cfg: Any = None) -> bool:
 def looks_like_hub_id(ref: str) -> bool:
     """'org/name' that is not an existing path and has no weight-file suffix."""
     parts = ref.split("/")
-    return (len(parts) == 2 and all(parts) and not ref.startswith((".", "~"))
-            and Path(ref).suffix.lower() not in (".pt", ".pth", ".onnx", ".engine", ".safetensors", ".bin")
-            and not Path(ref).exists())
+    return (
+        len(parts) == 2
+        and all(parts)
+        and not ref.startswith((".", "~"))
+        and Path(ref).suffix.lower() not in (".pt", ".pth", ".onnx", ".engine", ".safetensors", ".bin")
+        and not Path(ref).exists()
+    )
 
 
 def candidates(ref: str, perception_cfg: Any = None) -> List[Path]:
@@ -123,8 +132,9 @@ class WeightStatus:
     where: str
 
 
-def status(ref: str, perception_cfg: Any = None, hub_file: str = "config.json",
-           hub_repo: Optional[str] = None) -> WeightStatus:
+def status(
+    ref: str, perception_cfg: Any = None, hub_file: str = "config.json", hub_repo: Optional[str] = None
+) -> WeightStatus:
     local = find_local(ref, perception_cfg)
     if local is not None:
         return WeightStatus(True, str(local))
@@ -140,16 +150,18 @@ def _where_to_put(ref: str, perception_cfg: Any, repo: Optional[str]) -> str:
     base = weights_dir(perception_cfg)
     name = ref.split("/")[-1]
     if repo is not None and Path(name).suffix:  # one file of a hub repository (a SAM2 checkpoint)
-        return (f"put {name} in {base} (on a connected machine: huggingface-cli download {repo} {name}, "
-                f"then copy it)")
+        return f"put {name} in {base} (on a connected machine: huggingface-cli download {repo} {name}, then copy it)"
     if repo is not None:
-        return (f"put the saved model folder at {base / name} (or download '{repo}' into the Hugging Face cache "
-                f"{hf_cache_dir()} on a connected machine: huggingface-cli download {repo})")
+        return (
+            f"put the saved model folder at {base / name} (or download '{repo}' into the Hugging Face cache "
+            f"{hf_cache_dir()} on a connected machine: huggingface-cli download {repo})"
+        )
     return f"put {name} in {base}"
 
 
-def missing_error(ref: str, role: str, perception_cfg: Any = None, repo: Optional[str] = None,
-                  reason: str = "") -> BackendUnavailable:
+def missing_error(
+    ref: str, role: str, perception_cfg: Any = None, repo: Optional[str] = None, reason: str = ""
+) -> BackendUnavailable:
     looked = ", ".join(str(p) for p in candidates(ref, perception_cfg))
     if repo is not None:
         looked += f", Hugging Face cache {hf_cache_dir()} ('{repo}')"
@@ -161,12 +173,19 @@ def missing_error(ref: str, role: str, perception_cfg: Any = None, repo: Optiona
     else:
         mode = "download failed"
     detail = f" ({reason})" if reason else ""
-    return BackendUnavailable(f"{role}: weights '{ref}' not found [{mode}]{detail}. Looked in: {looked}. "
-                              f"To fix: {_where_to_put(ref, perception_cfg, repo)}")
+    return BackendUnavailable(
+        f"{role}: weights '{ref}' not found [{mode}]{detail}. Looked in: {looked}. "
+        f"To fix: {_where_to_put(ref, perception_cfg, repo)}"
+    )
 
 
-def resolve_file(ref: str, role: str, perception_cfg: Any = None,
-                 download: Optional[Callable[[], str]] = None, repo: Optional[str] = None) -> Path:
+def resolve_file(
+    ref: str,
+    role: str,
+    perception_cfg: Any = None,
+    download: Optional[Callable[[], str]] = None,
+    repo: Optional[str] = None,
+) -> Path:
     """A single weight file (YOLO-World .pt, SAM2 checkpoint). ``download`` is tried only when online."""
     local = find_local(ref, perception_cfg)
     if local is not None:

@@ -2,6 +2,7 @@
 
 ultralytics is AGPL-3.0 (users who cannot accept that choose detector.name: owlv2). It imports torchvision,
 so on machines without a working torchvision this backend reports BackendUnavailable with the reason."""
+
 from __future__ import annotations
 
 import logging
@@ -53,18 +54,31 @@ def ultralytics_check() -> Tuple[bool, str]:
 def require_ultralytics() -> Any:
     module, reason = import_ultralytics()
     if module is None:
-        raise BackendUnavailable(f"detector 'yolo_world' needs ultralytics, which cannot import here: {reason}. "
-                                 f"Install torchvision matching torch and `pip install ultralytics`, or use "
-                                 f"perception.detector.name: owlv2")
+        raise BackendUnavailable(
+            f"detector 'yolo_world' needs ultralytics, which cannot import here: {reason}. "
+            f"Install torchvision matching torch and `pip install ultralytics`, or use "
+            f"perception.detector.name: owlv2"
+        )
     return module
 
 
 class YoloWorldDetector:
     """Detector over ultralytics.YOLOWorld; optional TensorRT engine per vocabulary."""
 
-    def __init__(self, model: Any, vocabulary: Sequence[str], score_threshold: float = 0.1, nms_iou: float = 0.5,
-                 max_detections: int = 50, image_size: int = 640, device: str = "cpu", half: bool = False,
-                 tensorrt: bool = False, perception_cfg: Any = None, stem: str = "yolo-world"):
+    def __init__(
+        self,
+        model: Any,
+        vocabulary: Sequence[str],
+        score_threshold: float = 0.1,
+        nms_iou: float = 0.5,
+        max_detections: int = 50,
+        image_size: int = 640,
+        device: str = "cpu",
+        half: bool = False,
+        tensorrt: bool = False,
+        perception_cfg: Any = None,
+        stem: str = "yolo-world",
+    ):
         self.model = model  # ultralytics YOLOWorld
         self.score_threshold = float(score_threshold)
         self.nms_iou = float(nms_iou)
@@ -94,11 +108,21 @@ class YoloWorldDetector:
         ref = weight_file(cfg.model)
         device = resolve_device(cfg.device, "detector")
         # ultralytics downloads its own assets by bare file name (to the working directory) when online
-        path = resolve_file(ref, "detector (yolo_world)", perception_cfg,
-                            download=lambda: _ultralytics_download(ref))
+        path = resolve_file(ref, "detector (yolo_world)", perception_cfg, download=lambda: _ultralytics_download(ref))
         model = YOLOWorld(str(path))
-        return cls(model, cfg.vocabulary, cfg.score_threshold, cfg.nms_iou, cfg.max_detections, cfg.image_size,
-                   device, cfg.half, cfg.tensorrt, perception_cfg, Path(ref).stem)
+        return cls(
+            model,
+            cfg.vocabulary,
+            cfg.score_threshold,
+            cfg.nms_iou,
+            cfg.max_detections,
+            cfg.image_size,
+            device,
+            cfg.half,
+            cfg.tensorrt,
+            perception_cfg,
+            Path(ref).stem,
+        )
 
     # -------------------------------------------------------------------------------------------------
     @property
@@ -113,15 +137,23 @@ class YoloWorldDetector:
         if self.tensorrt:
             from .tensorrt_engine import yolo_world_engine
 
-            self._engine = yolo_world_engine(self.model, self._vocabulary, self.stem, self.image_size, self.half,
-                                             self.device, self.perception_cfg)
+            self._engine = yolo_world_engine(
+                self.model, self._vocabulary, self.stem, self.image_size, self.half, self.device, self.perception_cfg
+            )
 
     def detect(self, rgb: np.ndarray) -> Detections:
         rgb = check_rgb(rgb, "detector")
         runner = self._engine if self._engine is not None else self.model
-        results = runner.predict(source=np.ascontiguousarray(rgb[..., ::-1]),  # ultralytics takes BGR arrays
-                                 conf=self.score_threshold, iou=self.nms_iou, max_det=self.max_detections,
-                                 imgsz=self.image_size, device=self.device, half=self.half, verbose=False)
+        results = runner.predict(
+            source=np.ascontiguousarray(rgb[..., ::-1]),  # ultralytics takes BGR arrays
+            conf=self.score_threshold,
+            iou=self.nms_iou,
+            max_det=self.max_detections,
+            imgsz=self.image_size,
+            device=self.device,
+            half=self.half,
+            verbose=False,
+        )
         return self._to_detections(results[0], rgb.shape[:2])
 
     def _to_detections(self, result: Any, hw: Tuple[int, int]) -> Detections:
@@ -132,8 +164,9 @@ class YoloWorldDetector:
         xyxy = np.clip(boxes.xyxy.float().cpu().numpy(), 0.0, [w, h, w, h]).astype(np.float32)
         scores = boxes.conf.float().cpu().numpy().astype(np.float32)
         classes = boxes.cls.cpu().numpy().astype(int)
-        labels = [self._vocabulary[c] if 0 <= c < len(self._vocabulary) else str(result.names.get(c, c))
-                  for c in classes]
+        labels = [
+            self._vocabulary[c] if 0 <= c < len(self._vocabulary) else str(result.names.get(c, c)) for c in classes
+        ]
         ok = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
         return Detections(xyxy[ok], scores[ok], [label for label, keep in zip(labels, ok) if keep])
 

@@ -2,6 +2,7 @@
 
 Every decoder raises InputError naming the message and what was expected; the node counts and throttles them.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
@@ -68,8 +69,9 @@ def masks_from_label_image(msg: Image, max_ids: Optional[int] = encodings.MAX_LA
 
     The id is kept as ``source_id`` (used for association only when masks.oracle_ids is set)."""
     if encodings.canonical_encoding(msg.encoding) not in _LABEL_ENCODINGS:
-        raise InputError(f"mask image has encoding '{msg.encoding}'; expected a label image "
-                         f"(16UC1, 32SC1, mono8 or mono16)")
+        raise InputError(
+            f"mask image has encoding '{msg.encoding}'; expected a label image (16UC1, 32SC1, mono8 or mono16)"
+        )
     return encodings.label_image_to_masks(image_to_array(msg), max_ids=max_ids)
 
 
@@ -86,8 +88,10 @@ def _decode(msg: CompressedImage, what: str) -> np.ndarray:
 def rgb_from_compressed(msg: CompressedImage) -> np.ndarray:
     image = _decode(msg, "compressed rgb")
     if image.ndim != 3 or image.dtype != np.uint8:
-        raise InputError(f"compressed rgb ('{msg.format}') decoded to {image.dtype} {image.shape}; expected 8-bit "
-                         f"colour (jpeg / png)")
+        raise InputError(
+            f"compressed rgb ('{msg.format}') decoded to {image.dtype} {image.shape}; expected 8-bit "
+            f"colour (jpeg / png)"
+        )
     return image
 
 
@@ -95,8 +99,10 @@ def depth_from_compressed(msg: CompressedImage) -> np.ndarray:
     """float32 metres from compressedDepth (16UC1 mm / 32FC1 m) or a 16-bit png in mm."""
     image = _decode(msg, "compressed depth")
     if image.ndim != 2 or image.dtype not in (np.uint16, np.float32):
-        raise InputError(f"compressed depth ('{msg.format}') decoded to {image.dtype} {image.shape}; expected "
-                         f"16-bit millimetres or 32-bit metres (compressedDepth, 16-bit png)")
+        raise InputError(
+            f"compressed depth ('{msg.format}') decoded to {image.dtype} {image.shape}; expected "
+            f"16-bit millimetres or 32-bit metres (compressedDepth, 16-bit png)"
+        )
     return encodings.depth_to_metres(image, "32FC1" if image.dtype == np.float32 else "16UC1")
 
 
@@ -161,17 +167,23 @@ def instance_to_msg(inst: Instance):
     centre = (lo + hi) / 2.0
     c = inst.centroid
     return Instance3D(
-        id=int(inst.id), label=inst.label or "", confidence=float(inst.score),
+        id=int(inst.id),
+        label=inst.label or "",
+        confidence=float(inst.score),
         centroid=Point(x=float(c[0]), y=float(c[1]), z=float(c[2])),
-        box_pose=Pose(position=Point(x=float(centre[0]), y=float(centre[1]), z=float(centre[2])),
-                      orientation=Quaternion(w=1.0)),
+        box_pose=Pose(
+            position=Point(x=float(centre[0]), y=float(centre[1]), z=float(centre[2])), orientation=Quaternion(w=1.0)
+        ),
         box_size=Vector3(x=float(hi[0] - lo[0]), y=float(hi[1] - lo[1]), z=float(hi[2] - lo[2])),
-        point_count=int(len(inst.points)), observation_count=int(inst.observations),
-        first_seen=sec_to_stamp(inst.first_seen), last_seen=sec_to_stamp(inst.last_seen),
+        point_count=int(len(inst.points)),
+        observation_count=int(inst.observations),
+        first_seen=sec_to_stamp(inst.first_seen),
+        last_seen=sec_to_stamp(inst.last_seen),
         state=_STATE_CODES.get(TrackState(getattr(inst.state, "value", inst.state)), 0),
         presence=str(getattr(inst.presence, "value", inst.presence) or "present"),
         presence_since=sec_to_stamp(inst.presence_since),
-        moved_from=-1 if inst.moved_from is None else int(inst.moved_from))
+        moved_from=-1 if inst.moved_from is None else int(inst.moved_from),
+    )
 
 
 def instances_to_msg(instances: Sequence[Instance], header: Header):
@@ -190,10 +202,15 @@ def detections_msg(instances: Sequence[Instance], header: Header):
     out = []
     for inst in instances:
         m = instance_to_msg(inst)
-        hyp = ObjectHypothesisWithPose(hypothesis=ObjectHypothesis(class_id=m.label, score=float(m.confidence)),
-                                       pose=PoseWithCovariance(pose=m.box_pose))
-        out.append(Detection3D(header=header, results=[hyp], bbox=BoundingBox3D(center=m.box_pose, size=m.box_size),
-                               id=str(m.id)))
+        hyp = ObjectHypothesisWithPose(
+            hypothesis=ObjectHypothesis(class_id=m.label, score=float(m.confidence)),
+            pose=PoseWithCovariance(pose=m.box_pose),
+        )
+        out.append(
+            Detection3D(
+                header=header, results=[hyp], bbox=BoundingBox3D(center=m.box_pose, size=m.box_size), id=str(m.id)
+            )
+        )
     return Detection3DArray(header=header, detections=out)
 
 
@@ -201,11 +218,13 @@ def detections_msg(instances: Sequence[Instance], header: Header):
 # PointCloud2: x, y, z float32, rgb packed as float32 (the PCL / RViz convention), instance uint32
 
 CLOUD_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<u4"), ("instance", "<u4")])
-_FIELDS = [PointField(name="x", offset=0, datatype=PointField.FLOAT32, count=1),
-           PointField(name="y", offset=4, datatype=PointField.FLOAT32, count=1),
-           PointField(name="z", offset=8, datatype=PointField.FLOAT32, count=1),
-           PointField(name="rgb", offset=12, datatype=PointField.FLOAT32, count=1),
-           PointField(name="instance", offset=16, datatype=PointField.UINT32, count=1)]
+_FIELDS = [
+    PointField(name="x", offset=0, datatype=PointField.FLOAT32, count=1),
+    PointField(name="y", offset=4, datatype=PointField.FLOAT32, count=1),
+    PointField(name="z", offset=8, datatype=PointField.FLOAT32, count=1),
+    PointField(name="rgb", offset=12, datatype=PointField.FLOAT32, count=1),
+    PointField(name="instance", offset=16, datatype=PointField.UINT32, count=1),
+]
 
 
 def cloud_msg(points: np.ndarray, colors: np.ndarray, instance: np.ndarray, header: Header) -> PointCloud2:
@@ -214,20 +233,30 @@ def cloud_msg(points: np.ndarray, colors: np.ndarray, instance: np.ndarray, head
     colors = np.asarray(colors, np.uint8).reshape(-1, 3)
     instance = np.asarray(instance).reshape(-1)
     if not (len(points) == len(colors) == len(instance)):
-        raise InputError(f"cloud arrays differ in length: {len(points)} points, {len(colors)} colours, "
-                         f"{len(instance)} ids")
+        raise InputError(
+            f"cloud arrays differ in length: {len(points)} points, {len(colors)} colours, {len(instance)} ids"
+        )
     rec = np.empty(len(points), CLOUD_DTYPE)
     rec["x"], rec["y"], rec["z"] = points[:, 0], points[:, 1], points[:, 2]
     c = colors.astype(np.uint32)
     rec["rgb"] = (c[:, 0] << 16) | (c[:, 1] << 8) | c[:, 2]
     rec["instance"] = instance.astype(np.uint32)
-    return PointCloud2(header=header, height=1, width=len(rec), fields=list(_FIELDS), is_bigendian=False,
-                       point_step=CLOUD_DTYPE.itemsize, row_step=CLOUD_DTYPE.itemsize * len(rec),
-                       data=rec.tobytes(), is_dense=True)
+    return PointCloud2(
+        header=header,
+        height=1,
+        width=len(rec),
+        fields=list(_FIELDS),
+        is_bigendian=False,
+        point_step=CLOUD_DTYPE.itemsize,
+        row_step=CLOUD_DTYPE.itemsize * len(rec),
+        data=rec.tobytes(),
+        is_dense=True,
+    )
 
 
-def instance_cloud(instances: Sequence[Instance], header: Header, max_points: int = 200000,
-                   seed: int = 0) -> PointCloud2:
+def instance_cloud(
+    instances: Sequence[Instance], header: Header, max_points: int = 200000, seed: int = 0
+) -> PointCloud2:
     """All instances' points, each coloured by its stable instance colour; subsampled to ``max_points``."""
     if not instances:
         return cloud_msg(np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0), header)

@@ -20,6 +20,7 @@ MultiThreadedExecutor, as main() does, so that the ~/query service does not hold
 Bad input never stops the node: each rejected message or frame is counted under a reason (see ``drops()``
 and the diagnostics) and warned about at most once per ``warn_throttle_s`` per reason.
 """
+
 from __future__ import annotations
 
 import gc
@@ -79,8 +80,12 @@ except ImportError:  # pragma: no cover - depends on the install
 
 POSE_CHILD = "opentrack_pose_topic_camera"  # internal frame name of poses that arrive on the pose/odom topic
 _TF_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
-_TF_STATIC_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
-                            durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
+_TF_STATIC_QOS = QoSProfile(
+    depth=100,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+    history=HistoryPolicy.KEEP_LAST,
+)
 _RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 
@@ -94,8 +99,13 @@ class FrameDrop(Exception):
 
 
 class OpenTrackNode(LifecycleNode):
-    def __init__(self, pipeline=None, node_name: str = "opentrack",
-                 pipeline_factory: Optional[Callable[[cfg_mod.OpenTrackConfig], Any]] = None, **node_kwargs):
+    def __init__(
+        self,
+        pipeline=None,
+        node_name: str = "opentrack",
+        pipeline_factory: Optional[Callable[[cfg_mod.OpenTrackConfig], Any]] = None,
+        **node_kwargs,
+    ):
         """``pipeline``: an already built Pipeline, used by the first configure (tests, benchmarks);
         ``pipeline_factory(config)``: builds one at each configure; neither: Pipeline.from_config.
         ``node_kwargs`` go to rclpy's Node (e.g. parameter_overrides=params.overrides({...}), cli_args).
@@ -137,8 +147,9 @@ class OpenTrackNode(LifecycleNode):
         self._markers_dirty = True
         self._book = MarkerBook(self.params.marker_points)
         streams = ["depth", "rgb"] + (["masks"] if self.config and self.config.masks.source == "topic" else [])
-        self.sync = StampSync(streams, self.params.sync_tolerance_s, self.params.sync_buffer, anchor="depth",
-                              **self._time_jump_kwargs())  # recover from time jumps (bag loop, sim reset)
+        self.sync = StampSync(
+            streams, self.params.sync_tolerance_s, self.params.sync_buffer, anchor="depth", **self._time_jump_kwargs()
+        )  # recover from time jumps (bag loop, sim reset)
         self.frames = DropOldestQueue(self.params.queue_size)
         self.commands: "queue.Queue[tuple]" = queue.Queue()
         tolerance = max(self.params.sync_tolerance_s, 0.05)
@@ -150,15 +161,22 @@ class OpenTrackNode(LifecycleNode):
     # time jumps: the synchroniser detects them, the node clears its TF history and keeps the map
 
     def _time_jump_kwargs(self) -> Dict[str, Any]:
-        return {"jump_back_s": self.params.sync_jump_back_s, "max_ahead_s": self.params.max_stamp_ahead_s,
-                "clock": lambda: self.get_clock().now().nanoseconds * 1e-9, "on_jump": self._on_time_jump}
+        return {
+            "jump_back_s": self.params.sync_jump_back_s,
+            "max_ahead_s": self.params.max_stamp_ahead_s,
+            "clock": lambda: self.get_clock().now().nanoseconds * 1e-9,
+            "on_jump": self._on_time_jump,
+        }
 
     def _on_time_jump(self, stream: str, newest: float, stamp: float) -> None:
         # samples of the old (or a wildly future) timeline would shadow the new one's: only they go
         gone = self.tf_buffer.forget_after(stamp + self.params.sync_jump_back_s)
-        self.drop("time_jump_back", f"{stream} stamp {stamp:.3f} is {newest - stamp:.3f} s behind the newest "
-                                    f"({newest:.3f}): time jumped back (bag loop, sim or driver restart); sync "
-                                    f"buffers and {gone} TF samples cleared, the map is kept")
+        self.drop(
+            "time_jump_back",
+            f"{stream} stamp {stamp:.3f} is {newest - stamp:.3f} s behind the newest "
+            f"({newest:.3f}): time jumped back (bag loop, sim or driver restart); sync "
+            f"buffers and {gone} TF samples cleared, the map is kept",
+        )
 
     # ------------------------------------------------------------------------------------------------------
     # lifecycle
@@ -190,8 +208,10 @@ class OpenTrackNode(LifecycleNode):
         self._query_slots = threading.Semaphore(self.params.query_workers + self.params.query_backlog)
         self.stage, self.last_error = "inactive", ""
         loaded = f", map loaded from {self.params.map_path}" if self.params.map_path else ""
-        self.get_logger().info(f"configured: masks from {self.config.masks.source}, pose from "
-                               f"{self.params.pose_source}, world frame '{self.params.world_frame}'{loaded}")
+        self.get_logger().info(
+            f"configured: masks from {self.config.masks.source}, pose from "
+            f"{self.params.pose_source}, world frame '{self.params.world_frame}'{loaded}"
+        )
         return SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -274,8 +294,11 @@ class OpenTrackNode(LifecycleNode):
 
     def _qos(self, name: str) -> QoSProfile:
         p = self.params
-        return QoSProfile(depth=int(getattr(p, f"{name}_qos_depth")), history=HistoryPolicy.KEEP_LAST,
-                          reliability=_RELIABILITY[getattr(p, f"{name}_reliability")])
+        return QoSProfile(
+            depth=int(getattr(p, f"{name}_qos_depth")),
+            history=HistoryPolicy.KEEP_LAST,
+            reliability=_RELIABILITY[getattr(p, f"{name}_reliability")],
+        )
 
     def _subscribe(self, msg_type, topic: str, callback, qos) -> None:
         self._subs.append(self.create_subscription(msg_type, topic, callback, qos))
@@ -284,12 +307,13 @@ class OpenTrackNode(LifecycleNode):
         p = self.params
         for stream in self.sync.streams:
             transport = getattr(p, f"{stream}_transport")
-            cb = (lambda m, s=stream: self._on_image(s, m))
+            cb = lambda m, s=stream: self._on_image(s, m)
             if transport == "raw":
                 self._subscribe(Image, stream, cb, self._qos(stream))
             else:  # image_transport's naming: the resolved (remapped) base topic + /compressed | /compressedDepth
-                self._subscribe(CompressedImage, f"{self.resolve_topic_name(stream)}/{transport}", cb,
-                                self._qos(stream))
+                self._subscribe(
+                    CompressedImage, f"{self.resolve_topic_name(stream)}/{transport}", cb, self._qos(stream)
+                )
         self._subscribe(CameraInfo, "camera_info", self._on_camera_info, self._qos("camera_info"))
         self._subscribe(String, "query", self._on_query, 10)
         if p.pose_source == "tf":
@@ -300,8 +324,10 @@ class OpenTrackNode(LifecycleNode):
                 self._subscribe(TFMessage, "/tf", lambda m: self._on_tf(m, False), _TF_QOS)
                 self._subscribe(TFMessage, "/tf_static", lambda m: self._on_tf(m, True), _TF_STATIC_QOS)
             else:  # pragma: no cover
-                self.get_logger().error("pose_source 'tf' but neither tf2_ros nor tf2_msgs is installed: "
-                                        "every frame will be dropped as no_pose (use pose_source pose|odom)")
+                self.get_logger().error(
+                    "pose_source 'tf' but neither tf2_ros nor tf2_msgs is installed: "
+                    "every frame will be dropped as no_pose (use pose_source pose|odom)"
+                )
         elif p.pose_source == "pose":
             self._subscribe(PoseStamped, "pose", self._on_pose, self._qos("pose"))
         else:
@@ -316,8 +342,9 @@ class OpenTrackNode(LifecycleNode):
             self._tf2_listener = self._tf2 = None
 
     def _publisher(self, msg_type, topic: str, depth: int):
-        pub = self.create_publisher(msg_type, topic, depth,
-                                    qos_overriding_options=QoSOverridingOptions.with_default_policies())
+        pub = self.create_publisher(
+            msg_type, topic, depth, qos_overriding_options=QoSOverridingOptions.with_default_policies()
+        )
         self._pubs.append(pub)
         return pub
 
@@ -338,9 +365,13 @@ class OpenTrackNode(LifecycleNode):
             self.pub_diag = self._publisher(String, "~/diagnostics", 10)
         services = MutuallyExclusiveCallbackGroup()  # save / load / reset / vocabulary / enable: one at a time
         queries = ReentrantCallbackGroup()  # queries wait for their answer: several at once, beside the rest
-        for srv_type, name, cb in ((Trigger, "~/save", self._on_save), (Trigger, "~/reset", self._on_reset),
-                                   (LoadMap, "~/load", self._on_load), (SetBool, "~/enable", self._on_enable),
-                                   (SetVocabulary, "~/set_vocabulary", self._on_set_vocabulary)):
+        for srv_type, name, cb in (
+            (Trigger, "~/save", self._on_save),
+            (Trigger, "~/reset", self._on_reset),
+            (LoadMap, "~/load", self._on_load),
+            (SetBool, "~/enable", self._on_enable),
+            (SetVocabulary, "~/set_vocabulary", self._on_set_vocabulary),
+        ):
             self._srvs.append(self.create_service(srv_type, name, cb, callback_group=services))
         self._srvs.append(self.create_service(Query, "~/query", self._on_query_service, callback_group=queries))
 
@@ -386,8 +417,9 @@ class OpenTrackNode(LifecycleNode):
         for t in msg.transforms:
             try:
                 T = conv.transform_to_matrix(t.transform)
-                self.tf_buffer.set_transform(t.header.frame_id, t.child_frame_id, T,
-                                             conv.stamp_to_sec(t.header.stamp), static=static)
+                self.tf_buffer.set_transform(
+                    t.header.frame_id, t.child_frame_id, T, conv.stamp_to_sec(t.header.stamp), static=static
+                )
             except InputError as exc:
                 self.drop("bad_tf", f"{t.header.frame_id} -> {t.child_frame_id}: {exc}")
 
@@ -419,8 +451,9 @@ class OpenTrackNode(LifecycleNode):
                 if self.pipeline is not None:
                     self.commands.put(("vocabulary", list(classes)))
             elif p.name in self._static_names() and self.stage != "unconfigured":
-                return SetParametersResult(successful=False,
-                                           reason=f"'{p.name}' is read at configure: cleanup, set it, configure")
+                return SetParametersResult(
+                    successful=False, reason=f"'{p.name}' is read at configure: cleanup, set it, configure"
+                )
         return SetParametersResult(successful=True)
 
     def _static_names(self) -> set:
@@ -441,12 +474,19 @@ class OpenTrackNode(LifecycleNode):
                 instances = self.pipeline.instances()
                 scene_map = self.pipeline.map_points()
                 self.pipeline.save_state(out / "map")
-            paths = write_outputs(instances, out, scene_map, meta={"source": "opentrack_node", "stamp": time.time(),
-                                                                   "world_frame": self.params.world_frame},
-                                  view_image=self.pipeline.view_image)
+            paths = write_outputs(
+                instances,
+                out,
+                scene_map,
+                meta={"source": "opentrack_node", "stamp": time.time(), "world_frame": self.params.world_frame},
+                view_image=self.pipeline.view_image,
+            )
             response.success = True
-            response.message = f"{len(instances)} instances written to {out}: " + \
-                ", ".join(sorted(Path(p).name for p in paths.values())) + ", map/ (resumable state: ~/load)"
+            response.message = (
+                f"{len(instances)} instances written to {out}: "
+                + ", ".join(sorted(Path(p).name for p in paths.values()))
+                + ", map/ (resumable state: ~/load)"
+            )
         except (OSError, ValueError, OpenTrackError) as exc:  # InputError is a ValueError
             response.success, response.message = False, f"save to {out} failed: {exc}"
         return response
@@ -491,8 +531,9 @@ class OpenTrackNode(LifecycleNode):
             self.frames.clear()
             self.sync.reset()
         response.success = True
-        response.message = ("taking frames" if self._enabled else "paused: frames are ignored, the map is kept") + \
-            ("" if self.stage == "active" else f" (node is {self.stage}: frames flow once active)")
+        response.message = ("taking frames" if self._enabled else "paused: frames are ignored, the map is kept") + (
+            "" if self.stage == "active" else f" (node is {self.stage}: frames flow once active)"
+        )
         return response
 
     def _on_set_vocabulary(self, request, response):
@@ -518,9 +559,11 @@ class OpenTrackNode(LifecycleNode):
         if done.wait(self.params.query_timeout_s):
             response.result = box["msg"]
         else:
-            response.result = self._QueryResult(header=self._now_header(), query=request.query,
-                                                error=f"no answer within query_timeout_s = "
-                                                      f"{self.params.query_timeout_s} s")
+            response.result = self._QueryResult(
+                header=self._now_header(),
+                query=request.query,
+                error=f"no answer within query_timeout_s = {self.params.query_timeout_s} s",
+            )
         return response
 
     # ------------------------------------------------------------------------------------------------------
@@ -531,13 +574,21 @@ class OpenTrackNode(LifecycleNode):
         query_result when reply is not that publisher). False when no query slot is free (answered 'busy')."""
         if not text.strip():
             self.drop("empty_query", "query text is empty")
-            self._answer(reply, self._QueryResult(header=self._now_header(), query=text,
-                                                  error="empty query: expected a description such as 'red mug'"))
+            self._answer(
+                reply,
+                self._QueryResult(
+                    header=self._now_header(), query=text, error="empty query: expected a description such as 'red mug'"
+                ),
+            )
             return True
         if self._queries is None or not self._query_slots.acquire(blocking=False):
             self.drop("query_overflow", "all query slots are busy")
-            self._answer(reply, self._QueryResult(header=self._now_header(), query=text,
-                                                  error="busy: too many queries in progress, ask again later"))
+            self._answer(
+                reply,
+                self._QueryResult(
+                    header=self._now_header(), query=text, error="busy: too many queries in progress, ask again later"
+                ),
+            )
             return False
         try:
             self._queries.submit(self._run_query, text.strip(), reply)
@@ -571,19 +622,30 @@ class OpenTrackNode(LifecycleNode):
         snapshot = self._current_instances()  # plain Instance objects: the worker goes on meanwhile
         tm = self.config.perception.text_matcher
         try:
-            matches = answer_query(text, snapshot, text_matcher=text_matcher, labeler=pipeline.labeler,
-                                   view_image=pipeline.view_image, shortlist=tm.shortlist,
-                                   min_similarity=tm.min_similarity)
+            matches = answer_query(
+                text,
+                snapshot,
+                text_matcher=text_matcher,
+                labeler=pipeline.labeler,
+                view_image=pipeline.view_image,
+                shortlist=tm.shortlist,
+                min_similarity=tm.min_similarity,
+            )
         except InputError as exc:
             self.drop("bad_query", str(exc))
             return self._QueryResult(header=self._now_header(), query=text, error=str(exc))
         header = self._now_header()
         by_id = {int(i.id): i for i in snapshot}
         found = [m for m in matches if int(m.instance_id) in by_id]
-        msg = self._QueryResult(header=header, query=text, ids=[int(m.instance_id) for m in found],
-                                scores=[float(m.score) for m in found], labels=[m.label or "" for m in found],
-                                instances=[conv.instance_to_msg(by_id[int(m.instance_id)]) for m in found],
-                                error="" if found else "no instance matches the query")
+        msg = self._QueryResult(
+            header=header,
+            query=text,
+            ids=[int(m.instance_id) for m in found],
+            scores=[float(m.score) for m in found],
+            labels=[m.label or "" for m in found],
+            instances=[conv.instance_to_msg(by_id[int(m.instance_id)]) for m in found],
+            error="" if found else "no instance matches the query",
+        )
         with self._book_lock:
             self.pub_markers.publish(self._book.highlight([by_id[int(m.instance_id)] for m in found], header))
         return msg
@@ -646,14 +708,24 @@ class OpenTrackNode(LifecycleNode):
         K = _reasoned("bad_camera_info", conv.intrinsics_from_camera_info, info, depth.shape)
         masks = self._masks(matched["masks"][0]) if "masks" in matched else None
         T = self._camera_pose(depth_msg.header.frame_id, stamp)
-        return Frame(rgb=rgb, depth=depth, K=K, T_world_cam=T, stamp=stamp, index=self._frames_processed,
-                     masks=masks, frame_id=depth_msg.header.frame_id)
+        return Frame(
+            rgb=rgb,
+            depth=depth,
+            K=K,
+            T_world_cam=T,
+            stamp=stamp,
+            index=self._frames_processed,
+            masks=masks,
+            frame_id=depth_msg.header.frame_id,
+        )
 
     def _masks(self, msg) -> List[Mask2D]:
         decoded = _reasoned("bad_masks", conv.masks_from_any, msg, self.config.masks.max_ids)
         if decoded.over_cap:  # a hostile or broken label image: keep the largest ids, say so
-            self.drop("mask_ids_over_cap", f"label image has {len(decoded.masks) + decoded.over_cap} ids: "
-                                           f"kept the {len(decoded.masks)} largest")
+            self.drop(
+                "mask_ids_over_cap",
+                f"label image has {len(decoded.masks) + decoded.over_cap} ids: kept the {len(decoded.masks)} largest",
+            )
         return decoded.masks
 
     def _camera_pose(self, image_frame: str, stamp: float) -> np.ndarray:
@@ -678,8 +750,12 @@ class OpenTrackNode(LifecycleNode):
         from rclpy.time import Time
 
         try:
-            t = self._tf2.lookup_transform(target, source, Time(nanoseconds=int(stamp * 1e9)),
-                                           timeout=Duration(nanoseconds=int(self.params.tf_timeout_s * 1e9)))
+            t = self._tf2.lookup_transform(
+                target,
+                source,
+                Time(nanoseconds=int(stamp * 1e9)),
+                timeout=Duration(nanoseconds=int(self.params.tf_timeout_s * 1e9)),
+            )
         except tf2_ros.TransformException as exc:
             raise TransformUnavailable(str(exc)) from None
         return _reasoned("bad_pose", conv.transform_to_matrix, t.transform)
@@ -728,10 +804,15 @@ class OpenTrackNode(LifecycleNode):
 
     def diagnostics(self, result=None) -> Dict[str, Any]:
         stats = getattr(self.pipeline, "stats", None)
-        values = {"lifecycle": self.stage, "enabled": self._enabled,
-                  "latency_ms": round(self._last_latency_ms, 2), "queue_depth": len(self.frames),
-                  "frames_processed": self._frames_processed, "instances": len(self._instances),
-                  "drops_total": sum(self.drops().values())}
+        values = {
+            "lifecycle": self.stage,
+            "enabled": self._enabled,
+            "latency_ms": round(self._last_latency_ms, 2),
+            "queue_depth": len(self.frames),
+            "frames_processed": self._frames_processed,
+            "instances": len(self._instances),
+            "drops_total": sum(self.drops().values()),
+        }
         for name in ("frames", "keyframes", "active", "dormant", "terminated"):
             if stats is not None and hasattr(stats, name):
                 values[f"pipeline_{name}"] = getattr(stats, name)
@@ -746,9 +827,13 @@ class OpenTrackNode(LifecycleNode):
             self.pub_diag.publish(String(data=json.dumps(values)))
             return
         level = DiagnosticStatus.OK if values["queue_depth"] < self.frames.maxsize else DiagnosticStatus.WARN
-        status = DiagnosticStatus(level=level, name=f"{self.get_name()}: pipeline", hardware_id="opentrack",
-                                  message=f"{values['instances']} instances, {values['latency_ms']} ms",
-                                  values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+        status = DiagnosticStatus(
+            level=level,
+            name=f"{self.get_name()}: pipeline",
+            hardware_id="opentrack",
+            message=f"{values['instances']} instances, {values['latency_ms']} ms",
+            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
+        )
         self.pub_diag.publish(DiagnosticArray(header=self._now_header(), status=[status]))
 
     def destroy_node(self) -> None:
@@ -763,10 +848,11 @@ def _warm_up(pipeline) -> None:
     rgb = np.full((h, w, 3), 127, np.uint8)
     K = np.array([[525.0, 0, w / 2], [0, 525.0, h / 2], [0, 0, 1]])
     if getattr(pipeline, "mask_source", None) is not None:
-        pipeline.mask_source.masks(Frame(rgb=rgb, depth=np.ones((h, w), np.float32), K=K, T_world_cam=np.eye(4),
-                                         stamp=0.0, index=0))
+        pipeline.mask_source.masks(
+            Frame(rgb=rgb, depth=np.ones((h, w), np.float32), K=K, T_world_cam=np.eye(4), stamp=0.0, index=0)
+        )
     masks = np.zeros((1, h, w), bool)
-    masks[0, h // 4:3 * h // 4, w // 4:3 * w // 4] = True
+    masks[0, h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = True
     pipeline.features.extract(rgb, masks, np.array([[w // 4, h // 4, 3 * w // 4, 3 * h // 4]], np.float32))
     _ = pipeline.text_matcher  # the sentence model, when one is configured
 
@@ -797,8 +883,10 @@ def main(args: Optional[List[str]] = None) -> int:
         if node.trigger_configure() == SUCCESS:
             node.trigger_activate()
         else:
-            node.get_logger().error(f"autostart: configure failed ({node.last_error}); fix the parameters and "
-                                    f"`ros2 lifecycle set {node.get_fully_qualified_name()} configure`")
+            node.get_logger().error(
+                f"autostart: configure failed ({node.last_error}); fix the parameters and "
+                f"`ros2 lifecycle set {node.get_fully_qualified_name()} configure`"
+            )
     executor = MultiThreadedExecutor(num_threads=4)  # queries and services beside the subscriptions
     executor.add_node(node)
     try:

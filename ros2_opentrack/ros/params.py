@@ -3,6 +3,7 @@ its description) plus the node's own (frames, pose source, sync, queue, rates, o
 
 Topic names are not parameters: they are the fixed relative names below, changed by remapping
 (``rgb:=/camera/color/image_raw``), as ROS intends."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -29,18 +30,24 @@ Reliability = Literal["best_effort", "reliable"]
 @dataclass
 class NodeParams:
     world_frame: str = param("map", "fixed frame of the map: instances, markers and cloud are published in it")
-    camera_frame: str = param("", "camera optical frame for the TF lookup; empty: the depth image's "
-                                  "header.frame_id")
-    pose_source: PoseSource = param("tf", "tf (world_frame -> camera frame) | pose (PoseStamped 'pose') | odom "
-                                          "(Odometry 'odom')")
+    camera_frame: str = param("", "camera optical frame for the TF lookup; empty: the depth image's header.frame_id")
+    pose_source: PoseSource = param(
+        "tf", "tf (world_frame -> camera frame) | pose (PoseStamped 'pose') | odom (Odometry 'odom')"
+    )
     tf_timeout_s: float = param(0.1, "how long the worker waits for a camera pose at a frame's stamp")
     sync_tolerance_s: float = param(0.02, "rgb / depth / masks stamps closer than this belong to one frame")
     sync_buffer: int = param(10, "messages buffered per stream while waiting for partners")
-    sync_jump_back_s: float = param(1.0, "a stamp this much older than the newest seen means time jumped back "
-                                         "(bag --loop, sim reset, driver restart): sync buffers and TF history "
-                                         "are cleared, counted as time_jump_back, the map is kept (0: off)")
-    max_stamp_ahead_s: float = param(3600.0, "images stamped this far ahead of the node clock are dropped as "
-                                             "sync_future_stamp (0: off; off while sim time reads 0)")
+    sync_jump_back_s: float = param(
+        1.0,
+        "a stamp this much older than the newest seen means time jumped back "
+        "(bag --loop, sim reset, driver restart): sync buffers and TF history "
+        "are cleared, counted as time_jump_back, the map is kept (0: off)",
+    )
+    max_stamp_ahead_s: float = param(
+        3600.0,
+        "images stamped this far ahead of the node clock are dropped as "
+        "sync_future_stamp (0: off; off while sim time reads 0)",
+    )
     queue_size: int = param(1, "frames waiting for the worker, oldest dropped when full (counted); 1: latest wins")
     publish_rate_hz: float = param(0.0, "instances topic rate cap (0: after every processed frame)")
     markers_rate_hz: float = param(2.0, "markers + instance_cloud rate cap (0: after every processed frame)")
@@ -48,16 +55,22 @@ class NodeParams:
     marker_points: int = param(400, "points per instance in the points marker")
     output_dir: str = param("~/.ros/opentrack", "where the save service writes instances.json / .npz / .ply")
     warn_throttle_s: float = param(5.0, "at most one warning per reason in this period")
-    autostart: bool = param(False, "configure and activate at start-up (the launch file sets it from its autostart "
-                                   "argument); false: a lifecycle manager or `ros2 lifecycle set` drives the node")
+    autostart: bool = param(
+        False,
+        "configure and activate at start-up (the launch file sets it from its autostart "
+        "argument); false: a lifecycle manager or `ros2 lifecycle set` drives the node",
+    )
     warm_up: bool = param(True, "at configure, run the models once on a blank frame so the first real frame is fast")
-    map_path: str = param("", "saved map state folder (~/save writes <output_dir>/map) loaded at configure; empty: "
-                              "start with an empty map")
+    map_path: str = param(
+        "",
+        "saved map state folder (~/save writes <output_dir>/map) loaded at configure; empty: start with an empty map",
+    )
     rgb_transport: Transport = param("raw", "raw | compressed (rgb/compressed, jpeg or png)")
     depth_transport: Transport = param("raw", "raw | compressedDepth (depth/compressedDepth) | compressed (16-bit png)")
     masks_transport: Transport = param("raw", "raw | compressed (16-bit png label image) | compressedDepth")
-    rgb_reliability: Reliability = param("best_effort", "best_effort (takes reliable and best-effort publishers) | "
-                                                        "reliable")
+    rgb_reliability: Reliability = param(
+        "best_effort", "best_effort (takes reliable and best-effort publishers) | reliable"
+    )
     rgb_qos_depth: int = param(5, "rgb subscription history depth")
     depth_reliability: Reliability = param("best_effort", "best_effort | reliable")
     depth_qos_depth: int = param(5, "depth subscription history depth")
@@ -67,13 +80,14 @@ class NodeParams:
     camera_info_qos_depth: int = param(5, "camera_info subscription history depth")
     pose_reliability: Reliability = param("best_effort", "best_effort | reliable (pose / odom topic)")
     pose_qos_depth: int = param(20, "pose / odom subscription history depth")
-    query_workers: int = param(1, "queries answered at once, off the frame worker (label matching + MLLM "
-                                  "confirmation)")
-    query_backlog: int = param(4, "queries waiting for a query worker; more are answered 'busy' and counted "
-                                  "(query_overflow)")
+    query_workers: int = param(1, "queries answered at once, off the frame worker (label matching + MLLM confirmation)")
+    query_backlog: int = param(
+        4, "queries waiting for a query worker; more are answered 'busy' and counted (query_overflow)"
+    )
     query_timeout_s: float = param(60.0, "the ~/query service answers with an error after this long")
-    debug_image_rate_hz: float = param(2.0, "~/debug_image rate cap (keyframes only; 0: every keyframe); drawn only "
-                                            "while someone subscribes")
+    debug_image_rate_hz: float = param(
+        2.0, "~/debug_image rate cap (keyframes only; 0: every keyframe); drawn only while someone subscribes"
+    )
 
 
 NODE_PARAM_DOCS = cfg_mod.field_docs(NodeParams)
@@ -89,13 +103,13 @@ def declare_all(node) -> None:
     """Declare the node's own and every core parameter with its default and description."""
     node_choices = cfg_mod.field_choices(NodeParams)
     for f in fields(NodeParams):
-        node.declare_parameter(f.name, getattr(NodeParams(), f.name),
-                               _descriptor(NODE_PARAM_DOCS[f.name], node_choices.get(f.name)))
+        node.declare_parameter(
+            f.name, getattr(NodeParams(), f.name), _descriptor(NODE_PARAM_DOCS[f.name], node_choices.get(f.name))
+        )
     docs, choices = cfg_mod.field_docs(), cfg_mod.field_choices()
     for name, default in cfg_mod.flatten(OpenTrackConfig()).items():
         # dynamic typing: a YAML '1' for a float parameter is coerced by config.from_flat instead of rejected
-        node.declare_parameter(name, default, _descriptor(docs.get(name, ""), choices.get(name),
-                                                          dynamic_typing=True))
+        node.declare_parameter(name, default, _descriptor(docs.get(name, ""), choices.get(name), dynamic_typing=True))
 
 
 def overrides(values: Dict[str, Any]) -> list:
@@ -117,15 +131,18 @@ def read_node_params(node, validate: bool = True) -> NodeParams:
         return params
     for name, allowed in cfg_mod.field_choices(NodeParams).items():
         if getattr(params, name) not in allowed:
-            raise cfg_mod.ConfigError(f"parameter '{name}' = {getattr(params, name)!r}: expected one of "
-                                      f"{', '.join(allowed)}")
+            raise cfg_mod.ConfigError(
+                f"parameter '{name}' = {getattr(params, name)!r}: expected one of {', '.join(allowed)}"
+            )
     if params.rgb_transport == "compressedDepth":
-        raise cfg_mod.ConfigError("parameter 'rgb_transport' = 'compressedDepth': that transport is for depth "
-                                  "images; use raw or compressed")
+        raise cfg_mod.ConfigError(
+            "parameter 'rgb_transport' = 'compressedDepth': that transport is for depth images; use raw or compressed"
+        )
     for name in ("query_workers", "query_backlog"):
         if getattr(params, name) < (1 if name == "query_workers" else 0):
-            raise cfg_mod.ConfigError(f"parameter '{name}' = {getattr(params, name)}: must be at least "
-                                      f"{1 if name == 'query_workers' else 0}")
+            raise cfg_mod.ConfigError(
+                f"parameter '{name}' = {getattr(params, name)}: must be at least {1 if name == 'query_workers' else 0}"
+            )
     return params
 
 

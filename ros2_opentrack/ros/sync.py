@@ -11,6 +11,7 @@ its TF history there and warns once) and matching goes on from the new stamps. A
 ``max_ahead_s`` ahead of ``clock()`` is dropped as ``future_stamp`` without touching the state, so one wildly
 stamped message cannot blind the stream; one only moderately ahead is recovered from as a jump back.
 """
+
 from __future__ import annotations
 
 import threading
@@ -27,10 +28,17 @@ class StampSync:
     ``future_stamp`` (beyond ``max_ahead_s`` of the clock), ``cleared_by_time_jump`` (buffered when time jumped
     back; the jumps themselves are counted in ``jumps_back``), ``bad_stamp`` (NaN / inf)."""
 
-    def __init__(self, streams: Sequence[str], tolerance: float = 0.02, buffer_size: int = 10,
-                 anchor: Optional[str] = None, jump_back_s: float = 1.0, max_ahead_s: float = 0.0,
-                 clock: Optional[Callable[[], float]] = None,
-                 on_jump: Optional[Callable[[str, float, float], None]] = None):
+    def __init__(
+        self,
+        streams: Sequence[str],
+        tolerance: float = 0.02,
+        buffer_size: int = 10,
+        anchor: Optional[str] = None,
+        jump_back_s: float = 1.0,
+        max_ahead_s: float = 0.0,
+        clock: Optional[Callable[[], float]] = None,
+        on_jump: Optional[Callable[[str, float, float], None]] = None,
+    ):
         """``jump_back_s``: how far back a stamp may lie behind the newest before it counts as a time jump
         (0 disables: such stamps stay out_of_order). ``max_ahead_s`` with ``clock`` (seconds; a clock reading
         0, as sim time before /clock, disables the check): the farthest a stamp may lie in the future (0
@@ -102,8 +110,12 @@ class StampSync:
         """(messages received, messages accounted for: in an emitted set, counted under a drop reason, or still
         buffered). Equal unless a message was lost silently."""
         with self._lock:
-            return (sum(self.received.values()), self.emitted * len(self.streams) + sum(self.dropped.values())
-                    + sum(len(b) for b in self._buffers.values()))
+            return (
+                sum(self.received.values()),
+                self.emitted * len(self.streams)
+                + sum(self.dropped.values())
+                + sum(len(b) for b in self._buffers.values()),
+            )
 
     def reset(self) -> None:
         with self._lock:

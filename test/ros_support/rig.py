@@ -1,5 +1,6 @@
 """In-process test rig: the opentrack node plus a 'driver' node in the same process that publishes camera
 messages and collects every output. Used by test_ros_node.py and bench/bench_ros_latency.py."""
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,15 @@ def init_ros(domain_id: int) -> None:
 
 
 class Rig:
-    def __init__(self, node, topics: Optional[Dict[str, str]] = None, keep: Optional[int] = None,
-                 activate: bool = True, multi_threaded: bool = False, debug_image: bool = False):
+    def __init__(
+        self,
+        node,
+        topics: Optional[Dict[str, str]] = None,
+        keep: Optional[int] = None,
+        activate: bool = True,
+        multi_threaded: bool = False,
+        debug_image: bool = False,
+    ):
         """``keep``: how many received messages per output to keep (None: all; arrival times are always kept
         for instances), so long benchmarks do not measure their own collector's memory. ``activate``: an
         unconfigured (lifecycle) node is configured and activated first. ``multi_threaded``: a
@@ -39,8 +47,14 @@ class Rig:
 
         from ros2_opentrack.msg import Instance3DArray, QueryResult
 
-        t = {"rgb": "rgb", "depth": "depth", "masks": "masks", "camera_info": "camera_info", "pose": "pose",
-             **(topics or {})}
+        t = {
+            "rgb": "rgb",
+            "depth": "depth",
+            "masks": "masks",
+            "camera_info": "camera_info",
+            "pose": "pose",
+            **(topics or {}),
+        }
         self.node = node
         if activate and getattr(node, "stage", None) == "unconfigured":
             assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS, node.last_error
@@ -48,20 +62,26 @@ class Rig:
         self.driver = rclpy.create_node("opentrack_test_driver")
         d = self.driver
         self.pubs = {
-            "rgb": d.create_publisher(Image, t["rgb"], 10), "depth": d.create_publisher(Image, t["depth"], 10),
+            "rgb": d.create_publisher(Image, t["rgb"], 10),
+            "depth": d.create_publisher(Image, t["depth"], 10),
             "masks": d.create_publisher(Image, t["masks"], 10),
             "camera_info": d.create_publisher(CameraInfo, t["camera_info"], 10),
-            "tf": d.create_publisher(TFMessage, "/tf", 100), "query": d.create_publisher(String, "query", 10),
-            "pose": d.create_publisher(PoseStamped, t["pose"], 10), "clock": d.create_publisher(Clock, "/clock", 10),
+            "tf": d.create_publisher(TFMessage, "/tf", 100),
+            "query": d.create_publisher(String, "query", 10),
+            "pose": d.create_publisher(PoseStamped, t["pose"], 10),
+            "clock": d.create_publisher(Clock, "/clock", 10),
         }
         self.got: Dict[str, Any] = defaultdict(lambda: deque(maxlen=keep))
         self.counts: Dict[str, int] = defaultdict(int)
         self.stamps: List[int] = []  # header stamps (ns) of every received Instance3DArray
         self.arrival: Dict[str, List[float]] = defaultdict(list)
-        for name, typ, topic in (("instances", Instance3DArray, "instances"), ("markers", MarkerArray, "markers"),
-                                 ("cloud", PointCloud2, "instance_cloud"),
-                                 ("query_result", QueryResult, "query_result"),
-                                 ("diagnostics", DiagnosticArray, "/diagnostics")):
+        for name, typ, topic in (
+            ("instances", Instance3DArray, "instances"),
+            ("markers", MarkerArray, "markers"),
+            ("cloud", PointCloud2, "instance_cloud"),
+            ("query_result", QueryResult, "query_result"),
+            ("diagnostics", DiagnosticArray, "/diagnostics"),
+        ):
             d.create_subscription(typ, topic, self._collector(name), 10)
         try:
             from vision_msgs.msg import Detection3DArray
@@ -81,7 +101,8 @@ class Rig:
             self.counts[name] += 1
             if name == "instances":
                 self.arrival[name].append(time.perf_counter())
-                self.stamps.append(msg.header.stamp.sec * 10 ** 9 + msg.header.stamp.nanosec)
+                self.stamps.append(msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec)
+
         return collect
 
     def spin_until(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
@@ -96,8 +117,9 @@ class Rig:
         self.spin_until(lambda: False, seconds)
 
     def wait_for_subscribers(self, timeout: float = 5.0) -> bool:
-        return self.spin_until(lambda: all(self.pubs[k].get_subscription_count() > 0
-                                           for k in ("rgb", "depth", "camera_info")), timeout)
+        return self.spin_until(
+            lambda: all(self.pubs[k].get_subscription_count() > 0 for k in ("rgb", "depth", "camera_info")), timeout
+        )
 
     def publish(self, msgs: dict, with_tf: bool = True, order=("camera_info", "masks", "rgb", "depth")) -> None:
         """One frame's messages (ros_messages.frame_messages): tf first, depth last (the sync anchor)."""

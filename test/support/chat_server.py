@@ -3,6 +3,7 @@
 ``answer`` decides each reply from the decoded request: it returns the assistant text, or a (status, body)
 tuple for an HTTP error, or sleeps to simulate a slow server. Every request (headers, JSON, decoded images) is
 recorded for assertions."""
+
 from __future__ import annotations
 
 import base64
@@ -66,11 +67,20 @@ class ChatServer:
                     payload = text.encode("utf-8")
                 else:
                     status = 200
-                    payload = json.dumps({"id": "cmpl-test", "object": "chat.completion",
-                                          "model": received.body.get("model"),
-                                          "choices": [{"index": 0, "finish_reason": "stop",
-                                                       "message": {"role": "assistant", "content": reply}}]}
-                                         ).encode("utf-8")
+                    payload = json.dumps(
+                        {
+                            "id": "cmpl-test",
+                            "object": "chat.completion",
+                            "model": received.body.get("model"),
+                            "choices": [
+                                {
+                                    "index": 0,
+                                    "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": reply},
+                                }
+                            ],
+                        }
+                    ).encode("utf-8")
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
