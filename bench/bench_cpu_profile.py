@@ -98,6 +98,34 @@ def bench_profile(args) -> None:
         f"{1000.0 / statistics.mean(total):.2f} (mean)"
         f"   instances so far: {len(pipe.instances())}"
     )
+    throughput(cfg, args)
+
+
+def throughput(cfg, args) -> None:
+    """Wall-clock keyframes/s over the same in-memory frames: stages one after the other (their sum) vs
+    overlapped (segment / describe / track of consecutive keyframes in three threads: the slowest stage)."""
+    from ros2_opentrack.io import open_scene
+    from ros2_opentrack.overlap import run_overlapped
+    from ros2_opentrack.pipeline import Pipeline
+
+    frames = list(open_scene(args.scene, stride=args.stride, max_frames=args.frames + args.warmup))
+    rates = {}
+    for name in ("sequential", "overlapped"):
+        pipe = Pipeline(cfg)
+        for f in frames[: args.warmup]:
+            pipe.step(f)
+        t0 = time.perf_counter()
+        if name == "sequential":
+            results = [pipe.step(f) for f in frames[args.warmup :]]
+        else:
+            results = list(run_overlapped(pipe, frames[args.warmup :]))
+        seconds = time.perf_counter() - t0
+        rates[name] = sum(r.keyframe for r in results) / seconds
+        pipe.close()
+    print(
+        f"throughput    sequential {rates['sequential']:.2f} keyframes/s, overlapped {rates['overlapped']:.2f} "
+        f"keyframes/s ({rates['overlapped'] / rates['sequential']:.2f}x)"
+    )
 
 
 def _time(fn, repeat: int) -> float:

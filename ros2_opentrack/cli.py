@@ -251,15 +251,23 @@ def run_pipeline(cfg, reader, progress: bool = True, pipeline=None, stop=None):
     t0 = time.perf_counter()
     bar = _progress(len(reader), progress)
     stopped = False
-    for frame in reader:
-        results.append(pipe.step(frame))
+    if cfg.perception.overlap_stages:  # segment / describe / track of consecutive keyframes run concurrently
+        from .overlap import run_overlapped
+
+        steps = run_overlapped(pipe, reader, stop_reading=stop)  # on a stop it drains what it has read
+    else:
+        steps = (pipe.step(frame) for frame in reader)
+    for result in steps:
+        results.append(result)
         if bar is not None:
             s = pipe.stats
             bar.set_postfix(kf=s.keyframes, tracks=s.active + s.dormant, refresh=False)
             bar.update(1)
         if stop is not None and stop.is_set():
             stopped = True
-            break
+            if not cfg.perception.overlap_stages:
+                break
+    steps.close()  # ends the stage threads
     if bar is not None:
         bar.close()
     instances = pipe.finalize(wait_s=2.0) if stopped else pipe.finalize()

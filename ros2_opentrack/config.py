@@ -328,6 +328,16 @@ class PerceptionConfig:
     text_matcher: TextMatcherConfig = field(default_factory=TextMatcherConfig)
     weights_dir: str = param("~/.cache/ros2_opentrack", "where local weights and TensorRT engines are looked up")
     offline: bool = param(False, "never try a download (also implied by HF_HUB_OFFLINE=1)")
+    onnx_threads: int = param(
+        0,
+        "intra-op threads of each ONNX Runtime session (0: all cores; with overlap_stages two sessions run at "
+        "once, so half the cores each is faster: config/cpu.yaml sets 1 for 2-core machines)",
+    )
+    overlap_stages: bool = param(
+        True,
+        "opentrack run: segment (detector + segmenter), describe (features) and track consecutive keyframes in "
+        "three threads, so throughput is bound by the slowest stage, not their sum (same results)",
+    )
 
 
 @dataclass

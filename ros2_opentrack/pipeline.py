@@ -45,6 +45,19 @@ class StepResult:
 
 
 @dataclass
+class Admitted:
+    """A frame on its way through the stages of Pipeline.step (admit -> perceive -> track)."""
+
+    frame: Frame
+    result: StepResult
+    t_start: float
+    keyframe_no: int = 0  # its number among keyframes (the refinement schedule), 0 for other frames
+    masks: Optional[List[Mask2D]] = None
+    features: Optional[np.ndarray] = None
+    error: Optional[str] = None  # why it is rejected
+
+
+@dataclass
 class PipelineStats:
     frames: int = 0
     keyframes: int = 0
@@ -105,34 +118,73 @@ class Pipeline:
     # ---------------------------------------------------------------------------------------------
     def step(self, frame: Frame) -> StepResult:
         """Process one frame. Bad input is counted, logged and returned as StepResult(error=...)."""
-        t_start = time.perf_counter()
-        self._frames += 1
-        if isinstance(getattr(frame, "index", None), (int, np.integer)):
-            self._last_index = max(self._last_index, int(frame.index))
-        mask_drops: Dict[str, int] = {}
+        return self.track(self.perceive(self.admit(frame)))
+
+    # The three stages of step(), for callers that overlap consecutive keyframes (overlap.run_overlapped): admit
+    # and track run in frame order on one thread and own every piece of state; perceive (the 2D models) touches
+    # none of it, so the next keyframe's perceive can run while this one is tracked.
+
+    def admit(self, frame: Frame) -> "Admitted":
+        """Validate (the one check every frame passes) and decide whether it is a keyframe."""
+        a = Admitted(frame=frame, result=StepResult(), t_start=time.perf_counter())
         try:
-            frame = validate_frame(frame, mask_drops, self.cfg.validation)  # the one validation every frame passes
+            a.frame = validate_frame(frame, a.result.dropped, self.cfg.validation)
         except InputError as exc:
-            return self._reject(frame, str(exc))
-        if not self.keyframes(frame):
-            return StepResult(keyframe=False, timings_ms={"total": _ms(t_start)})
-        self._keyframes += 1
-        result = StepResult(keyframe=True, dropped=mask_drops)
+            a.error = str(exc)
+            return a
+        if self.keyframes(a.frame):
+            self._keyframes += 1
+            a.result.keyframe, a.keyframe_no = True, self._keyframes
+        return a
+
+    def perceive(self, a: "Admitted") -> "Admitted":
+        """The 2D stage of a keyframe: masks (the frame's own or the models'), then their descriptors."""
+        return self.describe(self.segment(a))
+
+    def segment(self, a: "Admitted") -> "Admitted":
+        """A keyframe's masks: the frame's own (dataset, topic) or detector + segmenter."""
+        if a.error is None and a.result.keyframe:
+            t0 = time.perf_counter()
+            try:
+                a.masks = self._masks(a.frame, a.result)
+            except InputError as exc:
+                a.error = str(exc)
+            a.result.timings_ms["masks"] = _ms(t0)
+        return a
+
+    def describe(self, a: "Admitted") -> "Admitted":
+        """A keyframe's mask-averaged descriptors (one backend call)."""
+        if a.error is None and a.result.keyframe:
+            t0 = time.perf_counter()
+            try:
+                a.features = self._describe(a.frame, a.masks)
+            except InputError as exc:
+                a.error = str(exc)
+            a.result.timings_ms["features"] = _ms(t0)
+        return a
+
+    def track(self, a: "Admitted") -> StepResult:
+        """The 3D stage: lift, scene map, tracker, views, periodic refinement, labels; counts what was dropped."""
+        self._frames += 1  # counted here: frames a run has fully processed (admit may run ahead)
+        if isinstance(getattr(a.frame, "index", None), (int, np.integer)):
+            self._last_index = max(self._last_index, int(a.frame.index))
+        if a.error is not None:
+            return self._reject(a.frame, a.error)
+        result = a.result
+        if not result.keyframe:
+            return StepResult(keyframe=False, timings_ms={"total": _ms(a.t_start)})
         try:
-            self._keyframe(frame, result, _Timer(result.timings_ms))
+            self._keyframe(a, _Timer(result.timings_ms))
         except InputError as exc:
-            return self._reject(frame, str(exc))
+            return self._reject(a.frame, str(exc))
         for k, v in result.dropped.items():
             self._dropped[k] = self._dropped.get(k, 0) + v
-        result.timings_ms["total"] = _ms(t_start)
+        result.timings_ms["total"] = _ms(a.t_start)
         return result
 
-    def _keyframe(self, frame: Frame, result: StepResult, timer: "_Timer") -> None:
-        masks = self._masks(frame, result)
-        timer.lap("masks")
-        features = self._describe(frame, masks)
-        timer.lap("features")
-        observations = self._lift(frame, masks, features, result)
+    def _keyframe(self, a: "Admitted", timer: "_Timer") -> None:
+        frame, masks, result = a.frame, a.masks, a.result
+        observations = self._lift(frame, masks, a.features, result)
         timer.lap("lift")
         self._add_to_scene_map(frame)
         timer.lap("map")
@@ -143,7 +195,7 @@ class Pipeline:
         self._offer_views(frame, outcome, observations)
         timer.lap("views")
         every = self.cfg.refine.every_n_keyframes
-        if every > 0 and self._keyframes % every == 0:
+        if every > 0 and a.keyframe_no % every == 0:
             result.merged = self._refine_and_merge(only_dirty=True)
             timer.lap("refine")
         self._forget(outcome.terminated)

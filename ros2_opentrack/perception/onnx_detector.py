@@ -162,7 +162,7 @@ class OnnxDetector:
             half=cfg.half,
             tensorrt=cfg.tensorrt,
             role="detector (onnx)",
-            threads=env_threads(),
+            threads=env_threads(perception_cfg),
         )
         meta = metadata(session)
         names = parse_names(meta.get("names")) or sidecar_names(path)

@@ -125,7 +125,7 @@ class OnnxFeatures:
             half=cfg.half,
             tensorrt=cfg.tensorrt,
             role="features (onnx)",
-            threads=env_threads(),
+            threads=env_threads(perception_cfg),
         )
         return cls(session, image_size=cfg.image_size, name=path.stem)
 

@@ -226,8 +226,12 @@ def fixed_hw(shape: Sequence[Any]) -> Optional[Tuple[int, int]]:
     return None
 
 
-def env_threads() -> int:
-    """OPENTRACK_ORT_THREADS: intra-op threads per session (0 = ONNX Runtime's default, all cores)."""
+def env_threads(perception_cfg: Any = None) -> int:
+    """Intra-op threads per session: perception.onnx_threads, else OPENTRACK_ORT_THREADS, else 0 (ONNX Runtime's
+    default: all cores)."""
+    configured = int(getattr(perception_cfg, "onnx_threads", 0) or 0)
+    if configured > 0:
+        return configured
     try:
         return max(0, int(os.environ.get("OPENTRACK_ORT_THREADS", "0")))
     except ValueError:

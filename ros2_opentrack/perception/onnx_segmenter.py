@@ -117,7 +117,9 @@ class OnnxSam2Segmenter:
                     f"segmenter (onnx): SAM2 {what} {p} not found; export a pair with "
                     f"scripts/export_onnx.py sam2 --out <prefix>"
                 )
-        common = dict(device=cfg.device, perception_cfg=perception_cfg, half=cfg.half, threads=env_threads())
+        common = dict(
+            device=cfg.device, perception_cfg=perception_cfg, half=cfg.half, threads=env_threads(perception_cfg)
+        )
         enc = make_session(enc_path, role="segmenter (onnx) encoder", **common)
         dec = make_session(dec_path, role="segmenter (onnx) decoder", **common)
         return cls(enc, dec, name=enc_path.name.replace(".encoder.onnx", ""))
