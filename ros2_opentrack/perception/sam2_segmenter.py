@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import BackendUnavailable, ConfigError
 from .base import Requirements
-from .devices import check_rgb, resolve_device, use_half
+from .devices import IMAGENET_MEAN, IMAGENET_STD, check_rgb, resolve_device, use_half
 from .onnx_segmenter import clip_boxes
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,6 @@ _ALIASES = {
     "l": "large",
     "large": "large",
 }
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
