@@ -935,6 +935,13 @@ def _wall_furniture_depth(scene: SyntheticScene, lo, hi, near_m: float = 0.3, ca
     return out
 
 
+def _height_and_pitch(rng, n, height, pitch_deg) -> Tuple[np.ndarray, np.ndarray]:
+    """A camera path's heights (m) and pitches (radians): smooth noise within the height and pitch_deg ranges."""
+    z = np.mean(height) + _smooth_noise(rng, n, (height[1] - height[0]) / 2)
+    pitch = np.radians(np.mean(pitch_deg) + _smooth_noise(rng, n, (pitch_deg[1] - pitch_deg[0]) / 2))
+    return z, pitch
+
+
 def loop_trajectory(
     scene: SyntheticScene,
     n_frames: int = 80,
@@ -952,8 +959,7 @@ def loop_trajectory(
     boxes = _object_boxes(scene)
     a0 = rng.uniform(0, 2 * np.pi)
     ang = a0 + np.linspace(0, 2 * np.pi * turns, n_frames)
-    z = np.mean(height) + _smooth_noise(rng, n_frames, (height[1] - height[0]) / 2)
-    pitch = np.radians(np.mean(pitch_deg) + _smooth_noise(rng, n_frames, (pitch_deg[1] - pitch_deg[0]) / 2))
+    z, pitch = _height_and_pitch(rng, n_frames, height, pitch_deg)
     yaw = ang + np.radians(_smooth_noise(rng, n_frames, 10.0))
     poses = []
     for k in range(n_frames):
@@ -1009,8 +1015,7 @@ def wall_trajectory(
     boxes = _object_boxes(scene)
     centre = (lo + hi) / 2
     wobble = _smooth_noise(rng, n, (standoff[1] - standoff[0]) / 2)
-    z = np.mean(height) + _smooth_noise(rng, n, (height[1] - height[0]) / 2)
-    pitch = np.radians(np.mean(pitch_deg) + _smooth_noise(rng, n, (pitch_deg[1] - pitch_deg[0]) / 2))
+    z, pitch = _height_and_pitch(rng, n, height, pitch_deg)
     jitter = np.radians(_smooth_noise(rng, n, 4.0))
     raw, yaw = np.zeros((n, 3)), np.zeros(n)
     for k, (xy, yw) in enumerate(samples):
@@ -1054,8 +1059,7 @@ def walk_trajectory(
     pos = _push_clear(np.array([*rng.uniform(a, b), np.mean(height)]), centre, boxes)
     heading = rng.uniform(0, 2 * np.pi)
     yaw, yaw_rate = rng.uniform(0, 2 * np.pi), 0.0
-    z = np.mean(height) + _smooth_noise(rng, n_frames, (height[1] - height[0]) / 2)
-    pitch = np.radians(np.mean(pitch_deg) + _smooth_noise(rng, n_frames, (pitch_deg[1] - pitch_deg[0]) / 2))
+    z, pitch = _height_and_pitch(rng, n_frames, height, pitch_deg)
     poses = []
     for k in range(n_frames):
         heading += rng.normal(0, np.radians(10))
