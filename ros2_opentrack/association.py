@@ -76,20 +76,11 @@ class Associator:
         track (every side of the object seen so far) would fall as the track grows and split objects seen from
         a new side."""
         centers = [t.voxel_centers(self.cfg.voxel_size_m) for t in tracks]
-        sizes = np.array([len(c) for c in centers])
-        if sizes.sum() == 0:
+        if sum(len(c) for c in centers) == 0:
             return [t.voxels for t in tracks], [np.zeros((0, 2), np.int64) for _ in tracks]
-        visible, _, px = geometry.visibility(
-            np.concatenate(centers),
-            frame.T_world_cam,
-            frame.K,
-            frame.depth,
-            self.lift_cfg.depth_min_m,
-            self.lift_cfg.depth_max_m,
-            self.cfg.occlusion_margin_m,
+        visible, _, px, parts = geometry.visibility_by_set(
+            centers, frame, self.lift_cfg.depth_min_m, self.lift_cfg.depth_max_m, self.cfg.occlusion_margin_m
         )
-        bounds = np.r_[0, np.cumsum(sizes)]
-        parts = [slice(bounds[k], bounds[k + 1]) for k in range(len(tracks))]
         return ([t.voxels[visible[s]] for t, s in zip(tracks, parts)], [px[s][visible[s]] for s in parts])
 
     def seen_elsewhere(self, observations, tracks, visible_voxels, visible_pixels, iou) -> np.ndarray:

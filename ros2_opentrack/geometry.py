@@ -7,7 +7,7 @@ pixel (u, v) = (column, row); boxes are x0, y0, x1, y1 with x1, y1 exclusive.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -156,6 +156,18 @@ def visibility(
     observed = depth[px[:, 1], px[:, 0]]
     visible = frustum & (observed > 0) & (z <= observed + margin)
     return visible, frustum, px
+
+
+def visibility_by_set(
+    point_sets: Sequence[np.ndarray], view, depth_min: float, depth_max: float, margin: float
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray, List[slice]]:
+    """visibility() of several point sets (one per track) in one projection into ``view`` (a Frame: its
+    T_world_cam, K and depth): (visible, in_frustum, pixels) of the sets concatenated, and each set's slice."""
+    sizes = [len(p) for p in point_sets]
+    points = np.concatenate(point_sets) if sum(sizes) else np.zeros((0, 3), np.float32)
+    visible, frustum, px = visibility(points, view.T_world_cam, view.K, view.depth, depth_min, depth_max, margin)
+    bounds = np.r_[0, np.cumsum(sizes)]
+    return visible, frustum, px, [slice(bounds[k], bounds[k + 1]) for k in range(len(point_sets))]
 
 
 def frustum_corners(K: np.ndarray, T_world_cam: np.ndarray, hw, near: float, far: float) -> np.ndarray:

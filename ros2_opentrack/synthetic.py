@@ -239,6 +239,59 @@ def _object_points(kind, x, y, w, d, h, spacing, rng):
     return np.concatenate(parts), np.concatenate(shades)
 
 
+class _RoomCloud:
+    """The point cloud a procedural room is built into: its shell (floor, ceiling, four walls) on creation, then
+    furniture by add_object; scene() turns it into a SyntheticScene. terracotta: sub-parts shaded negative (a
+    plant's pot) are terracotta-coloured; otherwise they take the object's colour like the rest."""
+
+    def __init__(self, rng, size, height, wall_spacing, terracotta):
+        self.rng = rng
+        self.terracotta = terracotta
+        self.pts, self.cols, self.inst, self.rad = [], [], [], []
+        self.labels: Dict[int, str] = {}
+        W, D = size
+        ws = wall_spacing
+        self.add(_box_surface([0, 0, 0], [W, D, 0], ws, rng), FLOOR_COLOR, 0, ws)
+        self.add(_box_surface([0, 0, height], [W, D, height], ws, rng), CEILING_COLOR, 0, ws)
+        for lo, hi in (
+            ([0, 0, 0], [W, 0, height]),
+            ([0, D, 0], [W, D, height]),
+            ([0, 0, 0], [0, D, height]),
+            ([W, 0, 0], [W, D, height]),
+        ):
+            self.add(_box_surface(lo, hi, ws, rng), WALL_COLOR, 0, ws)
+
+    def add(self, p, color, iid, r, shade=None):
+        c = np.tile(np.asarray(color, float), (len(p), 1))
+        if shade is not None:
+            if self.terracotta:
+                c = np.where(shade[:, None] < 0, np.array([170, 90, 60], float), c * np.abs(shade)[:, None])
+            else:
+                c = c * np.abs(shade)[:, None]
+        c += self.rng.normal(0, 6, c.shape)  # texture
+        self.pts.append(p)
+        self.cols.append(np.clip(c, 0, 255))
+        self.inst.append(np.full(len(p), iid))
+        self.rad.append(np.full(len(p), r))
+
+    def add_object(self, points_shade, palette, iid, name, spacing):
+        """One furniture item ((points, shade) of _object_points) in a colour drawn from its palette, jittered."""
+        p, shade = points_shade
+        base = np.asarray(palette[self.rng.integers(len(palette))], float)
+        self.add(p, np.clip(base * self.rng.uniform(0.92, 1.08), 0, 255), iid, spacing, shade)
+        self.labels[iid] = name
+
+    def scene(self, name: str) -> SyntheticScene:
+        return SyntheticScene(
+            points=np.concatenate(self.pts).astype(np.float32),
+            colors=np.concatenate(self.cols).astype(np.uint8),
+            instance=np.concatenate(self.inst).astype(np.int32),
+            labels=self.labels,
+            name=name,
+            radius=0.75 * np.concatenate(self.rad).astype(np.float32),
+        )
+
+
 def make_room(
     seed: int = 0,
     n_objects: int = 8,
@@ -255,30 +308,7 @@ def make_room(
         raise InputError(f"n_objects must be >= 1, got {n_objects}")
     rng = np.random.default_rng(seed)
     W, D = size
-    pts, cols, inst, rad = [], [], [], []
-    labels: Dict[int, str] = {}
-
-    def add(p, color, iid, r, shade=None):
-        c = np.tile(np.asarray(color, float), (len(p), 1))
-        if shade is not None:
-            c = np.where(shade[:, None] < 0, np.array([170, 90, 60], float), c * np.abs(shade)[:, None])
-        c += rng.normal(0, 6, c.shape)  # texture
-        pts.append(p)
-        cols.append(np.clip(c, 0, 255))
-        inst.append(np.full(len(p), iid))
-        rad.append(np.full(len(p), r))
-
-    ws = wall_spacing
-    add(_box_surface([0, 0, 0], [W, D, 0], ws, rng), FLOOR_COLOR, 0, ws)
-    add(_box_surface([0, 0, height], [W, D, height], ws, rng), CEILING_COLOR, 0, ws)
-    for lo, hi in (
-        ([0, 0, 0], [W, 0, height]),
-        ([0, D, 0], [W, D, height]),
-        ([0, 0, 0], [0, D, height]),
-        ([W, 0, 0], [W, D, height]),
-    ):
-        p = _box_surface(lo, hi, ws, rng)
-        add(p, WALL_COLOR, 0, ws)
+    room = _RoomCloud(rng, size, height, wall_spacing, terracotta=True)
 
     footprints: List[Tuple[float, float, float, float]] = []
     for k in range(n_objects):
@@ -289,22 +319,8 @@ def make_room(
         if placed is None:
             continue
         x, y = placed
-        p, shade = _object_points(kind, x, y, w, d, h, spacing, rng)
-        base = np.asarray(palette[rng.integers(len(palette))], float)
-        color = np.clip(base * rng.uniform(0.92, 1.08), 0, 255)
-        iid = k + 1
-        add(p, color, iid, spacing, shade)
-        labels[iid] = name
-    points = np.concatenate(pts).astype(np.float32)
-    radius = 0.75 * np.concatenate(rad).astype(np.float32)
-    return SyntheticScene(
-        points=points,
-        colors=np.concatenate(cols).astype(np.uint8),
-        instance=np.concatenate(inst).astype(np.int32),
-        labels=labels,
-        name=f"room_s{seed}_n{n_objects}",
-        radius=radius,
-    )
+        room.add_object(_object_points(kind, x, y, w, d, h, spacing, rng), palette, k + 1, name, spacing)
+    return room.scene(f"room_s{seed}_n{n_objects}")
 
 
 def _place(rng, footprints, w, d, W, D, tries=300):
@@ -818,29 +834,7 @@ def make_wall_room(
         raise InputError(f"n_objects must be >= 1, got {n_objects}")
     rng = np.random.default_rng(seed)
     W, D = size
-    pts, cols, inst, rad = [], [], [], []
-    labels: Dict[int, str] = {}
-
-    def add(p, color, iid, r, shade=None):
-        c = np.tile(np.asarray(color, float), (len(p), 1))
-        if shade is not None:
-            c = c * np.abs(shade)[:, None]
-        c += rng.normal(0, 6, c.shape)
-        pts.append(p)
-        cols.append(np.clip(c, 0, 255))
-        inst.append(np.full(len(p), iid))
-        rad.append(np.full(len(p), r))
-
-    ws = wall_spacing
-    add(_box_surface([0, 0, 0], [W, D, 0], ws, rng), FLOOR_COLOR, 0, ws)
-    add(_box_surface([0, 0, height], [W, D, height], ws, rng), CEILING_COLOR, 0, ws)
-    for lo, hi in (
-        ([0, 0, 0], [W, 0, height]),
-        ([0, D, 0], [W, D, height]),
-        ([0, 0, 0], [0, D, height]),
-        ([W, 0, 0], [W, D, height]),
-    ):
-        add(_box_surface(lo, hi, ws, rng), WALL_COLOR, 0, ws)
+    room = _RoomCloud(rng, size, height, wall_spacing, terracotta=False)
     names = [n for n in rng.permutation(_ORDER) if n != "sofa"]  # sofas are longer than some walls' free run
     cursor = {0: 0.05, 1: 0.95, 2: 0.05, 3: 0.95}  # wall -> free position along it: y=0, x=W, y=D, x=0
     end = {0: W - 0.05, 1: D - 0.95, 2: W - 0.05, 3: D - 0.95}  # walls 1 and 3 leave the corners to 0 and 2
@@ -867,19 +861,9 @@ def make_wall_room(
             }[wall]
         else:  # the middle of the room
             x, y = W / 2 + rng.uniform(-0.6, 0.6), D / 2 + rng.uniform(-0.5, 0.5)
-        p, shade = _object_points(kind, x, y, w, d, h, spacing, rng)
-        base = np.asarray(palette[rng.integers(len(palette))], float)
         iid += 1
-        add(p, np.clip(base * rng.uniform(0.92, 1.08), 0, 255), iid, spacing, shade)
-        labels[iid] = name
-    return SyntheticScene(
-        points=np.concatenate(pts).astype(np.float32),
-        colors=np.concatenate(cols).astype(np.uint8),
-        instance=np.concatenate(inst).astype(np.int32),
-        labels=labels,
-        name=f"wallroom_s{seed}_n{n_objects}",
-        radius=0.75 * np.concatenate(rad).astype(np.float32),
-    )
+        room.add_object(_object_points(kind, x, y, w, d, h, spacing, rng), palette, iid, name, spacing)
+    return room.scene(f"wallroom_s{seed}_n{n_objects}")
 
 
 def room_box(scene: SyntheticScene, pct: float = 0.5) -> Tuple[np.ndarray, np.ndarray]:
@@ -951,6 +935,13 @@ def _wall_furniture_depth(scene: SyntheticScene, lo, hi, near_m: float = 0.3, ca
     return out
 
 
+def _height_and_pitch(rng, n, height, pitch_deg) -> Tuple[np.ndarray, np.ndarray]:
+    """A camera path's heights (m) and pitches (radians): smooth noise within the height and pitch_deg ranges."""
+    z = np.mean(height) + _smooth_noise(rng, n, (height[1] - height[0]) / 2)
+    pitch = np.radians(np.mean(pitch_deg) + _smooth_noise(rng, n, (pitch_deg[1] - pitch_deg[0]) / 2))
+    return z, pitch
+
+
 def loop_trajectory(
     scene: SyntheticScene,
     n_frames: int = 80,
@@ -968,8 +959,7 @@ def loop_trajectory(
     boxes = _object_boxes(scene)
     a0 = rng.uniform(0, 2 * np.pi)
     ang = a0 + np.linspace(0, 2 * np.pi * turns, n_frames)
-    z = np.mean(height) + _smooth_noise(rng, n_frames, (height[1] - height[0]) / 2)
-    pitch = np.radians(np.mean(pitch_deg) + _smooth_noise(rng, n_frames, (pitch_deg[1] - pitch_deg[0]) / 2))
+    z, pitch = _height_and_pitch(rng, n_frames, height, pitch_deg)
     yaw = ang + np.radians(_smooth_noise(rng, n_frames, 10.0))
     poses = []
     for k in range(n_frames):
@@ -1025,8 +1015,7 @@ def wall_trajectory(
     boxes = _object_boxes(scene)
     centre = (lo + hi) / 2
     wobble = _smooth_noise(rng, n, (standoff[1] - standoff[0]) / 2)
-    z = np.mean(height) + _smooth_noise(rng, n, (height[1] - height[0]) / 2)
-    pitch = np.radians(np.mean(pitch_deg) + _smooth_noise(rng, n, (pitch_deg[1] - pitch_deg[0]) / 2))
+    z, pitch = _height_and_pitch(rng, n, height, pitch_deg)
     jitter = np.radians(_smooth_noise(rng, n, 4.0))
     raw, yaw = np.zeros((n, 3)), np.zeros(n)
     for k, (xy, yw) in enumerate(samples):
@@ -1070,8 +1059,7 @@ def walk_trajectory(
     pos = _push_clear(np.array([*rng.uniform(a, b), np.mean(height)]), centre, boxes)
     heading = rng.uniform(0, 2 * np.pi)
     yaw, yaw_rate = rng.uniform(0, 2 * np.pi), 0.0
-    z = np.mean(height) + _smooth_noise(rng, n_frames, (height[1] - height[0]) / 2)
-    pitch = np.radians(np.mean(pitch_deg) + _smooth_noise(rng, n_frames, (pitch_deg[1] - pitch_deg[0]) / 2))
+    z, pitch = _height_and_pitch(rng, n_frames, height, pitch_deg)
     poses = []
     for k in range(n_frames):
         heading += rng.normal(0, np.radians(10))

@@ -187,27 +187,21 @@ class Tracker:
             return {}
         stores = [self.tracks[t].store for t in ids]
         sizes = np.array([len(s) for s in stores])
-        pts = np.concatenate([s.centers() for s in stores]) if sizes.sum() else np.zeros((0, 3), np.float32)
-        visible, frustum, px = geometry.visibility(
-            pts,
-            frame.T_world_cam,
-            frame.K,
-            frame.depth,
+        visible, frustum, px, parts = geometry.visibility_by_set(
+            [s.centers() for s in stores],
+            frame,
             self.lift_cfg.depth_min_m,
             self.lift_cfg.depth_max_m,
             self.cfg.occlusion_margin_m,
         )
-        in_mask = np.zeros(len(pts), bool)
-        bounds = np.r_[0, np.cumsum(sizes)]
+        in_mask = np.zeros(len(visible), bool)
         if masks is not None and len(masks):
-            for k, tid in enumerate(ids):
-                s = slice(bounds[k], bounds[k + 1])
+            for tid, s in zip(ids, parts):
                 for mi in mask_of.get(tid, ()):  # every mask (part) the track was observed in
                     if mi >= 0:
                         in_mask[s] |= masks[mi][px[s, 1], px[s, 0]]
         seen: Dict[int, bool] = {}
-        for k, (tid, store) in enumerate(zip(ids, stores)):
-            s = slice(bounds[k], bounds[k + 1])
+        for k, (tid, store, s) in enumerate(zip(ids, stores, parts)):
             store.vote(visible[s], in_mask[s])
             n = max(1, sizes[k])
             seen[tid] = visible[s].sum() >= self.cfg.min_visible_fraction * n

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from ..errors import BackendUnavailable, ConfigError
 
+# the input normalisation of the ImageNet-trained backbones (DINOv2, SAM2): (x / 255 - mean) / std per RGB channel
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 def resolve_device(name: str = "auto", role: str = "model") -> str:
     """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'. An explicit CUDA device that is absent is an error,

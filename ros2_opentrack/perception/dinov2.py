@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import BackendUnavailable, ConfigError
 from .base import Requirements
-from .devices import check_masks, check_rgb, resolve_device, torch_dtype, use_half
+from .devices import IMAGENET_MEAN, IMAGENET_STD, check_masks, check_rgb, resolve_device, torch_dtype, use_half
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +24,6 @@ HUB_IDS = {
     "giant": "facebook/dinov2-giant",
     "g": "facebook/dinov2-giant",
 }
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def hub_id(model: str) -> str:

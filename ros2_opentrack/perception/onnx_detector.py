@@ -29,13 +29,12 @@ from ..errors import BackendUnavailable
 from .base import Detections
 from .devices import check_rgb
 from .onnx_runtime import (
-    env_threads,
+    backend_requirements,
     fixed_hw,
     input_scale,
-    make_session,
     metadata,
     parse_names,
-    resolve_model,
+    session_from_config,
     sidecar_names,
 )
 from .owlv2 import check_vocabulary, nms
@@ -146,24 +145,11 @@ class OnnxDetector:
         self._mapping_logged: Optional[Tuple] = None
         self.set_vocabulary(vocabulary)
 
-    @staticmethod
-    def requirements(cfg: Any, perception_cfg: Any = None):
-        from .onnx_runtime import onnx_requirements
-
-        return onnx_requirements(cfg)
+    requirements = staticmethod(backend_requirements)
 
     @classmethod
     def from_config(cls, cfg: Any, perception_cfg: Any = None) -> "OnnxDetector":
-        path = resolve_model(cfg.model, "detector (onnx)", perception_cfg)
-        session = make_session(
-            path,
-            cfg.device,
-            perception_cfg,
-            half=cfg.half,
-            tensorrt=cfg.tensorrt,
-            role="detector (onnx)",
-            threads=env_threads(perception_cfg),
-        )
+        path, session = session_from_config(cfg, "detector (onnx)", perception_cfg)
         meta = metadata(session)
         names = parse_names(meta.get("names")) or sidecar_names(path)
         if not names:

@@ -17,10 +17,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from .devices import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+log = logging.getLogger(__name__)
 
 
 def add_metadata(path: Path, meta: Dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import BackendUnavailable, ConfigError
 from .devices import check_masks, check_rgb
-from .onnx_runtime import env_threads, fixed_hw, input_scale, make_session, metadata, resolve_model
+from .onnx_runtime import backend_requirements, fixed_hw, input_scale, metadata, session_from_config
 
 log = logging.getLogger(__name__)
 
@@ -109,24 +109,11 @@ class OnnxFeatures:
         self._std = np.asarray(json.loads(std), np.float32).reshape(1, 3, 1, 1) if std else None
         self.empty_masks = 0
 
-    @staticmethod
-    def requirements(cfg: Any, perception_cfg: Any = None):
-        from .onnx_runtime import onnx_requirements
-
-        return onnx_requirements(cfg)
+    requirements = staticmethod(backend_requirements)
 
     @classmethod
     def from_config(cls, cfg: Any, perception_cfg: Any = None) -> "OnnxFeatures":
-        path = resolve_model(cfg.model, "features (onnx)", perception_cfg)
-        session = make_session(
-            path,
-            cfg.device,
-            perception_cfg,
-            half=cfg.half,
-            tensorrt=cfg.tensorrt,
-            role="features (onnx)",
-            threads=env_threads(perception_cfg),
-        )
+        path, session = session_from_config(cfg, "features (onnx)", perception_cfg)
         return cls(session, image_size=cfg.image_size, name=path.stem)
 
     def _stride(self, out_shape: Sequence[Any]) -> int:

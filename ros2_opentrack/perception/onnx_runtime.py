@@ -51,6 +51,11 @@ def onnx_requirements(cfg: Any, weights: Optional[str] = None):
     return Requirements(modules=("onnxruntime",), weights=weights or cfg.model, device=f"{kind} (onnxruntime)")
 
 
+def backend_requirements(cfg: Any, perception_cfg: Any = None):
+    """``requirements`` of the onnx backend classes (``requirements = staticmethod(backend_requirements)``)."""
+    return onnx_requirements(cfg)
+
+
 def parse_device(device: str, tensorrt: bool = False) -> Tuple[str, int]:
     """'auto' | 'cpu' | 'cuda[:N]' | 'tensorrt[:N]' (also 'trt') -> (kind, device id)."""
     text = (device or "auto").strip().lower()
@@ -170,6 +175,22 @@ def resolve_model(ref: str, role: str, perception_cfg: Any = None) -> Path:
     if path.is_dir():
         raise ConfigError(f"{role}: {path} is a folder; name the .onnx file in it")
     return path
+
+
+def session_from_config(cfg: Any, role: str, perception_cfg: Any = None) -> Tuple[Path, Any]:
+    """(the model file cfg.model names, an InferenceSession on it as cfg.device / half / tensorrt ask, with
+    env_threads(perception_cfg) threads): what from_config of a one-model onnx backend starts from."""
+    path = resolve_model(cfg.model, role, perception_cfg)
+    session = make_session(
+        path,
+        cfg.device,
+        perception_cfg,
+        half=cfg.half,
+        tensorrt=cfg.tensorrt,
+        role=role,
+        threads=env_threads(perception_cfg),
+    )
+    return path, session
 
 
 def metadata(session) -> Dict[str, str]:

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import BackendUnavailable
 from .devices import check_rgb
-from .onnx_runtime import env_threads, fixed_hw, make_session, metadata, resolve_model
+from .onnx_runtime import backend_requirements, env_threads, fixed_hw, make_session, metadata, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +95,7 @@ class OnnxSam2Segmenter:
                 f"perception/onnx_segmenter.py)"
             )
 
-    @staticmethod
-    def requirements(cfg: Any, perception_cfg: Any = None):
-        from .onnx_runtime import onnx_requirements
-
-        return onnx_requirements(cfg)
+    requirements = staticmethod(backend_requirements)
 
     @classmethod
     def from_config(cls, cfg: Any, perception_cfg: Any = None) -> "OnnxSam2Segmenter":

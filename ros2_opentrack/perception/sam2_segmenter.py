@@ -14,9 +14,10 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from ..errors import BackendUnavailable, ConfigError, InputError
+from ..errors import BackendUnavailable, ConfigError
 from .base import Requirements
-from .devices import check_rgb, resolve_device, use_half
+from .devices import IMAGENET_MEAN, IMAGENET_STD, check_rgb, resolve_device, use_half
+from .onnx_segmenter import clip_boxes
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,6 @@ _ALIASES = {
     "l": "large",
     "large": "large",
 }
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -169,19 +168,7 @@ class Sam2Segmenter:
         maps = [f.permute(1, 2, 0).reshape(1, -1, *s) for f, s in zip(feats, sizes)]
         return {"image_embed": maps[-1], "high_res_feats": maps[:-1]}
 
-    def clip_boxes(self, boxes, hw: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
-        """Boxes clipped to the image and a keep flag (finite, at least one pixel wide and high)."""
-        arr = np.asarray(boxes, dtype=np.float64) if not isinstance(boxes, np.ndarray) else boxes.astype(np.float64)
-        if arr.size == 0:
-            return np.zeros((0, 4), np.float32), np.zeros(0, bool)
-        if arr.ndim != 2 or arr.shape[1] != 4:
-            raise InputError(f"segmenter boxes must be (N, 4) x0, y0, x1, y1, got shape {arr.shape}")
-        h, w = hw
-        finite = np.isfinite(arr).all(axis=1)
-        arr = np.where(finite[:, None], arr, 0.0)
-        clipped = np.clip(arr, 0.0, [w, h, w, h])
-        keep = finite & (clipped[:, 2] - clipped[:, 0] >= 1.0) & (clipped[:, 3] - clipped[:, 1] >= 1.0)
-        return clipped.astype(np.float32), keep
+    clip_boxes = staticmethod(clip_boxes)  # the onnx segmenter's: the same boxes are kept and clipped
 
     def segment(self, rgb: np.ndarray, boxes: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """(masks (N, H, W) bool, predicted IoU (N,)). Degenerate boxes get an empty mask and IoU 0 (counted in

@@ -28,50 +28,54 @@ def _box(inst: Instance):
     return (lo + hi) / 2.0, np.maximum(hi - lo, 0.01)
 
 
+def _point(xyz) -> Point:
+    return Point(x=float(xyz[0]), y=float(xyz[1]), z=float(xyz[2]))
+
+
+def _add_marker(header: Header, ns: str, inst: Instance, kind: int, scale: Vector3, color: ColorRGBA, **fields):
+    """An ADD marker of one instance (id = the instance id) in namespace ns; pose defaults to the identity."""
+    fields.setdefault("pose", Pose(orientation=Quaternion(w=1.0)))
+    return Marker(
+        header=header, ns=ns, id=int(inst.id), type=kind, action=Marker.ADD, scale=scale, color=color, **fields
+    )
+
+
 def instance_markers(inst: Instance, header: Header, max_points: int = 400) -> List[Marker]:
     centre, size = _box(inst)
-    pose = Pose(
-        position=Point(x=float(centre[0]), y=float(centre[1]), z=float(centre[2])), orientation=Quaternion(w=1.0)
-    )
-    box = Marker(
-        header=header,
-        ns=NS_BOX,
-        id=int(inst.id),
-        type=Marker.CUBE,
-        action=Marker.ADD,
-        pose=pose,
-        scale=Vector3(x=float(size[0]), y=float(size[1]), z=float(size[2])),
-        color=colour_of(inst.id, 0.35),
+    box = _add_marker(
+        header,
+        NS_BOX,
+        inst,
+        Marker.CUBE,
+        Vector3(x=float(size[0]), y=float(size[1]), z=float(size[2])),
+        colour_of(inst.id, 0.35),
+        pose=Pose(position=_point(centre), orientation=Quaternion(w=1.0)),
     )
     text_pose = Pose(
-        position=Point(x=float(centre[0]), y=float(centre[1]), z=float(centre[2] + size[2] / 2 + 0.08)),
-        orientation=Quaternion(w=1.0),
+        position=_point((centre[0], centre[1], centre[2] + size[2] / 2 + 0.08)), orientation=Quaternion(w=1.0)
     )
     label = f"{inst.id}: {inst.label}" if inst.label else f"{inst.id}"
-    text = Marker(
-        header=header,
-        ns=NS_TEXT,
-        id=int(inst.id),
-        type=Marker.TEXT_VIEW_FACING,
-        action=Marker.ADD,
+    text = _add_marker(
+        header,
+        NS_TEXT,
+        inst,
+        Marker.TEXT_VIEW_FACING,
+        Vector3(z=0.1),
+        colour_of(inst.id, 1.0),
         pose=text_pose,
-        scale=Vector3(z=0.1),
-        color=colour_of(inst.id, 1.0),
         text=label,
     )
     pts = np.asarray(inst.points, np.float32).reshape(-1, 3)
     if len(pts) > max_points:
         pts = pts[np.linspace(0, len(pts) - 1, max_points).astype(int)]
-    points = Marker(
-        header=header,
-        ns=NS_POINTS,
-        id=int(inst.id),
-        type=Marker.POINTS,
-        action=Marker.ADD,
-        pose=Pose(orientation=Quaternion(w=1.0)),
-        scale=Vector3(x=0.015, y=0.015),
-        color=colour_of(inst.id, 1.0),
-        points=[Point(x=float(x), y=float(y), z=float(z)) for x, y, z in pts],
+    points = _add_marker(
+        header,
+        NS_POINTS,
+        inst,
+        Marker.POINTS,
+        Vector3(x=0.015, y=0.015),
+        colour_of(inst.id, 1.0),
+        points=[_point(p) for p in pts],
     )
     return [box, text, points]
 
@@ -117,18 +121,16 @@ def _wire_box(inst: Instance, header: Header, rank: int, lifetime_s: float) -> M
     centre, size = _box(inst)
     half = size / 2 + 0.02
     corners = [centre + half * np.array([sx, sy, sz]) for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)]
-    points = [Point(x=float(c[0]), y=float(c[1]), z=float(c[2])) for a, b in _EDGES for c in (corners[a], corners[b])]
+    points = [_point(c) for a, b in _EDGES for c in (corners[a], corners[b])]
     alpha = 1.0 if rank == 0 else 0.5  # the best match stands out
     secs = int(lifetime_s)
-    return Marker(
-        header=header,
-        ns=NS_QUERY,
-        id=int(inst.id),
-        type=Marker.LINE_LIST,
-        action=Marker.ADD,
-        pose=Pose(orientation=Quaternion(w=1.0)),
-        scale=Vector3(x=0.02 if rank == 0 else 0.01),
-        color=ColorRGBA(r=1.0, g=0.9, b=0.0, a=alpha),
+    return _add_marker(
+        header,
+        NS_QUERY,
+        inst,
+        Marker.LINE_LIST,
+        Vector3(x=0.02 if rank == 0 else 0.01),
+        ColorRGBA(r=1.0, g=0.9, b=0.0, a=alpha),
         points=points,
         lifetime=Duration(sec=secs, nanosec=int((lifetime_s - secs) * 1e9)),
     )

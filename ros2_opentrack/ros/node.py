@@ -559,10 +559,8 @@ class OpenTrackNode(LifecycleNode):
         if done.wait(self.params.query_timeout_s):
             response.result = box["msg"]
         else:
-            response.result = self._QueryResult(
-                header=self._now_header(),
-                query=request.query,
-                error=f"no answer within query_timeout_s = {self.params.query_timeout_s} s",
+            response.result = self._error_result(
+                request.query, f"no answer within query_timeout_s = {self.params.query_timeout_s} s"
             )
         return response
 
@@ -574,21 +572,11 @@ class OpenTrackNode(LifecycleNode):
         query_result when reply is not that publisher). False when no query slot is free (answered 'busy')."""
         if not text.strip():
             self.drop("empty_query", "query text is empty")
-            self._answer(
-                reply,
-                self._QueryResult(
-                    header=self._now_header(), query=text, error="empty query: expected a description such as 'red mug'"
-                ),
-            )
+            self._answer(reply, self._error_result(text, "empty query: expected a description such as 'red mug'"))
             return True
         if self._queries is None or not self._query_slots.acquire(blocking=False):
             self.drop("query_overflow", "all query slots are busy")
-            self._answer(
-                reply,
-                self._QueryResult(
-                    header=self._now_header(), query=text, error="busy: too many queries in progress, ask again later"
-                ),
-            )
+            self._answer(reply, self._error_result(text, "busy: too many queries in progress, ask again later"))
             return False
         try:
             self._queries.submit(self._run_query, text.strip(), reply)
@@ -596,6 +584,10 @@ class OpenTrackNode(LifecycleNode):
             self._query_slots.release()
             return False
         return True
+
+    def _error_result(self, query: str, error: str):
+        """A QueryResult that answers ``query`` with ``error`` (stamped now)."""
+        return self._QueryResult(header=self._now_header(), query=query, error=error)
 
     def _answer(self, reply: Callable, msg) -> None:
         reply(msg)
@@ -607,7 +599,7 @@ class OpenTrackNode(LifecycleNode):
             self._answer(reply, self._query_result(text))
         except Exception as exc:  # a query must never take a thread down without an answer
             self.drop("query_error", f"{type(exc).__name__}: {exc}")
-            reply(self._QueryResult(header=self._now_header(), query=text, error=f"query failed: {exc}"))
+            reply(self._error_result(text, f"query failed: {exc}"))
         finally:
             self._query_slots.release()
 
@@ -616,7 +608,7 @@ class OpenTrackNode(LifecycleNode):
 
         pipeline = self.pipeline
         if pipeline is None:
-            return self._QueryResult(header=self._now_header(), query=text, error="node is not configured")
+            return self._error_result(text, "node is not configured")
         with self._lock:
             text_matcher = pipeline.text_matcher  # built at first use
         snapshot = self._current_instances()  # plain Instance objects: the worker goes on meanwhile
@@ -633,7 +625,7 @@ class OpenTrackNode(LifecycleNode):
             )
         except InputError as exc:
             self.drop("bad_query", str(exc))
-            return self._QueryResult(header=self._now_header(), query=text, error=str(exc))
+            return self._error_result(text, str(exc))
         header = self._now_header()
         by_id = {int(i.id): i for i in snapshot}
         found = [m for m in matches if int(m.instance_id) in by_id]

@@ -99,9 +99,13 @@ class StampSync:
 
     def _clear_for_jump(self) -> None:
         self.jumps_back += 1
+        self._clear("cleared_by_time_jump")
+
+    def _clear(self, reason: str) -> None:
+        """Empty every buffer (what was in them counted as dropped under reason) and forget the last stamps."""
         for buf in self._buffers.values():
             if buf:
-                self.dropped["cleared_by_time_jump"] += len(buf)
+                self.dropped[reason] += len(buf)
             buf.clear()
         self._last_in.clear()
         self._last_out = float("-inf")
@@ -119,12 +123,7 @@ class StampSync:
 
     def reset(self) -> None:
         with self._lock:
-            for buf in self._buffers.values():
-                if buf:
-                    self.dropped["cleared_by_reset"] += len(buf)
-                buf.clear()
-            self._last_in.clear()
-            self._last_out = float("-inf")
+            self._clear("cleared_by_reset")
 
     def pending(self) -> Dict[str, int]:
         return {s: len(b) for s, b in self._buffers.items()}
