@@ -143,25 +143,11 @@ class Pipeline:
 
     def segment(self, a: "Admitted") -> "Admitted":
         """A keyframe's masks: the frame's own (dataset, topic) or detector + segmenter."""
-        if a.error is None and a.result.keyframe:
-            t0 = time.perf_counter()
-            try:
-                a.masks = self._masks(a.frame, a.result)
-            except InputError as exc:
-                a.error = str(exc)
-            a.result.timings_ms["masks"] = _ms(t0)
-        return a
+        return _run_stage(a, "masks", lambda: self._masks(a.frame, a.result))
 
     def describe(self, a: "Admitted") -> "Admitted":
         """A keyframe's mask-averaged descriptors (one backend call)."""
-        if a.error is None and a.result.keyframe:
-            t0 = time.perf_counter()
-            try:
-                a.features = self._describe(a.frame, a.masks)
-            except InputError as exc:
-                a.error = str(exc)
-            a.result.timings_ms["features"] = _ms(t0)
-        return a
+        return _run_stage(a, "features", lambda: self._describe(a.frame, a.masks))
 
     def track(self, a: "Admitted") -> StepResult:
         """The 3D stage: lift, scene map, tracker, views, periodic refinement, labels; counts what was dropped."""
@@ -477,6 +463,19 @@ def release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to trim
         pass
+
+
+def _run_stage(a: "Admitted", name: str, compute) -> "Admitted":
+    """One 2D stage of a keyframe: its output goes to ``a.<name>``, its time to the timings, bad input to
+    ``a.error`` (track() rejects it). Frames that are not keyframes, or already rejected, pass through."""
+    if a.error is None and a.result.keyframe:
+        t0 = time.perf_counter()
+        try:
+            setattr(a, name, compute())
+        except InputError as exc:
+            a.error = str(exc)
+        a.result.timings_ms[name] = _ms(t0)
+    return a
 
 
 def objectness(observations: int, half: float) -> float:
