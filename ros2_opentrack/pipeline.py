@@ -135,6 +135,7 @@ class Pipeline:
         if self.keyframes(a.frame):
             self._keyframes += 1
             a.result.keyframe, a.keyframe_no = True, self._keyframes
+        a.result.timings_ms["admit"] = _ms(a.t_start)
         return a
 
     def perceive(self, a: "Admitted") -> "Admitted":
@@ -158,14 +159,15 @@ class Pipeline:
             return self._reject(a.frame, a.error)
         result = a.result
         if not result.keyframe:
-            return StepResult(keyframe=False, timings_ms={"total": _ms(a.t_start)})
+            return StepResult(keyframe=False, timings_ms={"total": result.timings_ms.get("admit", 0.0)})
         try:
             self._keyframe(a, _Timer(result.timings_ms))
         except InputError as exc:
             return self._reject(a.frame, str(exc))
         for k, v in result.dropped.items():
             self._dropped[k] = self._dropped.get(k, 0) + v
-        result.timings_ms["total"] = _ms(a.t_start)
+        # the work this frame cost, stage by stage (not the time it waited between overlapped stages)
+        result.timings_ms["total"] = sum(result.timings_ms.values())
         return result
 
     def _keyframe(self, a: "Admitted", timer: "_Timer") -> None:

@@ -53,9 +53,7 @@ def expand(store: PointStore, scene: SceneMap, radius_m: float, max_box_voxels: 
     if len(keys) == 0:
         return 0
     r = max(1, int(round(radius_m / store.voxel)))
-    near = np.zeros(len(keys), bool)
-    for d in geometry.key_neighbourhood(r):
-        near |= isin_sorted(keys + d, seed_keys)
+    near = _within_voxels(keys, seed_keys, r)
     before = len(store)
     store.add_keys(keys[near], colors[near])
     return len(store) - before
@@ -92,13 +90,23 @@ def merge_duplicates(tracker, only_dirty: bool = True) -> Dict[int, int]:
     return merged
 
 
+def _within_voxels(keys: np.ndarray, seed_keys: np.ndarray, radius: int) -> np.ndarray:
+    """Which ``keys`` lie within ``radius`` voxels (Euclidean, on the integer grid) of some seed key: the same
+    set as testing every offset of geometry.key_neighbourhood(radius), in one KD-tree query."""
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(geometry.unpack_keys(seed_keys))
+    dist, _ = tree.query(geometry.unpack_keys(keys), k=1, distance_upper_bound=radius + 1e-6)
+    return np.isfinite(dist)
+
+
 def resolve_contested(tracker, only_dirty: bool = True) -> int:
     """Each fine voxel belongs to at most one instance: a voxel two nearby tracks both hold stays with the one
     whose masks covered it more often (in-mask votes; ties: the longer track). A mask over two neighbours (a box
     spanning both) puts the neighbour's surface into one track a few times; the neighbour's own masks cover it
     every time, so it goes back. Runs after merging, so duplicates of one object are joined, not split.
     Returns how many voxels changed hands."""
-    moved = 0
+    moved, changed = 0, {}
     for tid in merge_order({t.id: t.observations for t in tracker.tracks.values()}):
         t = tracker.tracks.get(tid)
         if t is None or (only_dirty and not t.dirty):
@@ -117,12 +125,14 @@ def resolve_contested(tracker, only_dirty: bool = True) -> int:
                     keep = np.ones(len(track.store), bool)
                     keep[lose] = False
                     track.store.prune(keep)
-                    _follow_store(track, tracker, len(lose))
+                    changed[track.id] = track
             moved += len(shared)
+    for track in changed.values():  # once per track (boxes only shrink: the queries above saw a superset)
+        _follow_store(track, tracker)
     return moved
 
 
-def _follow_store(track, tracker, lost: int) -> None:
+def _follow_store(track, tracker) -> None:
     """Coarse voxels and box follow the fine points a track kept."""
     rc = tracker.refine_cfg
     consistent = track.store.centers()[track.store.kept(rc.tau_vis, rc.min_visible)]

@@ -147,3 +147,20 @@ def test_instance_score_is_detector_score_times_track_length_objectness():
     (inst,) = pipe.finalize()
     assert inst.observations == 3
     assert inst.score == pytest.approx(0.8 * 3 / (3 + cfg.refine.objectness_half_obs))
+
+
+def test_expansion_neighbourhood_query_equals_the_offset_definition():
+    """refine._within_voxels (one KD-tree query) selects exactly the keys that some offset of
+    geometry.key_neighbourhood(r) maps onto a seed."""
+    from ros2_opentrack.refine import _within_voxels
+    from ros2_opentrack.voxel_store import isin_sorted
+
+    rng = np.random.default_rng(0)
+    for r in (1, 2, 3):
+        seeds = np.unique(geometry.pack_keys(rng.integers(0, 40, (500, 3))))
+        keys = np.unique(geometry.pack_keys(rng.integers(-3, 43, (5000, 3))))
+        expected = np.zeros(len(keys), bool)
+        for d in geometry.key_neighbourhood(r):
+            expected |= isin_sorted(keys + d, seeds)
+        assert 0 < expected.sum() < len(keys)
+        np.testing.assert_array_equal(_within_voxels(keys, seeds, r), expected)
