@@ -56,8 +56,8 @@ def require_ultralytics() -> Any:
     if module is None:
         raise BackendUnavailable(
             f"detector 'yolo_world' needs ultralytics, which cannot import here: {reason}. "
-            f"Install torchvision matching torch and `pip install ultralytics`, or use "
-            f"perception.detector.name: owlv2"
+            f"Install torchvision matching torch and `pip install ultralytics`; on a CPU machine run the CPU "
+            f"profile (--config config/cpu.yaml); or use perception.detector.name: owlv2"
         )
     return module
 
