@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _cli_support import WEIGHT_FREE_SETS
 
 from ros2_opentrack.cli import main, parse_sets
 from ros2_opentrack.errors import ConfigError
@@ -21,16 +22,7 @@ def scene_dir(tmp_path_factory):
     return write_scene_folder(room, frames, tmp_path_factory.mktemp("cli") / "scene")
 
 
-SETS = [
-    "--set",
-    "perception.features.name=color_hist",
-    "--set",
-    "perception.labeler.name=none",
-    "--set",
-    "keyframes.every_n=1",
-    "--set",
-    "lift.min_mask_pixels=40",
-]
+SETS = WEIGHT_FREE_SETS
 
 
 def test_run_then_eval(scene_dir, tmp_path, capsys):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _cli_support import WEIGHT_FREE_SETS
 
 from ros2_opentrack import cli, geometry
 from ros2_opentrack.config import ConfigError, OpenTrackConfig, load_config, unwrap_ros_yaml
@@ -25,19 +26,7 @@ from ros2_opentrack.synthetic import MaskNoise, make_room, render_sequence, writ
 from ros2_opentrack.types import Frame, validate_frame
 
 ROOT = Path(__file__).resolve().parents[1]
-SETS = [
-    "--no-progress",
-    "--masks",
-    "dataset",
-    "--set",
-    "perception.features.name=color_hist",
-    "--set",
-    "perception.labeler.name=none",
-    "--set",
-    "keyframes.every_n=1",
-    "--set",
-    "lift.min_mask_pixels=40",
-]
+SETS = ["--no-progress", "--masks", "dataset", *WEIGHT_FREE_SETS]
 N_FRAMES = 10
 
 

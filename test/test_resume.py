@@ -7,25 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from _cli_support import WEIGHT_FREE_SETS
 
 from ros2_opentrack.cli import main
 from ros2_opentrack.synthetic import MaskNoise, load_scannet_npy, make_room, render_sequence, write_scene_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 SCANNET_NPY = Path(__file__).resolve().parents[2] / "shared" / "data" / "scannet_scene0451_01" / "scene0451_01.npy"
-SETS = [
-    "--set",
-    "perception.features.name=color_hist",
-    "--set",
-    "perception.labeler.name=none",
-    "--set",
-    "keyframes.every_n=1",
-    "--set",
-    "lift.min_mask_pixels=40",
-    "--masks",
-    "dataset",
-    "--no-progress",
-]
+SETS = [*WEIGHT_FREE_SETS, "--masks", "dataset", "--no-progress"]
 
 
 def _cli(*args):

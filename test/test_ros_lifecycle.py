@@ -20,7 +20,7 @@ pytest.importorskip("tf2_msgs.msg", reason="tf2_msgs not built: run scripts/buil
 sys.path.insert(0, str(Path(__file__).parent / "ros_support"))
 
 import ros_messages  # noqa: E402
-from rig import Rig, init_ros  # noqa: E402
+from rig import NODE_TEST_PARAMS, Rig, init_ros  # noqa: E402
 
 init_ros(domain_id=140 + os.getpid() % 50)  # before any rclpy use; loopback only
 
@@ -42,16 +42,7 @@ from ros2_opentrack.srv import LoadMap, Query, SetVocabulary  # noqa: E402
 
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 SEVEN_SCENES = Path(__file__).resolve().parents[2] / "shared" / "data" / "7scenes_redkitchen"
-BASE = {
-    "masks.source": "topic",
-    "perception.features.name": "color_hist",
-    "perception.text_matcher.name": "none",
-    "perception.labeler.name": "none",
-    "keyframes.every_n": 1,
-    "markers_rate_hz": 0.0,
-    "tf_timeout_s": 0.1,
-    "warn_throttle_s": 0.0,
-}
+BASE = dict(NODE_TEST_PARAMS)
 
 
 @pytest.fixture(scope="module")

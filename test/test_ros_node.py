@@ -15,7 +15,7 @@ pytest.importorskip("tf2_msgs.msg", reason="tf2_msgs not built: run scripts/buil
 sys.path.insert(0, str(Path(__file__).parent / "ros_support"))
 
 import ros_messages  # noqa: E402
-from rig import Rig, init_ros  # noqa: E402
+from rig import NODE_TEST_PARAMS, Rig, init_ros  # noqa: E402
 
 init_ros(domain_id=60 + os.getpid() % 40)  # before any rclpy use; loopback only
 
@@ -29,16 +29,7 @@ from ros2_opentrack.ros import params  # noqa: E402
 from ros2_opentrack.ros.node import OpenTrackNode  # noqa: E402
 
 SEVEN_SCENES = Path(__file__).resolve().parents[2] / "shared" / "data" / "7scenes_redkitchen"
-BASE = {
-    "masks.source": "topic",
-    "perception.features.name": "color_hist",
-    "perception.text_matcher.name": "none",
-    "perception.labeler.name": "none",
-    "keyframes.every_n": 1,
-    "markers_rate_hz": 0.0,
-    "tf_timeout_s": 0.1,
-    "warn_throttle_s": 0.0,
-}
+BASE = dict(NODE_TEST_PARAMS)
 
 
 @pytest.fixture(scope="module")

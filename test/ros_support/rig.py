@@ -152,3 +152,17 @@ class Rig:
         self.node.destroy_node()
         self.driver.destroy_node()
         self.executor.shutdown()
+
+
+# Node parameters of the in-process node tests: masks on the topic, weight-free descriptor, no models, every frame a
+# keyframe, no throttling (each test adds what it checks).
+NODE_TEST_PARAMS = {
+    "masks.source": "topic",
+    "perception.features.name": "color_hist",
+    "perception.text_matcher.name": "none",
+    "perception.labeler.name": "none",
+    "keyframes.every_n": 1,
+    "markers_rate_hz": 0.0,
+    "tf_timeout_s": 0.1,
+    "warn_throttle_s": 0.0,
+}
