@@ -129,6 +129,7 @@ def top_down(
         uv = px(map_pts[order][:, [a, b]]).astype(int)
         ok = (uv[:, 0] >= 0) & (uv[:, 0] < width) & (uv[:, 1] >= 0) & (uv[:, 1] < height)
         img[uv[ok, 1], uv[ok, 0]] = (map_cols[order][ok].astype(np.float32) * 0.8 + 245 * 0.2).astype(np.uint8)
+    labels = []  # (size, text, colour, box) placed after every box is drawn
     for inst, pts in zip(instances, inst_pts):
         if not len(pts):
             continue
@@ -138,15 +139,36 @@ def top_down(
         img[uv[ok, 1], uv[ok, 0]] = color
         (x0, y1), (x1, y0) = px(np.array([pts[:, [a, b]].min(0), pts[:, [a, b]].max(0)])).astype(int)
         cv2.rectangle(img, (x0, y0), (x1, y1), color, 2)
-        _text(img, caption(inst), (x0, max(12, y0 - 4)), color)
+        labels.append((len(pts), caption(inst), color, (x0, y0, x1, y1)))
+    _place_labels(img, labels)
+    title = np.full((26, width, 3), 255, np.uint8)  # a band of its own: no label ever covers it
     _text(
-        img,
+        title,
         f"top-down: {_AXES[a]} right, {_AXES[b]} up (grid 1 m), {len(instances)} instances",
         (8, 18),
         (255, 255, 255),
         0.5,
     )
-    return img
+    return np.concatenate([title, img])
+
+
+def _place_labels(img: np.ndarray, labels: list, scale: float = 0.45) -> None:
+    """Each instance's id + label beside its box, largest instances first, at the first spot (above, inside the
+    top, below the box) that overlaps no label already placed; a label with no free spot is left out (the
+    strip of best views below names every instance)."""
+    import cv2
+
+    h, w = img.shape[:2]
+    taken: List[Tuple[int, int, int, int]] = []
+    for _, text, color, (x0, y0, _, y1) in sorted(labels, key=lambda item: -item[0]):
+        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 3)
+        for bx, by in ((x0, y0 - 4), (x0 + 2, y0 + th + 4), (x0, y1 + th + 4)):
+            bx, by = int(min(max(bx, 0), w - tw)), int(min(max(by, th + 2), h - 2))
+            rect = (bx, by - th - 2, bx + tw, by + 2)
+            if not any(r[0] < rect[2] and rect[0] < r[2] and r[1] < rect[3] and rect[1] < r[3] for r in taken):
+                taken.append(rect)
+                _text(img, text, (bx, by), color, scale)
+                break
 
 
 def view_strip(
