@@ -25,16 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-# the packaged hiera-tiny config shrunk for tests (128 px, 16-d trunk); not a real model size
-TINY_TEST_SAM2 = [
-    "++model.image_encoder.trunk.embed_dim=16",
-    "++model.image_encoder.trunk.stages=[1,1,2,1]",
-    "++model.image_encoder.trunk.global_att_blocks=[3]",
-    "++model.image_encoder.trunk.window_spec=[8,4,4,2]",
-    "++model.image_encoder.neck.backbone_channel_list=[128,64,32,16]",
-    "++model.memory_attention.num_layers=1",
-]
-
 
 def ort_session(path):
     import onnxruntime as ort
@@ -54,7 +44,7 @@ def cmd_sam2(args) -> float:
         from sam2.build_sam import build_sam2
 
         torch.manual_seed(0)
-        overrides = TINY_TEST_SAM2 + [f"++model.image_size={args.image_size or 128}"]
+        overrides = X.TINY_SAM2_OVERRIDES + [f"++model.image_size={args.image_size or 128}"]
         model = build_sam2(parse_model(args.size).config, None, device="cpu", hydra_overrides_extra=overrides)
     else:
         model = build_sam2_model(args.size, args.checkpoint, "cpu", args.image_size)

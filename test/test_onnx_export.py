@@ -21,16 +21,7 @@ from ros2_opentrack.perception.registry import build  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-4
-# the packaged hiera-tiny config, shrunk: 128 px input, 16-d trunk, 5 blocks (the mask decoder keeps its size)
-TINY_SAM2 = [
-    "++model.image_size=128",
-    "++model.image_encoder.trunk.embed_dim=16",
-    "++model.image_encoder.trunk.stages=[1,1,2,1]",
-    "++model.image_encoder.trunk.global_att_blocks=[3]",
-    "++model.image_encoder.trunk.window_spec=[8,4,4,2]",
-    "++model.image_encoder.neck.backbone_channel_list=[128,64,32,16]",
-    "++model.memory_attention.num_layers=1",
-]
+TINY_SAM2 = ["++model.image_size=128", *X.TINY_SAM2_OVERRIDES]  # 128 px input
 
 
 def tiny_sam2():

@@ -20,7 +20,7 @@ pytest.importorskip("tf2_msgs.msg", reason="tf2_msgs not built: run scripts/buil
 sys.path.insert(0, str(Path(__file__).parent / "ros_support"))
 
 import ros_messages  # noqa: E402
-from rig import NODE_TEST_PARAMS, Rig, init_ros  # noqa: E402
+from rig import NODE_TEST_PARAMS, Rig, feed, init_ros, stamp_of  # noqa: E402
 
 init_ros(domain_id=140 + os.getpid() % 50)  # before any rclpy use; loopback only
 
@@ -67,17 +67,6 @@ def make(tmp_path):
     yield build
     for r in rigs:
         r.close()
-
-
-def stamp_of(i: int) -> float:
-    return 100.0 + i / 30.0
-
-
-def feed(r: Rig, frames, start: int = 0, timeout: float = 10.0):
-    for k, f in enumerate(frames):
-        n = r.counts["instances"]
-        r.publish(ros_messages.frame_messages(f, stamp_of(start + k)))
-        assert r.spin_until(lambda n=n: r.counts["instances"] > n, timeout), f"no output for frame {start + k}"
 
 
 def sub_topics(node) -> set:

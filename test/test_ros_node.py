@@ -15,7 +15,7 @@ pytest.importorskip("tf2_msgs.msg", reason="tf2_msgs not built: run scripts/buil
 sys.path.insert(0, str(Path(__file__).parent / "ros_support"))
 
 import ros_messages  # noqa: E402
-from rig import NODE_TEST_PARAMS, Rig, init_ros  # noqa: E402
+from rig import NODE_TEST_PARAMS, Rig, feed, init_ros, stamp_of  # noqa: E402
 
 init_ros(domain_id=60 + os.getpid() % 40)  # before any rclpy use; loopback only
 
@@ -70,18 +70,6 @@ def rig(tmp_path):
     yield make
     for r in rigs:
         r.close()
-
-
-def stamp_of(i: int) -> float:
-    return 100.0 + i / 30.0
-
-
-def feed(r: Rig, frames, start: int = 0):
-    """Publish frames one at a time, each waiting for its Instance3DArray."""
-    for k, f in enumerate(frames):
-        n = len(r.got["instances"])
-        r.publish(ros_messages.frame_messages(f, stamp_of(start + k)))
-        assert r.spin_until(lambda n=n: len(r.got["instances"]) > n, 10.0), f"no output for frame {start + k}"
 
 
 def test_room_instances_markers_cloud_frames_and_stamps(rig, room, room_frames):

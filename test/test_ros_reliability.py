@@ -22,7 +22,7 @@ pytest.importorskip("tf2_msgs.msg", reason="tf2_msgs not built: run scripts/buil
 sys.path.insert(0, str(Path(__file__).parent / "ros_support"))
 
 import ros_messages  # noqa: E402
-from rig import NODE_TEST_PARAMS, Rig, init_ros  # noqa: E402
+from rig import NODE_TEST_PARAMS, Rig, feed, init_ros  # noqa: E402
 
 init_ros(domain_id=100 + os.getpid() % 50)  # before any rclpy use; loopback only, a domain of its own
 
@@ -110,20 +110,13 @@ def rig(tmp_path):
         r.close()
 
 
-def feed(r, frames, stamps):
-    for f, t in zip(frames, stamps):
-        n = len(r.got["instances"])
-        r.publish(ros_messages.frame_messages(f, t))
-        assert r.spin_until(lambda n=n: len(r.got["instances"]) > n, 10.0), f"no output for the frame at t={t}"
-
-
 def test_node_keeps_tracking_through_a_bag_loop_and_a_future_stamp(rig, room_frames):
     r = rig()
-    feed(r, room_frames[:5], [100 + k / 30 for k in range(5)])
+    feed(r, room_frames[:5], stamps=[100 + k / 30 for k in range(5)])
     ids_before = {int(i.id) for i in r.got["instances"][-1].instances}
     assert ids_before
     # the bag loops: time goes back 100 s; every frame still gives its output, and the map is kept
-    feed(r, room_frames[5:7], [k / 30 for k in range(2)])
+    feed(r, room_frames[5:7], stamps=[k / 30 for k in range(2)])
     assert conv.stamp_to_sec(r.got["instances"][-1].header.stamp) == pytest.approx(1 / 30, abs=1e-6)
     assert ids_before <= {int(i.id) for i in r.node.pipeline.instances()}
     # one frame stamped far ahead of the node clock: dropped by its stamp; the next frames flow on
@@ -132,11 +125,11 @@ def test_node_keeps_tracking_through_a_bag_loop_and_a_future_stamp(rig, room_fra
     r.publish(ros_messages.frame_messages(room_frames[7], now + 1e7))
     r.spin_for(0.3)
     assert len(r.got["instances"]) == n
-    feed(r, room_frames[8:9], [2 / 30])
+    feed(r, room_frames[8:9], stamps=[2 / 30])
     # one stamped ahead but within the clock bound (a clock set wrong for one frame): used, then time going
     # back from it is one more jump, recovered by itself
-    feed(r, room_frames[9:10], [5000.0])
-    feed(r, room_frames[:2], [3 / 30, 4 / 30])
+    feed(r, room_frames[9:10], stamps=[5000.0])
+    feed(r, room_frames[:2], stamps=[3 / 30, 4 / 30])
     assert r.node.drops() == {"time_jump_back": 2, "sync_future_stamp": 3}
     assert r.node.sync.jumps_back == 2
 
@@ -257,7 +250,7 @@ def test_fuzz_every_input_topic_then_good_frames(rig, room_frames):
     rng = np.random.default_rng(8)
     r = rig({"masks.max_ids": 64})
     node = r.node
-    feed(r, room_frames[:2], [100.0, 100 + 1 / 30])
+    feed(r, room_frames[:2], stamps=[100.0, 100 + 1 / 30])
     now = node.get_clock().now().nanoseconds * 1e-9
     sent = {"image": 0, "camera_info": 0, "tf": 0, "empty_query": 0, "query": 0}
     for k in range(300):
@@ -301,7 +294,7 @@ def test_fuzz_every_input_topic_then_good_frames(rig, room_frames):
     assert r.spin_until(lambda: len(r.got["query_result"]) >= sent["empty_query"] + sent["query"], 10.0)
     assert node._worker.is_alive()
     # good frames after the flood (with a good camera_info again): outputs, and the map grows
-    feed(r, room_frames[2:10], [200 + k / 30 for k in range(8)])
+    feed(r, room_frames[2:10], stamps=[200 + k / 30 for k in range(8)])
     assert len(r.got["instances"][-1].instances) > 0
     assert node._worker.is_alive()
     drops = node.drops()
@@ -344,11 +337,11 @@ def _rss_mb() -> float:
 @pytest.mark.skipif(not Path("/proc/self/statm").is_file(), reason="needs /proc (Linux) to read the RSS")
 def test_reset_returns_the_memory_of_a_burst_of_big_frames(rig, room_frames):
     r = rig({"keyframes.every_n": 1, "queue_size": 1})
-    feed(r, room_frames[:3], [100 + k / 30 for k in range(3)])
+    feed(r, room_frames[:3], stamps=[100 + k / 30 for k in range(3)])
     assert r.call(Trigger, "/opentrack/reset").success
     base = _rss_mb()
     big = synthetic.render_sequence(synthetic.make_room(seed=3, n_objects=4), n_frames=4, hw=(1500, 2000))
-    feed(r, big, [200 + k / 30 for k in range(len(big))])
+    feed(r, big, stamps=[200 + k / 30 for k in range(len(big))])
     peak = _rss_mb()
     del big  # the test's own copies of the frames, and its collector's outputs (one process)
     r.got.clear()

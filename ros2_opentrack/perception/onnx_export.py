@@ -19,6 +19,18 @@ import numpy as np
 
 from .devices import IMAGENET_MEAN, IMAGENET_STD
 
+# The packaged hiera-tiny config shrunk for tests and smoke exports (16-d trunk, 5 blocks; the mask decoder keeps
+# its size): hydra overrides for build_sam2, without the image size. Not a real model size.
+TINY_SAM2_OVERRIDES = [
+    "++model.image_encoder.trunk.embed_dim=16",
+    "++model.image_encoder.trunk.stages=[1,1,2,1]",
+    "++model.image_encoder.trunk.global_att_blocks=[3]",
+    "++model.image_encoder.trunk.window_spec=[8,4,4,2]",
+    "++model.image_encoder.neck.backbone_channel_list=[128,64,32,16]",
+    "++model.memory_attention.num_layers=1",
+]
+
+
 log = logging.getLogger(__name__)
 
 

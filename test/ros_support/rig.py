@@ -166,3 +166,20 @@ NODE_TEST_PARAMS = {
     "tf_timeout_s": 0.1,
     "warn_throttle_s": 0.0,
 }
+
+
+def stamp_of(i: int) -> float:
+    """The stamp the node tests give frame i: 30 Hz from t = 100 s."""
+    return 100.0 + i / 30.0
+
+
+def feed(r: "Rig", frames, start: int = 0, timeout: float = 10.0, stamps=None) -> None:
+    """Publish frames one at a time (at ``stamps``, else stamp_of(start + k)), each waiting for its
+    Instance3DArray."""
+    import ros_messages
+
+    stamps = [stamp_of(start + k) for k in range(len(frames))] if stamps is None else stamps
+    for f, t in zip(frames, stamps):
+        n = r.counts["instances"]
+        r.publish(ros_messages.frame_messages(f, t))
+        assert r.spin_until(lambda n=n: r.counts["instances"] > n, timeout), f"no output for the frame at t={t:.3f}"
