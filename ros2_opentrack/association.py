@@ -70,6 +70,10 @@ class Associator:
         score = np.where(gate, self.cfg.alpha * cos + (1.0 - self.cfg.alpha) * iou, -1.0)
         return associate_hungarian(score, candidate_ids, self.cfg.tau_match, self.cfg.assign_margin)
 
+    def seen_now(self) -> Tuple[List[int], List[np.ndarray]]:
+        """The candidates of the last call and their voxels as that camera saw them (before any update)."""
+        return self._seen_now
+
     def visible_voxels(self, frame: Frame, tracks) -> Tuple[List[np.ndarray], List[np.ndarray]]:
         """Each track's voxels inside this frustum and not occluded by this depth, and their pixels (one
         projection for all): one view's observation can only cover what the camera sees, so IoU with the whole
@@ -85,10 +89,11 @@ class Associator:
 
     def seen_elsewhere(self, observations, tracks, visible_voxels, visible_pixels, iou) -> np.ndarray:
         """(observations, tracks) pairs where the camera plainly sees the track somewhere else: min_seen_voxels
-        of it (and elsewhere_fraction of it) visible, most of those outside the observation's image box, and no
-        voxel shared. Appearance alone (a look-alike neighbour) must not join them. An observation of the track
-        itself covers the track's visible surface; a track seen from a new side has its known surface hidden
-        behind the new one (what stays visible are silhouette voxels inside the box); slivers are too small."""
+        of it (and elsewhere_fraction of it) visible, most of those outside the observation's image box, and
+        (almost) no voxel shared (IoU <= elsewhere_max_iou: a brush along an edge, not an overlap). Appearance
+        alone (a look-alike neighbour) must not join them. An observation of the track itself covers the track's
+        visible surface; a track seen from a new side has its known surface hidden behind the new one (what
+        stays visible are silhouette voxels inside the box); slivers are too small."""
         shown = np.array([len(v) for v in visible_voxels])
         seen = (shown >= self.cfg.elsewhere_fraction * np.array([len(t.voxels) for t in tracks])) & (
             shown >= self.cfg.min_seen_voxels
@@ -105,7 +110,7 @@ class Associator:
                     & (px[None, :, 1] < boxes[:, None, 3])
                 )
                 outside[:, k] = inside.mean(axis=1) < 0.5
-        return (iou <= 0.0) & outside & seen[None, :] & sized[:, None]
+        return (iou <= self.cfg.elsewhere_max_iou) & outside & seen[None, :] & sized[:, None]
 
     def ownership(self, observations: Sequence[Observation], pairs: Pairs, tracks: Mapping) -> Ownership:
         """Part masks (a chair as seat and back), after the one-to-one assignment of the same keyframe: an

@@ -159,13 +159,22 @@ class TrackingConfig:
         "a track counts as plainly seen elsewhere (no match by appearance alone) "
         "when this share of it and at least min_seen_voxels are in view",
     )
+    elsewhere_max_iou: float = param(
+        0.1, "... and the observation shares at most this voxel IoU with it (a brush, not an overlap)"
+    )
     absorb_parts: bool = param(
-        True,
+        False,
         "an unmatched observation inside a track another observation continues this "
         "keyframe (a part mask: seat and back) joins that track",
     )
     part_containment: float = param(0.7, "... when this share of its voxels lies in the track")
     part_min_cos: float = param(0.5, "... and its descriptor agrees this much (cosine)")
+    span_coverage: float = param(
+        0.7,
+        "an observation spans a track when it covers this share of the track's "
+        "visible voxels (consensus.py: one object in pieces, or two objects)",
+    )
+    separate_coverage: float = param(0.2, "... and leaves it out when it covers at most this share")
     min_seen_voxels: int = param(
         10, "visible voxels below which a track (or an observation) is too small to tell where it is"
     )
@@ -199,7 +208,12 @@ class TrackingConfig:
 class RefineConfig:
     """Streaming consistency refinement (paper 3.2.1) and duplicate merging (3.2.3)."""
 
-    tau_vis: float = param(0.1, "keep a voxel when in-mask / visible >= tau_vis (0.8 for fully visible scenes)")
+    tau_vis: float = param(0.4, "keep a voxel when in-mask / visible >= tau_vis (0.8 for fully visible scenes)")
+    vote_only_observed: bool = param(
+        True,
+        "count a voxel's views only in keyframes where its track has a mask: the "
+        "in-mask ratio is relative to what the track's masks could have covered",
+    )
     tau_exp: float = param(0.03, "expansion radius (m) from the scene map into the track before voting; 0 disables")
     min_visible: int = param(2, "a voxel is voted on only after it was in view this many times")
     tau_merge: float = param(0.6, "merge a track into a longer one when their voxel IoU >= tau_merge")
@@ -214,6 +228,11 @@ class RefineConfig:
         "a voxel two nearby tracks both hold stays with the one whose masks "
         "covered it more often (a mask over two neighbours is undone)",
     )
+    consensus_min_joint: int = param(
+        2,
+        "merge two touching tracks when at least this many keyframes saw them in one mask (consensus.py); 0: off",
+    )
+    consensus_ratio: float = param(3.0, "... and this many times as many as saw them in two")
     tau_contain: float = param(0.0, "also merge when |A n B| / min(|A|, |B|) >= this (partial-view duplicates); 0: off")
     contain_min_cos: float = param(0.5, "... and only when their features agree this much (cosine)")
     objectness_half_obs: float = param(

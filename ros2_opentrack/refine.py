@@ -75,9 +75,15 @@ def merge_duplicates(tracker, only_dirty: bool = True) -> Dict[int, int]:
         iou = pairwise_iou([t.voxels], [o.voxels for o in others])[0]
         contained = contained_duplicates(t, others, iou, rc)
         for other, v, c in zip(others, iou, contained):
-            if v >= rc.tau_merge or c:
+            if other.id not in tracker.tracks:  # merged away by an earlier pair of this loop
+                continue
+            one = rc.consensus_min_joint > 0 and tracker.consensus.same_object(
+                t.id, other.id, rc.consensus_min_joint, rc.consensus_ratio
+            )
+            if v >= rc.tau_merge or c or one:
                 keep, drop = (t, other) if (t.observations, -t.id) >= (other.observations, -other.id) else (other, t)
                 merge_tracks(keep, drop, tracker.cfg.max_track_voxels)
+                tracker.consensus.fold(keep.id, drop.id)
                 tracker.index.insert(keep.id, keep.box_min, keep.box_max)
                 tracker.remove(drop.id)
                 merged[drop.id] = keep.id

@@ -15,6 +15,7 @@ import numpy as np
 from . import geometry
 from .association import Associator
 from .changes import ChangeDetector
+from .consensus import Consensus, mask_coverage
 from .refine import merge_duplicates, refine_track, resolve_contested
 from .spatial_index import SpatialIndex
 from .types import Frame, Observation, Presence, TrackState
@@ -61,6 +62,14 @@ class Track:
             half = self.store.voxel / 2
             self.box_min, self.box_max = pts.min(axis=0) - half, pts.max(axis=0) + half
 
+    def grow_box(self, points: np.ndarray) -> None:
+        """The box after adding ``points`` (a superset of update_box's: no scan of the whole store per keyframe;
+        refinement, which removes points, recomputes it)."""
+        if len(points):
+            half = self.store.voxel
+            self.box_min = np.minimum(self.box_min, points.min(axis=0) - half)
+            self.box_max = np.maximum(self.box_max, points.max(axis=0) + half)
+
 
 @dataclass
 class StepOutcome:
@@ -83,6 +92,12 @@ class Tracker:
         self.terminated_total = 0
         self.associate = Associator(tracking_cfg, lift_cfg, oracle_ids)
         self.changes = ChangeDetector(tracking_cfg, lift_cfg)  # changes.py: presence of tracks (issue 11)
+        self.consensus = Consensus(  # consensus.py: one object in pieces, or two objects?
+            tracking_cfg.span_coverage,
+            tracking_cfg.separate_coverage,
+            tracking_cfg.min_seen_voxels,
+            2 * tracking_cfg.voxel_size_m,
+        )
 
     # ---------------------------------------------------------------------------------------------
     def step(self, frame: Frame, observations: Sequence[Observation], masks=None) -> StepOutcome:
@@ -106,12 +121,11 @@ class Tracker:
                 out.matched.append((i, t.id))
                 absorbed[t.id] = [obs.mask_index]
         mask_of = absorbed
-        seen = self._vote(frame, out.candidates + out.created, mask_of, masks, out)
+        seen = self._vote(frame, out.candidates + out.created, mask_of, masks, out, observations)
         out.terminated = self._age(out.candidates, mask_of, seen)
         out.terminated += self.changes.update(self, frame, out.candidates + away, mask_of)  # changes.py: presence
         for tid in set(mask_of) - set(out.terminated):
             t = self.tracks[tid]
-            t.update_box()
             self.index.insert(tid, t.box_min, t.box_max)
         return out
 
@@ -170,6 +184,7 @@ class Tracker:
             f = m * t.feature + (1.0 - m) * obs.feature
             t.feature = (f / max(float(np.linalg.norm(f)), 1e-12)).astype(np.float32)
         t.store.add_points(obs.points, obs.colors)
+        t.grow_box(obs.points)
         if not again:
             t.observations += 1
             t.det_score_sum += obs.score
@@ -179,9 +194,10 @@ class Tracker:
         t.det_label = t.det_label or obs.label
         t.dirty = True
 
-    def _vote(self, frame: Frame, track_ids, mask_of, masks, out: StepOutcome) -> Dict[int, bool]:
-        """Consistency votes of this keyframe for every candidate and new track, in one projection. Returns
-        track id -> whether it should have been seen (enough of it visible and not occluded)."""
+    def _vote(self, frame: Frame, track_ids, mask_of, masks, out: StepOutcome, observations=()) -> Dict[int, bool]:
+        """Consistency votes of this keyframe for every candidate and new track, in one projection, and the
+        view consensus of touching tracks (consensus.py). Returns track id -> whether it should have been seen
+        (enough of it visible and not occluded)."""
         ids = list(dict.fromkeys(track_ids))
         if not ids:
             return {}
@@ -200,9 +216,14 @@ class Tracker:
                 for mi in mask_of.get(tid, ()):  # every mask (part) the track was observed in
                     if mi >= 0:
                         in_mask[s] |= masks[mi][px[s, 1], px[s, 0]]
+            lifted = [masks[o.mask_index] for o in observations if o.mask_index >= 0]
+            enough = [visible[s].sum() >= self.cfg.min_visible_fraction * max(1, n) for s, n in zip(parts, sizes)]
+            shown = [px[s][visible[s]] if ok else px[:0] for s, ok in zip(parts, enough)]  # a sliver says nothing
+            self.consensus.observe(mask_coverage(lifted, shown, self.cfg.min_seen_voxels), ids, self.tracks)
         seen: Dict[int, bool] = {}
         for k, (tid, store, s) in enumerate(zip(ids, stores, parts)):
-            store.vote(visible[s], in_mask[s])
+            if tid in mask_of or not self.refine_cfg.vote_only_observed:
+                store.vote(visible[s], in_mask[s])
             n = max(1, sizes[k])
             seen[tid] = visible[s].sum() >= self.cfg.min_visible_fraction * n
             out.in_frustum[tid] = float(frustum[s].sum()) / n
@@ -228,6 +249,7 @@ class Tracker:
 
     def remove(self, tid: int) -> Optional[Track]:
         self.index.remove(tid)
+        self.consensus.forget([tid])
         t = self.tracks.pop(tid, None)
         if t is not None:
             t.state = TrackState.TERMINATED
@@ -258,4 +280,5 @@ class Tracker:
         self.tracks.clear()
         self.index.clear()
         self.scene.clear()
+        self.consensus.clear()
         self.terminated_total = 0  # next_id keeps counting: ids stay unique for the pipeline's lifetime

@@ -92,3 +92,27 @@ def test_box_seen_with_2cm_of_accumulated_pose_drift_stays_one_track():
         pipe.step(f)
     assert len(pipe.tracker.tracks) == 1
     assert len(pipe.finalize()) == 1
+
+
+def test_door_seen_close_up_in_pieces_then_whole_ends_as_one_instance():
+    """A 1.5 m door (three panels of different colour, one object: the segmenter gives one mask over all
+    three) seen at 0.35 m panel by panel, each view barely overlapping the last, then from 1.6 m whole. The
+    close-ups open three tracks (no IoU, colours differ); the far views' one mask covers all of them, so view
+    consensus joins them. Expected: one instance; with consensus off the pieces stay apart."""
+    panels = [cube((x, 0, 0.6), (0.5, 0.05, 1.2)) for x in (-0.5, 0.0, 0.5)]
+    colours = [(150, 40, 40), (40, 150, 40), (40, 40, 150)]
+    views = [(-0.5, 0.35), (-0.5, 0.37), (0.0, 0.35), (0.0, 0.37), (0.5, 0.35), (0.5, 0.37)]
+    views += [(0.0, 1.6), (0.0, 1.7), (0.05, 1.65)]
+    counts = {}
+    for min_joint in (2, 0):
+        pipe = Pipeline(core_config(refine__consensus_min_joint=min_joint))
+        for i, (x, distance) in enumerate(views):
+            f = make_frame(panels, colours, look_at((x, -distance, 0.7), (x, 0, 0.6)), hw=HW, index=i)
+            f.masks = fused(f, {0, 1, 2}, 0)
+            pipe.step(f)
+        instances = pipe.finalize()
+        counts[min_joint] = len(instances)
+        if min_joint:
+            pts = instances[0].points
+            assert all(inside(pts, p).sum() >= 100 for p in panels)  # every panel in the one instance
+    assert counts == {2: 1, 0: 4}

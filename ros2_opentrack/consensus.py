@@ -1,0 +1,132 @@
+"""View consensus between neighbouring tracks: are two tracks one object seen in pieces, or two objects?
+
+A big object seen close up (a door at 0.4 m), or an object a segmenter sometimes splits (seat and back), opens
+several tracks whose voxels barely overlap, so IoU merging never joins them. A mask over two neighbours (a
+box spanning both) looks the same from one keyframe. What tells them apart is the majority of the views that
+see both tracks:
+
+  joint   one observation continues (or opens) track a and also covers most of track b's visible voxels,
+          while no observation of this keyframe continues b: the segmenter saw a and b as one object;
+  apart   a and b, both in view, are continued by different observations, neither covering the other: the
+          segmenter saw two objects.
+
+Two tracks are one object when joint views outnumber apart views (refine.merge_duplicates then joins them).
+Merged masks are a minority of a pair's views, so two neighbours stay apart; the pieces of one object are
+covered together whenever the camera sees more of it. Counts are kept only for touching tracks, and forgotten
+with their tracks, so the memory follows the map, not the run length."""
+
+from __future__ import annotations
+
+from typing import Dict, Iterable, Mapping, Sequence, Tuple
+
+import numpy as np
+
+from . import geometry
+
+Pair = Tuple[int, int]  # (smaller id, larger id)
+
+
+def _pair(a: int, b: int) -> Pair:
+    return (a, b) if a < b else (b, a)
+
+
+def mask_coverage(masks: Sequence[np.ndarray], pixel_sets: Sequence[np.ndarray], min_points: int) -> np.ndarray:
+    """(masks, tracks) share of each track's visible points (their (x, y) pixels in ``pixel_sets``) inside each
+    mask; NaN columns for tracks with fewer than ``min_points`` visible. In the image, not in voxels: a thin
+    object on a table shares the table's coarse voxels, never its pixels."""
+    cover = np.full((len(masks), len(pixel_sets)), np.nan)
+    if not len(masks):
+        return cover
+    boxes = np.array([_box(m) for m in masks])  # x0, y0, x1, y1 (inclusive); empty masks never overlap
+    for k, px in enumerate(pixel_sets):
+        if len(px) < min_points:
+            continue
+        cover[:, k] = 0.0
+        lo, hi = px.min(axis=0), px.max(axis=0)
+        near = (boxes[:, 0] <= hi[0]) & (boxes[:, 2] >= lo[0]) & (boxes[:, 1] <= hi[1]) & (boxes[:, 3] >= lo[1])
+        for i in np.flatnonzero(near):
+            cover[i, k] = float(masks[i][px[:, 1], px[:, 0]].mean())
+    return cover
+
+
+def _box(mask: np.ndarray) -> Tuple[int, int, int, int]:
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return (1, 1, 0, 0)
+    return (int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1]))
+
+
+class Consensus:
+    def __init__(self, span: float, separate: float, min_seen_voxels: int, touch_gap_m: float):
+        self.span = span  # an observation covering this share of a track's visible voxels spans it
+        self.separate = separate  # ... and at most this share leaves it out
+        self.min_seen_voxels = min_seen_voxels
+        self.touch_gap_m = touch_gap_m
+        self.joint: Dict[Pair, int] = {}
+        self.apart: Dict[Pair, int] = {}
+        self._of: Dict[int, set] = {}  # track id -> the pairs it is in (forget / fold without a scan)
+
+    def observe(self, cover: np.ndarray, track_ids: Sequence[int], tracks: Mapping) -> None:
+        """Count one keyframe. ``cover[i, k]``: the share of track k's visible points that fall in this keyframe's
+        mask i (mask_coverage); tracks with too few visible points have a column of NaN."""
+        shown = np.flatnonzero(~np.isnan(cover[0])) if cover.size else np.zeros(0, np.int64)
+        if len(shown) < 2:
+            return
+        ids = [track_ids[k] for k in shown]
+        cover = cover[:, shown]
+        spans, leaves_out = (cover >= self.span).astype(np.int32), (cover <= self.separate).astype(np.int32)
+        bmin = np.array([tracks[t].box_min for t in ids])
+        bmax = np.array([tracks[t].box_max for t in ids])
+        touching = geometry.box_gap(bmin[:, None], bmax[:, None], bmin[None], bmax[None]) <= self.touch_gap_m
+        joint = (spans.T @ spans) > 0  # some mask spans both
+        alone = (spans.T @ leaves_out) > 0  # [a, b]: some mask spans a and leaves b out
+        apart = alone & alone.T & ~joint
+        for table, hit in ((self.joint, joint), (self.apart, apart)):
+            for x, y in zip(*np.nonzero(np.triu(hit & touching, 1))):
+                self._count(table, ids[x], ids[y])
+
+    def _count(self, table: Dict[Pair, int], a: int, b: int) -> None:
+        p = _pair(a, b)
+        table[p] = table.get(p, 0) + 1
+        self._of.setdefault(a, set()).add(p)
+        self._of.setdefault(b, set()).add(p)
+
+    def same_object(self, a: int, b: int, min_joint: int, ratio: float) -> bool:
+        """At least ``min_joint`` views saw a and b as one, and ``ratio`` times as many as saw them apart."""
+        p = _pair(a, b)
+        joint = self.joint.get(p, 0)
+        return joint >= min_joint and joint >= ratio * self.apart.get(p, 0)
+
+    def counts(self, a: int, b: int) -> Tuple[int, int]:
+        p = _pair(a, b)
+        return self.joint.get(p, 0), self.apart.get(p, 0)
+
+    def fold(self, keep: int, drop: int) -> None:
+        """``drop`` was merged into ``keep``: its counts with third tracks add to keep's."""
+        for p in list(self._of.get(drop, ())):
+            other = p[0] if p[1] == drop else p[1]
+            for table in (self.joint, self.apart):
+                n = table.pop(p, 0)
+                if n and other != keep:
+                    table[_pair(keep, other)] = table.get(_pair(keep, other), 0) + n
+                    self._of.setdefault(keep, set()).add(_pair(keep, other))
+                    self._of.setdefault(other, set()).add(_pair(keep, other))
+            self._of.get(other, set()).discard(p)
+        self._of.pop(drop, None)
+        self._of.get(keep, set()).discard(_pair(keep, drop))
+
+    def forget(self, track_ids: Iterable[int]) -> None:
+        for tid in track_ids:
+            for p in self._of.pop(tid, ()):
+                self.joint.pop(p, None)
+                self.apart.pop(p, None)
+                other = p[0] if p[1] == tid else p[1]
+                self._of.get(other, set()).discard(p)
+
+    def clear(self) -> None:
+        self.joint.clear()
+        self.apart.clear()
+        self._of.clear()
+
+    def __len__(self) -> int:
+        return len(set(self.joint) | set(self.apart))

@@ -1,0 +1,72 @@
+"""View consensus (consensus.py): joint / apart counts from mask coverage, the merge rule, and the bookkeeping
+when tracks merge or end."""
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from ros2_opentrack.consensus import Consensus, mask_coverage
+
+
+def box_track(x0, x1):
+    return SimpleNamespace(box_min=np.array([x0, 0.0, 0.0]), box_max=np.array([x1, 1.0, 1.0]))
+
+
+TRACKS = {1: box_track(0.0, 1.0), 2: box_track(1.02, 2.0), 3: box_track(5.0, 6.0)}  # 1, 2 touch; 3 is far
+
+
+def consensus():
+    return Consensus(span=0.7, separate=0.2, min_seen_voxels=10, touch_gap_m=0.1)
+
+
+def test_mask_coverage_is_the_share_of_visible_pixels_inside_each_mask():
+    mask_a = np.zeros((10, 10), bool)
+    mask_a[:, :5] = True  # left half
+    mask_b = np.zeros((10, 10), bool)
+    mask_b[8:, 8:] = True
+    left = np.array([[1, 1], [2, 3], [3, 4], [4, 5]])  # (x, y): all in the left half
+    half = np.array([[1, 1], [2, 2], [7, 7], [8, 8]])  # two left, one right, one in b
+    tiny = np.array([[0, 0]])
+    cover = mask_coverage([mask_a, mask_b], [left, half, tiny], min_points=2)
+    assert cover[:, 0].tolist() == [1.0, 0.0]
+    assert cover[:, 1].tolist() == [0.5, 0.25]
+    assert np.isnan(cover[:, 2]).all()  # too few visible points: no evidence
+
+
+def test_one_mask_over_two_touching_tracks_counts_joint_two_masks_count_apart():
+    c = consensus()
+    c.observe(np.array([[0.9, 0.8, 0.9]]), [1, 2, 3], TRACKS)  # one mask spans all three
+    assert c.counts(1, 2) == (1, 0)
+    assert c.counts(1, 3) == (0, 0)  # 3 is far from both: never counted
+    c.observe(np.array([[0.95, 0.1, 0.0], [0.05, 0.9, 0.0]]), [1, 2, 3], TRACKS)  # one mask each
+    assert c.counts(1, 2) == (1, 1)
+    c.observe(np.array([[0.5, 0.5, 0.0]]), [1, 2, 3], TRACKS)  # half of each: neither joint nor apart
+    assert c.counts(1, 2) == (1, 1)
+    c.observe(np.array([[0.9, np.nan, 0.0]]), [1, 2, 3], TRACKS)  # 2 barely in view: no evidence
+    assert c.counts(1, 2) == (1, 1)
+
+
+def test_same_object_needs_min_joint_and_a_clear_majority():
+    c = consensus()
+    joint, apart = np.array([[0.9, 0.9, 0.0]]), np.array([[0.9, 0.0, 0.0], [0.0, 0.9, 0.0]])
+    c.observe(joint, [1, 2, 3], TRACKS)
+    assert not c.same_object(1, 2, min_joint=2, ratio=3.0)  # one view is not enough
+    c.observe(joint, [1, 2, 3], TRACKS)
+    assert c.same_object(1, 2, min_joint=2, ratio=3.0)
+    c.observe(apart, [1, 2, 3], TRACKS)
+    assert not c.same_object(1, 2, min_joint=2, ratio=3.0)  # 2 joint < 3 x 1 apart: a merged mask or two
+    for _ in range(2):
+        c.observe(joint, [1, 2, 3], TRACKS)
+    assert c.same_object(1, 2, min_joint=2, ratio=3.0)  # 4 joint >= 3 x 1 apart
+
+
+def test_fold_moves_counts_to_the_kept_track_and_forget_drops_them():
+    tracks = {**TRACKS, 4: box_track(1.5, 2.5)}
+    c = consensus()
+    c.observe(np.array([[0.0, 0.9, 0.0, 0.9]]), [1, 2, 3, 4], tracks)  # 2 and 4 joint
+    c.observe(np.array([[0.9, 0.9, 0.0, 0.0]]), [1, 2, 3, 4], tracks)  # 1 and 2 joint
+    c.fold(keep=4, drop=2)  # 2 merged into 4: its pair with 1 becomes 4's
+    assert c.counts(1, 4) == (1, 0)
+    assert c.counts(2, 4) == (0, 0) and c.counts(1, 2) == (0, 0)
+    c.forget([1])
+    assert len(c) == 0
