@@ -52,21 +52,21 @@ def _lift_all(frame: Frame, masks: Sequence[Mask2D], cfg, rng) -> Tuple[np.ndarr
     depth = frame.depth
     valid = (depth > cfg.depth_min_m) & (depth < cfg.depth_max_m)  # validated depth: NaN already 0
     counts = np.zeros(len(masks), np.int64)
-    parts = []
+    rows, cols = [], []
     for i, m in enumerate(masks):  # each mask is only read inside its box
         x0, y0, x1, y1 = _box_slice(m, depth.shape, s)
         mask = _eroded(m.mask[y0:y1, x0:x1], cfg.erode_px) & valid[y0:y1, x0:x1]
         counts[i] = np.count_nonzero(mask)
         r, c = np.nonzero(mask[::s, ::s])
-        parts.append((np.full(len(r), i, np.int32), r * s + y0, c * s + x0))
-    group = np.concatenate([p[0] for p in parts])
-    rows = np.concatenate([p[1] for p in parts]) // s
-    cols = np.concatenate([p[2] for p in parts]) // s
-    group, rows, cols = _cap_per_group(group, rows, cols, len(masks), cfg.max_points, rng)
-    u, v = cols * s, rows * s
-    z = depth[v, u]
+        rows.append(r * s + y0)
+        cols.append(c * s + x0)
+    sizes = [len(r) for r in rows]
+    group = np.repeat(np.arange(len(masks), dtype=np.int32), sizes)
+    group, v, u = _cap_per_group(group, np.concatenate(rows), np.concatenate(cols), len(masks), cfg.max_points, rng)
+    pixel = v * depth.shape[1] + u  # flat gathers (np.take) cost a quarter of 2D fancy indexing
+    z = np.take(depth, pixel)
     pts = geometry.transform(frame.T_world_cam, geometry.pixels_to_camera(u, v, z, frame.K))
-    return pts, frame.rgb[v, u], group.astype(np.int32), counts
+    return pts, np.take(frame.rgb.reshape(-1, 3), pixel, axis=0), group, counts
 
 
 def _box_slice(m: Mask2D, hw, stride: int):
@@ -89,35 +89,48 @@ def _eroded(mask: np.ndarray, erode_px: int) -> np.ndarray:
 
 
 def _cap_per_group(group, rows, cols, n_groups, max_points, rng):
-    """At most ``max_points`` per mask, a seeded random subset (np.nonzero returns groups in order)."""
+    """At most ``max_points`` per mask, a seeded random subset (np.nonzero returns groups in order): a mask
+    over the cap keeps its points of the ``max_points`` smallest random draws (ties: the earlier point)."""
     sizes = np.bincount(group, minlength=n_groups)
     if max_points <= 0 or sizes.max(initial=0) <= max_points:
         return group, rows, cols
-    order = np.lexsort((rng.random(len(group)), group))
-    start = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    rank = np.arange(len(group)) - start[group[order]]
-    keep = np.sort(order[rank < max_points])
+    draws = rng.random(len(group))  # one draw per point, over-cap masks or not: the seeded stream stays the same
+    keep = np.ones(len(group), bool)
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    for g in np.flatnonzero(sizes > max_points):  # a partition per big mask: cheaper than sorting every point
+        lo, hi = bounds[g], bounds[g + 1]
+        keep[lo:hi] = _smallest(draws[lo:hi], max_points)
     return group[keep], rows[keep], cols[keep]
 
 
+def _smallest(values: np.ndarray, k: int) -> np.ndarray:
+    """Bool mask of the ``k`` smallest values; among values equal to the k-th, the first ones."""
+    kth = np.partition(values, k - 1)[k - 1]
+    out = values < kth
+    ties = np.flatnonzero(values == kth)
+    out[ties[: k - int(out.sum())]] = True
+    return out
+
+
 def _to_observations(points, colors, group, masks, counts, small, voxel_size, features, dropped):
+    """One observation per mask with points left; ``group`` is sorted (masks are lifted in order and filters
+    keep the order), so each mask's points are one contiguous slice."""
     observations: List[Observation] = []
-    order = np.argsort(group, kind="stable")
-    bounds = np.searchsorted(group[order], np.arange(len(masks) + 1))
+    bounds = np.searchsorted(group, np.arange(len(masks) + 1))
+    keys = geometry.voxel_keys(points, voxel_size, unique=False)  # one pass over all points
     for i, m in enumerate(masks):
         if small[i]:
             continue
-        sel = order[bounds[i] : bounds[i + 1]]
-        if len(sel) == 0:
+        sel = slice(bounds[i], bounds[i + 1])
+        if bounds[i] == bounds[i + 1]:
             dropped["no_cluster"] = dropped.get("no_cluster", 0) + 1
             continue
-        pts = points[sel]
         feat = features[i] if features is not None else np.zeros(0, np.float32)
         observations.append(
             Observation(
-                voxels=geometry.voxel_keys(pts, voxel_size),
-                points=pts,
-                colors=colors[sel],
+                voxels=geometry.unique_keys(keys[sel]),
+                points=points[sel].copy(),
+                colors=colors[sel].copy(),
                 feature=feat,
                 pixel_count=int(counts[i]),
                 box=np.asarray(m.box, np.float32),
@@ -298,7 +311,8 @@ def _core_components(src: np.ndarray, dst: np.ndarray, core: np.ndarray) -> np.n
     ok = core[src] & core[dst]
     graph = coo_matrix((np.ones(int(ok.sum()), np.int8), (src[ok], dst[ok])), shape=(n, n)).tocsr()
     _, comp = connected_components(graph, directed=False)
-    labels = np.full(n, -1, np.int64)
-    core_idx = np.flatnonzero(core)
-    _, labels[core_idx] = np.unique(comp[core_idx], return_inverse=True)
-    return labels
+    # number the components holding core cells 0, 1, ... in component order (np.unique's ranks, without a sort)
+    used = np.zeros(comp.max(initial=-1) + 1, bool)
+    used[comp[core]] = True
+    rank = np.cumsum(used) - 1
+    return np.where(core, rank[comp], -1)

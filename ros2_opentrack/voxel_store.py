@@ -47,16 +47,16 @@ class PointStore:
         sel = np.flatnonzero(new)[:room]
         if len(sel) == 0:
             return
-        vis = np.zeros(len(sel), np.uint16) if visible is None else np.asarray(visible)[first][sel]
-        inm = np.zeros(len(sel), np.uint16) if in_mask is None else np.asarray(in_mask)[first][sel]
-        new_keys = keys[sel]  # sorted: insert in place, O(n) instead of re-sorting the store
-        at = np.searchsorted(self.keys, new_keys)
+        vis = np.zeros(len(sel), np.uint16) if visible is None else np.asarray(visible)[first[sel]]
+        inm = np.zeros(len(sel), np.uint16) if in_mask is None else np.asarray(in_mask)[first[sel]]
+        new_keys = keys[sel]  # sorted: merge in place, O(n) instead of re-sorting the store
+        merge = _SortedMerge(np.searchsorted(self.keys, new_keys), len(self.keys))
         if self._centers is not None:
-            self._centers = np.insert(self._centers, at, geometry.voxel_centers(new_keys, self.voxel), axis=0)
-        self.keys = np.insert(self.keys, at, new_keys)
-        self.colors = np.insert(self.colors, at, np.asarray(colors)[first][sel], axis=0)
-        self.visible = np.insert(self.visible, at, vis.astype(np.uint16))
-        self.in_mask = np.insert(self.in_mask, at, inm.astype(np.uint16))
+            self._centers = merge(self._centers, geometry.voxel_centers(new_keys, self.voxel))
+        self.keys = merge(self.keys, new_keys)
+        self.colors = merge(self.colors, np.asarray(colors)[first[sel]])
+        self.visible = merge(self.visible, vis.astype(np.uint16))
+        self.in_mask = merge(self.in_mask, inm.astype(np.uint16))
 
     def vote(self, visible: np.ndarray, in_mask: np.ndarray) -> None:
         """One keyframe's votes: ``visible`` and ``in_mask`` are bool per stored voxel (in_mask implies visible)."""
@@ -83,6 +83,22 @@ class PointStore:
         self.in_mask[pos] = np.minimum(self.in_mask[pos].astype(np.int32) + other.in_mask[shared], 65535)
         rest = ~shared
         self.add_keys(other.keys[rest], other.colors[rest], other.visible[rest], other.in_mask[rest])
+
+
+class _SortedMerge:
+    """np.insert(old, at, new) for several arrays with the same ``at`` (sorted): the slots are computed once."""
+
+    def __init__(self, at: np.ndarray, n_old: int):
+        self.new_slots = at + np.arange(len(at))
+        is_new = np.zeros(n_old + len(at), bool)
+        is_new[self.new_slots] = True
+        self.old_slots = np.flatnonzero(~is_new)
+
+    def __call__(self, old: np.ndarray, new: np.ndarray) -> np.ndarray:
+        out = np.empty((len(self.old_slots) + len(self.new_slots),) + old.shape[1:], old.dtype)
+        out[self.old_slots] = old
+        out[self.new_slots] = new
+        return out
 
 
 def isin_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:

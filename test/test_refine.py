@@ -150,7 +150,7 @@ def test_instance_score_is_detector_score_times_track_length_objectness():
 
 
 def test_expansion_neighbourhood_query_equals_the_offset_definition():
-    """refine._within_voxels (one KD-tree query) selects exactly the keys that some offset of
+    """refine._within_voxels (a dense-grid lookup) selects exactly the keys that some offset of
     geometry.key_neighbourhood(r) maps onto a seed."""
     from ros2_opentrack.refine import _within_voxels
     from ros2_opentrack.voxel_store import isin_sorted
@@ -164,3 +164,26 @@ def test_expansion_neighbourhood_query_equals_the_offset_definition():
             expected |= isin_sorted(keys + d, seeds)
         assert 0 < expected.sum() < len(keys)
         np.testing.assert_array_equal(_within_voxels(keys, seeds, r), expected)
+
+
+def test_point_store_add_keys_equals_inserting_each_array():
+    """The shared-slot merge of add_keys gives what np.insert per array gave: sorted keys, first colour wins,
+    given counters carried, cached centres in step."""
+    rng = np.random.default_rng(5)
+    s = PointStore(0.05, cap=10_000)
+    s.add_keys(geometry.pack_keys(rng.integers(0, 20, (300, 3))), rng.integers(0, 255, (300, 3)).astype(np.uint8))
+    s.centers()
+    old = (s.keys.copy(), s.colors.copy(), s.visible.copy(), s.in_mask.copy())
+    keys = geometry.pack_keys(rng.integers(-5, 25, (400, 3)))
+    colors = rng.integers(0, 255, (400, 3)).astype(np.uint8)
+    vis, inm = rng.integers(0, 9, 400).astype(np.uint16), rng.integers(0, 9, 400).astype(np.uint16)
+    s.add_keys(keys, colors, vis, inm)
+    uniq, first = np.unique(keys, return_index=True)
+    new = ~np.isin(uniq, old[0])
+    at = np.searchsorted(old[0], uniq[new])
+    src = first[new]
+    np.testing.assert_array_equal(s.keys, np.insert(old[0], at, uniq[new]))
+    np.testing.assert_array_equal(s.colors, np.insert(old[1], at, colors[src], axis=0))
+    np.testing.assert_array_equal(s.visible, np.insert(old[2], at, vis[src]))
+    np.testing.assert_array_equal(s.in_mask, np.insert(old[3], at, inm[src]))
+    np.testing.assert_array_equal(s.centers(), geometry.voxel_centers(s.keys, 0.05))
