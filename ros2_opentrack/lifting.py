@@ -37,13 +37,17 @@ def lift_masks(
     small = counts < lift_cfg.min_mask_pixels
     if small.any():
         dropped["small_mask"] = int(small.sum())
-        keep = ~small[group]
-        points, colors, group = points[keep], colors[keep], group[keep]
+        points, colors, group = _select(~small[group], points, colors, group)
     if dbscan_cfg.enabled and len(points):
         keep = main_cluster(points, group, dbscan_cfg.eps_m, dbscan_cfg.min_points, dbscan_cfg.backend)
-        points, colors, group = points[keep], colors[keep], group[keep]
+        points, colors, group = _select(keep, points, colors, group)
     observations = _to_observations(points, colors, group, masks, counts, small, voxel_size, features, dropped)
     return observations, dropped
+
+
+def _select(keep: np.ndarray, *arrays: np.ndarray) -> Tuple[np.ndarray, ...]:
+    """The rows of each array where ``keep``: np.compress, a third of the time of a boolean index on (N, 3)."""
+    return tuple(np.compress(keep, a, axis=0) for a in arrays)
 
 
 def _lift_all(frame: Frame, masks: Sequence[Mask2D], cfg, rng) -> Tuple[np.ndarray, ...]:
@@ -246,7 +250,7 @@ def grid_dbscan(points: np.ndarray, group: np.ndarray, eps: float, min_points: i
     None when the points span too many cells for the key packing (then use an exact backend)."""
     cell = eps / 2.0
     idx = np.floor(points / cell).astype(np.int64)
-    idx -= idx.min(axis=0) - 1
+    idx -= np.array([c.min() for c in idx.T]) - 1  # per column: numpy reduces (N, 3) over axis 0 slowly
     if idx.max() >= (1 << _AXIS_BITS) - 1 or group.max(initial=0) >= (1 << 14):
         return None
     keys = (group.astype(np.int64) << 48) | (idx[:, 0] << 32) | (idx[:, 1] << 16) | idx[:, 2]
@@ -276,9 +280,9 @@ def grid_dbscan(points: np.ndarray, group: np.ndarray, eps: float, min_points: i
     return cell_label[inverse]
 
 
-# the 13 "forward" neighbours (each pair is seen once, counted both ways) as (dx, dy) columns and their dz
+# the 13 "forward" neighbours (each pair is seen once, counted both ways): (0, 0, +1), then (dx, dy) columns
+# with their dz
 _FORWARD_COLUMNS = (
-    ((0, 0), (1,)),
     ((0, 1), (-1, 0, 1)),
     ((1, -1), (-1, 0, 1)),
     ((1, 0), (-1, 0, 1)),
@@ -287,10 +291,12 @@ _FORWARD_COLUMNS = (
 
 
 def _forward_neighbours(cells: np.ndarray):
-    """(src, dst) index lists of occupied forward-neighbour cells of the sorted unique ``cells``. Keys differing
-    only in z by -1, 0, +1 are consecutive integers, so one search per (dx, dy) column finds all three."""
+    """(src, dst) index lists of occupied forward-neighbour cells of the sorted unique ``cells``. The cell above
+    (z + 1) is the next one in order when occupied; keys differing only in z by -1, 0, +1 are consecutive
+    integers, so one search per (dx, dy) column finds all three."""
     n = len(cells)
-    src_parts, dst_parts = [], []
+    above = np.flatnonzero(cells[1:] == cells[:-1] + 1)
+    src_parts, dst_parts = [above], [above + 1]
     for (dx, dy), dzs in _FORWARD_COLUMNS:
         base = cells + ((dx << 32) + (dy << 16))
         pos = np.searchsorted(cells, base + dzs[0])

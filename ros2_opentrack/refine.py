@@ -29,15 +29,10 @@ def refine_track(track, scene: SceneMap, refine_cfg, voxel_size: float, max_voxe
         decided = track.store.visible >= max(1, rc.min_visible)
         track.store.prune(keep | ~decided)  # undecided expansion candidates wait for their votes
         keep = track.store.kept(rc.tau_vis, rc.min_visible)
-    _coarse_voxels_follow(track, keep, voxel_size, max_voxels)
-    track.update_box()
-
-
-def _coarse_voxels_follow(track, consistent: np.ndarray, voxel_size: float, max_voxels: int) -> None:
-    """The track's coarse voxels: those holding its ``consistent`` fine points (kept when there are none)."""
-    if consistent.any():
-        centers = np.compress(consistent, track.store.centers(), axis=0)  # compress: 3x a boolean index on (N, 3)
-        track.voxels = geometry.voxel_keys(centers, voxel_size)[:max_voxels]
+    if keep.any():  # np.compress: a third of the time of a boolean index on (N, 3)
+        track.voxels = geometry.voxel_keys(np.compress(keep, track.store.centers(), axis=0), voxel_size)[:max_voxels]
+    if len(track.store):  # Track.update_box's box, from key bounds (PointStore.box)
+        track.box_min, track.box_max = track.store.box()
 
 
 def expand(store: PointStore, scene: SceneMap, radius_m: float, max_box_voxels: int = 2_000_000) -> int:
@@ -135,10 +130,12 @@ def resolve_contested(tracker, only_dirty: bool = True) -> int:
 def _follow_store(track, tracker) -> None:
     """Coarse voxels and box follow the fine points a track kept."""
     rc = tracker.refine_cfg
-    consistent = track.store.centers()[track.store.kept(rc.tau_vis, rc.min_visible)]
-    if len(consistent):
+    keep = track.store.kept(rc.tau_vis, rc.min_visible)
+    if keep.any():
+        consistent = np.compress(keep, track.store.centers(), axis=0)
         track.voxels = geometry.voxel_keys(consistent, tracker.cfg.voxel_size_m)[: tracker.cfg.max_track_voxels]
-    track.update_box()
+    if len(track.store):  # Track.update_box's box, from key bounds (PointStore.box)
+        track.box_min, track.box_max = track.store.box()
     tracker.index.insert(track.id, track.box_min, track.box_max)
     track.dirty = True
 

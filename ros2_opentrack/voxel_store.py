@@ -35,6 +35,13 @@ class PointStore:
             self._centers = geometry.voxel_centers(self.keys, self.voxel)
         return self._centers
 
+    def box(self) -> Tuple[np.ndarray, np.ndarray]:
+        """(min, max) corners of the stored voxels: centres -+ half a voxel, the values of reducing centers()
+        over axis 0, from the keys' index bounds (numpy reduces (N, 3) over axis 0 slowly). Non-empty only."""
+        lo, hi = geometry.voxel_center_bounds(self.keys, self.voxel)
+        half = self.voxel / 2
+        return lo - half, hi + half
+
     def add_points(self, points: np.ndarray, colors: np.ndarray) -> None:
         keys = geometry.voxel_keys(points, self.voxel, unique=False)
         self.add_keys(keys, colors)
@@ -71,7 +78,8 @@ class PointStore:
         return np.where(voted, ratio_ok, self.in_mask > 0)
 
     def prune(self, keep: np.ndarray) -> None:
-        self.keys, self.colors = self.keys[keep], self.colors[keep]
+        """Keep the voxels where ``keep`` (bool per stored voxel)."""
+        self.keys, self.colors = self.keys[keep], np.compress(keep, self.colors, axis=0)  # (N, 3): compress is faster
         self.visible, self.in_mask = self.visible[keep], self.in_mask[keep]
         self._centers = None
 

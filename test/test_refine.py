@@ -187,3 +187,13 @@ def test_point_store_add_keys_equals_inserting_each_array():
     np.testing.assert_array_equal(s.visible, np.insert(old[2], at, vis[src]))
     np.testing.assert_array_equal(s.in_mask, np.insert(old[3], at, inm[src]))
     np.testing.assert_array_equal(s.centers(), geometry.voxel_centers(s.keys, 0.05))
+
+
+def test_point_store_box_equals_reducing_the_centres():
+    rng = np.random.default_rng(6)
+    s = PointStore(0.02, cap=10_000)
+    s.add_points(rng.uniform(-1, 1, (500, 3)), np.zeros((500, 3), np.uint8))
+    lo, hi = s.box()
+    assert lo.dtype == hi.dtype == np.float32
+    np.testing.assert_array_equal(lo, s.centers().min(axis=0) - 0.01)
+    np.testing.assert_array_equal(hi, s.centers().max(axis=0) + 0.01)
