@@ -108,13 +108,12 @@ def voxel_centers(keys: np.ndarray, voxel_size: float) -> np.ndarray:
     return ((unpack_keys(keys) + 0.5) * voxel_size).astype(np.float32)
 
 
-def voxel_center_bounds(keys: np.ndarray, voxel_size: float) -> Tuple[np.ndarray, np.ndarray]:
-    """(min, max) float32 of voxel_centers(keys) over non-empty ``keys``, the same values as reducing the centres
-    (the centre is monotone in each index) but from 1-D index columns: numpy reduces (N, 3) over axis 0 slowly."""
-    axes = _axes(keys)
-    lo = np.array([a.min() for a in axes]).reshape(1, 3)
-    hi = np.array([a.max() for a in axes]).reshape(1, 3)
-    return ((lo + 0.5) * voxel_size).astype(np.float32)[0], ((hi + 0.5) * voxel_size).astype(np.float32)[0]
+def key_bounds(keys: np.ndarray) -> np.ndarray:
+    """(2, 3) int64: the smallest and the largest voxel index per axis of non-empty ``keys``. From 1-D index
+    columns: numpy reduces (N, 3) over axis 0 slowly. The voxel centres of these bounds are the bounds of
+    voxel_centers(keys) (a centre is monotone in its index)."""
+    axes = key_axes(keys)
+    return np.array([[a.min() for a in axes], [a.max() for a in axes]])
 
 
 def key_neighbourhood(radius: int, spherical: bool = True) -> np.ndarray:
@@ -134,9 +133,10 @@ def keys_near(keys: np.ndarray, seed_keys: np.ndarray, radius: int, max_grid_cel
     each key then reads one cell per (dx, dy) column of the ball. Seeds spread too far for the grid: KD-tree."""
     if len(keys) == 0 or len(seed_keys) == 0:
         return np.zeros(len(keys), bool)
-    seeds, cand = _axes(seed_keys), _axes(keys)
-    lo = np.array([a.min() for a in seeds]) - 2 * radius  # seeds +- 2 radius: no read below leaves the grid
-    dims = np.array([a.max() for a in seeds]) + 2 * radius + 1 - lo
+    seeds, cand = key_axes(seed_keys), key_axes(keys)
+    bounds = np.array([[a.min() for a in seeds], [a.max() for a in seeds]])
+    lo = bounds[0] - 2 * radius  # seeds +- 2 radius: no read below leaves the grid
+    dims = bounds[1] + 2 * radius + 1 - lo
     if np.prod(dims.astype(np.float64)) > max_grid_cells:
         return _keys_near_kdtree(keys, seed_keys, radius)
     inside = np.ones(len(keys), bool)  # keys outside the seeds' box grown by radius are never near
@@ -161,7 +161,7 @@ def _keys_near_kdtree(keys: np.ndarray, seed_keys: np.ndarray, radius: int) -> n
     return np.isfinite(dist)
 
 
-def _axes(keys: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def key_axes(keys: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The x, y, z voxel indices of keys as three contiguous arrays (column-wise min / compare are faster)."""
     keys = np.asarray(keys, dtype=np.int64)
     return ((keys >> (2 * _BITS)) & _FIELD) - _OFFSET, ((keys >> _BITS) & _FIELD) - _OFFSET, (keys & _FIELD) - _OFFSET

@@ -44,15 +44,17 @@ def expand(store: PointStore, scene: SceneMap, radius_m: float, max_box_voxels: 
     if not seed.any():  # each refinement would creep one more radius into the surroundings (unbounded)
         return 0
     seed_keys = store.keys[seed]
-    lo, hi = geometry.voxel_center_bounds(seed_keys, store.voxel)
+    bounds = geometry.key_bounds(seed_keys)
+    lo, hi = geometry.voxel_centers(geometry.pack_keys(bounds), store.voxel)  # the seeds' centres' box
     bmin, bmax = lo - radius_m, hi + radius_m
     if np.prod((bmax - bmin) / store.voxel) > max_box_voxels:  # huge tracks (walls): skip
         return 0
-    keys, colors = scene.in_box(bmin, bmax)
+    r = max(1, int(round(radius_m / store.voxel)))
+    keys, colors = scene.in_box(bmin, bmax, x_within=(bounds[0, 0] - r, bounds[1, 0] + r))  # farther: never near
     cand = np.flatnonzero(~isin_sorted(keys, store.keys))  # indices: (M, 3) colours are only gathered once
     if len(cand) == 0:
         return 0
-    near = cand[_within_voxels(keys[cand], seed_keys, max(1, int(round(radius_m / store.voxel))))]
+    near = cand[_within_voxels(keys[cand], seed_keys, r)]
     before = len(store)
     store.add_keys(keys[near], colors[near])
     return len(store) - before

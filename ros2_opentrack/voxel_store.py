@@ -36,9 +36,9 @@ class PointStore:
         return self._centers
 
     def box(self) -> Tuple[np.ndarray, np.ndarray]:
-        """(min, max) corners of the stored voxels: centres -+ half a voxel, the values of reducing centers()
-        over axis 0, from the keys' index bounds (numpy reduces (N, 3) over axis 0 slowly). Non-empty only."""
-        lo, hi = geometry.voxel_center_bounds(self.keys, self.voxel)
+        """(min, max) corners of the stored voxels (non-empty): centres -+ half a voxel, the values reducing
+        centers() over axis 0 gives, from the keys' index bounds (numpy reduces (N, 3) over axis 0 slowly)."""
+        lo, hi = geometry.voxel_centers(geometry.pack_keys(geometry.key_bounds(self.keys)), self.voxel)
         half = self.voxel / 2
         return lo - half, hi + half
 
@@ -109,6 +109,12 @@ class _SortedMerge:
         return out
 
 
+def _x_key_range(x_first: int, x_last: int) -> np.ndarray:
+    """[first key with x >= x_first, first key with x > x_last): the keys of voxels with x in the range."""
+    low = -(1 << 20)  # the lowest index a key field holds (geometry.pack_keys)
+    return geometry.pack_keys(np.array([[x_first, low, low], [x_last + 1, low, low]]))
+
+
 def isin_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
     """np.isin for a sorted ``sorted_keys``, by binary search."""
     if len(sorted_keys) == 0:
@@ -163,16 +169,21 @@ class SceneMap:
         self.blocks[block] = (all_keys[order], np.concatenate([old[1], colors[new]])[order])
         self.n_points += int(new.sum())
 
-    def in_box(self, bmin, bmax) -> Tuple[np.ndarray, np.ndarray]:
-        """Keys and colours of the map voxels in the blocks overlapping the box."""
+    def in_box(self, bmin, bmax, x_within=None) -> Tuple[np.ndarray, np.ndarray]:
+        """Keys and colours of the map voxels in the blocks overlapping the box; with ``x_within`` (lowest and
+        highest voxel index along x, inclusive) only those of them in that x range, in the same order."""
         lo = np.floor(np.asarray(bmin) / self.voxel).astype(np.int64) >> self.BLOCK_SHIFT
         hi = np.floor(np.asarray(bmax) / self.voxel).astype(np.int64) >> self.BLOCK_SHIFT
+        x_keys = None if x_within is None else _x_key_range(*x_within)
         keys, colors = [], []
         for i in range(lo[0], hi[0] + 1):
             for j in range(lo[1], hi[1] + 1):
                 for k in range(lo[2], hi[2] + 1):
                     b = self.blocks.get(int(geometry.pack_keys(np.array([[i, j, k]]))[0]))
                     if b is not None:
+                        if x_keys is not None:  # x is the keys' top field: an x range is a slice of sorted keys
+                            start, stop = np.searchsorted(b[0], x_keys)
+                            b = (b[0][start:stop], b[1][start:stop])
                         keys.append(b[0])
                         colors.append(b[1])
         if not keys:

@@ -189,13 +189,14 @@ def test_keys_near_equals_the_offset_definition_on_the_grid_and_the_kdtree_fallb
     assert g.keys_near(probe[:0], far, 2).shape == (0,) and not g.keys_near(probe, far[:0], 2).any()
 
 
-def test_unique_keys_and_center_bounds_equal_their_plain_numpy_forms():
+def test_unique_keys_and_key_bounds_equal_their_plain_numpy_forms():
     rng = np.random.default_rng(2)
     keys = g.pack_keys(rng.integers(-50, 50, (2000, 3)))
     np.testing.assert_array_equal(g.unique_keys(keys), np.unique(keys))
     assert g.unique_keys(keys[:0]).shape == (0,)
-    centers = g.voxel_centers(keys, 0.02)
-    lo, hi = g.voxel_center_bounds(keys, 0.02)
-    assert lo.dtype == hi.dtype == np.float32
-    np.testing.assert_array_equal(lo, centers.min(axis=0))
-    np.testing.assert_array_equal(hi, centers.max(axis=0))
+    bounds = g.key_bounds(keys)
+    np.testing.assert_array_equal(bounds, [g.unpack_keys(keys).min(axis=0), g.unpack_keys(keys).max(axis=0)])
+    centers = g.voxel_centers(keys, 0.02)  # the centres of the bounds bound the centres
+    np.testing.assert_array_equal(
+        g.voxel_centers(g.pack_keys(bounds), 0.02), [centers.min(axis=0), centers.max(axis=0)]
+    )

@@ -197,3 +197,16 @@ def test_point_store_box_equals_reducing_the_centres():
     assert lo.dtype == hi.dtype == np.float32
     np.testing.assert_array_equal(lo, s.centers().min(axis=0) - 0.01)
     np.testing.assert_array_equal(hi, s.centers().max(axis=0) + 0.01)
+
+
+def test_scene_map_box_query_trimmed_to_an_x_range_is_the_full_query_filtered_in_order():
+    rng = np.random.default_rng(7)
+    scene = SceneMap(0.02, max_points=1_000_000)
+    scene.add(rng.uniform(-2, 2, (20_000, 3)).astype(np.float32), rng.integers(0, 255, (20_000, 3)).astype(np.uint8))
+    keys, colors = scene.in_box((-0.5, -0.5, -0.5), (0.7, 0.5, 0.6))
+    x = geometry.unpack_keys(keys)[:, 0]
+    inside = (x >= -20) & (x <= 31)
+    assert 0 < inside.sum() < len(keys)
+    got_keys, got_colors = scene.in_box((-0.5, -0.5, -0.5), (0.7, 0.5, 0.6), x_within=(-20, 31))
+    np.testing.assert_array_equal(got_keys, keys[inside])
+    np.testing.assert_array_equal(got_colors, colors[inside])
