@@ -98,9 +98,12 @@ def voxel_keys(points: np.ndarray, voxel_size: float, unique: bool = True) -> np
 
 
 def unique_keys(keys: np.ndarray) -> np.ndarray:
-    """np.unique of int64 keys (sorted): a sort and a neighbour compare, 1.3-2x faster than numpy 2's hash unique."""
-    keys = np.sort(keys)
-    return keys[np.r_[True, keys[1:] != keys[:-1]]] if len(keys) else keys
+    """np.unique of int64 keys (sorted): a sort and a neighbour compare, 1.3-2x faster than numpy 2's hash unique.
+    Repeats in a row go first (neighbouring points often share a voxel): fewer keys to sort."""
+    if len(keys) == 0:
+        return np.sort(keys)
+    keys = np.sort(keys[np.r_[True, keys[1:] != keys[:-1]]])
+    return keys[np.r_[True, keys[1:] != keys[:-1]]]
 
 
 def voxel_centers(keys: np.ndarray, voxel_size: float) -> np.ndarray:

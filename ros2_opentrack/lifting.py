@@ -104,16 +104,26 @@ def _cap_per_group(group, rows, cols, n_groups, max_points, rng):
     for g in np.flatnonzero(sizes > max_points):  # a partition per big mask: cheaper than sorting every point
         lo, hi = bounds[g], bounds[g + 1]
         keep[lo:hi] = _smallest(draws[lo:hi], max_points)
-    return group[keep], rows[keep], cols[keep]
+    kept = np.flatnonzero(keep)  # a gather by index: boolean indexing is slow on a random pattern
+    return group.take(kept), rows.take(kept), cols.take(kept)
 
 
 def _smallest(values: np.ndarray, k: int) -> np.ndarray:
     """Bool mask of the ``k`` smallest values; among values equal to the k-th, the first ones."""
-    kth = np.partition(values, k - 1)[k - 1]
+    kth = _kth_smallest(values, k)
     out = values < kth
     ties = np.flatnonzero(values == kth)
     out[ties[: k - int(out.sum())]] = True
     return out
+
+
+def _kth_smallest(values: np.ndarray, k: int) -> float:
+    """The k-th smallest of ``values`` (uniform draws in [0, 1)). It lies near k / n: partition only the values
+    under a bound 6 sigma above that; exact whenever at least k values are under it (else all are partitioned)."""
+    bound = (k + 6.0 * np.sqrt(k) + 6.0) / len(values)
+    low = np.compress(values < bound, values)
+    pool = low if len(low) >= k else values
+    return np.partition(pool, k - 1)[k - 1]
 
 
 def _to_observations(points, colors, group, masks, counts, small, voxel_size, features, dropped):
@@ -249,19 +259,19 @@ def grid_dbscan(points: np.ndarray, group: np.ndarray, eps: float, min_points: i
 
     None when the points span too many cells for the key packing (then use an exact backend)."""
     cell = eps / 2.0
-    idx = np.floor(points / cell).astype(np.int64)
-    idx -= np.array([c.min() for c in idx.T]) - 1  # per column: numpy reduces (N, 3) over axis 0 slowly
-    if idx.max() >= (1 << _AXIS_BITS) - 1 or group.max(initial=0) >= (1 << 14):
+    x, y, z = (c - (c.min() - 1) for c in np.floor(points.T / cell).astype(np.int64))  # per axis: contiguous rows
+    if max(x.max(), y.max(), z.max()) >= (1 << _AXIS_BITS) - 1 or group.max(initial=0) >= (1 << 14):
         return None
-    keys = (group.astype(np.int64) << 48) | (idx[:, 0] << 32) | (idx[:, 1] << 16) | idx[:, 2]
+    keys = (group.astype(np.int64) << 48) | (x << 32) | (y << 16) | z
     order = np.argsort(keys)  # only the cell of each point matters: no stable sort needed
     sk = keys[order]
     first = np.ones(len(sk), bool)
     first[1:] = sk[1:] != sk[:-1]
-    cells = sk[first]
+    starts = np.flatnonzero(first)
+    cells = sk.take(starts)  # a gather by index: boolean indexing is slow on a random pattern
     inverse = np.empty(len(keys), np.int64)
     inverse[order] = np.cumsum(first) - 1
-    counts = np.diff(np.append(np.flatnonzero(first), len(sk)))
+    counts = np.diff(np.append(starts, len(sk)))
     n = len(cells)
     src_parts, dst_parts = _forward_neighbours(cells)
     src = np.concatenate(src_parts)
@@ -275,8 +285,8 @@ def grid_dbscan(points: np.ndarray, group: np.ndarray, eps: float, min_points: i
     cell_label = _core_components(src, dst, core)
     # border cells (not core) take the label of an adjacent core cell; the rest is noise (-1)
     for a, b in ((src, dst), (dst, src)):
-        attach = ~core[a] & core[b]
-        cell_label[a[attach]] = cell_label[b[attach]]
+        attach = np.flatnonzero(~core[a] & core[b])
+        cell_label[a.take(attach)] = cell_label[b.take(attach)]
     return cell_label[inverse]
 
 
@@ -314,8 +324,8 @@ def _core_components(src: np.ndarray, dst: np.ndarray, core: np.ndarray) -> np.n
     from scipy.sparse.csgraph import connected_components
 
     n = len(core)
-    ok = core[src] & core[dst]
-    graph = coo_matrix((np.ones(int(ok.sum()), np.int8), (src[ok], dst[ok])), shape=(n, n)).tocsr()
+    ok = np.flatnonzero(core[src] & core[dst])
+    graph = coo_matrix((np.ones(len(ok), np.int8), (src.take(ok), dst.take(ok))), shape=(n, n)).tocsr()
     _, comp = connected_components(graph, directed=False)
     # number the components holding core cells 0, 1, ... in component order (np.unique's ranks, without a sort)
     used = np.zeros(comp.max(initial=-1) + 1, bool)

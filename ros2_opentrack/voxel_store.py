@@ -109,6 +109,12 @@ class _SortedMerge:
         return out
 
 
+def _block_key(i: int, j: int, k: int) -> int:
+    """geometry.pack_keys of one block index, in Python ints (a numpy call per block costs more)."""
+    half, bits = 1 << 20, 21
+    return ((int(i) + half) << (2 * bits)) | ((int(j) + half) << bits) | (int(k) + half)
+
+
 def _x_key_range(x_first: int, x_last: int) -> np.ndarray:
     """[first key with x >= x_first, first key with x > x_last): the keys of voxels with x in the range."""
     low = -(1 << 20)  # the lowest index a key field holds (geometry.pack_keys)
@@ -179,7 +185,7 @@ class SceneMap:
         for i in range(lo[0], hi[0] + 1):
             for j in range(lo[1], hi[1] + 1):
                 for k in range(lo[2], hi[2] + 1):
-                    b = self.blocks.get(int(geometry.pack_keys(np.array([[i, j, k]]))[0]))
+                    b = self.blocks.get(_block_key(i, j, k))
                     if b is not None:
                         if x_keys is not None:  # x is the keys' top field: an x range is a slice of sorted keys
                             start, stop = np.searchsorted(b[0], x_keys)
