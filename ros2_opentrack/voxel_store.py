@@ -161,19 +161,21 @@ class SceneMap:
             self.n_points -= len(old_keys)
 
     def _merge_block(self, block: int, keys: np.ndarray, colors: np.ndarray) -> None:
+        """Add a block's new voxels (``keys`` sorted and unique; known voxels keep their colour); the block
+        becomes the most recently updated."""
         old = self.blocks.pop(block, None)
         if old is None:
             self.blocks[block] = (keys, colors)
             self.n_points += len(keys)
             return
-        new = ~isin_sorted(keys, old[0])
-        if not new.any():
+        pos = np.searchsorted(old[0], keys)
+        new = np.flatnonzero(old[0][np.minimum(pos, len(old[0]) - 1)] != keys)  # isin_sorted, keeping the places
+        if len(new) == 0:
             self.blocks[block] = old
             return
-        all_keys = np.concatenate([old[0], keys[new]])
-        order = np.argsort(all_keys, kind="stable")
-        self.blocks[block] = (all_keys[order], np.concatenate([old[1], colors[new]])[order])
-        self.n_points += int(new.sum())
+        merge = _SortedMerge(pos[new], len(old[0]))  # sorted insertion: no re-sort of the block
+        self.blocks[block] = (merge(old[0], keys[new]), merge(old[1], colors[new]))
+        self.n_points += len(new)
 
     def in_box(self, bmin, bmax, x_within=None) -> Tuple[np.ndarray, np.ndarray]:
         """Keys and colours of the map voxels in the blocks overlapping the box; with ``x_within`` (lowest and
