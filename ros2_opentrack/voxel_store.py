@@ -81,7 +81,8 @@ class PointStore:
         """Keep the voxels where ``keep`` (bool per stored voxel)."""
         self.keys, self.colors = self.keys[keep], np.compress(keep, self.colors, axis=0)  # (N, 3): compress is faster
         self.visible, self.in_mask = self.visible[keep], self.in_mask[keep]
-        self._centers = None
+        if self._centers is not None:  # cheaper kept in step than recomputed from the keys
+            self._centers = np.compress(keep, self._centers, axis=0)
 
     def merge(self, other: "PointStore") -> None:
         """Union with another store; counters of shared voxels add up."""
