@@ -130,6 +130,8 @@ def test_point_store_inserts_keep_keys_sorted_and_centres_in_step():
     s.add_points(rng.uniform(-1, 2, (40, 3)), np.full((40, 3), 7, np.uint8))
     assert np.all(np.diff(s.keys) > 0) and len(s.colors) == len(s.keys) == len(s.visible)
     np.testing.assert_allclose(s.centers(), geometry.voxel_centers(s.keys, 0.1))
+    s.prune(np.arange(len(s)) % 3 != 0)  # the cached centres follow a prune too
+    np.testing.assert_array_equal(s.centers(), geometry.voxel_centers(s.keys, 0.1))
 
 
 def test_instance_score_is_detector_score_times_track_length_objectness():
