@@ -7,6 +7,7 @@ pixel (u, v) = (column, row); boxes are x0, y0, x1, y1 with x1, y1 exclusive.
 
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -93,12 +94,29 @@ def unpack_keys(keys: np.ndarray) -> np.ndarray:
 def voxel_keys(points: np.ndarray, voxel_size: float, unique: bool = True) -> np.ndarray:
     """int64 keys of the voxels holding ``points`` (sorted and unique by default)."""
     keys = pack_keys(voxel_indices(points, voxel_size))
-    return np.unique(keys) if unique else keys
+    return unique_keys(keys) if unique else keys
+
+
+def unique_keys(keys: np.ndarray) -> np.ndarray:
+    """np.unique of int64 keys (sorted): a sort and a neighbour compare, 1.3-2x faster than numpy 2's hash unique.
+    Repeats in a row go first (neighbouring points often share a voxel): fewer keys to sort."""
+    if len(keys) == 0:
+        return np.sort(keys)
+    keys = np.sort(keys[np.r_[True, keys[1:] != keys[:-1]]])
+    return keys[np.r_[True, keys[1:] != keys[:-1]]]
 
 
 def voxel_centers(keys: np.ndarray, voxel_size: float) -> np.ndarray:
     """(N, 3) float32 world centres of voxel keys."""
     return ((unpack_keys(keys) + 0.5) * voxel_size).astype(np.float32)
+
+
+def key_bounds(keys: np.ndarray) -> np.ndarray:
+    """(2, 3) int64: the smallest and the largest voxel index per axis of non-empty ``keys``. From 1-D index
+    columns: numpy reduces (N, 3) over axis 0 slowly. The voxel centres of these bounds are the bounds of
+    voxel_centers(keys) (a centre is monotone in its index)."""
+    axes = key_axes(keys)
+    return np.array([[a.min() for a in axes], [a.max() for a in axes]])
 
 
 def key_neighbourhood(radius: int, spherical: bool = True) -> np.ndarray:
@@ -109,6 +127,76 @@ def key_neighbourhood(radius: int, spherical: bool = True) -> np.ndarray:
     if spherical:
         off = off[(off**2).sum(axis=1) <= radius * radius + 1e-9]
     return (off[:, 0] << (2 * _BITS)) + (off[:, 1] << _BITS) + off[:, 2]
+
+
+def keys_near(keys: np.ndarray, seed_keys: np.ndarray, radius: int, max_grid_cells: int = 1 << 24) -> np.ndarray:
+    """Which ``keys`` lie within ``radius`` voxels (Euclidean, on the integer grid) of some seed key: the same
+    set as testing every offset of key_neighbourhood(radius). The seeds go into a dense grid over their box
+    (a lookup there is far cheaper than a KD-tree query), dilated along z once per column height of the ball;
+    each key then reads one cell per (dx, dy) column of the ball. Seeds spread too far for the grid: KD-tree."""
+    if len(keys) == 0 or len(seed_keys) == 0:
+        return np.zeros(len(keys), bool)
+    seeds, cand = key_axes(seed_keys), key_axes(keys)
+    bounds = np.array([[a.min() for a in seeds], [a.max() for a in seeds]])
+    lo = bounds[0] - 2 * radius  # seeds +- 2 radius: no read below leaves the grid
+    dims = bounds[1] + 2 * radius + 1 - lo
+    if np.prod(dims.astype(np.float64)) > max_grid_cells:
+        return _keys_near_kdtree(keys, seed_keys, radius)
+    inside = np.ones(len(keys), bool)  # keys outside the seeds' box grown by radius are never near
+    for a, a_lo, a_dim in zip(cand, lo, dims):
+        inside &= (a >= a_lo + radius) & (a < a_lo + a_dim - radius)
+    strides = (int(dims[1] * dims[2]), int(dims[2]), 1)
+    columns = _z_dilations(_flat(seeds, lo, strides), int(np.prod(dims)), radius)
+    at = _flat([a[inside] for a in cand], lo, strides)
+    hit = np.zeros(len(at), bool)
+    for dx, dy, height in _ball_columns(radius):
+        hit |= columns[height][at + (dx * strides[0] + dy * strides[1])]
+    near = np.zeros(len(keys), bool)
+    near[inside] = hit
+    return near
+
+
+def _keys_near_kdtree(keys: np.ndarray, seed_keys: np.ndarray, radius: int) -> np.ndarray:
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(unpack_keys(seed_keys))
+    dist, _ = tree.query(unpack_keys(keys), k=1, distance_upper_bound=radius + 1e-6)
+    return np.isfinite(dist)
+
+
+def key_axes(keys: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The x, y, z voxel indices of keys as three contiguous arrays (column-wise min / compare are faster)."""
+    keys = np.asarray(keys, dtype=np.int64)
+    return ((keys >> (2 * _BITS)) & _FIELD) - _OFFSET, ((keys >> _BITS) & _FIELD) - _OFFSET, (keys & _FIELD) - _OFFSET
+
+
+def _flat(axes, lo, strides) -> np.ndarray:
+    return (axes[0] - lo[0]) * strides[0] + (axes[1] - lo[1]) * strides[1] + (axes[2] - lo[2])
+
+
+def _z_dilations(seed_cells: np.ndarray, size: int, radius: int) -> list:
+    """Flat grids, one per height h = 0..radius: is a seed within h cells along z. Shifts along the flat array
+    move along z; the 2 radius margin keeps every shifted seed inside its own z row."""
+    grid = np.zeros(size, bool)
+    grid[seed_cells] = True
+    levels = [grid]
+    for h in range(1, radius + 1):
+        level = levels[-1].copy()
+        level[h:] |= grid[:-h]
+        level[:-h] |= grid[h:]
+        levels.append(level)
+    return levels
+
+
+def _ball_columns(radius: int) -> list:
+    """(dx, dy, height) of the ball dx^2 + dy^2 + dz^2 <= radius^2: its z column at (dx, dy) spans +-height."""
+    columns = []
+    for dx in range(-radius, radius + 1):
+        for dy in range(-radius, radius + 1):
+            rest = radius * radius - dx * dx - dy * dy
+            if rest >= 0:
+                columns.append((dx, dy, math.isqrt(rest)))
+    return columns
 
 
 # ---------------------------------------------------------------------------------------------------------

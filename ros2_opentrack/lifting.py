@@ -37,13 +37,17 @@ def lift_masks(
     small = counts < lift_cfg.min_mask_pixels
     if small.any():
         dropped["small_mask"] = int(small.sum())
-        keep = ~small[group]
-        points, colors, group = points[keep], colors[keep], group[keep]
+        points, colors, group = _select(~small[group], points, colors, group)
     if dbscan_cfg.enabled and len(points):
         keep = main_cluster(points, group, dbscan_cfg.eps_m, dbscan_cfg.min_points, dbscan_cfg.backend)
-        points, colors, group = points[keep], colors[keep], group[keep]
+        points, colors, group = _select(keep, points, colors, group)
     observations = _to_observations(points, colors, group, masks, counts, small, voxel_size, features, dropped)
     return observations, dropped
+
+
+def _select(keep: np.ndarray, *arrays: np.ndarray) -> Tuple[np.ndarray, ...]:
+    """The rows of each array where ``keep``: np.compress, a third of the time of a boolean index on (N, 3)."""
+    return tuple(np.compress(keep, a, axis=0) for a in arrays)
 
 
 def _lift_all(frame: Frame, masks: Sequence[Mask2D], cfg, rng) -> Tuple[np.ndarray, ...]:
@@ -52,21 +56,21 @@ def _lift_all(frame: Frame, masks: Sequence[Mask2D], cfg, rng) -> Tuple[np.ndarr
     depth = frame.depth
     valid = (depth > cfg.depth_min_m) & (depth < cfg.depth_max_m)  # validated depth: NaN already 0
     counts = np.zeros(len(masks), np.int64)
-    parts = []
+    rows, cols = [], []
     for i, m in enumerate(masks):  # each mask is only read inside its box
         x0, y0, x1, y1 = _box_slice(m, depth.shape, s)
         mask = _eroded(m.mask[y0:y1, x0:x1], cfg.erode_px) & valid[y0:y1, x0:x1]
         counts[i] = np.count_nonzero(mask)
         r, c = np.nonzero(mask[::s, ::s])
-        parts.append((np.full(len(r), i, np.int32), r * s + y0, c * s + x0))
-    group = np.concatenate([p[0] for p in parts])
-    rows = np.concatenate([p[1] for p in parts]) // s
-    cols = np.concatenate([p[2] for p in parts]) // s
-    group, rows, cols = _cap_per_group(group, rows, cols, len(masks), cfg.max_points, rng)
-    u, v = cols * s, rows * s
-    z = depth[v, u]
+        rows.append(r * s + y0)
+        cols.append(c * s + x0)
+    sizes = [len(r) for r in rows]
+    group = np.repeat(np.arange(len(masks), dtype=np.int32), sizes)
+    group, v, u = _cap_per_group(group, np.concatenate(rows), np.concatenate(cols), len(masks), cfg.max_points, rng)
+    pixel = v * depth.shape[1] + u  # flat gathers (np.take) cost a quarter of 2D fancy indexing
+    z = np.take(depth, pixel)
     pts = geometry.transform(frame.T_world_cam, geometry.pixels_to_camera(u, v, z, frame.K))
-    return pts, frame.rgb[v, u], group.astype(np.int32), counts
+    return pts, np.take(frame.rgb.reshape(-1, 3), pixel, axis=0), group, counts
 
 
 def _box_slice(m: Mask2D, hw, stride: int):
@@ -89,35 +93,58 @@ def _eroded(mask: np.ndarray, erode_px: int) -> np.ndarray:
 
 
 def _cap_per_group(group, rows, cols, n_groups, max_points, rng):
-    """At most ``max_points`` per mask, a seeded random subset (np.nonzero returns groups in order)."""
+    """At most ``max_points`` per mask, a seeded random subset (np.nonzero returns groups in order): a mask
+    over the cap keeps its points of the ``max_points`` smallest random draws (ties: the earlier point)."""
     sizes = np.bincount(group, minlength=n_groups)
     if max_points <= 0 or sizes.max(initial=0) <= max_points:
         return group, rows, cols
-    order = np.lexsort((rng.random(len(group)), group))
-    start = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    rank = np.arange(len(group)) - start[group[order]]
-    keep = np.sort(order[rank < max_points])
-    return group[keep], rows[keep], cols[keep]
+    draws = rng.random(len(group))  # one draw per point, over-cap masks or not: the seeded stream stays the same
+    keep = np.ones(len(group), bool)
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    for g in np.flatnonzero(sizes > max_points):  # a partition per big mask: cheaper than sorting every point
+        lo, hi = bounds[g], bounds[g + 1]
+        keep[lo:hi] = _smallest(draws[lo:hi], max_points)
+    kept = np.flatnonzero(keep)  # a gather by index: boolean indexing is slow on a random pattern
+    return group.take(kept), rows.take(kept), cols.take(kept)
+
+
+def _smallest(values: np.ndarray, k: int) -> np.ndarray:
+    """Bool mask of the ``k`` smallest values; among values equal to the k-th, the first ones."""
+    kth = _kth_smallest(values, k)
+    out = values < kth
+    ties = np.flatnonzero(values == kth)
+    out[ties[: k - int(out.sum())]] = True
+    return out
+
+
+def _kth_smallest(values: np.ndarray, k: int) -> float:
+    """The k-th smallest of ``values`` (uniform draws in [0, 1)). It lies near k / n: partition only the values
+    under a bound 6 sigma above that; exact whenever at least k values are under it (else all are partitioned)."""
+    bound = (k + 6.0 * np.sqrt(k) + 6.0) / len(values)
+    low = np.compress(values < bound, values)
+    pool = low if len(low) >= k else values
+    return np.partition(pool, k - 1)[k - 1]
 
 
 def _to_observations(points, colors, group, masks, counts, small, voxel_size, features, dropped):
+    """One observation per mask with points left; ``group`` is sorted (masks are lifted in order and filters
+    keep the order), so each mask's points are one contiguous slice."""
     observations: List[Observation] = []
-    order = np.argsort(group, kind="stable")
-    bounds = np.searchsorted(group[order], np.arange(len(masks) + 1))
+    bounds = np.searchsorted(group, np.arange(len(masks) + 1))
+    keys = geometry.voxel_keys(points, voxel_size, unique=False)  # one pass over all points
     for i, m in enumerate(masks):
         if small[i]:
             continue
-        sel = order[bounds[i] : bounds[i + 1]]
-        if len(sel) == 0:
+        sel = slice(bounds[i], bounds[i + 1])
+        if bounds[i] == bounds[i + 1]:
             dropped["no_cluster"] = dropped.get("no_cluster", 0) + 1
             continue
-        pts = points[sel]
         feat = features[i] if features is not None else np.zeros(0, np.float32)
         observations.append(
             Observation(
-                voxels=geometry.voxel_keys(pts, voxel_size),
-                points=pts,
-                colors=colors[sel],
+                voxels=geometry.unique_keys(keys[sel]),
+                points=points[sel].copy(),
+                colors=colors[sel].copy(),
                 feature=feat,
                 pixel_count=int(counts[i]),
                 box=np.asarray(m.box, np.float32),
@@ -232,19 +259,19 @@ def grid_dbscan(points: np.ndarray, group: np.ndarray, eps: float, min_points: i
 
     None when the points span too many cells for the key packing (then use an exact backend)."""
     cell = eps / 2.0
-    idx = np.floor(points / cell).astype(np.int64)
-    idx -= idx.min(axis=0) - 1
-    if idx.max() >= (1 << _AXIS_BITS) - 1 or group.max(initial=0) >= (1 << 14):
+    x, y, z = (c - (c.min() - 1) for c in np.floor(points.T / cell).astype(np.int64))  # per axis: contiguous rows
+    if max(x.max(), y.max(), z.max()) >= (1 << _AXIS_BITS) - 1 or group.max(initial=0) >= (1 << 14):
         return None
-    keys = (group.astype(np.int64) << 48) | (idx[:, 0] << 32) | (idx[:, 1] << 16) | idx[:, 2]
+    keys = (group.astype(np.int64) << 48) | (x << 32) | (y << 16) | z
     order = np.argsort(keys)  # only the cell of each point matters: no stable sort needed
     sk = keys[order]
     first = np.ones(len(sk), bool)
     first[1:] = sk[1:] != sk[:-1]
-    cells = sk[first]
+    starts = np.flatnonzero(first)
+    cells = sk.take(starts)  # a gather by index: boolean indexing is slow on a random pattern
     inverse = np.empty(len(keys), np.int64)
     inverse[order] = np.cumsum(first) - 1
-    counts = np.diff(np.append(np.flatnonzero(first), len(sk)))
+    counts = np.diff(np.append(starts, len(sk)))
     n = len(cells)
     src_parts, dst_parts = _forward_neighbours(cells)
     src = np.concatenate(src_parts)
@@ -258,14 +285,14 @@ def grid_dbscan(points: np.ndarray, group: np.ndarray, eps: float, min_points: i
     cell_label = _core_components(src, dst, core)
     # border cells (not core) take the label of an adjacent core cell; the rest is noise (-1)
     for a, b in ((src, dst), (dst, src)):
-        attach = ~core[a] & core[b]
-        cell_label[a[attach]] = cell_label[b[attach]]
+        attach = np.flatnonzero(~core[a] & core[b])
+        cell_label[a.take(attach)] = cell_label[b.take(attach)]
     return cell_label[inverse]
 
 
-# the 13 "forward" neighbours (each pair is seen once, counted both ways) as (dx, dy) columns and their dz
+# the 13 "forward" neighbours (each pair is seen once, counted both ways): (0, 0, +1), then (dx, dy) columns
+# with their dz
 _FORWARD_COLUMNS = (
-    ((0, 0), (1,)),
     ((0, 1), (-1, 0, 1)),
     ((1, -1), (-1, 0, 1)),
     ((1, 0), (-1, 0, 1)),
@@ -274,10 +301,12 @@ _FORWARD_COLUMNS = (
 
 
 def _forward_neighbours(cells: np.ndarray):
-    """(src, dst) index lists of occupied forward-neighbour cells of the sorted unique ``cells``. Keys differing
-    only in z by -1, 0, +1 are consecutive integers, so one search per (dx, dy) column finds all three."""
+    """(src, dst) index lists of occupied forward-neighbour cells of the sorted unique ``cells``. The cell above
+    (z + 1) is the next one in order when occupied; keys differing only in z by -1, 0, +1 are consecutive
+    integers, so one search per (dx, dy) column finds all three."""
     n = len(cells)
-    src_parts, dst_parts = [], []
+    above = np.flatnonzero(cells[1:] == cells[:-1] + 1)
+    src_parts, dst_parts = [above], [above + 1]
     for (dx, dy), dzs in _FORWARD_COLUMNS:
         base = cells + ((dx << 32) + (dy << 16))
         pos = np.searchsorted(cells, base + dzs[0])
@@ -295,10 +324,11 @@ def _core_components(src: np.ndarray, dst: np.ndarray, core: np.ndarray) -> np.n
     from scipy.sparse.csgraph import connected_components
 
     n = len(core)
-    ok = core[src] & core[dst]
-    graph = coo_matrix((np.ones(int(ok.sum()), np.int8), (src[ok], dst[ok])), shape=(n, n)).tocsr()
+    ok = np.flatnonzero(core[src] & core[dst])
+    graph = coo_matrix((np.ones(len(ok), np.int8), (src.take(ok), dst.take(ok))), shape=(n, n)).tocsr()
     _, comp = connected_components(graph, directed=False)
-    labels = np.full(n, -1, np.int64)
-    core_idx = np.flatnonzero(core)
-    _, labels[core_idx] = np.unique(comp[core_idx], return_inverse=True)
-    return labels
+    # number the components holding core cells 0, 1, ... in component order (np.unique's ranks, without a sort)
+    used = np.zeros(comp.max(initial=-1) + 1, bool)
+    used[comp[core]] = True
+    rank = np.cumsum(used) - 1
+    return np.where(core, rank[comp], -1)

@@ -28,10 +28,11 @@ def refine_track(track, scene: SceneMap, refine_cfg, voxel_size: float, max_voxe
     if keep.any() and not keep.all():
         decided = track.store.visible >= max(1, rc.min_visible)
         track.store.prune(keep | ~decided)  # undecided expansion candidates wait for their votes
-    consistent = track.store.centers()[track.store.kept(rc.tau_vis, rc.min_visible)]
-    if len(consistent):
-        track.voxels = geometry.voxel_keys(consistent, voxel_size)[:max_voxels]
-    track.update_box()
+        keep = track.store.kept(rc.tau_vis, rc.min_visible)
+    if keep.any():  # np.compress: a third of the time of a boolean index on (N, 3)
+        track.voxels = geometry.voxel_keys(np.compress(keep, track.store.centers(), axis=0), voxel_size)[:max_voxels]
+    if len(track.store):  # Track.update_box's box, from key bounds (PointStore.box)
+        track.box_min, track.box_max = track.store.box()
 
 
 def expand(store: PointStore, scene: SceneMap, radius_m: float, max_box_voxels: int = 2_000_000) -> int:
@@ -43,17 +44,17 @@ def expand(store: PointStore, scene: SceneMap, radius_m: float, max_box_voxels: 
     if not seed.any():  # each refinement would creep one more radius into the surroundings (unbounded)
         return 0
     seed_keys = store.keys[seed]
-    centers = store.centers()[seed]
-    bmin, bmax = centers.min(axis=0) - radius_m, centers.max(axis=0) + radius_m
+    bounds = geometry.key_bounds(seed_keys)
+    lo, hi = geometry.voxel_centers(geometry.pack_keys(bounds), store.voxel)  # the seeds' centres' box
+    bmin, bmax = lo - radius_m, hi + radius_m
     if np.prod((bmax - bmin) / store.voxel) > max_box_voxels:  # huge tracks (walls): skip
         return 0
-    keys, colors = scene.in_box(bmin, bmax)
-    cand = ~isin_sorted(keys, store.keys)
-    keys, colors = keys[cand], colors[cand]
-    if len(keys) == 0:
-        return 0
     r = max(1, int(round(radius_m / store.voxel)))
-    near = _within_voxels(keys, seed_keys, r)
+    keys, colors = scene.in_box(bmin, bmax, x_within=(bounds[0, 0] - r, bounds[1, 0] + r))  # farther: never near
+    cand = np.flatnonzero(~isin_sorted(keys, store.keys))  # indices: (M, 3) colours are only gathered once
+    if len(cand) == 0:
+        return 0
+    near = cand[_within_voxels(keys[cand], seed_keys, r)]
     before = len(store)
     store.add_keys(keys[near], colors[near])
     return len(store) - before
@@ -98,12 +99,8 @@ def merge_duplicates(tracker, only_dirty: bool = True) -> Dict[int, int]:
 
 def _within_voxels(keys: np.ndarray, seed_keys: np.ndarray, radius: int) -> np.ndarray:
     """Which ``keys`` lie within ``radius`` voxels (Euclidean, on the integer grid) of some seed key: the same
-    set as testing every offset of geometry.key_neighbourhood(radius), in one KD-tree query."""
-    from scipy.spatial import cKDTree
-
-    tree = cKDTree(geometry.unpack_keys(seed_keys))
-    dist, _ = tree.query(geometry.unpack_keys(keys), k=1, distance_upper_bound=radius + 1e-6)
-    return np.isfinite(dist)
+    set as testing every offset of geometry.key_neighbourhood(radius), on a dense grid (geometry.keys_near)."""
+    return geometry.keys_near(keys, seed_keys, radius)
 
 
 def resolve_contested(tracker, only_dirty: bool = True) -> int:
@@ -141,10 +138,12 @@ def resolve_contested(tracker, only_dirty: bool = True) -> int:
 def _follow_store(track, tracker) -> None:
     """Coarse voxels and box follow the fine points a track kept."""
     rc = tracker.refine_cfg
-    consistent = track.store.centers()[track.store.kept(rc.tau_vis, rc.min_visible)]
-    if len(consistent):
+    keep = track.store.kept(rc.tau_vis, rc.min_visible)
+    if keep.any():
+        consistent = np.compress(keep, track.store.centers(), axis=0)
         track.voxels = geometry.voxel_keys(consistent, tracker.cfg.voxel_size_m)[: tracker.cfg.max_track_voxels]
-    track.update_box()
+    if len(track.store):  # Track.update_box's box, from key bounds (PointStore.box)
+        track.box_min, track.box_max = track.store.box()
     tracker.index.insert(track.id, track.box_min, track.box_max)
     track.dirty = True
 

@@ -35,6 +35,13 @@ class PointStore:
             self._centers = geometry.voxel_centers(self.keys, self.voxel)
         return self._centers
 
+    def box(self) -> Tuple[np.ndarray, np.ndarray]:
+        """(min, max) corners of the stored voxels (non-empty): centres -+ half a voxel, the values reducing
+        centers() over axis 0 gives, from the keys' index bounds (numpy reduces (N, 3) over axis 0 slowly)."""
+        lo, hi = geometry.voxel_centers(geometry.pack_keys(geometry.key_bounds(self.keys)), self.voxel)
+        half = self.voxel / 2
+        return lo - half, hi + half
+
     def add_points(self, points: np.ndarray, colors: np.ndarray) -> None:
         keys = geometry.voxel_keys(points, self.voxel, unique=False)
         self.add_keys(keys, colors)
@@ -47,16 +54,16 @@ class PointStore:
         sel = np.flatnonzero(new)[:room]
         if len(sel) == 0:
             return
-        vis = np.zeros(len(sel), np.uint16) if visible is None else np.asarray(visible)[first][sel]
-        inm = np.zeros(len(sel), np.uint16) if in_mask is None else np.asarray(in_mask)[first][sel]
-        new_keys = keys[sel]  # sorted: insert in place, O(n) instead of re-sorting the store
-        at = np.searchsorted(self.keys, new_keys)
+        vis = np.zeros(len(sel), np.uint16) if visible is None else np.asarray(visible)[first[sel]]
+        inm = np.zeros(len(sel), np.uint16) if in_mask is None else np.asarray(in_mask)[first[sel]]
+        new_keys = keys[sel]  # sorted: merge in place, O(n) instead of re-sorting the store
+        merge = _SortedMerge(np.searchsorted(self.keys, new_keys), len(self.keys))
         if self._centers is not None:
-            self._centers = np.insert(self._centers, at, geometry.voxel_centers(new_keys, self.voxel), axis=0)
-        self.keys = np.insert(self.keys, at, new_keys)
-        self.colors = np.insert(self.colors, at, np.asarray(colors)[first][sel], axis=0)
-        self.visible = np.insert(self.visible, at, vis.astype(np.uint16))
-        self.in_mask = np.insert(self.in_mask, at, inm.astype(np.uint16))
+            self._centers = merge(self._centers, geometry.voxel_centers(new_keys, self.voxel))
+        self.keys = merge(self.keys, new_keys)
+        self.colors = merge(self.colors, np.asarray(colors)[first[sel]])
+        self.visible = merge(self.visible, vis.astype(np.uint16))
+        self.in_mask = merge(self.in_mask, inm.astype(np.uint16))
 
     def vote(self, visible: np.ndarray, in_mask: np.ndarray) -> None:
         """One keyframe's votes: ``visible`` and ``in_mask`` are bool per stored voxel (in_mask implies visible)."""
@@ -71,9 +78,11 @@ class PointStore:
         return np.where(voted, ratio_ok, self.in_mask > 0)
 
     def prune(self, keep: np.ndarray) -> None:
-        self.keys, self.colors = self.keys[keep], self.colors[keep]
+        """Keep the voxels where ``keep`` (bool per stored voxel)."""
+        self.keys, self.colors = self.keys[keep], np.compress(keep, self.colors, axis=0)  # (N, 3): compress is faster
         self.visible, self.in_mask = self.visible[keep], self.in_mask[keep]
-        self._centers = None
+        if self._centers is not None:  # cheaper kept in step than recomputed from the keys
+            self._centers = np.compress(keep, self._centers, axis=0)
 
     def merge(self, other: "PointStore") -> None:
         """Union with another store; counters of shared voxels add up."""
@@ -83,6 +92,34 @@ class PointStore:
         self.in_mask[pos] = np.minimum(self.in_mask[pos].astype(np.int32) + other.in_mask[shared], 65535)
         rest = ~shared
         self.add_keys(other.keys[rest], other.colors[rest], other.visible[rest], other.in_mask[rest])
+
+
+class _SortedMerge:
+    """np.insert(old, at, new) for several arrays with the same ``at`` (sorted): the slots are computed once."""
+
+    def __init__(self, at: np.ndarray, n_old: int):
+        self.new_slots = at + np.arange(len(at))
+        is_new = np.zeros(n_old + len(at), bool)
+        is_new[self.new_slots] = True
+        self.old_slots = np.flatnonzero(~is_new)
+
+    def __call__(self, old: np.ndarray, new: np.ndarray) -> np.ndarray:
+        out = np.empty((len(self.old_slots) + len(self.new_slots),) + old.shape[1:], old.dtype)
+        out[self.old_slots] = old
+        out[self.new_slots] = new
+        return out
+
+
+def _block_key(i: int, j: int, k: int) -> int:
+    """geometry.pack_keys of one block index, in Python ints (a numpy call per block costs more)."""
+    half, bits = 1 << 20, 21
+    return ((int(i) + half) << (2 * bits)) | ((int(j) + half) << bits) | (int(k) + half)
+
+
+def _x_key_range(x_first: int, x_last: int) -> np.ndarray:
+    """[first key with x >= x_first, first key with x > x_last): the keys of voxels with x in the range."""
+    low = -(1 << 20)  # the lowest index a key field holds (geometry.pack_keys)
+    return geometry.pack_keys(np.array([[x_first, low, low], [x_last + 1, low, low]]))
 
 
 def isin_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
@@ -125,30 +162,37 @@ class SceneMap:
             self.n_points -= len(old_keys)
 
     def _merge_block(self, block: int, keys: np.ndarray, colors: np.ndarray) -> None:
+        """Add a block's new voxels (``keys`` sorted and unique; known voxels keep their colour); the block
+        becomes the most recently updated."""
         old = self.blocks.pop(block, None)
         if old is None:
             self.blocks[block] = (keys, colors)
             self.n_points += len(keys)
             return
-        new = ~isin_sorted(keys, old[0])
-        if not new.any():
+        pos = np.searchsorted(old[0], keys)
+        new = np.flatnonzero(old[0][np.minimum(pos, len(old[0]) - 1)] != keys)  # isin_sorted, keeping the places
+        if len(new) == 0:
             self.blocks[block] = old
             return
-        all_keys = np.concatenate([old[0], keys[new]])
-        order = np.argsort(all_keys, kind="stable")
-        self.blocks[block] = (all_keys[order], np.concatenate([old[1], colors[new]])[order])
-        self.n_points += int(new.sum())
+        merge = _SortedMerge(pos[new], len(old[0]))  # sorted insertion: no re-sort of the block
+        self.blocks[block] = (merge(old[0], keys[new]), merge(old[1], colors[new]))
+        self.n_points += len(new)
 
-    def in_box(self, bmin, bmax) -> Tuple[np.ndarray, np.ndarray]:
-        """Keys and colours of the map voxels in the blocks overlapping the box."""
+    def in_box(self, bmin, bmax, x_within=None) -> Tuple[np.ndarray, np.ndarray]:
+        """Keys and colours of the map voxels in the blocks overlapping the box; with ``x_within`` (lowest and
+        highest voxel index along x, inclusive) only those of them in that x range, in the same order."""
         lo = np.floor(np.asarray(bmin) / self.voxel).astype(np.int64) >> self.BLOCK_SHIFT
         hi = np.floor(np.asarray(bmax) / self.voxel).astype(np.int64) >> self.BLOCK_SHIFT
+        x_keys = None if x_within is None else _x_key_range(*x_within)
         keys, colors = [], []
         for i in range(lo[0], hi[0] + 1):
             for j in range(lo[1], hi[1] + 1):
                 for k in range(lo[2], hi[2] + 1):
-                    b = self.blocks.get(int(geometry.pack_keys(np.array([[i, j, k]]))[0]))
+                    b = self.blocks.get(_block_key(i, j, k))
                     if b is not None:
+                        if x_keys is not None:  # x is the keys' top field: an x range is a slice of sorted keys
+                            start, stop = np.searchsorted(b[0], x_keys)
+                            b = (b[0][start:stop], b[1][start:stop])
                         keys.append(b[0])
                         colors.append(b[1])
         if not keys:

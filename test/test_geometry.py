@@ -168,3 +168,35 @@ def test_look_at_is_a_rigid_opencv_camera():
     np.testing.assert_allclose(T[:3, 2], [1, 0, 0])  # z forward
     np.testing.assert_allclose(T[:3, 1], [0, 0, -1])  # y down
     np.testing.assert_allclose(T[:3, 0], [0, -1, 0])  # x right of a camera looking along +x with z up
+
+
+def test_keys_near_equals_the_offset_definition_on_the_grid_and_the_kdtree_fallback():
+    from ros2_opentrack.voxel_store import isin_sorted
+
+    rng = np.random.default_rng(1)
+    for r in (0, 1, 2, 3, 4):
+        seeds = np.unique(g.pack_keys(rng.integers(-30, 10, (300, 3))))
+        keys = np.unique(g.pack_keys(rng.integers(-40, 20, (4000, 3))))
+        expected = np.zeros(len(keys), bool)
+        for d in g.key_neighbourhood(r):
+            expected |= isin_sorted(keys + d, seeds)
+        assert 0 < expected.sum() < len(keys)
+        np.testing.assert_array_equal(g.keys_near(keys, seeds, r), expected)
+        np.testing.assert_array_equal(g.keys_near(keys, seeds, r, max_grid_cells=1000), expected)  # KD-tree
+    far = g.pack_keys(np.array([[0, 0, 0], [500_000, -500_000, 500_000]]))  # a grid would need 1e17 cells
+    probe = g.pack_keys(np.array([[1, 1, 1], [500_000, -500_002, 500_000], [3, 0, 0]]))
+    assert g.keys_near(probe, far, 2).tolist() == [True, True, False]
+    assert g.keys_near(probe[:0], far, 2).shape == (0,) and not g.keys_near(probe, far[:0], 2).any()
+
+
+def test_unique_keys_and_key_bounds_equal_their_plain_numpy_forms():
+    rng = np.random.default_rng(2)
+    keys = g.pack_keys(rng.integers(-50, 50, (2000, 3)))
+    np.testing.assert_array_equal(g.unique_keys(keys), np.unique(keys))
+    assert g.unique_keys(keys[:0]).shape == (0,)
+    bounds = g.key_bounds(keys)
+    np.testing.assert_array_equal(bounds, [g.unpack_keys(keys).min(axis=0), g.unpack_keys(keys).max(axis=0)])
+    centers = g.voxel_centers(keys, 0.02)  # the centres of the bounds bound the centres
+    np.testing.assert_array_equal(
+        g.voxel_centers(g.pack_keys(bounds), 0.02), [centers.min(axis=0), centers.max(axis=0)]
+    )

@@ -145,3 +145,42 @@ def test_grid_that_cannot_hold_the_points_raises_naming_it_while_auto_falls_back
     real = L._sklearn_labels
     monkeypatch.setattr(L, "_sklearn_labels", lambda *a: used.append("sklearn") or real(*a))
     assert cluster_labels(far, grp, 0.05, 2, "auto").tolist() == [0, 0, -1] and used == ["sklearn"]
+
+
+def _cap_by_sorting(group, rows, cols, n_groups, max_points, rng):
+    """The cap as it was: sort every point by (mask, random draw), keep the first max_points of each mask."""
+    sizes = np.bincount(group, minlength=n_groups)
+    if max_points <= 0 or sizes.max(initial=0) <= max_points:
+        return group, rows, cols
+    order = np.lexsort((rng.random(len(group)), group))
+    start = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    rank = np.arange(len(group)) - start[group[order]]
+    keep = np.sort(order[rank < max_points])
+    return group[keep], rows[keep], cols[keep]
+
+
+class _CoarseDraws:
+    """A generator whose draws tie often (multiples of 1/8): ties must resolve as the stable sort did."""
+
+    def __init__(self, seed):
+        self.rng = np.random.default_rng(seed)
+
+    def random(self, n):
+        return np.floor(self.rng.random(n) * 8) / 8
+
+
+@pytest.mark.parametrize("draws", ["uniform", "ties"])
+def test_per_mask_cap_keeps_the_points_the_sort_kept_and_draws_the_same_stream(draws):
+    from ros2_opentrack.lifting import _cap_per_group
+
+    sizes = [5, 300, 40, 0, 1000, 120]
+    group = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
+    rows, cols = np.arange(len(group)) * 2, np.arange(len(group)) * 3
+    for seed in range(5):
+        make = np.random.default_rng if draws == "uniform" else _CoarseDraws
+        a, b = make(seed), make(seed)
+        got = _cap_per_group(group, rows, cols, len(sizes), 100, a)
+        want = _cap_by_sorting(group, rows, cols, len(sizes), 100, b)
+        for x, y in zip(got, want):
+            np.testing.assert_array_equal(x, y)
+        assert a.random(3).tolist() == b.random(3).tolist()  # the seeded stream continues alike

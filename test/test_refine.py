@@ -130,6 +130,8 @@ def test_point_store_inserts_keep_keys_sorted_and_centres_in_step():
     s.add_points(rng.uniform(-1, 2, (40, 3)), np.full((40, 3), 7, np.uint8))
     assert np.all(np.diff(s.keys) > 0) and len(s.colors) == len(s.keys) == len(s.visible)
     np.testing.assert_allclose(s.centers(), geometry.voxel_centers(s.keys, 0.1))
+    s.prune(np.arange(len(s)) % 3 != 0)  # the cached centres follow a prune too
+    np.testing.assert_array_equal(s.centers(), geometry.voxel_centers(s.keys, 0.1))
 
 
 def test_instance_score_is_detector_score_times_track_length_objectness():
@@ -150,7 +152,7 @@ def test_instance_score_is_detector_score_times_track_length_objectness():
 
 
 def test_expansion_neighbourhood_query_equals_the_offset_definition():
-    """refine._within_voxels (one KD-tree query) selects exactly the keys that some offset of
+    """refine._within_voxels (a dense-grid lookup) selects exactly the keys that some offset of
     geometry.key_neighbourhood(r) maps onto a seed."""
     from ros2_opentrack.refine import _within_voxels
     from ros2_opentrack.voxel_store import isin_sorted
@@ -164,3 +166,49 @@ def test_expansion_neighbourhood_query_equals_the_offset_definition():
             expected |= isin_sorted(keys + d, seeds)
         assert 0 < expected.sum() < len(keys)
         np.testing.assert_array_equal(_within_voxels(keys, seeds, r), expected)
+
+
+def test_point_store_add_keys_equals_inserting_each_array():
+    """The shared-slot merge of add_keys gives what np.insert per array gave: sorted keys, first colour wins,
+    given counters carried, cached centres in step."""
+    rng = np.random.default_rng(5)
+    s = PointStore(0.05, cap=10_000)
+    s.add_keys(geometry.pack_keys(rng.integers(0, 20, (300, 3))), rng.integers(0, 255, (300, 3)).astype(np.uint8))
+    s.centers()
+    old = (s.keys.copy(), s.colors.copy(), s.visible.copy(), s.in_mask.copy())
+    keys = geometry.pack_keys(rng.integers(-5, 25, (400, 3)))
+    colors = rng.integers(0, 255, (400, 3)).astype(np.uint8)
+    vis, inm = rng.integers(0, 9, 400).astype(np.uint16), rng.integers(0, 9, 400).astype(np.uint16)
+    s.add_keys(keys, colors, vis, inm)
+    uniq, first = np.unique(keys, return_index=True)
+    new = ~np.isin(uniq, old[0])
+    at = np.searchsorted(old[0], uniq[new])
+    src = first[new]
+    np.testing.assert_array_equal(s.keys, np.insert(old[0], at, uniq[new]))
+    np.testing.assert_array_equal(s.colors, np.insert(old[1], at, colors[src], axis=0))
+    np.testing.assert_array_equal(s.visible, np.insert(old[2], at, vis[src]))
+    np.testing.assert_array_equal(s.in_mask, np.insert(old[3], at, inm[src]))
+    np.testing.assert_array_equal(s.centers(), geometry.voxel_centers(s.keys, 0.05))
+
+
+def test_point_store_box_equals_reducing_the_centres():
+    rng = np.random.default_rng(6)
+    s = PointStore(0.02, cap=10_000)
+    s.add_points(rng.uniform(-1, 1, (500, 3)), np.zeros((500, 3), np.uint8))
+    lo, hi = s.box()
+    assert lo.dtype == hi.dtype == np.float32
+    np.testing.assert_array_equal(lo, s.centers().min(axis=0) - 0.01)
+    np.testing.assert_array_equal(hi, s.centers().max(axis=0) + 0.01)
+
+
+def test_scene_map_box_query_trimmed_to_an_x_range_is_the_full_query_filtered_in_order():
+    rng = np.random.default_rng(7)
+    scene = SceneMap(0.02, max_points=1_000_000)
+    scene.add(rng.uniform(-2, 2, (20_000, 3)).astype(np.float32), rng.integers(0, 255, (20_000, 3)).astype(np.uint8))
+    keys, colors = scene.in_box((-0.5, -0.5, -0.5), (0.7, 0.5, 0.6))
+    x = geometry.unpack_keys(keys)[:, 0]
+    inside = (x >= -20) & (x <= 31)
+    assert 0 < inside.sum() < len(keys)
+    got_keys, got_colors = scene.in_box((-0.5, -0.5, -0.5), (0.7, 0.5, 0.6), x_within=(-20, 31))
+    np.testing.assert_array_equal(got_keys, keys[inside])
+    np.testing.assert_array_equal(got_colors, colors[inside])
