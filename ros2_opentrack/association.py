@@ -156,8 +156,8 @@ def _intersections(voxels_a, voxels_b) -> np.ndarray:
 def spatial_gate(observations, tracks, max_gap_m: float) -> np.ndarray:
     """A pair is admissible only when the observation's box is within max_gap_m of the track's: appearance
     alone must never join two look-alike objects metres apart (eq. 1 gives them s >= alpha)."""
-    omin = np.array([o.points.min(axis=0) for o in observations])
-    omax = np.array([o.points.max(axis=0) for o in observations])
+    bounds = np.array([geometry.point_bounds(o.points) for o in observations])  # (N, 2, 3)
+    omin, omax = bounds[:, 0], bounds[:, 1]
     tmin = np.array([t.box_min for t in tracks])
     tmax = np.array([t.box_max for t in tracks])
     return geometry.box_gap(omin[:, None], omax[:, None], tmin[None], tmax[None]) <= max_gap_m

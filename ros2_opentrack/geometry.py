@@ -111,6 +111,13 @@ def voxel_centers(keys: np.ndarray, voxel_size: float) -> np.ndarray:
     return ((unpack_keys(keys) + 0.5) * voxel_size).astype(np.float32)
 
 
+def point_bounds(points: np.ndarray) -> np.ndarray:
+    """(2, 3): per-axis minimum and maximum of non-empty (N, 3) ``points``, one column at a time (numpy
+    reduces (N, 3) over axis 0 slowly)."""
+    cols = [points[:, k] for k in range(3)]
+    return np.array([[c.min() for c in cols], [c.max() for c in cols]])
+
+
 def key_bounds(keys: np.ndarray) -> np.ndarray:
     """(2, 3) int64: the smallest and the largest voxel index per axis of non-empty ``keys``. From 1-D index
     columns: numpy reduces (N, 3) over axis 0 slowly. The voxel centres of these bounds are the bounds of
@@ -238,9 +245,10 @@ def visibility(
     h, w = depth.shape
     frustum = in_view(uv, z, (h, w), depth_min, depth_max)
     px = np.empty((len(z), 2), dtype=np.int64)
-    # absurd poses overflow float32 to inf / NaN: clip those too, so they index the image (and stay invisible)
-    px[:, 0] = np.clip(np.nan_to_num(uv[:, 0], nan=-1.0, posinf=w, neginf=-1.0), 0, w - 1)
-    px[:, 1] = np.clip(np.nan_to_num(uv[:, 1], nan=-1.0, posinf=h, neginf=-1.0), 0, h - 1)
+    if not np.isfinite(uv).all():  # absurd poses overflow float32 to inf / NaN: clip those too, so they index
+        uv = np.nan_to_num(uv, nan=-1.0, posinf=max(h, w), neginf=-1.0)  # the image (and stay invisible)
+    px[:, 0] = np.clip(uv[:, 0], 0, w - 1)
+    px[:, 1] = np.clip(uv[:, 1], 0, h - 1)
     observed = depth[px[:, 1], px[:, 0]]
     visible = frustum & (observed > 0) & (z <= observed + margin)
     return visible, frustum, px

@@ -57,18 +57,8 @@ class Track:
         return self._centers
 
     def update_box(self) -> None:
-        pts = self.store.centers()
-        if len(pts):
-            half = self.store.voxel / 2
-            self.box_min, self.box_max = pts.min(axis=0) - half, pts.max(axis=0) + half
-
-    def grow_box(self, points: np.ndarray) -> None:
-        """The box after adding ``points`` (a superset of update_box's: no scan of the whole store per keyframe;
-        refinement, which removes points, recomputes it)."""
-        if len(points):
-            half = self.store.voxel
-            self.box_min = np.minimum(self.box_min, points.min(axis=0) - half)
-            self.box_max = np.maximum(self.box_max, points.max(axis=0) + half)
+        if len(self.store):
+            self.box_min, self.box_max = self.store.box()
 
 
 @dataclass
@@ -126,6 +116,7 @@ class Tracker:
         out.terminated += self.changes.update(self, frame, out.candidates + away, mask_of)  # changes.py: presence
         for tid in set(mask_of) - set(out.terminated):
             t = self.tracks[tid]
+            t.update_box()
             self.index.insert(tid, t.box_min, t.box_max)
         return out
 
@@ -184,7 +175,6 @@ class Tracker:
             f = m * t.feature + (1.0 - m) * obs.feature
             t.feature = (f / max(float(np.linalg.norm(f)), 1e-12)).astype(np.float32)
         t.store.add_points(obs.points, obs.colors)
-        t.grow_box(obs.points)
         if not again:
             t.observations += 1
             t.det_score_sum += obs.score
