@@ -30,10 +30,13 @@ def _pair(a: int, b: int) -> Pair:
     return (a, b) if a < b else (b, a)
 
 
-def mask_coverage(masks: Sequence[np.ndarray], pixel_sets: Sequence[np.ndarray], min_points: int) -> np.ndarray:
+def mask_coverage(
+    masks: Sequence[np.ndarray], pixel_sets: Sequence[np.ndarray], min_points: int, max_points: int = 512
+) -> np.ndarray:
     """(masks, tracks) share of each track's visible points (their (x, y) pixels in ``pixel_sets``) inside each
     mask; NaN columns for tracks with fewer than ``min_points`` visible. In the image, not in voxels: a thin
-    object on a table shares the table's coarse voxels, never its pixels."""
+    object on a table shares the table's coarse voxels, never its pixels. A share is estimated from at most
+    ``max_points`` evenly strided points per track (+-2% at 512: the thresholds are 0.2 and 0.7)."""
     cover = np.full((len(masks), len(pixel_sets)), np.nan)
     if not len(masks):
         return cover
@@ -41,6 +44,7 @@ def mask_coverage(masks: Sequence[np.ndarray], pixel_sets: Sequence[np.ndarray],
     for k, px in enumerate(pixel_sets):
         if len(px) < min_points:
             continue
+        px = px[:: max(1, -(-len(px) // max_points))]
         cover[:, k] = 0.0
         lo, hi = px.min(axis=0), px.max(axis=0)
         near = (boxes[:, 0] <= hi[0]) & (boxes[:, 2] >= lo[0]) & (boxes[:, 1] <= hi[1]) & (boxes[:, 3] >= lo[1])

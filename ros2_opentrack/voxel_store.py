@@ -105,9 +105,18 @@ class _SortedMerge:
 
     def __call__(self, old: np.ndarray, new: np.ndarray) -> np.ndarray:
         out = np.empty((len(self.old_slots) + len(self.new_slots),) + old.shape[1:], old.dtype)
-        out[self.old_slots] = old
-        out[self.new_slots] = new
+        dst = out
+        if old.ndim == 2 and len(old) >= 1024:  # big (N, 3) arrays: scatter whole rows (2x faster)
+            dst, old, new = _rows(out), _rows(old), _rows(np.asarray(new, old.dtype))
+        dst[self.old_slots] = old
+        dst[self.new_slots] = new
         return out
+
+
+def _rows(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous (N, k) array as N opaque k-item rows (a view of the same memory)."""
+    a = np.ascontiguousarray(a)
+    return a.view(np.dtype((np.void, a.dtype.itemsize * a.shape[1]))).reshape(len(a))
 
 
 def _block_key(i: int, j: int, k: int) -> int:

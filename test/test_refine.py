@@ -168,12 +168,14 @@ def test_expansion_neighbourhood_query_equals_the_offset_definition():
         np.testing.assert_array_equal(_within_voxels(keys, seeds, r), expected)
 
 
-def test_point_store_add_keys_equals_inserting_each_array():
+@pytest.mark.parametrize("n_old", [300, 3000])  # 3000: past 1024 rows the (N, 3) arrays move as whole rows
+def test_point_store_add_keys_equals_inserting_each_array(n_old):
     """The shared-slot merge of add_keys gives what np.insert per array gave: sorted keys, first colour wins,
     given counters carried, cached centres in step."""
     rng = np.random.default_rng(5)
     s = PointStore(0.05, cap=10_000)
-    s.add_keys(geometry.pack_keys(rng.integers(0, 20, (300, 3))), rng.integers(0, 255, (300, 3)).astype(np.uint8))
+    s.add_keys(geometry.pack_keys(rng.integers(0, 20, (n_old, 3))), rng.integers(0, 255, (n_old, 3)).astype(np.uint8))
+    assert n_old < 1024 or len(s) >= 1024
     s.centers()
     old = (s.keys.copy(), s.colors.copy(), s.visible.copy(), s.in_mask.copy())
     keys = geometry.pack_keys(rng.integers(-5, 25, (400, 3)))

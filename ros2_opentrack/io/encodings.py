@@ -303,12 +303,21 @@ def masks_to_label_image(masks: Sequence[Mask2D], hw, dtype=np.uint16) -> np.nda
 # JPEG: stored keyframe views and labeller requests
 
 
+def swap_red_blue(image: np.ndarray) -> np.ndarray:
+    """RGB <-> BGR of an HxWx3 uint8 image, C-contiguous (cv2.cvtColor: ~20x faster than a reversed copy)."""
+    import cv2
+
+    if image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+        return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)
+    return np.ascontiguousarray(image[..., ::-1])
+
+
 def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
     """JPEG bytes of an HxWx3 uint8 RGB image (the one encoder for stored keyframes and labeller requests)."""
     import cv2
 
     rgb = check_rgb(rgb, "image to JPEG-encode")
-    bgr = np.ascontiguousarray(rgb[..., ::-1])
+    bgr = swap_red_blue(rgb)
     ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         raise InputError(f"could not JPEG-encode an image of shape {rgb.shape}")
@@ -320,7 +329,7 @@ def decode_jpeg(data: bytes) -> np.ndarray:
     import cv2
 
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    return np.ascontiguousarray(bgr[..., ::-1])
+    return swap_red_blue(bgr)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -353,7 +362,7 @@ def decode_compressed(format: str, data) -> np.ndarray:  # noqa: A002 - the mess
         image = image[..., :3]
     if image.dtype != np.uint8:
         raise InputError(f"compressed colour image ('{fmt}') decoded to {image.dtype}; expected 8-bit colour")
-    return np.ascontiguousarray(image[..., ::-1])  # OpenCV decodes to BGR
+    return swap_red_blue(image)  # OpenCV decodes to BGR
 
 
 def _imdecode(raw: np.ndarray, fmt: str) -> np.ndarray:

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..types import Frame, Mask2D, resize_image, scale_intrinsics, validate_intrinsics
-from .encodings import label_image_to_masks
+from .encodings import label_image_to_masks, swap_red_blue
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def read_color(path: Path) -> np.ndarray:
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
     if bgr is None:
         raise FrameDropped("unreadable_image", f"{path} is not a readable image")
-    return np.ascontiguousarray(bgr[:, :, ::-1])
+    return swap_red_blue(bgr)
 
 
 def read_depth_mm(path: Path, invalid: Optional[int] = None) -> np.ndarray:
