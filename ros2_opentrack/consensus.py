@@ -127,6 +127,25 @@ class Consensus:
                 other = p[0] if p[1] == tid else p[1]
                 self._of.get(other, set()).discard(p)
 
+    def to_arrays(self) -> Tuple[np.ndarray, np.ndarray]:
+        """(K, 2) pairs and their (K, 2) joint / apart counts (the map state)."""
+        pairs = sorted(set(self.joint) | set(self.apart))
+        counts = [(self.joint.get(p, 0), self.apart.get(p, 0)) for p in pairs]
+        return np.array(pairs, np.int64).reshape(-1, 2), np.array(counts, np.int64).reshape(-1, 2)
+
+    def restore(self, pairs: np.ndarray, counts: np.ndarray, track_ids) -> None:
+        """Counts saved by to_arrays; pairs naming a track not in ``track_ids`` are dropped."""
+        self.clear()
+        known = set(int(t) for t in track_ids)
+        for (a, b), (joint, apart) in zip(np.asarray(pairs).reshape(-1, 2), np.asarray(counts).reshape(-1, 2)):
+            a, b = int(a), int(b)
+            if a in known and b in known and a != b:
+                for table, n in ((self.joint, int(joint)), (self.apart, int(apart))):
+                    if n > 0:
+                        table[_pair(a, b)] = n
+                self._of.setdefault(a, set()).add(_pair(a, b))
+                self._of.setdefault(b, set()).add(_pair(a, b))
+
     def clear(self) -> None:
         self.joint.clear()
         self.apart.clear()

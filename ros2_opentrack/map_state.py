@@ -17,7 +17,9 @@ never leaves a half-written state):
                  voxels (int64 coarse keys), feature (float32, dim per track in feature_dim), store_keys
                  (int64 fine keys), store_colors (uint8 Nx3), store_visible / store_in_mask (uint16 counters);
                  the scene map: map_block_ids, map_block_len, map_keys, map_colors (blocks oldest first);
-                 the kept keyframe images: image_bytes (uint8, JPEG streams concatenated), image_len.
+                 the kept keyframe images: image_bytes (uint8, JPEG streams concatenated), image_len;
+                 the view consensus of touching tracks: consensus_pairs (int64 Kx2 track ids),
+                 consensus_counts (int64 Kx2 joint / apart views; both optional).
 
 No pickle: np.load(allow_pickle=False) reads it. Its size grows with the explored volume (tracks are capped in
 voxels, views are top-K, the scene map is capped), not with the length of the run. Loading checks the format,
@@ -90,6 +92,7 @@ def save(pipeline, folder) -> Path:
     arrays = _track_arrays(tracks)
     arrays.update(_scene_arrays(pipeline.tracker.scene))
     arrays.update(_image_arrays(pipeline.views.images))
+    arrays["consensus_pairs"], arrays["consensus_counts"] = pipeline.tracker.consensus.to_arrays()
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
@@ -306,6 +309,8 @@ def _build(meta: dict, arrays: Dict[str, np.ndarray], cfg) -> LoadedState:
             label=tm["label"], score=float(tm["label_score"]), labelled_size=int(tm["labelled_size"])
         )
     _fill_scene(tracker.scene, arrays)
+    if "consensus_pairs" in arrays:  # view consensus counts (consensus.py); absent in states saved before them
+        tracker.consensus.restore(arrays["consensus_pairs"], arrays["consensus_counts"], tracker.tracks)
     counters = {k: int(v) for k, v in meta["counters"].items()}
     tracker.next_id, tracker.terminated_total = counters["next_id"], counters["terminated_total"]
     if tracker.tracks and max(tracker.tracks) >= tracker.next_id:

@@ -70,3 +70,16 @@ def test_fold_moves_counts_to_the_kept_track_and_forget_drops_them():
     assert c.counts(2, 4) == (0, 0) and c.counts(1, 2) == (0, 0)
     c.forget([1])
     assert len(c) == 0
+
+
+def test_counts_survive_to_arrays_and_restore_without_unknown_tracks():
+    c = consensus()
+    c.observe(np.array([[0.9, 0.9, 0.0]]), [1, 2, 3], TRACKS)
+    c.observe(np.array([[0.9, 0.1, 0.0], [0.1, 0.9, 0.0]]), [1, 2, 3], TRACKS)
+    pairs, counts = c.to_arrays()
+    assert pairs.tolist() == [[1, 2]] and counts.tolist() == [[1, 1]]
+    back = consensus()
+    back.restore(pairs, counts, track_ids=[1, 2])
+    assert back.counts(1, 2) == (1, 1)
+    back.restore(pairs, counts, track_ids=[1])  # 2 is gone: its pair is dropped
+    assert len(back) == 0

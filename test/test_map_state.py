@@ -41,13 +41,18 @@ def test_resume_continues_like_one_run(tmp_path):
     first = Pipeline(config())
     for f in fs[:8]:
         first.step(f)
+    a, b = sorted(first.tracker.tracks)[:2]  # these boxes never touch: plant view-consensus counts to carry over
+    first.tracker.consensus.restore(np.array([[a, b]]), np.array([[1, 2]]), first.tracker.tracks)
     first.save_state(tmp_path / "map")
     n_tracks, next_id = len(first.tracker.tracks), first.tracker.next_id
+    consensus = first.tracker.consensus.to_arrays()
     first.close()
 
     resumed = Pipeline(config())
     resumed.load_state(tmp_path / "map")
     assert len(resumed.tracker.tracks) == n_tracks and resumed.tracker.next_id == next_id
+    for saved, loaded in zip(consensus, resumed.tracker.consensus.to_arrays()):  # view consensus counts too
+        np.testing.assert_array_equal(saved, loaded)
     assert resumed.stats.frames == 8 and resumed.stats.images_stored == first.stats.images_stored
     for f in fs[8:]:
         r = resumed.step(f)
