@@ -5,10 +5,10 @@ several tracks whose voxels barely overlap, so IoU merging never joins them. A m
 box spanning both) looks the same from one keyframe. What tells them apart is the majority of the views that
 see both tracks:
 
-  joint   one observation continues (or opens) track a and also covers most of track b's visible voxels,
-          while no observation of this keyframe continues b: the segmenter saw a and b as one object;
-  apart   a and b, both in view, are continued by different observations, neither covering the other: the
-          segmenter saw two objects.
+  joint   one mask covers most of the visible points of both tracks: the segmenter saw a and b as one object;
+  apart   the mask that continued (or opened) track a covers a and leaves b, in view, out: it saw two objects.
+          Only a track's own mask counts here: the table's mask may cover the cup on it every time, but the
+          cup's own masks leave the table out.
 
 Two tracks are one object when joint views outnumber apart views (refine.merge_duplicates then joins them).
 Merged masks are a minority of a pair's views, so two neighbours stay apart; the pieces of one object are
@@ -70,22 +70,26 @@ class Consensus:
         self.apart: Dict[Pair, int] = {}
         self._of: Dict[int, set] = {}  # track id -> the pairs it is in (forget / fold without a scan)
 
-    def observe(self, cover: np.ndarray, track_ids: Sequence[int], tracks: Mapping) -> None:
-        """Count one keyframe. ``cover[i, k]``: the share of track k's visible points that fall in this keyframe's
-        mask i (mask_coverage); tracks with too few visible points have a column of NaN."""
+    def observe(self, cover: np.ndarray, owners: Sequence, track_ids: Sequence[int], tracks: Mapping) -> None:
+        """Count one keyframe. ``cover[i, k]``: the share of track k's visible points inside mask i (mask_coverage;
+        a NaN column: too few visible to tell); ``owners[i]``: the track mask i continued or opened (None: none).
+        Any mask spanning both counts joint; only a track's own mask counts apart (see the module docstring)."""
         shown = np.flatnonzero(~np.isnan(cover[0])) if cover.size else np.zeros(0, np.int64)
         if len(shown) < 2:
             return
         ids = [track_ids[k] for k in shown]
+        column = {tid: c for c, tid in enumerate(ids)}
         cover = cover[:, shown]
-        spans, leaves_out = (cover >= self.span).astype(np.int32), (cover <= self.separate).astype(np.int32)
+        spans = (cover >= self.span).astype(np.int32)
+        joint = (spans.T @ spans) > 0  # some mask spans both
+        rows = [i for i, tid in enumerate(owners) if tid in column and spans[i, column[tid]]]
+        apart = np.zeros((len(ids), len(ids)), bool)
+        if rows:  # [a, b]: a's own mask spans a and leaves b out
+            np.logical_or.at(apart, np.array([column[owners[i]] for i in rows]), cover[rows] <= self.separate)
         bmin = np.array([tracks[t].box_min for t in ids])
         bmax = np.array([tracks[t].box_max for t in ids])
         touching = geometry.box_gap(bmin[:, None], bmax[:, None], bmin[None], bmax[None]) <= self.touch_gap_m
-        joint = (spans.T @ spans) > 0  # some mask spans both
-        alone = (spans.T @ leaves_out) > 0  # [a, b]: some mask spans a and leaves b out
-        apart = alone & alone.T & ~joint
-        for table, hit in ((self.joint, joint), (self.apart, apart)):
+        for table, hit in ((self.joint, joint), (self.apart, apart | apart.T)):
             for x, y in zip(*np.nonzero(np.triu(hit & touching, 1))):
                 self._count(table, ids[x], ids[y])
 

@@ -105,9 +105,9 @@ def _within_voxels(keys: np.ndarray, seed_keys: np.ndarray, radius: int) -> np.n
 
 def resolve_contested(tracker, only_dirty: bool = True) -> int:
     """Each fine voxel belongs to at most one instance: a voxel two nearby tracks both hold stays with the one
-    whose masks covered it more often (in-mask votes; ties: the longer track). A mask over two neighbours (a box
-    spanning both) puts the neighbour's surface into one track a few times; the neighbour's own masks cover it
-    every time, so it goes back. Runs after merging, so duplicates of one object are joined, not split.
+    whose masks covered it more often (in-mask votes; ties: the smaller track, see _tie_rank). A mask over two
+    neighbours (a box spanning both) puts the neighbour's surface into one track a few times; the neighbour's own
+    masks cover it every time, so it goes back. Runs after merging, so duplicates of one object are joined, not split.
     Returns how many voxels changed hands."""
     moved, changed = 0, {}
     for tid in merge_order({t.id: t.observations for t in tracker.tracks.values()}):
@@ -122,7 +122,7 @@ def resolve_contested(tracker, only_dirty: bool = True) -> int:
             if not len(shared):
                 continue
             a, b = t.store.in_mask[ia].astype(np.int32), other.store.in_mask[ib].astype(np.int32)
-            t_wins = (a > b) | ((a == b) & ((t.observations, -t.id) >= (other.observations, -other.id)))
+            t_wins = (a > b) | ((a == b) & (_tie_rank(t) <= _tie_rank(other)))
             for track, lose in ((t, ia[~t_wins]), (other, ib[t_wins])):
                 if len(lose):
                     keep = np.ones(len(track.store), bool)
@@ -133,6 +133,12 @@ def resolve_contested(tracker, only_dirty: bool = True) -> int:
     for track in changed.values():  # once per track (boxes only shrink: the queries above saw a superset)
         _follow_store(track, tracker)
     return moved
+
+
+def _tie_rank(track) -> tuple:
+    """Who keeps a voxel both tracks' masks covered equally often (lower wins): the smaller track, since nested
+    masks (a table's mask over the cup on it) cover the small object's surface in both; then the longer track."""
+    return (len(track.store), -track.observations, track.id)
 
 
 def _follow_store(track, tracker) -> None:

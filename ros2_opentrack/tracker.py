@@ -206,10 +206,12 @@ class Tracker:
                 for mi in mask_of.get(tid, ()):  # every mask (part) the track was observed in
                     if mi >= 0:
                         in_mask[s] |= masks[mi][px[s, 1], px[s, 0]]
-            lifted = [masks[o.mask_index] for o in observations if o.mask_index >= 0]
+            owner = dict(out.matched)  # observation index -> the track it continued or opened
+            lifted = [(masks[o.mask_index], owner.get(i)) for i, o in enumerate(observations) if o.mask_index >= 0]
             enough = [visible[s].sum() >= self.cfg.min_visible_fraction * max(1, n) for s, n in zip(parts, sizes)]
             shown = [px[s][visible[s]] if ok else px[:0] for s, ok in zip(parts, enough)]  # a sliver says nothing
-            self.consensus.observe(mask_coverage(lifted, shown, self.cfg.min_seen_voxels), ids, self.tracks)
+            cover = mask_coverage([m for m, _ in lifted], shown, self.cfg.min_seen_voxels)
+            self.consensus.observe(cover, [tid for _, tid in lifted], ids, self.tracks)
         seen: Dict[int, bool] = {}
         for k, (tid, store, s) in enumerate(zip(ids, stores, parts)):
             if tid in mask_of or not self.refine_cfg.vote_only_observed:

@@ -33,38 +33,49 @@ def test_mask_coverage_is_the_share_of_visible_pixels_inside_each_mask():
     assert np.isnan(cover[:, 2]).all()  # too few visible points: no evidence
 
 
-def test_one_mask_over_two_touching_tracks_counts_joint_two_masks_count_apart():
+def test_one_mask_over_two_touching_tracks_counts_joint_own_masks_leaving_out_count_apart():
     c = consensus()
-    c.observe(np.array([[0.9, 0.8, 0.9]]), [1, 2, 3], TRACKS)  # one mask spans all three
+    c.observe(np.array([[0.9, 0.8, 0.9]]), [1], [1, 2, 3], TRACKS)  # track 1's mask spans all three
     assert c.counts(1, 2) == (1, 0)
     assert c.counts(1, 3) == (0, 0)  # 3 is far from both: never counted
-    c.observe(np.array([[0.95, 0.1, 0.0], [0.05, 0.9, 0.0]]), [1, 2, 3], TRACKS)  # one mask each
+    c.observe(np.array([[0.95, 0.1, 0.0], [0.05, 0.9, 0.0]]), [1, 2], [1, 2, 3], TRACKS)  # one mask each
     assert c.counts(1, 2) == (1, 1)
-    c.observe(np.array([[0.5, 0.5, 0.0]]), [1, 2, 3], TRACKS)  # half of each: neither joint nor apart
+    c.observe(np.array([[0.95, 0.1, 0.0]]), [None], [1, 2, 3], TRACKS)  # a mask of no track: says nothing apart
     assert c.counts(1, 2) == (1, 1)
-    c.observe(np.array([[0.9, np.nan, 0.0]]), [1, 2, 3], TRACKS)  # 2 barely in view: no evidence
+    c.observe(np.array([[0.5, 0.5, 0.0]]), [1], [1, 2, 3], TRACKS)  # half of each: neither
     assert c.counts(1, 2) == (1, 1)
+    c.observe(np.array([[0.9, np.nan, 0.0]]), [1], [1, 2, 3], TRACKS)  # 2 barely in view: no evidence
+    assert c.counts(1, 2) == (1, 1)
+
+
+def test_a_mask_over_the_cup_on_a_table_and_the_cups_own_mask_count_both_ways():
+    """The table's mask (track 1) covers the cup (track 2); the cup's own mask leaves the table out."""
+    c = consensus()
+    for _ in range(4):
+        c.observe(np.array([[0.9, 0.95, 0.0], [0.03, 0.9, 0.0]]), [1, 2], [1, 2, 3], TRACKS)
+    assert c.counts(1, 2) == (4, 4)
+    assert not c.same_object(1, 2, min_joint=2, ratio=3.0)
 
 
 def test_same_object_needs_min_joint_and_a_clear_majority():
     c = consensus()
     joint, apart = np.array([[0.9, 0.9, 0.0]]), np.array([[0.9, 0.0, 0.0], [0.0, 0.9, 0.0]])
-    c.observe(joint, [1, 2, 3], TRACKS)
+    c.observe(joint, [1], [1, 2, 3], TRACKS)
     assert not c.same_object(1, 2, min_joint=2, ratio=3.0)  # one view is not enough
-    c.observe(joint, [1, 2, 3], TRACKS)
+    c.observe(joint, [1], [1, 2, 3], TRACKS)
     assert c.same_object(1, 2, min_joint=2, ratio=3.0)
-    c.observe(apart, [1, 2, 3], TRACKS)
+    c.observe(apart, [1, 2], [1, 2, 3], TRACKS)
     assert not c.same_object(1, 2, min_joint=2, ratio=3.0)  # 2 joint < 3 x 1 apart: a merged mask or two
     for _ in range(2):
-        c.observe(joint, [1, 2, 3], TRACKS)
+        c.observe(joint, [2], [1, 2, 3], TRACKS)
     assert c.same_object(1, 2, min_joint=2, ratio=3.0)  # 4 joint >= 3 x 1 apart
 
 
 def test_fold_moves_counts_to_the_kept_track_and_forget_drops_them():
     tracks = {**TRACKS, 4: box_track(1.5, 2.5)}
     c = consensus()
-    c.observe(np.array([[0.0, 0.9, 0.0, 0.9]]), [1, 2, 3, 4], tracks)  # 2 and 4 joint
-    c.observe(np.array([[0.9, 0.9, 0.0, 0.0]]), [1, 2, 3, 4], tracks)  # 1 and 2 joint
+    c.observe(np.array([[0.0, 0.9, 0.0, 0.9]]), [4], [1, 2, 3, 4], tracks)  # 2 and 4 joint
+    c.observe(np.array([[0.9, 0.9, 0.0, 0.0]]), [1], [1, 2, 3, 4], tracks)  # 1 and 2 joint
     c.fold(keep=4, drop=2)  # 2 merged into 4: its pair with 1 becomes 4's
     assert c.counts(1, 4) == (1, 0)
     assert c.counts(2, 4) == (0, 0) and c.counts(1, 2) == (0, 0)
@@ -74,8 +85,8 @@ def test_fold_moves_counts_to_the_kept_track_and_forget_drops_them():
 
 def test_counts_survive_to_arrays_and_restore_without_unknown_tracks():
     c = consensus()
-    c.observe(np.array([[0.9, 0.9, 0.0]]), [1, 2, 3], TRACKS)
-    c.observe(np.array([[0.9, 0.1, 0.0], [0.1, 0.9, 0.0]]), [1, 2, 3], TRACKS)
+    c.observe(np.array([[0.9, 0.9, 0.0]]), [1], [1, 2, 3], TRACKS)
+    c.observe(np.array([[0.9, 0.1, 0.0], [0.1, 0.9, 0.0]]), [1, 2], [1, 2, 3], TRACKS)
     pairs, counts = c.to_arrays()
     assert pairs.tolist() == [[1, 2]] and counts.tolist() == [[1, 1]]
     back = consensus()
