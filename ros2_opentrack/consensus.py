@@ -10,7 +10,8 @@ see both tracks:
           Only a track's own mask counts here: the table's mask may cover the cup on it every time, but the
           cup's own masks leave the table out.
 
-Two tracks are one object when joint views outnumber apart views (refine.merge_duplicates then joins them).
+Two touching tracks are one object when at least refine.consensus_min_joint views saw them joint and joint views
+outnumber apart views refine.consensus_ratio to one (refine.merge_duplicates then joins them).
 Merged masks are a minority of a pair's views, so two neighbours stay apart; the pieces of one object are
 covered together whenever the camera sees more of it. Counts are kept only for touching tracks, and forgotten
 with their tracks, so the memory follows the map, not the run length."""
