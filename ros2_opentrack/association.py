@@ -70,10 +70,6 @@ class Associator:
         score = np.where(gate, self.cfg.alpha * cos + (1.0 - self.cfg.alpha) * iou, -1.0)
         return associate_hungarian(score, candidate_ids, self.cfg.tau_match, self.cfg.assign_margin)
 
-    def seen_now(self) -> Tuple[List[int], List[np.ndarray]]:
-        """The candidates of the last call and their voxels as that camera saw them (before any update)."""
-        return self._seen_now
-
     def visible_voxels(self, frame: Frame, tracks) -> Tuple[List[np.ndarray], List[np.ndarray]]:
         """Each track's voxels inside this frustum and not occluded by this depth, and their pixels (one
         projection for all): one view's observation can only cover what the camera sees, so IoU with the whole

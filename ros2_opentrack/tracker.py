@@ -201,25 +201,29 @@ class Tracker:
             self.cfg.occlusion_margin_m,
         )
         in_mask = np.zeros(len(visible), bool)
+        n_visible = np.array([int(visible[s].sum()) for s in parts])
+        in_view = n_visible >= self.cfg.min_visible_fraction * np.maximum(1, sizes)  # not a sliver
         if masks is not None and len(masks):
             for tid, s in zip(ids, parts):
                 for mi in mask_of.get(tid, ()):  # every mask (part) the track was observed in
                     if mi >= 0:
                         in_mask[s] |= masks[mi][px[s, 1], px[s, 0]]
-            owner = dict(out.matched)  # observation index -> the track it continued or opened
-            lifted = [(masks[o.mask_index], owner.get(i)) for i, o in enumerate(observations) if o.mask_index >= 0]
-            enough = [visible[s].sum() >= self.cfg.min_visible_fraction * max(1, n) for s, n in zip(parts, sizes)]
-            shown = [px[s][visible[s]] if ok else px[:0] for s, ok in zip(parts, enough)]  # a sliver says nothing
-            cover = mask_coverage([m for m, _ in lifted], shown, self.cfg.min_seen_voxels)
-            self.consensus.observe(cover, [tid for _, tid in lifted], ids, self.tracks)
+            shown = [px[s][visible[s]] if ok else px[:0] for s, ok in zip(parts, in_view)]
+            self._observe_consensus(ids, shown, observations, masks, dict(out.matched))
         seen: Dict[int, bool] = {}
         for k, (tid, store, s) in enumerate(zip(ids, stores, parts)):
             if tid in mask_of or not self.refine_cfg.vote_only_observed:
                 store.vote(visible[s], in_mask[s])
-            n = max(1, sizes[k])
-            seen[tid] = visible[s].sum() >= self.cfg.min_visible_fraction * n
-            out.in_frustum[tid] = float(frustum[s].sum()) / n
+            seen[tid] = bool(in_view[k])
+            out.in_frustum[tid] = float(frustum[s].sum()) / max(1, sizes[k])
         return seen
+
+    def _observe_consensus(self, ids, shown, observations, masks, owner) -> None:
+        """consensus.py: how this keyframe's masks cover each track's visible points (``shown``: their pixels),
+        and which track each mask continued or opened (``owner``: observation index -> track id)."""
+        lifted = [(masks[o.mask_index], owner.get(i)) for i, o in enumerate(observations) if o.mask_index >= 0]
+        cover = mask_coverage([m for m, _ in lifted], shown, self.cfg.min_seen_voxels)
+        self.consensus.observe(cover, [tid for _, tid in lifted], ids, self.tracks)
 
     def _age(self, candidate_ids, mask_of, seen) -> List[int]:
         """Missed while it should have been seen: count; dormant after dormant_after misses, terminated
