@@ -28,11 +28,15 @@ def refine_track(track, scene: SceneMap, refine_cfg, voxel_size: float, max_voxe
     if keep.any() and not keep.all():
         decided = track.store.visible >= max(1, rc.min_visible)
         track.store.prune(keep | ~decided)  # undecided expansion candidates wait for their votes
-        keep = track.store.kept(rc.tau_vis, rc.min_visible)
+    follow_consistent(track, rc, voxel_size, max_voxels)
+
+
+def follow_consistent(track, refine_cfg, voxel_size: float, max_voxels: int) -> None:
+    """The track's coarse voxels follow its consistent fine points, and its box its fine points."""
+    keep = track.store.kept(refine_cfg.tau_vis, refine_cfg.min_visible)
     if keep.any():  # np.compress: a third of the time of a boolean index on (N, 3)
         track.voxels = geometry.voxel_keys(np.compress(keep, track.store.centers(), axis=0), voxel_size)[:max_voxels]
-    if len(track.store):  # Track.update_box's box, from key bounds (PointStore.box)
-        track.box_min, track.box_max = track.store.box()
+    track.update_box()
 
 
 def expand(store: PointStore, scene: SceneMap, radius_m: float, max_box_voxels: int = 2_000_000) -> int:
@@ -143,13 +147,7 @@ def _tie_rank(track) -> tuple:
 
 def _follow_store(track, tracker) -> None:
     """Coarse voxels and box follow the fine points a track kept."""
-    rc = tracker.refine_cfg
-    keep = track.store.kept(rc.tau_vis, rc.min_visible)
-    if keep.any():
-        consistent = np.compress(keep, track.store.centers(), axis=0)
-        track.voxels = geometry.voxel_keys(consistent, tracker.cfg.voxel_size_m)[: tracker.cfg.max_track_voxels]
-    if len(track.store):  # Track.update_box's box, from key bounds (PointStore.box)
-        track.box_min, track.box_max = track.store.box()
+    follow_consistent(track, tracker.refine_cfg, tracker.cfg.voxel_size_m, tracker.cfg.max_track_voxels)
     tracker.index.insert(track.id, track.box_min, track.box_max)
     track.dirty = True
 

@@ -381,22 +381,6 @@ def test_input_qos_and_publisher_qos_overrides(make):
 # compressed inputs: real 7-Scenes frames
 
 
-def _depth_band_masks(depth_m: np.ndarray, min_px: int = 1500) -> np.ndarray:
-    """Connected regions of 0.4 m depth bands as a label image: a weight-free 2D instance source."""
-    import cv2
-
-    labels = np.zeros(depth_m.shape, np.uint16)
-    band = np.where(depth_m > 0, np.floor(depth_m / 0.4).astype(int) + 1, 0)
-    next_id = 1
-    for b in np.unique(band[band > 0]):
-        n, comp, stats, _ = cv2.connectedComponentsWithStats((band == b).astype(np.uint8), connectivity=4)
-        for c in range(1, n):
-            if stats[c, cv2.CC_STAT_AREA] >= min_px:
-                labels[comp == c] = next_id
-                next_id += 1
-    return labels
-
-
 def _png(array: np.ndarray) -> bytes:
     import cv2
 
@@ -440,7 +424,7 @@ def kitchen():
     out = []
     for k, f in enumerate(frames):
         msgs = ros_messages.frame_messages(f, stamp_of(k))
-        labels = _depth_band_masks(np.asarray(f.depth, np.float32))
+        labels = ros_messages.depth_band_labels(np.asarray(f.depth, np.float32))
         msgs["masks"] = ros_messages.image_msg(labels, "16UC1", msgs["depth"].header)
         out.append((msgs, labels))
     return out

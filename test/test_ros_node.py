@@ -272,23 +272,6 @@ def test_pose_topic_source_and_sim_time(rig, room_frames):
     assert conv.stamp_to_sec(r.got["query_result"][-1].header.stamp) == pytest.approx(1234.5)  # the /clock time
 
 
-def _depth_band_masks(depth_m: np.ndarray, min_px: int = 1500) -> np.ndarray:
-    """A stand-in 2D instance source for real frames (no model weights here): connected regions of 0.4 m depth
-    bands, as a label image."""
-    import cv2
-
-    labels = np.zeros(depth_m.shape, np.uint16)
-    band = np.where(depth_m > 0, np.floor(depth_m / 0.4).astype(int) + 1, 0)
-    next_id = 1
-    for b in np.unique(band[band > 0]):
-        n, comp, stats, _ = cv2.connectedComponentsWithStats((band == b).astype(np.uint8), connectivity=4)
-        for c in range(1, n):
-            if stats[c, cv2.CC_STAT_AREA] >= min_px:
-                labels[comp == c] = next_id
-                next_id += 1
-    return labels
-
-
 def test_sevenscenes_bag_through_the_node(rig, tmp_path):
     if not SEVEN_SCENES.is_dir():
         pytest.skip(f"7-Scenes data not found at {SEVEN_SCENES}")
@@ -321,7 +304,7 @@ def test_sevenscenes_bag_through_the_node(rig, tmp_path):
     stamps = []
     for msgs in frames:
         depth = conv.depth_from_msg(msgs["depth"])
-        msgs["masks"] = ros_messages.image_msg(_depth_band_masks(depth), "16UC1", msgs["depth"].header)
+        msgs["masks"] = ros_messages.image_msg(ros_messages.depth_band_labels(depth), "16UC1", msgs["depth"].header)
         r.pubs["tf"].publish(msgs["tf"])
         n = len(r.got["instances"])
         r.publish(msgs, with_tf=False)
