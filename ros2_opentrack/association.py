@@ -17,6 +17,7 @@ import numpy as np
 
 from . import geometry
 from .types import Frame, Observation
+from .voxel_store import isin_sorted
 
 Pairs = List[Tuple[int, int]]  # (observation index, track id)
 
@@ -35,6 +36,7 @@ class Ownership:
 
     shares: List[Share] = field(default_factory=list)
     consumed: set = field(default_factory=set)  # unmatched observations given to a track: open no new one
+    reassigned: dict = field(default_factory=dict)  # observation index -> the track it continues instead
 
 
 class Associator:
@@ -42,13 +44,17 @@ class Associator:
         self.cfg = tracking_cfg
         self.lift_cfg = lift_cfg
         self.oracle_ids = oracle_ids
-        self._seen_now: Tuple[List[int], List[np.ndarray]] = ([], [])
+        self._seen_now: Tuple[List[int], List[np.ndarray], Optional[List[np.ndarray]]] = ([], [], None)
 
     def __call__(
-        self, observations: Sequence[Observation], candidate_ids: Sequence[int], tracks: Mapping, frame: Frame = None
+        self,
+        observations: Sequence[Observation],
+        candidate_ids: Sequence[int],
+        tracks: Mapping,
+        frame: Frame = None,
     ) -> Pairs:
         """Pairs for this keyframe. ``tracks``: id -> Track (the oracle looks beyond the candidates)."""
-        self._seen_now = ([], [])
+        self._seen_now = ([], [], None)
         if not observations:
             return []
         if self.oracle_ids:
@@ -59,7 +65,7 @@ class Associator:
         track_voxels, track_pixels = [t.voxels for t in candidates], None
         if frame is not None and self.cfg.visible_iou:
             track_voxels, track_pixels = self.visible_voxels(frame, candidates)
-        self._seen_now = (list(candidate_ids), track_voxels)  # for ownership() of the same keyframe
+        self._seen_now = (list(candidate_ids), track_voxels, track_pixels)  # for ownership() / spanned()
         iou = pairwise_iou([o.voxels for o in observations], track_voxels)
         gate = spatial_gate(observations, candidates, self.cfg.max_gap_m)
         if track_pixels is not None:
@@ -114,8 +120,13 @@ class Associator:
         looking like it, is one more part of that track, not a new object. (A mask over two neighbours is
         resolved later by voxel ownership in refinement: refine.resolve_contested.)"""
         out = Ownership()
-        ids, _ = self._seen_now
-        if self.oracle_ids or not observations or not ids or not self.cfg.absorb_parts:
+        ids, visible, _ = self._seen_now
+        if self.oracle_ids or not observations or not ids:
+            return out
+        if self.cfg.reassign_parts:
+            out.reassigned = self._reassign_parts(observations, pairs, ids, visible, tracks)
+            pairs = [(i, out.reassigned.get(i, t)) for i, t in pairs]
+        if not self.cfg.absorb_parts:
             return out
         continued = {tid for _, tid in pairs}
         matched = {i for i, _ in pairs}
@@ -128,6 +139,39 @@ class Associator:
                     out.consumed.add(i)
         return out
 
+    def spanned(self, observations: Sequence[Observation], pairs: Pairs, masks, tracks: Mapping, consensus) -> dict:
+        """spanned_neighbours for this keyframe's pairs (after __call__ on the same keyframe); ``masks``: the
+        frame's masks, indexed by Observation.mask_index."""
+        ids, voxels, pixels = self._seen_now
+        if self.oracle_ids or not self.cfg.split_spanning or not pairs or pixels is None or masks is None:
+            return {}
+        return spanned_neighbours(observations, pairs, ids, voxels, pixels, masks, tracks, consensus, self.cfg)
+
+    def _reassign_parts(self, observations, pairs: Pairs, ids, visible, tracks: Mapping) -> dict:
+        """A segmenter's part masks (an object as 2-3 pieces) give one track several observations, but the
+        assignment is one-to-one: a second piece goes to whatever neighbour it resembles. A matched observation
+        lying mostly (part_containment) inside the visible voxels of a track another observation continues this
+        keyframe, and not inside its own pair's, continues that track instead when it looks like it."""
+        col = {tid: k for k, tid in enumerate(ids)}
+        owner_of = dict(pairs)
+        continued = set(owner_of.values())
+        inter = _intersections([o.voxels for o in observations], visible)
+        moves = {}
+        for i, t in pairs:
+            n, need = len(observations[i].voxels), self.cfg.part_containment * len(observations[i].voxels)
+            if n < self.cfg.min_seen_voxels or (t in col and inter[i, col[t]] >= need):
+                continue
+            best, best_inter = None, need
+            for u in continued - {t}:
+                if inter[i, col[u]] >= best_inter:
+                    cos = cosine_matrix([observations[i].feature], [tracks[u].feature])[0, 0]
+                    if cos >= self.cfg.part_min_cos or not len(observations[i].feature):
+                        best, best_inter = u, inter[i, col[u]]
+            if best is not None:
+                moves[i] = best
+        moved_away = {owner_of[i] for i in moves}  # a track whose own observation moves takes none
+        return {i: u for i, u in moves.items() if u not in moved_away}
+
     def _whole_of(self, i, obs, ids, inter_all, continued, tracks) -> Optional[int]:
         """The continued track this unmatched observation is a part of, or None."""
         n = max(1, len(obs.voxels))
@@ -139,6 +183,35 @@ class Associator:
                 if cos >= self.cfg.part_min_cos or not len(obs.feature):
                     best, best_share = tid, share
         return best
+
+
+def spanned_neighbours(
+    observations, pairs: Pairs, ids, visible_voxels, visible_pixels, masks, tracks: Mapping, consensus, cfg
+) -> dict:
+    """Observation index -> the tracks whose points it should hand over: a mask over two neighbours (a box
+    spanning both) that continues track a covers most (span_coverage) of neighbour b's visible voxels in the
+    image, where b took no observation of its own this keyframe and the view consensus so far holds a and b
+    apart (more apart views than joint ones). The pieces of one object are joint more often than apart, so a
+    whole view still absorbs its pieces (consensus then merges them)."""
+    from .consensus import mask_coverage
+
+    continued = {tid for _, tid in pairs}
+    free = [k for k in range(len(ids)) if ids[k] not in continued]
+    pairs = [(i, t) for i, t in pairs if observations[i].mask_index >= 0]
+    if not free or not pairs:
+        return {}
+    cover = mask_coverage(
+        [masks[observations[i].mask_index] for i, _ in pairs], [visible_pixels[k] for k in free], cfg.min_seen_voxels
+    )
+    out: dict = {}
+    for row, col in zip(*np.nonzero(cover >= cfg.span_coverage)):  # NaN (too few visible) compares False
+        (i, owner), tid = pairs[row], ids[free[col]]
+        joint, apart = consensus.counts(owner, tid)
+        shown = visible_voxels[free[col]]
+        swallowed = np.count_nonzero(isin_sorted(shown, tracks[owner].voxels)) > 0.5 * len(shown)
+        if apart > joint and not swallowed:
+            out.setdefault(i, []).append(tid)
+    return out
 
 
 def _intersections(voxels_a, voxels_b) -> np.ndarray:

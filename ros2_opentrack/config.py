@@ -162,10 +162,20 @@ class TrackingConfig:
     elsewhere_max_iou: float = param(
         0.1, "... and the observation shares at most this voxel IoU with it (a brush, not an overlap)"
     )
+    reassign_parts: bool = param(
+        True,
+        "a matched observation lying mostly (part_containment) inside a track another observation continues this "
+        "keyframe, overlapping it more than its own pair, continues that track instead (a second part mask)",
+    )
     absorb_parts: bool = param(
         False,
         "an unmatched observation inside a track another observation continues this "
         "keyframe (a part mask: seat and back) joins that track",
+    )
+    split_spanning: bool = param(
+        True,
+        "an observation covering a neighbour that took no mask of its own, and that the view consensus holds "
+        "apart, hands that neighbour the points in its voxels instead of absorbing them (a mask over two objects)",
     )
     part_containment: float = param(0.7, "... when this share of its voxels lies in the track")
     part_min_cos: float = param(0.5, "... and its descriptor agrees this much (cosine)")

@@ -73,7 +73,8 @@ def merge_duplicates(tracker, only_dirty: bool = True) -> Dict[int, int]:
         t = tracker.tracks.get(tid)
         if t is None or (only_dirty and not t.dirty):
             continue
-        near = [u for u in tracker.index.query(t.box_min, t.box_max) if u != tid and u in tracker.tracks]
+        pad = tracker.consensus.touch_gap_m  # consensus pairs touch, and may not overlap
+        near = [u for u in tracker.index.query(t.box_min - pad, t.box_max + pad) if u != tid and u in tracker.tracks]
         if not near:
             continue
         others = [tracker.tracks[u] for u in near]

@@ -7,6 +7,7 @@ views and labels are owned by views.TrackViews and labeling.TrackLabels, keyed b
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -98,9 +99,15 @@ class Tracker:
         away = self.changes.set_aside(out.candidates, self.tracks)  # changes.py: removed tracks are no candidates
         out.matched = self.associate(observations, out.candidates, self.tracks, frame)
         own = self.associate.ownership(observations, out.matched, self.tracks)
+        out.matched = [(i, own.reassigned.get(i, t)) for i, t in out.matched]
+        spanned = self.associate.spanned(observations, out.matched, masks, self.tracks, self.consensus)
         absorbed: Dict[int, List[int]] = {}  # track id -> mask indices it was observed in this keyframe
         for obs_i, tid in out.matched + [(s.observation, s.track_id) for s in own.shares]:
             obs = observations[obs_i]
+            parts, obs = self._hand_over(obs, spanned.get(obs_i, ()))
+            for other, part in parts:
+                self._absorb(self.tracks[other], part, frame, again=True, describe=False)
+                absorbed.setdefault(other, []).append(obs.mask_index)
             self._absorb(self.tracks[tid], obs, frame, again=tid in absorbed)
             absorbed.setdefault(tid, []).append(obs.mask_index)
         taken = {i for i, _ in out.matched} | own.consumed
@@ -163,14 +170,32 @@ class Tracker:
         self.index.insert(t.id, t.box_min, t.box_max)
         return t
 
-    def _absorb(self, t: Track, obs: Observation, frame: Frame, again: bool = False) -> None:
+    def _hand_over(self, obs: Observation, neighbours) -> Tuple[List[Tuple[int, Observation]], Observation]:
+        """The parts of ``obs`` lying in the coarse voxels of each spanned neighbour (association.spanned), and
+        what is left of it."""
+        if not neighbours:
+            return [], obs
+        parts = []
+        keys = geometry.voxel_keys(obs.points, self.cfg.voxel_size_m, unique=False)
+        left, left_voxels = np.ones(len(keys), bool), np.ones(len(obs.voxels), bool)
+        for tid in neighbours:
+            voxels = self.tracks[tid].voxels
+            inside, inside_voxels = left & isin_sorted(keys, voxels), left_voxels & isin_sorted(obs.voxels, voxels)
+            if inside.any():
+                parts.append((tid, _subset(obs, inside, inside_voxels)))
+                left &= ~inside
+                left_voxels &= ~inside_voxels
+        return parts, _subset(obs, left, left_voxels) if parts else obs
+
+    def _absorb(self, t: Track, obs: Observation, frame: Frame, again: bool = False, describe: bool = True) -> None:
         """Continue ``t`` with ``obs``. ``again``: the track already took another part of this keyframe, which
-        counts as one observation."""
+        counts as one observation. ``describe``: the observation's descriptor is the track's (not for a part
+        handed over from a mask over two objects)."""
         room = self.cfg.max_track_voxels - len(t.voxels)
         if room > 0:  # both sorted: insert the new keys in place (O(n), no re-sort)
             new = obs.voxels[~isin_sorted(obs.voxels, t.voxels)][:room]
             t.voxels = np.insert(t.voxels, np.searchsorted(t.voxels, new), new)
-        if len(obs.feature) and len(obs.feature) == len(t.feature):
+        if describe and len(obs.feature) and len(obs.feature) == len(t.feature):
             m = self.cfg.feature_momentum
             f = m * t.feature + (1.0 - m) * obs.feature
             t.feature = (f / max(float(np.linalg.norm(f)), 1e-12)).astype(np.float32)
@@ -278,3 +303,8 @@ class Tracker:
         self.scene.clear()
         self.consensus.clear()
         self.terminated_total = 0  # next_id keeps counting: ids stay unique for the pipeline's lifetime
+
+
+def _subset(obs: Observation, points: np.ndarray, voxels: np.ndarray) -> Observation:
+    """``obs`` reduced to the points and voxels selected by two bool masks."""
+    return dataclasses.replace(obs, points=obs.points[points], colors=obs.colors[points], voxels=obs.voxels[voxels])

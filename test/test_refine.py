@@ -86,6 +86,25 @@ def test_split_track_is_merged_into_the_longer_one():
     assert pipe.stats.merged == 2
 
 
+def test_touching_tracks_the_consensus_joins_merge_though_their_boxes_do_not_overlap():
+    """Two halves of one table, 6 cm apart across a cell boundary of the box index (1 m cells), as two tracks
+    whose boxes do not overlap: view consensus (three joint views, none apart) makes them one object, and
+    merging must find the pair though the index cells of one half's box do not hold the other."""
+    cfg = config()
+    cfg.masks.oracle_ids = True
+    halves = [cube((0.72, 0.5, 0.4), (0.5, 0.6, 0.8)), cube((1.28, 0.5, 0.4), (0.5, 0.6, 0.8))]
+    pipe = Pipeline(cfg)
+    pipe.step(make_frame(halves, [RED, RED], look_at((1.0, -2.5, 1.2), (1.0, 0.5, 0.4)), hw=HW, index=0))
+    a, b = sorted(pipe.tracker.tracks)
+    ta, tb = pipe.tracker.tracks[a], pipe.tracker.tracks[b]
+    assert ta.box_max[0] < 1.0 < tb.box_min[0]  # apart in x, either side of a cell boundary
+    for _ in range(3):
+        pipe.tracker.consensus._count(pipe.tracker.consensus.joint, a, b)
+    merged = pipe._refine_and_merge(only_dirty=False)
+    assert merged == {b: a} or merged == {a: b}
+    assert len(pipe.tracker.tracks) == 1
+
+
 def test_pairwise_iou_matches_the_definition():
     a = [np.array([1, 2, 3]), np.array([10, 11])]
     b = [np.array([2, 3, 4, 5]), np.array([11]), np.array([], np.int64)]
