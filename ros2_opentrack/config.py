@@ -165,7 +165,7 @@ class TrackingConfig:
     reassign_parts: bool = param(
         True,
         "a matched observation lying mostly (part_containment) inside a track another observation continues this "
-        "keyframe, overlapping it more than its own pair, continues that track instead (a second part mask)",
+        "keyframe, and not inside its own pair's, continues that track instead (a second part mask)",
     )
     absorb_parts: bool = param(
         False,
