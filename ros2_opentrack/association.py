@@ -20,6 +20,7 @@ from .types import Frame, Observation
 from .voxel_store import isin_sorted
 
 Pairs = List[Tuple[int, int]]  # (observation index, track id)
+_NOTHING_SEEN = ([], [], None, np.zeros((0, 0)))
 
 
 @dataclass
@@ -44,17 +45,14 @@ class Associator:
         self.cfg = tracking_cfg
         self.lift_cfg = lift_cfg
         self.oracle_ids = oracle_ids
-        self._seen_now: Tuple[List[int], List[np.ndarray], Optional[List[np.ndarray]]] = ([], [], None)
+        # this keyframe's candidates, their visible voxels and pixels, and the observations' IoU with those
+        self._seen_now: Tuple[List[int], List[np.ndarray], Optional[List[np.ndarray]], np.ndarray] = _NOTHING_SEEN
 
     def __call__(
-        self,
-        observations: Sequence[Observation],
-        candidate_ids: Sequence[int],
-        tracks: Mapping,
-        frame: Frame = None,
+        self, observations: Sequence[Observation], candidate_ids: Sequence[int], tracks: Mapping, frame: Frame = None
     ) -> Pairs:
         """Pairs for this keyframe. ``tracks``: id -> Track (the oracle looks beyond the candidates)."""
-        self._seen_now = ([], [], None)
+        self._seen_now = _NOTHING_SEEN
         if not observations:
             return []
         if self.oracle_ids:
@@ -65,8 +63,8 @@ class Associator:
         track_voxels, track_pixels = [t.voxels for t in candidates], None
         if frame is not None and self.cfg.visible_iou:
             track_voxels, track_pixels = self.visible_voxels(frame, candidates)
-        self._seen_now = (list(candidate_ids), track_voxels, track_pixels)  # for ownership() / spanned()
         iou = pairwise_iou([o.voxels for o in observations], track_voxels)
+        self._seen_now = (list(candidate_ids), track_voxels, track_pixels, iou)  # for ownership() / spanned()
         gate = spatial_gate(observations, candidates, self.cfg.max_gap_m)
         if track_pixels is not None:
             gate &= ~self.seen_elsewhere(observations, candidates, track_voxels, track_pixels, iou)
@@ -120,11 +118,11 @@ class Associator:
         looking like it, is one more part of that track, not a new object. (A mask over two neighbours is
         resolved later by voxel ownership in refinement: refine.resolve_contested.)"""
         out = Ownership()
-        ids, visible, _ = self._seen_now
+        ids, visible, _, iou = self._seen_now
         if self.oracle_ids or not observations or not ids:
             return out
         if self.cfg.reassign_parts:
-            out.reassigned = self._reassign_parts(observations, pairs, ids, visible, tracks)
+            out.reassigned = self._reassign_parts(observations, pairs, ids, visible, iou, tracks)
             pairs = [(i, out.reassigned.get(i, t)) for i, t in pairs]
         if not self.cfg.absorb_parts:
             return out
@@ -142,12 +140,12 @@ class Associator:
     def spanned(self, observations: Sequence[Observation], pairs: Pairs, masks, tracks: Mapping, consensus) -> dict:
         """spanned_neighbours for this keyframe's pairs (after __call__ on the same keyframe); ``masks``: the
         frame's masks, indexed by Observation.mask_index."""
-        ids, voxels, pixels = self._seen_now
+        ids, voxels, pixels, _ = self._seen_now
         if self.oracle_ids or not self.cfg.split_spanning or not pairs or pixels is None or masks is None:
             return {}
         return spanned_neighbours(observations, pairs, ids, voxels, pixels, masks, tracks, consensus, self.cfg)
 
-    def _reassign_parts(self, observations, pairs: Pairs, ids, visible, tracks: Mapping) -> dict:
+    def _reassign_parts(self, observations, pairs: Pairs, ids, visible, iou, tracks: Mapping) -> dict:
         """A segmenter's part masks (an object as 2-3 pieces) give one track several observations, but the
         assignment is one-to-one: a second piece goes to whatever neighbour it resembles. A matched observation
         lying mostly (part_containment) inside the visible voxels of a track another observation continues this
@@ -155,7 +153,7 @@ class Associator:
         col = {tid: k for k, tid in enumerate(ids)}
         owner_of = dict(pairs)
         continued = set(owner_of.values())
-        inter = _intersections([o.voxels for o in observations], visible)
+        inter = _intersections([o.voxels for o in observations], visible, iou)
         moves = {}
         for i, t in pairs:
             n, need = len(observations[i].voxels), self.cfg.part_containment * len(observations[i].voxels)
@@ -214,9 +212,9 @@ def spanned_neighbours(
     return out
 
 
-def _intersections(voxels_a, voxels_b) -> np.ndarray:
-    """(len(a), len(b)) counts of shared keys (from the IoU and the sizes, one sparse product)."""
-    iou = pairwise_iou(voxels_a, voxels_b)
+def _intersections(voxels_a, voxels_b, iou: Optional[np.ndarray] = None) -> np.ndarray:
+    """(len(a), len(b)) counts of shared keys, from their IoU (computed here when not given) and the sizes."""
+    iou = pairwise_iou(voxels_a, voxels_b) if iou is None else iou
     a = np.array([len(v) for v in voxels_a], np.float64)[:, None]
     b = np.array([len(v) for v in voxels_b], np.float64)[None, :]
     return np.rint(iou * (a + b) / (1.0 + iou))

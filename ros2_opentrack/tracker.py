@@ -105,7 +105,7 @@ class Tracker:
         for obs_i, tid in out.matched + [(s.observation, s.track_id) for s in own.shares]:
             obs = observations[obs_i]
             parts, obs = self._hand_over(obs, spanned.get(obs_i, ()))
-            for other, part in parts:
+            for other, part in parts:  # a handed-over part continues its track, but is no observation of it
                 self._absorb(self.tracks[other], part, frame, again=True, describe=False)
                 absorbed.setdefault(other, []).append(obs.mask_index)
             self._absorb(self.tracks[tid], obs, frame, again=tid in absorbed)
