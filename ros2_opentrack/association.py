@@ -16,6 +16,7 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from . import geometry
+from .consensus import mask_coverage
 from .types import Frame, Observation
 from .voxel_store import isin_sorted
 
@@ -113,10 +114,11 @@ class Associator:
         return (iou <= self.cfg.elsewhere_max_iou) & outside & seen[None, :] & sized[:, None]
 
     def ownership(self, observations: Sequence[Observation], pairs: Pairs, tracks: Mapping) -> Ownership:
-        """Part masks (a chair as seat and back), after the one-to-one assignment of the same keyframe: an
-        unmatched observation lying inside a track that another observation of this keyframe continues, and
-        looking like it, is one more part of that track, not a new object. (A mask over two neighbours is
-        resolved later by voxel ownership in refinement: refine.resolve_contested.)"""
+        """Part masks (a chair as seat and back), after the one-to-one assignment of the same keyframe: a matched
+        observation that belongs to another continued track moves there (reassign_parts, _reassign_parts); an
+        unmatched one lying inside a track that another observation of this keyframe continues, and looking like
+        it, is one more part of that track, not a new object (absorb_parts). (A mask over two neighbours is
+        split by spanned() and resolved later by voxel ownership in refinement: refine.resolve_contested.)"""
         out = Ownership()
         ids, visible, _, iou = self._seen_now
         if self.oracle_ids or not observations or not ids:
@@ -191,8 +193,6 @@ def spanned_neighbours(
     image, where b took no observation of its own this keyframe and the view consensus so far holds a and b
     apart (more apart views than joint ones). The pieces of one object are joint more often than apart, so a
     whole view still absorbs its pieces (consensus then merges them)."""
-    from .consensus import mask_coverage
-
     continued = {tid for _, tid in pairs}
     free = [k for k in range(len(ids)) if ids[k] not in continued]
     pairs = [(i, t) for i, t in pairs if observations[i].mask_index >= 0]

@@ -69,11 +69,11 @@ def merge_duplicates(tracker, only_dirty: bool = True) -> Dict[int, int]:
     shorter is merged into the longer and removed from ``tracker``. Returns removed id -> kept id."""
     rc = tracker.refine_cfg
     merged: Dict[int, int] = {}
+    pad = tracker.consensus.touch_gap_m  # consensus pairs touch: their boxes need not overlap
     for tid in merge_order({t.id: t.observations for t in tracker.tracks.values()}):
         t = tracker.tracks.get(tid)
         if t is None or (only_dirty and not t.dirty):
             continue
-        pad = tracker.consensus.touch_gap_m  # consensus pairs touch, and may not overlap
         near = [u for u in tracker.index.query(t.box_min - pad, t.box_max + pad) if u != tid and u in tracker.tracks]
         if not near:
             continue

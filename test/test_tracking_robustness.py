@@ -38,16 +38,24 @@ def fused(frame, ids, source_id):
     return keep + ([Mask2D(mask=union, source_id=source_id)] if union.any() else [])
 
 
+def run(cfg, boxes, colours, poses, masks=None) -> Pipeline:
+    """A pipeline fed one rendered keyframe per pose; ``masks(i, frame)``, when given, replaces frame i's masks
+    (the segmenter's error of that scene)."""
+    pipe = Pipeline(cfg)
+    for i, T in enumerate(poses):
+        f = make_frame(boxes, colours, T, hw=HW, index=i)
+        if masks is not None:
+            f.masks = masks(i, f)
+        pipe.step(f)
+    return pipe
+
+
 def test_two_adjacent_boxes_with_a_merged_mask_every_few_frames_stay_two_instances():
     """Boxes 2 cm apart; every 4th keyframe the segmenter gives one mask over both. Expected: two instances,
     each with its own points (the merged frames' votes must not keep the neighbour inside either)."""
     a, b = cube((0, 0, 0.25), 0.5), cube((0.52, 0, 0.25), 0.5)
-    pipe = Pipeline(core_config())
-    for i, T in enumerate(arc((0.26, 0, 0.25), 2.2, 1.3, np.linspace(-130, -50, 16))):
-        f = make_frame([a, b], [RED, GREEN], T, hw=HW, index=i)
-        if i % 4 == 2:
-            f.masks = fused(f, {0, 1}, 0)
-        pipe.step(f)
+    poses = arc((0.26, 0, 0.25), 2.2, 1.3, np.linspace(-130, -50, 16))
+    pipe = run(core_config(), [a, b], [RED, GREEN], poses, lambda i, f: fused(f, {0, 1}, 0) if i % 4 == 2 else f.masks)
     instances = pipe.finalize()
     assert len(instances) == 2
     for inst in instances:
@@ -61,13 +69,12 @@ def test_chair_seen_as_seat_and_back_part_masks_stays_one_instance():
     otherwise it gives the whole chair. Expected: one instance covering seat and back."""
     seat = cube((0, 0, 0.45), (0.5, 0.5, 0.06))
     back = cube((0, 0.22, 0.75), (0.5, 0.06, 0.54))
-    pipe = Pipeline(core_config())
-    for i, T in enumerate(arc((0, 0, 0.5), 2.0, 1.5, np.linspace(-140, -40, 15))):
-        f = make_frame([seat, back], [BROWN, BROWN], T, hw=HW, index=i)
-        if i % 3 != 1:
-            f.masks = fused(f, {0, 1}, 0)  # the whole chair
-        pipe.step(f)
-    instances = pipe.finalize()
+    poses = arc((0, 0, 0.5), 2.0, 1.5, np.linspace(-140, -40, 15))
+
+    def whole_chair(i, f):
+        return fused(f, {0, 1}, 0) if i % 3 != 1 else f.masks
+
+    instances = run(core_config(), [seat, back], [BROWN, BROWN], poses, whole_chair).finalize()
     assert len(instances) == 1
     pts = instances[0].points
     assert inside(pts, seat).sum() >= 20 and inside(pts, back).sum() >= 20
@@ -105,12 +112,9 @@ def test_door_seen_close_up_in_pieces_then_whole_ends_as_one_instance():
     views += [(0.0, 1.6), (0.0, 1.7), (0.05, 1.65)]
     counts = {}
     for min_joint in (2, 0):
-        pipe = Pipeline(core_config(refine__consensus_min_joint=min_joint))
-        for i, (x, distance) in enumerate(views):
-            f = make_frame(panels, colours, look_at((x, -distance, 0.7), (x, 0, 0.6)), hw=HW, index=i)
-            f.masks = fused(f, {0, 1, 2}, 0)
-            pipe.step(f)
-        instances = pipe.finalize()
+        poses = [look_at((x, -distance, 0.7), (x, 0, 0.6)) for x, distance in views]
+        cfg = core_config(refine__consensus_min_joint=min_joint)
+        instances = run(cfg, panels, colours, poses, lambda i, f: fused(f, {0, 1, 2}, 0)).finalize()
         counts[min_joint] = len(instances)
         if min_joint:
             pts = instances[0].points
@@ -124,12 +128,12 @@ def test_cup_on_a_table_whose_masks_always_include_it_stays_its_own_instance():
     they are two objects. Expected: two instances, the cup's points on the cup."""
     table = cube((0, 0, 0.36), (1.0, 0.6, 0.72))
     cup = cube((0.1, 0.0, 0.78), (0.1, 0.1, 0.12))
-    pipe = Pipeline(core_config())
-    for i, T in enumerate(arc((0, 0, 0.5), 2.0, 1.6, np.linspace(-150, -30, 16))):
-        f = make_frame([table, cup], [BROWN, (230, 230, 230)], T, hw=HW, index=i)
-        f.masks = fused(f, {0, 1}, 0) + [m for m in f.masks if m.source_id == 1]  # table mask over both + cup
-        pipe.step(f)
-    instances = pipe.finalize()
+    poses = arc((0, 0, 0.5), 2.0, 1.6, np.linspace(-150, -30, 16))
+
+    def table_over_cup(i, f):
+        return fused(f, {0, 1}, 0) + [m for m in f.masks if m.source_id == 1]  # the table's mask over both + cup's
+
+    instances = run(core_config(), [table, cup], [BROWN, (230, 230, 230)], poses, table_over_cup).finalize()
     assert len(instances) == 2
     small = min(instances, key=lambda inst: len(inst.points))
     assert inside(small.points, cup).mean() >= 0.9
@@ -162,12 +166,8 @@ def test_second_part_mask_of_an_object_does_not_go_to_a_look_alike_neighbour_out
     poses += [look_at((-0.35 + 0.01 * i, -1.3, 1.0), (-0.35 + 0.01 * i, 0, 0.4)) for i in range(10)]
     result = {}
     for reassign in (True, False):
-        pipe = Pipeline(core_config(tracking__reassign_parts=reassign))
-        for i, T in enumerate(poses):
-            f = make_frame([cabinet, box], [BROWN, BROWN], T, hw=HW, index=i)
-            if i >= 3:
-                f.masks = halves(f, 0)
-            pipe.step(f)
+        cfg = core_config(tracking__reassign_parts=reassign)
+        pipe = run(cfg, [cabinet, box], [BROWN, BROWN], poses, lambda i, f: halves(f, 0) if i >= 3 else f.masks)
         instances = pipe.finalize()
         small = min(instances, key=lambda inst: len(inst.points))
         result[reassign] = (len(instances), round(float(inside(small.points, box).mean()), 2))
@@ -185,12 +185,8 @@ def test_mask_over_two_tracked_neighbours_hands_the_neighbour_its_points():
     beyond_gap = (b[0] + [0.03, -0.03, -0.03], b[1] + 0.03)  # box b, less the 3 cm next to box a
     share = {}
     for split in (True, False):
-        pipe = Pipeline(core_config(tracking__split_spanning=split))
-        for i, T in enumerate(poses):
-            f = make_frame([a, b], [RED, GREEN], T, hw=HW, index=i)
-            if i >= 6:
-                f.masks = fused(f, {0, 1}, 0)
-            pipe.step(f)
+        cfg = core_config(tracking__split_spanning=split)
+        pipe = run(cfg, [a, b], [RED, GREEN], poses, lambda i, f: fused(f, {0, 1}, 0) if i >= 6 else f.masks)
         tracks = sorted(pipe.tracker.tracks.values(), key=lambda t: -inside(t.store.centers(), a).sum())
         assert len(tracks) == 2
         share[split] = inside(tracks[0].store.centers(), beyond_gap, margin=0).sum()  # b's points in a's track
