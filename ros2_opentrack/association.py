@@ -151,7 +151,8 @@ class Associator:
         """A segmenter's part masks (an object as 2-3 pieces) give one track several observations, but the
         assignment is one-to-one: a second piece goes to whatever neighbour it resembles. A matched observation
         lying mostly (part_containment) inside the visible voxels of a track another observation continues this
-        keyframe, and not inside its own pair's, continues that track instead when it looks like it."""
+        keyframe, and not inside its own pair's, continues that track instead when it looks like it and no
+        detector class says otherwise (a detector's boxes nest: a table's box holds the chairs and the laptop)."""
         col = {tid: k for k, tid in enumerate(ids)}
         owner_of = dict(pairs)
         continued = set(owner_of.values())
@@ -162,7 +163,10 @@ class Associator:
             if n < self.cfg.min_seen_voxels or (t in col and inter[i, col[t]] >= need):
                 continue
             best, best_inter = None, need
+            label = observations[i].label
             for u in continued - {t}:
+                if label and tracks[u].det_label and tracks[u].det_label != label:
+                    continue
                 if inter[i, col[u]] >= best_inter:
                     cos = cosine_matrix([observations[i].feature], [tracks[u].feature])[0, 0]
                     if cos >= self.cfg.part_min_cos or not len(observations[i].feature):

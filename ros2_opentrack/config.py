@@ -165,7 +165,8 @@ class TrackingConfig:
     reassign_parts: bool = param(
         True,
         "a matched observation lying mostly (part_containment) inside a track another observation continues this "
-        "keyframe, and not inside its own pair's, continues that track instead (a second part mask)",
+        "keyframe, and not inside its own pair's, continues that track instead (a second part mask; for masks "
+        "that keep to their object: off in config/cpu.yaml, whose box_depth masks nest)",
     )
     absorb_parts: bool = param(
         False,
@@ -175,7 +176,8 @@ class TrackingConfig:
     split_spanning: bool = param(
         True,
         "an observation covering a neighbour that took no mask of its own, and that the view consensus holds "
-        "apart, hands that neighbour the points in its voxels instead of absorbing them (a mask over two objects)",
+        "apart, hands that neighbour the points in its voxels instead of absorbing them (a mask over two objects; "
+        "for masks that keep to their object: config/cpu.yaml's box_depth masks bleed, and there it is off)",
     )
     part_containment: float = param(0.7, "... when this share of its voxels lies in the track")
     part_min_cos: float = param(0.5, "... and its descriptor agrees this much (cosine)")

@@ -6,6 +6,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _core_scene import core_config, cube, look_at, make_frame, orbit  # noqa: E402
 
+from ros2_opentrack.config import OpenTrackConfig  # noqa: E402
 from ros2_opentrack.pipeline import Pipeline  # noqa: E402
 from ros2_opentrack.tracker import Tracker  # noqa: E402
 from ros2_opentrack.types import Observation, TrackState  # noqa: E402
@@ -224,3 +225,27 @@ def test_lookalike_neighbour_appearing_beside_a_seen_track_opens_its_own_track()
     plain = Pipeline(config(visible_iou=False))
     _, joined = two_keyframes(plain)
     assert joined.matched == 1 and joined.created == [] and len(plain.tracker.tracks) == 1
+
+
+def test_a_part_moves_to_the_track_it_lies_in_unless_the_detector_classes_differ():
+    """Association._reassign_parts on hand-made voxel sets: observation 1 was paired with track 20 but lies
+    wholly inside track 10's visible voxels (which observation 0 continues), so it moves there; with a
+    detector class other than track 10's (a laptop inside a table's box) it stays with its pair."""
+    from types import SimpleNamespace
+
+    from ros2_opentrack.association import Associator, pairwise_iou
+
+    cfg = OpenTrackConfig().tracking
+    visible = [np.arange(0, 100), np.arange(500, 540)]  # tracks 10 and 20
+    feature = np.ones(4, np.float32) / 2
+    tracks = {tid: SimpleNamespace(feature=feature, det_label="table") for tid in (10, 20)}
+    moved = {}
+    for label in ("table", "laptop"):
+        observations = [
+            SimpleNamespace(voxels=np.arange(0, 60), feature=feature, label="table"),
+            SimpleNamespace(voxels=np.arange(60, 90), feature=feature, label=label),
+        ]
+        iou = pairwise_iou([o.voxels for o in observations], visible)
+        assoc = Associator(cfg, OpenTrackConfig().lift)
+        moved[label] = assoc._reassign_parts(observations, [(0, 10), (1, 20)], [10, 20], visible, iou, tracks)
+    assert moved == {"table": {1: 10}, "laptop": {}}
