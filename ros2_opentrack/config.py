@@ -245,6 +245,11 @@ class RefineConfig:
         "merge two touching tracks when at least this many keyframes saw them in one mask (consensus.py); 0: off",
     )
     consensus_ratio: float = param(3.0, "... and this many times as many as saw them in two")
+    consensus_once_cos: float = param(
+        0.85,
+        "also merge touching tracks one keyframe saw in one mask and none apart when their features agree this "
+        "much (cosine; the halves of an object seldom in view together); 0: off",
+    )
     tau_contain: float = param(0.0, "also merge when |A n B| / min(|A|, |B|) >= this (partial-view duplicates); 0: off")
     contain_min_cos: float = param(0.5, "... and only when their features agree this much (cosine)")
     objectness_half_obs: float = param(

@@ -86,6 +86,7 @@ def merge_duplicates(tracker, only_dirty: bool = True) -> Dict[int, int]:
             one = rc.consensus_min_joint > 0 and tracker.consensus.same_object(
                 t.id, other.id, rc.consensus_min_joint, rc.consensus_ratio
             )
+            one = one or _seen_once_as_one(tracker.consensus, t, other, rc.consensus_once_cos)
             if v >= rc.tau_merge or c or one:
                 keep, drop = (t, other) if (t.observations, -t.id) >= (other.observations, -other.id) else (other, t)
                 merge_tracks(keep, drop, tracker.cfg.max_track_voxels)
@@ -100,6 +101,17 @@ def merge_duplicates(tracker, only_dirty: bool = True) -> Dict[int, int]:
             kept = merged[kept]
         merged[removed] = kept
     return merged
+
+
+def _seen_once_as_one(consensus, a, b, min_cos: float) -> bool:
+    """One view saw a and b in one mask and none apart, and they look alike: the two sides or halves of one
+    object (a wall panned along, a chair from front and back) are seldom in view together, so a single joint view
+    is all the evidence they get; two neighbours in view together are held apart by their own masks. Tracks a
+    detector named differently stay apart (an oven beside a fridge, in one box once)."""
+    if min_cos <= 0 or (a.det_label and b.det_label and a.det_label != b.det_label):
+        return False
+    joint, apart = consensus.counts(a.id, b.id)
+    return joint >= 1 and apart == 0 and float(a.feature @ b.feature) >= min_cos
 
 
 def _within_voxels(keys: np.ndarray, seed_keys: np.ndarray, radius: int) -> np.ndarray:

@@ -105,6 +105,42 @@ def test_touching_tracks_the_consensus_joins_merge_though_their_boxes_do_not_ove
     assert len(pipe.tracker.tracks) == 1
 
 
+@pytest.mark.parametrize(
+    "case, merges",
+    [
+        ("seen once as one", True),
+        ("also seen apart", False),
+        ("rule off", False),
+        ("another colour", False),
+        ("another detector class", False),
+    ],
+)
+def test_halves_seen_once_in_one_mask_and_never_apart_merge_when_they_look_alike(case, merges):
+    """The two halves of a long cabinet, tracked apart (a scan along it saw them in turn), touching: one joint
+    view and none apart joins them when they look alike, unless a view held them apart, their descriptors
+    disagree, a detector named them differently, or the rule is off (refine.consensus_once_cos = 0)."""
+    cfg = config()
+    cfg.masks.oracle_ids = True
+    if case == "rule off":
+        cfg.refine.consensus_once_cos = 0.0
+    colours = [RED, (30, 30, 200) if case == "another colour" else RED]
+    halves = [cube((0.6, 0.5, 0.4), (0.4, 0.4, 0.8)), cube((1.0, 0.5, 0.4), (0.4, 0.4, 0.8))]
+    pipe = Pipeline(cfg)
+    pipe.step(make_frame(halves, colours, look_at((0.8, -2.0, 1.2), (0.8, 0.5, 0.4)), hw=HW, index=0))
+    a, b = sorted(pipe.tracker.tracks)
+    consensus = pipe.tracker.consensus
+    consensus.joint.clear()  # what the views said is set by hand below
+    consensus.apart.clear()
+    consensus._count(consensus.joint, a, b)
+    if case == "also seen apart":
+        consensus._count(consensus.apart, a, b)
+    if case == "another detector class":
+        pipe.tracker.tracks[a].det_label, pipe.tracker.tracks[b].det_label = "oven", "refrigerator"
+    merged = pipe._refine_and_merge(only_dirty=False)
+    assert (len(pipe.tracker.tracks) == 1) == merges, merged
+    assert bool(merged) == merges
+
+
 def test_pairwise_iou_matches_the_definition():
     a = [np.array([1, 2, 3]), np.array([10, 11])]
     b = [np.array([2, 3, 4, 5]), np.array([11]), np.array([], np.int64)]
