@@ -245,6 +245,11 @@ class RefineConfig:
         "merge two touching tracks when at least this many keyframes saw them in one mask (consensus.py); 0: off",
     )
     consensus_ratio: float = param(3.0, "... and this many times as many as saw them in two")
+    consensus_birth_apart: bool = param(
+        False,
+        "the keyframe that opens a track counts as a view apart from the neighbours its mask leaves out (off: an "
+        "object's second part mask opens a track beside the first's; on in config/cpu.yaml: box_depth's masks nest)",
+    )
     consensus_once_cos: float = param(
         0.85,
         "also merge touching tracks one keyframe saw in one mask and none apart when their features agree this "

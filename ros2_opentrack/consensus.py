@@ -6,7 +6,9 @@ box spanning both) looks the same from one keyframe. What tells them apart is th
 see both tracks:
 
   joint   one mask covers most of the visible points of both tracks: the segmenter saw a and b as one object;
-  apart   the mask that continued (or opened) track a covers a and leaves b, in view, out: it saw two objects.
+  apart   the mask that continued track a covers a and leaves b, in view, out: it saw two objects. (A mask
+          that opens a track counts only with refine.consensus_birth_apart: an object's second part mask opens
+          one beside the first's; box_depth's nested boxes need that vote: config/cpu.yaml.)
           Only a track's own mask counts here: the table's mask may cover the cup on it every time, but the
           cup's own masks leave the table out.
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _core_scene import core_config, cube, look_at, make_frame  # noqa: E402
@@ -193,3 +194,23 @@ def test_mask_over_two_tracked_neighbours_hands_the_neighbour_its_points():
         if split:
             assert tracks[1].last_frame == len(poses) - 1  # b was continued by the merged mask
     assert share[False] > 300 and share[True] < 0.2 * share[False], share  # what b's voxels did not hold yet stays
+
+
+@pytest.mark.parametrize("birth_apart", [False, True])
+def test_object_first_seen_as_two_part_masks_then_whole_ends_as_one_instance(birth_apart):
+    """A cabinet whose first keyframe the segmenter splits into a left and a right mask (each opens a track),
+    then sees whole twice. The split opened the second track, so it is no view of two objects: two joint views
+    and none apart make one instance with both halves' points. Counting the opening view as apart
+    (refine.consensus_birth_apart, config/cpu.yaml's setting: joint 2 < 3 x apart 1) leaves two."""
+    cfg = core_config()
+    cfg.refine.consensus_birth_apart = birth_apart
+    left, right = cube((-0.25, 0, 0.4), (0.5, 0.4, 0.8)), cube((0.25, 0, 0.4), (0.5, 0.4, 0.8))
+    poses = arc((0, 0, 0.4), 2.2, 1.3, [-100, -90, -80])
+    pipe = run(cfg, [left, right], [BROWN, BROWN], poses, lambda i, f: f.masks if i == 0 else fused(f, {0, 1}, 0))
+    instances = pipe.finalize()
+    if birth_apart:
+        assert len(instances) == 2
+        return
+    assert len(instances) == 1
+    pts = instances[0].points
+    assert inside(pts, left).sum() >= 100 and inside(pts, right).sum() >= 100
