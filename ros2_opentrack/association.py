@@ -165,7 +165,7 @@ class Associator:
             best, best_inter = None, need
             label = observations[i].label
             for u in continued - {t}:
-                if label and tracks[u].det_label and tracks[u].det_label != label:
+                if named_apart(label, tracks[u].det_label):
                     continue
                 if inter[i, col[u]] >= best_inter:
                     cos = cosine_matrix([observations[i].feature], [tracks[u].feature])[0, 0]
@@ -276,6 +276,11 @@ def associate_by_source_id(observations, tracks) -> Pairs:
             used.add(tid)
             pairs.append((i, tid))
     return pairs
+
+
+def named_apart(label_a: Optional[str], label_b: Optional[str]) -> bool:
+    """A detector named the two differently (both classes known): no appearance or view evidence joins them."""
+    return bool(label_a and label_b and label_a != label_b)
 
 
 def cosine_matrix(features_a: Sequence[np.ndarray], features_b: Sequence[np.ndarray]) -> np.ndarray:

@@ -13,7 +13,7 @@ from typing import Dict, List
 import numpy as np
 
 from . import geometry
-from .association import cosine_matrix, pairwise_iou
+from .association import cosine_matrix, named_apart, pairwise_iou
 from .types import TrackState
 from .voxel_store import PointStore, SceneMap, isin_sorted
 
@@ -108,10 +108,10 @@ def _seen_once_as_one(consensus, a, b, min_cos: float) -> bool:
     object (a wall panned along, a chair from front and back) are seldom in view together, so a single joint view
     is all the evidence they get; two neighbours in view together are held apart by their own masks. Tracks a
     detector named differently stay apart (an oven beside a fridge, in one box once)."""
-    if min_cos <= 0 or (a.det_label and b.det_label and a.det_label != b.det_label):
+    if min_cos <= 0 or named_apart(a.det_label, b.det_label):
         return False
     joint, apart = consensus.counts(a.id, b.id)
-    return joint >= 1 and apart == 0 and float(a.feature @ b.feature) >= min_cos
+    return joint >= 1 and apart == 0 and cosine_matrix([a.feature], [b.feature])[0, 0] >= min_cos
 
 
 def _within_voxels(keys: np.ndarray, seed_keys: np.ndarray, radius: int) -> np.ndarray:
