@@ -195,8 +195,9 @@ def spanned_neighbours(
     """Observation index -> the tracks whose points it should hand over: a mask over two neighbours (a box
     spanning both) that continues track a covers most (span_coverage) of neighbour b's visible voxels in the
     image, where b took no observation of its own this keyframe and the view consensus so far holds a and b
-    apart (more apart views than joint ones). The pieces of one object are joint more often than apart, so a
-    whole view still absorbs its pieces (consensus then merges them)."""
+    apart (more views apart than joint ones, counting those of a mask that opened its track). The pieces of one
+    object are joint more often than apart, so a whole view still absorbs its pieces (consensus then merges
+    them)."""
     continued = {tid for _, tid in pairs}
     free = [k for k in range(len(ids)) if ids[k] not in continued]
     pairs = [(i, t) for i, t in pairs if observations[i].mask_index >= 0]
@@ -208,10 +209,10 @@ def spanned_neighbours(
     out: dict = {}
     for row, col in zip(*np.nonzero(cover >= cfg.span_coverage)):  # NaN (too few visible) compares False
         (i, owner), tid = pairs[row], ids[free[col]]
-        joint, apart = consensus.counts(owner, tid)
+        joint, _ = consensus.counts(owner, tid)
         shown = visible_voxels[free[col]]
         swallowed = np.count_nonzero(isin_sorted(shown, tracks[owner].voxels)) > 0.5 * len(shown)
-        if apart > joint and not swallowed:
+        if consensus.split_evidence(owner, tid) > joint and not swallowed:
             out.setdefault(i, []).append(tid)
     return out
 

@@ -71,12 +71,16 @@ class Consensus:
         self.touch_gap_m = touch_gap_m
         self.joint: Dict[Pair, int] = {}
         self.apart: Dict[Pair, int] = {}
+        self.born: Dict[Pair, int] = {}  # apart views given by a mask that opened its track (split evidence only)
         self._of: Dict[int, set] = {}  # track id -> the pairs it is in (forget / fold without a scan)
 
-    def observe(self, cover: np.ndarray, owners: Sequence, track_ids: Sequence[int], tracks: Mapping) -> None:
+    def observe(
+        self, cover: np.ndarray, owners: Sequence, track_ids: Sequence[int], tracks: Mapping, born: Sequence = ()
+    ) -> None:
         """Count one keyframe. ``cover[i, k]``: the share of track k's visible points inside mask i (mask_coverage;
         a NaN column: too few visible to tell); ``owners[i]``: the track mask i continued or opened (None: none).
-        Any mask spanning both counts joint; only a track's own mask counts apart (see the module docstring)."""
+        Any mask spanning both counts joint; only a track's own mask counts apart (see the module docstring).
+        ``born[i]``: mask i opened its track; its apart views go to ``born`` (split_evidence), not ``apart``."""
         shown = np.flatnonzero(~np.isnan(cover[0])) if cover.size else np.zeros(0, np.int64)
         if len(shown) < 2:
             return
@@ -85,16 +89,24 @@ class Consensus:
         cover = cover[:, shown]
         spans = (cover >= self.span).astype(np.int32)
         joint = (spans.T @ spans) > 0  # some mask spans both
-        rows = [i for i, tid in enumerate(owners) if tid in column and spans[i, column[tid]]]
-        apart = np.zeros((len(ids), len(ids)), bool)
-        if rows:  # [a, b]: a's own mask spans a and leaves b out
-            np.logical_or.at(apart, np.array([column[owners[i]] for i in rows]), cover[rows] <= self.separate)
+        opened = np.zeros(len(owners), bool)
+        opened[: len(born)] = np.asarray(born, bool)[: len(owners)]
+        apart = self._left_out(cover, owners, column, spans, ~opened)
+        apart_at_birth = self._left_out(cover, owners, column, spans, opened)
         bmin = np.array([tracks[t].box_min for t in ids])
         bmax = np.array([tracks[t].box_max for t in ids])
         touching = geometry.box_gap(bmin[:, None], bmax[:, None], bmin[None], bmax[None]) <= self.touch_gap_m
-        for table, hit in ((self.joint, joint), (self.apart, apart | apart.T)):
+        for table, hit in ((self.joint, joint), (self.apart, apart), (self.born, apart_at_birth & ~apart)):
             for x, y in zip(*np.nonzero(np.triu(hit & touching, 1))):
                 self._count(table, ids[x], ids[y])
+
+    def _left_out(self, cover, owners, column, spans, use) -> np.ndarray:
+        """Symmetric [a, b]: a's own mask (one of the rows in ``use``) spans a and leaves b out."""
+        rows = [i for i, tid in enumerate(owners) if use[i] and tid in column and spans[i, column[tid]]]
+        apart = np.zeros((len(column), len(column)), bool)
+        if rows:
+            np.logical_or.at(apart, np.array([column[owners[i]] for i in rows]), cover[rows] <= self.separate)
+        return apart | apart.T
 
     def _count(self, table: Dict[Pair, int], a: int, b: int) -> None:
         p = _pair(a, b)
@@ -112,11 +124,18 @@ class Consensus:
         p = _pair(a, b)
         return self.joint.get(p, 0), self.apart.get(p, 0)
 
+    def split_evidence(self, a: int, b: int) -> int:
+        """Views apart, counting those of a mask that opened its track: were a and b ever segmented apart? A
+        mask over both is then split between them (association.spanned_neighbours) though merging, which
+        needs more than a birth (the second part mask of an object opens a track beside the first's), waits."""
+        p = _pair(a, b)
+        return self.apart.get(p, 0) + self.born.get(p, 0)
+
     def fold(self, keep: int, drop: int) -> None:
         """``drop`` was merged into ``keep``: its counts with third tracks add to keep's."""
         for p in list(self._of.get(drop, ())):
             other = p[0] if p[1] == drop else p[1]
-            for table in (self.joint, self.apart):
+            for table in (self.joint, self.apart, self.born):
                 n = table.pop(p, 0)
                 if n and other != keep:
                     table[_pair(keep, other)] = table.get(_pair(keep, other), 0) + n
@@ -129,34 +148,39 @@ class Consensus:
     def forget(self, track_ids: Iterable[int]) -> None:
         for tid in track_ids:
             for p in self._of.pop(tid, ()):
-                self.joint.pop(p, None)
-                self.apart.pop(p, None)
+                for table in (self.joint, self.apart, self.born):
+                    table.pop(p, None)
                 other = p[0] if p[1] == tid else p[1]
                 self._of.get(other, set()).discard(p)
 
     def to_arrays(self) -> Tuple[np.ndarray, np.ndarray]:
-        """(K, 2) pairs and their (K, 2) joint / apart counts (the map state)."""
-        pairs = sorted(set(self.joint) | set(self.apart))
-        counts = [(self.joint.get(p, 0), self.apart.get(p, 0)) for p in pairs]
-        return np.array(pairs, np.int64).reshape(-1, 2), np.array(counts, np.int64).reshape(-1, 2)
+        """(K, 2) pairs and their (K, 3) joint / apart / born-apart counts (the map state)."""
+        pairs = sorted(set(self.joint) | set(self.apart) | set(self.born))
+        counts = [(self.joint.get(p, 0), self.apart.get(p, 0), self.born.get(p, 0)) for p in pairs]
+        return np.array(pairs, np.int64).reshape(-1, 2), np.array(counts, np.int64).reshape(-1, 3)
 
     def restore(self, pairs: np.ndarray, counts: np.ndarray, track_ids) -> None:
-        """Counts saved by to_arrays; pairs naming a track not in ``track_ids`` are dropped."""
+        """Counts saved by to_arrays (K x 3, or K x 2 joint / apart from states saved before born-apart counts);
+        pairs naming a track not in ``track_ids`` are dropped."""
         self.clear()
         known = set(int(t) for t in track_ids)
-        for (a, b), (joint, apart) in zip(np.asarray(pairs).reshape(-1, 2), np.asarray(counts).reshape(-1, 2)):
+        pairs = np.asarray(pairs).reshape(-1, 2)
+        if not len(pairs):
+            return
+        counts = np.asarray(counts).reshape(len(pairs), -1)
+        for (a, b), row in zip(pairs, counts):
             a, b = int(a), int(b)
             if a in known and b in known and a != b:
-                for table, n in ((self.joint, int(joint)), (self.apart, int(apart))):
+                for table, n in zip((self.joint, self.apart, self.born), row):
                     if n > 0:
-                        table[_pair(a, b)] = n
+                        table[_pair(a, b)] = int(n)
                 self._of.setdefault(a, set()).add(_pair(a, b))
                 self._of.setdefault(b, set()).add(_pair(a, b))
 
     def clear(self) -> None:
-        self.joint.clear()
-        self.apart.clear()
+        for table in (self.joint, self.apart, self.born):
+            table.clear()
         self._of.clear()
 
     def __len__(self) -> int:
-        return len(set(self.joint) | set(self.apart))
+        return len(set(self.joint) | set(self.apart) | set(self.born))

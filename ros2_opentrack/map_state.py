@@ -19,7 +19,8 @@ never leaves a half-written state):
                  the scene map: map_block_ids, map_block_len, map_keys, map_colors (blocks oldest first);
                  the kept keyframe images: image_bytes (uint8, JPEG streams concatenated), image_len;
                  the view consensus of touching tracks: consensus_pairs (int64 Kx2 track ids),
-                 consensus_counts (int64 Kx2 joint / apart views; both optional).
+                 consensus_counts (int64 Kx3 joint / apart / born-apart views, Kx2 before
+                 born-apart counts; both optional).
 
 No pickle: np.load(allow_pickle=False) reads it. Its size grows with the explored volume (tracks are capped in
 voxels, views are top-K, the scene map is capped), not with the length of the run. Loading checks the format,
@@ -225,8 +226,10 @@ def load(folder, cfg) -> LoadedState:
         with np.load(folder / "arrays.npz", allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
         return _build(meta, arrays, cfg)
-    except MapStateError:
-        raise
+    except MapStateError as exc:  # a check inside the arrays: name the folder too
+        if str(folder) in str(exc):
+            raise
+        raise MapStateError(f"map state '{folder}': {exc}") from None
     except (OSError, ValueError, KeyError, TypeError, IndexError, EOFError, zipfile.BadZipFile) as exc:
         raise MapStateError(f"map state '{folder}' is corrupt or truncated: {type(exc).__name__}: {exc}") from None
 
@@ -310,7 +313,13 @@ def _build(meta: dict, arrays: Dict[str, np.ndarray], cfg) -> LoadedState:
         )
     _fill_scene(tracker.scene, arrays)
     if "consensus_pairs" in arrays:  # view consensus counts (consensus.py); absent in states saved before them
-        tracker.consensus.restore(arrays["consensus_pairs"], arrays["consensus_counts"], tracker.tracks)
+        pairs, counts = arrays["consensus_pairs"], arrays["consensus_counts"]
+        if pairs.size % 2 or counts.size not in (pairs.size, pairs.size // 2 * 3):
+            raise MapStateError(
+                f"consensus_counts holds {counts.size} values for {pairs.size // 2} track pairs; "
+                "expected 2 or 3 per pair"
+            )
+        tracker.consensus.restore(pairs, counts, tracker.tracks)
     counters = {k: int(v) for k, v in meta["counters"].items()}
     tracker.next_id, tracker.terminated_total = counters["next_id"], counters["terminated_total"]
     if tracker.tracks and max(tracker.tracks) >= tracker.next_id:

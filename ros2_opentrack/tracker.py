@@ -235,8 +235,7 @@ class Tracker:
                         in_mask[s] |= masks[mi][px[s, 1], px[s, 0]]
             shown = [px[s][visible[s]] if ok else px[:0] for s, ok in zip(parts, in_view)]
             born = set() if self.refine_cfg.consensus_birth_apart else set(out.created)
-            continued = {i: t for i, t in out.matched if t not in born}
-            self._observe_consensus(ids, shown, observations, masks, continued)
+            self._observe_consensus(ids, shown, observations, masks, dict(out.matched), born)
         seen: Dict[int, bool] = {}
         for k, (tid, store, s) in enumerate(zip(ids, stores, parts)):
             if tid in mask_of or not self.refine_cfg.vote_only_observed:
@@ -245,14 +244,16 @@ class Tracker:
             out.in_frustum[tid] = float(frustum[s].sum()) / max(1, sizes[k])
         return seen
 
-    def _observe_consensus(self, ids, shown, observations, masks, owner) -> None:
+    def _observe_consensus(self, ids, shown, observations, masks, owner, born) -> None:
         """consensus.py: how this keyframe's masks cover each track's visible points (``shown``: their pixels),
-        and which track each mask continued, or opened with refine.consensus_birth_apart (``owner``: observation
-        index -> track id). A new track is its mask, so that it leaves a neighbour out says little: the second
-        part mask of an object opens a track beside the first's, and would count as a view apart."""
+        and which track each mask continued or opened (``owner``: observation index -> track id). A mask that
+        opened a track in ``born`` gives no view apart, only split evidence: a new track is its mask, so that it
+        leaves a neighbour out says little (the second part mask of an object opens a track beside the first's),
+        but a mask over both later should still be split between them."""
         lifted = [(masks[o.mask_index], owner.get(i)) for i, o in enumerate(observations) if o.mask_index >= 0]
         cover = mask_coverage([m for m, _ in lifted], shown, self.cfg.min_seen_voxels)
-        self.consensus.observe(cover, [tid for _, tid in lifted], ids, self.tracks)
+        owners = [tid for _, tid in lifted]
+        self.consensus.observe(cover, owners, ids, self.tracks, born=[tid in born for tid in owners])
 
     def _age(self, candidate_ids, mask_of, seen) -> List[int]:
         """Missed while it should have been seen: count; dormant after dormant_after misses, terminated

@@ -88,9 +88,29 @@ def test_counts_survive_to_arrays_and_restore_without_unknown_tracks():
     c.observe(np.array([[0.9, 0.9, 0.0]]), [1], [1, 2, 3], TRACKS)
     c.observe(np.array([[0.9, 0.1, 0.0], [0.1, 0.9, 0.0]]), [1, 2], [1, 2, 3], TRACKS)
     pairs, counts = c.to_arrays()
-    assert pairs.tolist() == [[1, 2]] and counts.tolist() == [[1, 1]]
+    assert pairs.tolist() == [[1, 2]] and counts.tolist() == [[1, 1, 0]]
     back = consensus()
     back.restore(pairs, counts, track_ids=[1, 2])
     assert back.counts(1, 2) == (1, 1)
+    back.restore(pairs, counts[:, :2], track_ids=[1, 2])  # a state saved before born-apart counts
+    assert back.counts(1, 2) == (1, 1) and back.split_evidence(1, 2) == 1
     back.restore(pairs, counts, track_ids=[1])  # 2 is gone: its pair is dropped
     assert len(back) == 0
+
+
+def test_a_mask_that_opened_its_track_gives_split_evidence_not_a_view_apart():
+    """Track 2 was opened by its mask this keyframe: that it leaves 1 out is evidence only for splitting a
+    later mask over both, never a vote against merging them."""
+    c = consensus()
+    apart = np.array([[0.9, 0.1, 0.0], [0.1, 0.9, 0.0]])
+    c.observe(apart, [1, 2], [1, 2, 3], TRACKS, born=[False, True])  # 1's mask continued 1; 2's opened 2
+    assert c.counts(1, 2) == (0, 1)  # 1's own mask still leaves 2 out
+    c = consensus()
+    c.observe(apart, [1, 2], [1, 2, 3], TRACKS, born=[True, True])  # both opened here
+    assert c.counts(1, 2) == (0, 0) and c.split_evidence(1, 2) == 1
+    c.observe(apart, [1, 2], [1, 2, 3], TRACKS)  # seen apart again, both continued
+    assert c.counts(1, 2) == (0, 1) and c.split_evidence(1, 2) == 2
+    pairs, counts = c.to_arrays()
+    assert counts.tolist() == [[0, 1, 1]]
+    c.fold(keep=1, drop=2)
+    assert len(c) == 0

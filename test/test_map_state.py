@@ -85,7 +85,7 @@ def _live(pipe):
     return sorted(pipe.tracker.tracks), pipe.stats.frames
 
 
-@pytest.mark.parametrize("damage", ["truncate", "version", "voxel_size", "missing", "garbage_json"])
+@pytest.mark.parametrize("damage", ["truncate", "version", "voxel_size", "missing", "garbage_json", "consensus"])
 def test_a_bad_state_fails_clearly_and_leaves_the_live_map(tmp_path, damage):
     source = Pipeline(config())
     for f in frames(6):
@@ -106,6 +106,11 @@ def test_a_bad_state_fails_clearly_and_leaves_the_live_map(tmp_path, damage):
         folder = tmp_path / "nothing_here"
     elif damage == "garbage_json":
         (folder / "state.json").write_text("{not json")
+    elif damage == "consensus":  # view-consensus counts that do not fit their pairs
+        with np.load(folder / "arrays.npz", allow_pickle=False) as npz:
+            arrays = dict(npz)
+        arrays["consensus_pairs"], arrays["consensus_counts"] = np.array([[1, 2]]), np.array([1, 2, 3, 4])
+        np.savez(folder / "arrays.npz", **arrays)
     live = Pipeline(cfg)
     for f in frames(3):
         live.step(f)
@@ -119,6 +124,7 @@ def test_a_bad_state_fails_clearly_and_leaves_the_live_map(tmp_path, damage):
         "voxel_size": "tracking.voxel_size_m",
         "missing": "no state.json",
         "garbage_json": "corrupt",
+        "consensus": "consensus_counts",
     }[damage]
     assert expected_words in str(err.value)
     assert _live(live) == before

@@ -214,3 +214,23 @@ def test_object_first_seen_as_two_part_masks_then_whole_ends_as_one_instance(bir
     assert len(instances) == 1
     pts = instances[0].points
     assert inside(pts, left).sum() >= 100 and inside(pts, right).sum() >= 100
+
+
+def test_neighbours_opened_apart_then_seen_in_one_mask_keep_their_own_points():
+    """Two look-alike boxes 2 cm apart: the first keyframe gives each its own mask (each opens a track), the
+    second one mask over both, the rest one mask each again. The opening view is no vote for merging, but it
+    is evidence that the two were segmented apart: the mask over both is split between their tracks instead
+    of one track swallowing the other (after which the neighbour's own masks, lying inside it, would follow).
+    Expected: two instances with their own points. With tracking.split_spanning off the first track takes the
+    neighbour's points."""
+    a, b = cube((0, 0.013, 0.25), 0.5), cube((0.52, 0.013, 0.25), 0.5)
+    poses = arc((0.26, 0, 0.25), 2.2, 1.3, np.linspace(-120, -60, 8))
+    foreign = {}
+    for split in (True, False):
+        cfg = core_config(tracking__split_spanning=split)
+        pipe = run(cfg, [a, b], [BROWN, BROWN], poses, lambda i, f: fused(f, {0, 1}, 0) if i == 1 else f.masks)
+        instances = pipe.finalize()
+        own = [max(inside(inst.points, a).mean(), inside(inst.points, b).mean()) for inst in instances]
+        foreign[split] = (len(instances), round(min(own), 2))
+    assert foreign[True][0] == 2 and foreign[True][1] >= 0.95, foreign
+    assert foreign[False] != foreign[True], foreign
