@@ -150,31 +150,46 @@ class Associator:
     def _reassign_parts(self, observations, pairs: Pairs, ids, visible, iou, tracks: Mapping) -> dict:
         """A segmenter's part masks (an object as 2-3 pieces) give one track several observations, but the
         assignment is one-to-one: a second piece goes to whatever neighbour it resembles. A matched observation
-        lying mostly (part_containment) inside the visible voxels of a track another observation continues this
-        keyframe, and not inside its own pair's, continues that track instead when it looks like it and no
-        detector class says otherwise (a detector's boxes nest: a table's box holds the chairs and the laptop)."""
+        that is not inside its own pair's track continues instead a track another observation continues this
+        keyframe when it lies mostly (part_containment) inside that track's visible voxels, or else overlaps
+        them clearly more than its own pair's (part_iou_margin), looks like it, and no detector class says
+        otherwise (a detector's boxes nest: a table's box holds the chairs and the laptop)."""
         col = {tid: k for k, tid in enumerate(ids)}
         owner_of = dict(pairs)
         continued = set(owner_of.values())
         inter = _intersections([o.voxels for o in observations], visible, iou)
         moves = {}
         for i, t in pairs:
-            n, need = len(observations[i].voxels), self.cfg.part_containment * len(observations[i].voxels)
-            if n < self.cfg.min_seen_voxels or (t in col and inter[i, col[t]] >= need):
+            obs = observations[i]
+            inside_own = t in col and inter[i, col[t]] >= self.cfg.part_containment * len(obs.voxels)
+            if len(obs.voxels) < self.cfg.min_seen_voxels or inside_own:
                 continue
-            best, best_inter = None, need
-            label = observations[i].label
-            for u in continued - {t}:
-                if named_apart(label, tracks[u].det_label):
-                    continue
-                if inter[i, col[u]] >= best_inter:
-                    cos = cosine_matrix([observations[i].feature], [tracks[u].feature])[0, 0]
-                    if cos >= self.cfg.part_min_cos or not len(observations[i].feature):
-                        best, best_inter = u, inter[i, col[u]]
+            others = [(u, col[u]) for u in continued - {t}]
+            best = self._whole_for_part(obs, iou[i, col[t]] if t in col else 0.0, others, inter[i], iou[i], tracks)
             if best is not None:
                 moves[i] = best
         moved_away = {owner_of[i] for i in moves}  # a track whose own observation moves takes none
         return {i: u for i, u in moves.items() if u not in moved_away}
+
+    def _whole_for_part(self, obs, own_iou: float, others, inter, iou, tracks: Mapping) -> Optional[int]:
+        """The track of ``others`` ((id, column) pairs) that part ``obs`` belongs to: the one holding most of
+        it (at least part_containment), else the one it overlaps most, by part_iou_margin more than its own
+        pair's IoU ``own_iou``; among those it looks like and no detector class keeps apart. None: none."""
+        need, margin = self.cfg.part_containment * len(obs.voxels), self.cfg.part_iou_margin
+        best, best_key = None, None
+        for u, k in others:
+            if inter[k] >= need:
+                key = (1, inter[k])  # containment first
+            elif margin > 0 and iou[k] >= own_iou + margin:
+                key = (0, iou[k])
+            else:
+                continue
+            if (best_key is not None and key < best_key) or named_apart(obs.label, tracks[u].det_label):
+                continue
+            if len(obs.feature) and cosine_matrix([obs.feature], [tracks[u].feature])[0, 0] < self.cfg.part_min_cos:
+                continue
+            best, best_key = u, key
+        return best
 
     def _whole_of(self, i, obs, ids, inter_all, continued, tracks) -> Optional[int]:
         """The continued track this unmatched observation is a part of, or None."""

@@ -180,6 +180,11 @@ class TrackingConfig:
         "for masks that keep to their object: config/cpu.yaml's box_depth masks bleed, and there it is off)",
     )
     part_containment: float = param(0.7, "... when this share of its voxels lies in the track")
+    part_iou_margin: float = param(
+        0.15,
+        "... or, reassign_parts, when its voxel IoU with that track beats the IoU with its own pair's by this "
+        "much (the second piece of an object straddling a look-alike neighbour); 0: containment only",
+    )
     part_min_cos: float = param(0.5, "... and its descriptor agrees this much (cosine)")
     span_coverage: float = param(
         0.7,

@@ -249,3 +249,29 @@ def test_a_part_moves_to_the_track_it_lies_in_unless_the_detector_classes_differ
         assoc = Associator(cfg, OpenTrackConfig().lift)
         moved[label] = assoc._reassign_parts(observations, [(0, 10), (1, 20)], [10, 20], visible, iou, tracks)
     assert moved == {"table": {1: 10}, "laptop": {}}
+
+
+def test_a_part_straddling_a_look_alike_neighbour_moves_to_the_track_it_overlaps_clearly_more():
+    """Observation 1 was paired with track 20 but overlaps track 10 (which observation 0 continues) far more:
+    IoU 40 / 145 = 0.28 against 10 / 115 = 0.09, though only 40 of its 85 voxels lie in track 10 (under
+    part_containment). It moves by tracking.part_iou_margin (0.15), not with the margin off or raised past the
+    gap of 0.19."""
+    from types import SimpleNamespace
+
+    from ros2_opentrack.association import Associator, pairwise_iou
+
+    visible = [np.arange(0, 100), np.arange(500, 540)]  # tracks 10 and 20
+    feature = np.ones(4, np.float32) / 2
+    tracks = {tid: SimpleNamespace(feature=feature, det_label=None) for tid in (10, 20)}
+    part = np.concatenate([np.arange(60, 100), np.arange(530, 545), np.arange(1000, 1030)])
+    observations = [SimpleNamespace(voxels=np.arange(0, 60), feature=feature, label=None)]
+    observations.append(SimpleNamespace(voxels=part, feature=feature, label=None))
+    iou = pairwise_iou([o.voxels for o in observations], visible)
+    assert iou[1].round(3).tolist() == [0.276, 0.087]
+    moved = {}
+    for margin in (0.15, 0.0, 0.25):
+        cfg = OpenTrackConfig().tracking
+        cfg.part_iou_margin = margin
+        assoc = Associator(cfg, OpenTrackConfig().lift)
+        moved[margin] = assoc._reassign_parts(observations, [(0, 10), (1, 20)], [10, 20], visible, iou, tracks)
+    assert moved == {0.15: {1: 10}, 0.0: {}, 0.25: {}}
