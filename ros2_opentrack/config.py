@@ -252,8 +252,9 @@ class RefineConfig:
     consensus_ratio: float = param(3.0, "... and this many times as many as saw them in two")
     consensus_birth_apart: bool = param(
         False,
-        "the keyframe that opens a track counts as a view apart from the neighbours its mask leaves out (off: an "
-        "object's second part mask opens a track beside the first's; on in config/cpu.yaml: box_depth's masks nest)",
+        "the keyframe that opens a track counts as a view apart of it and the neighbours it and they leave out "
+        "(off: only as evidence to split a later mask over both; an object's second part mask opens a track "
+        "beside the first's; on in config/cpu.yaml: box_depth's masks nest)",
     )
     consensus_once_cos: float = param(
         0.85,

@@ -6,11 +6,13 @@ box spanning both) looks the same from one keyframe. What tells them apart is th
 see both tracks:
 
   joint   one mask covers most of the visible points of both tracks: the segmenter saw a and b as one object;
-  apart   the mask that continued track a covers a and leaves b, in view, out: it saw two objects. (A mask
-          that opens a track counts only with refine.consensus_birth_apart: an object's second part mask opens
-          one beside the first's; box_depth's nested boxes need that vote: config/cpu.yaml.)
-          Only a track's own mask counts here: the table's mask may cover the cup on it every time, but the
-          cup's own masks leave the table out.
+  apart   the mask that continued track a covers a and leaves b, in view, out: it saw two objects. Only a
+          track's own mask counts here: the table's mask may cover the cup on it every time, but the cup's own
+          masks leave the table out. A keyframe that opened a or b counts only with
+          refine.consensus_birth_apart (box_depth's nested boxes need that vote: config/cpu.yaml): the new
+          track is its mask, and an object's second part mask opens one beside the first's. Without it, such
+          a view is kept as split evidence (``born``): a later mask over both is split between them
+          (association.spanned_neighbours), but it is no vote against merging.
 
 Two touching tracks are one object when at least refine.consensus_min_joint views saw them joint and joint views
 outnumber apart views refine.consensus_ratio to one (refine.merge_duplicates then joins them).
@@ -80,7 +82,9 @@ class Consensus:
         """Count one keyframe. ``cover[i, k]``: the share of track k's visible points inside mask i (mask_coverage;
         a NaN column: too few visible to tell); ``owners[i]``: the track mask i continued or opened (None: none).
         Any mask spanning both counts joint; only a track's own mask counts apart (see the module docstring).
-        ``born[i]``: mask i opened its track; its apart views go to ``born`` (split_evidence), not ``apart``."""
+        ``born[i]``: mask i opened its track; a view apart of a pair with a track opened here goes to ``born``
+        (split_evidence), not ``apart``: the new track is its mask, so either side leaving the other out is
+        trivially true."""
         shown = np.flatnonzero(~np.isnan(cover[0])) if cover.size else np.zeros(0, np.int64)
         if len(shown) < 2:
             return
@@ -93,6 +97,10 @@ class Consensus:
         opened[: len(born)] = np.asarray(born, bool)[: len(owners)]
         apart = self._left_out(cover, owners, column, spans, ~opened)
         apart_at_birth = self._left_out(cover, owners, column, spans, opened)
+        new = np.isin(ids, [owners[i] for i in np.flatnonzero(opened)])
+        fresh = new[:, None] | new[None, :]  # either track opened here: its mask is the line between them
+        apart_at_birth |= apart & fresh
+        apart &= ~fresh
         bmin = np.array([tracks[t].box_min for t in ids])
         bmax = np.array([tracks[t].box_max for t in ids])
         touching = geometry.box_gap(bmin[:, None], bmax[:, None], bmin[None], bmax[None]) <= self.touch_gap_m

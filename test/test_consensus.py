@@ -99,12 +99,12 @@ def test_counts_survive_to_arrays_and_restore_without_unknown_tracks():
 
 
 def test_a_mask_that_opened_its_track_gives_split_evidence_not_a_view_apart():
-    """Track 2 was opened by its mask this keyframe: that it leaves 1 out is evidence only for splitting a
-    later mask over both, never a vote against merging them."""
+    """Track 2 was opened by its mask this keyframe: that it and track 1's mask leave each other out is
+    evidence only for splitting a later mask over both, never a vote against merging them."""
     c = consensus()
     apart = np.array([[0.9, 0.1, 0.0], [0.1, 0.9, 0.0]])
     c.observe(apart, [1, 2], [1, 2, 3], TRACKS, born=[False, True])  # 1's mask continued 1; 2's opened 2
-    assert c.counts(1, 2) == (0, 1)  # 1's own mask still leaves 2 out
+    assert c.counts(1, 2) == (0, 0) and c.split_evidence(1, 2) == 1
     c = consensus()
     c.observe(apart, [1, 2], [1, 2, 3], TRACKS, born=[True, True])  # both opened here
     assert c.counts(1, 2) == (0, 0) and c.split_evidence(1, 2) == 1
