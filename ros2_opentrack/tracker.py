@@ -246,9 +246,9 @@ class Tracker:
 
     def _observe_consensus(self, ids, shown, observations, masks, owner, born) -> None:
         """consensus.py: how this keyframe's masks cover each track's visible points (``shown``: their pixels),
-        and which track each mask continued or opened (``owner``: observation index -> track id). A mask that
-        opened a track in ``born`` gives no view apart, only split evidence: a new track is its mask, so that it
-        leaves a neighbour out says little (the second part mask of an object opens a track beside the first's),
+        and which track each mask continued or opened (``owner``: observation index -> track id). A pair with
+        a track in ``born`` gets no view apart, only split evidence: a new track is its mask, so that the two
+        leave each other out says little (the second part mask of an object opens a track beside the first's),
         but a mask over both later should still be split between them."""
         lifted = [(masks[o.mask_index], owner.get(i)) for i, o in enumerate(observations) if o.mask_index >= 0]
         cover = mask_coverage([m for m, _ in lifted], shown, self.cfg.min_seen_voxels)
