@@ -73,18 +73,18 @@ class Consensus:
         self.touch_gap_m = touch_gap_m
         self.joint: Dict[Pair, int] = {}
         self.apart: Dict[Pair, int] = {}
-        self.born: Dict[Pair, int] = {}  # apart views given by a mask that opened its track (split evidence only)
+        self.born: Dict[Pair, int] = {}  # views apart in a keyframe that opened one of the two (split evidence)
         self._of: Dict[int, set] = {}  # track id -> the pairs it is in (forget / fold without a scan)
 
     def observe(
-        self, cover: np.ndarray, owners: Sequence, track_ids: Sequence[int], tracks: Mapping, born: Sequence = ()
+        self, cover: np.ndarray, owners: Sequence, track_ids: Sequence[int], tracks: Mapping, born: Iterable = ()
     ) -> None:
         """Count one keyframe. ``cover[i, k]``: the share of track k's visible points inside mask i (mask_coverage;
         a NaN column: too few visible to tell); ``owners[i]``: the track mask i continued or opened (None: none).
         Any mask spanning both counts joint; only a track's own mask counts apart (see the module docstring).
-        ``born[i]``: mask i opened its track; a view apart of a pair with a track opened here goes to ``born``
-        (split_evidence), not ``apart``: the new track is its mask, so either side leaving the other out is
-        trivially true."""
+        ``born``: the tracks that masks opened this keyframe; a view apart of a pair with one of them goes to
+        ``born`` (split_evidence), not ``apart``: the new track is its mask, so either side leaving the other out
+        is trivially true."""
         shown = np.flatnonzero(~np.isnan(cover[0])) if cover.size else np.zeros(0, np.int64)
         if len(shown) < 2:
             return
@@ -93,28 +93,19 @@ class Consensus:
         cover = cover[:, shown]
         spans = (cover >= self.span).astype(np.int32)
         joint = (spans.T @ spans) > 0  # some mask spans both
-        opened = np.zeros(len(owners), bool)
-        opened[: len(born)] = np.asarray(born, bool)[: len(owners)]
-        apart = self._left_out(cover, owners, column, spans, ~opened)
-        apart_at_birth = self._left_out(cover, owners, column, spans, opened)
-        new = np.isin(ids, [owners[i] for i in np.flatnonzero(opened)])
+        rows = [i for i, tid in enumerate(owners) if tid in column and spans[i, column[tid]]]
+        apart = np.zeros((len(ids), len(ids)), bool)
+        if rows:  # [a, b]: a's own mask spans a and leaves b out
+            np.logical_or.at(apart, np.array([column[owners[i]] for i in rows]), cover[rows] <= self.separate)
+        apart |= apart.T
+        new = np.isin(ids, list(born))
         fresh = new[:, None] | new[None, :]  # either track opened here: its mask is the line between them
-        apart_at_birth |= apart & fresh
-        apart &= ~fresh
         bmin = np.array([tracks[t].box_min for t in ids])
         bmax = np.array([tracks[t].box_max for t in ids])
         touching = geometry.box_gap(bmin[:, None], bmax[:, None], bmin[None], bmax[None]) <= self.touch_gap_m
-        for table, hit in ((self.joint, joint), (self.apart, apart), (self.born, apart_at_birth & ~apart)):
+        for table, hit in ((self.joint, joint), (self.apart, apart & ~fresh), (self.born, apart & fresh)):
             for x, y in zip(*np.nonzero(np.triu(hit & touching, 1))):
                 self._count(table, ids[x], ids[y])
-
-    def _left_out(self, cover, owners, column, spans, use) -> np.ndarray:
-        """Symmetric [a, b]: a's own mask (one of the rows in ``use``) spans a and leaves b out."""
-        rows = [i for i, tid in enumerate(owners) if use[i] and tid in column and spans[i, column[tid]]]
-        apart = np.zeros((len(column), len(column)), bool)
-        if rows:
-            np.logical_or.at(apart, np.array([column[owners[i]] for i in rows]), cover[rows] <= self.separate)
-        return apart | apart.T
 
     def _count(self, table: Dict[Pair, int], a: int, b: int) -> None:
         p = _pair(a, b)

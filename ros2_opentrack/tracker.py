@@ -253,7 +253,7 @@ class Tracker:
         lifted = [(masks[o.mask_index], owner.get(i)) for i, o in enumerate(observations) if o.mask_index >= 0]
         cover = mask_coverage([m for m, _ in lifted], shown, self.cfg.min_seen_voxels)
         owners = [tid for _, tid in lifted]
-        self.consensus.observe(cover, owners, ids, self.tracks, born=[tid in born for tid in owners])
+        self.consensus.observe(cover, owners, ids, self.tracks, born=born.intersection(owners))
 
     def _age(self, candidate_ids, mask_of, seen) -> List[int]:
         """Missed while it should have been seen: count; dormant after dormant_after misses, terminated

@@ -103,10 +103,10 @@ def test_a_mask_that_opened_its_track_gives_split_evidence_not_a_view_apart():
     evidence only for splitting a later mask over both, never a vote against merging them."""
     c = consensus()
     apart = np.array([[0.9, 0.1, 0.0], [0.1, 0.9, 0.0]])
-    c.observe(apart, [1, 2], [1, 2, 3], TRACKS, born=[False, True])  # 1's mask continued 1; 2's opened 2
+    c.observe(apart, [1, 2], [1, 2, 3], TRACKS, born={2})  # 1's mask continued 1; 2's opened 2
     assert c.counts(1, 2) == (0, 0) and c.split_evidence(1, 2) == 1
     c = consensus()
-    c.observe(apart, [1, 2], [1, 2, 3], TRACKS, born=[True, True])  # both opened here
+    c.observe(apart, [1, 2], [1, 2, 3], TRACKS, born={1, 2})  # both opened here
     assert c.counts(1, 2) == (0, 0) and c.split_evidence(1, 2) == 1
     c.observe(apart, [1, 2], [1, 2, 3], TRACKS)  # seen apart again, both continued
     assert c.counts(1, 2) == (0, 1) and c.split_evidence(1, 2) == 2
