@@ -7,7 +7,10 @@ walking the tree through the common ancestor. A timed edge at a stamp is: the sa
 slerp between the two samples around it when ``interpolate`` and both lie within ``interp_reach_s`` of the stamp
 (never across a longer gap: the motion in between is unknown); else the nearest sample within ``tolerance``
 (no extrapolation, like tf2). ``wait_lookup`` blocks the calling (worker) thread up to a timeout for data that
-has not arrived yet. ``cache_s`` bounds the history per edge (``float('inf')`` keeps all, as a bag reader wants).
+has not arrived yet: a stamp newer than an edge's newest sample waits for a sample at or after it, since the
+nearest older one (the previous camera pose, when tf lags the images by a frame) would lift the image from the
+wrong place; only at the timeout does that nearest sample within the tolerance serve. ``cache_s`` bounds the
+history per edge (``float('inf')`` keeps all, as a bag reader wants).
 """
 
 from __future__ import annotations
@@ -83,8 +86,9 @@ class TfBuffer:
             stamps, Ts = stamps[cut:], Ts[cut:]
         self._timed[child] = (parent, stamps, Ts)
 
-    def lookup(self, target: str, source: str, stamp: Optional[float] = None) -> np.ndarray:
-        """T_target_source at ``stamp`` (None: the latest available). Raises TransformUnavailable."""
+    def lookup(self, target: str, source: str, stamp: Optional[float] = None, extrapolate: bool = True) -> np.ndarray:
+        """T_target_source at ``stamp`` (None: the latest available). ``extrapolate`` False: a stamp past an
+        edge's newest sample is unavailable, even within the tolerance. Raises TransformUnavailable."""
         target, source = _strip(target), _strip(source)
         with self._cond:
             if target == source:
@@ -96,20 +100,21 @@ class TfBuffer:
                 raise TransformUnavailable(
                     f"no transform between '{target}' and '{source}' (frames known: {sorted(self.frames())})"
                 )
-            T_common_src = self._compose(source, common, stamp)
-            T_common_tgt = self._compose(target, common, stamp)
+            T_common_src = self._compose(source, common, stamp, extrapolate)
+            T_common_tgt = self._compose(target, common, stamp, extrapolate)
             return np.linalg.inv(T_common_tgt) @ T_common_src
 
     def wait_lookup(self, target: str, source: str, stamp: Optional[float], timeout_s: float) -> np.ndarray:
-        """Like ``lookup`` but waits up to ``timeout_s`` (wall time) for the transform to become available."""
+        """Like ``lookup`` but waits up to ``timeout_s`` (wall time) for the transform to become available,
+        preferring a sample at or after ``stamp`` to the older one the tolerance would allow at once."""
         deadline = time.monotonic() + max(0.0, timeout_s)
         while True:
             try:
-                return self.lookup(target, source, stamp)
+                return self.lookup(target, source, stamp, extrapolate=False)
             except TransformUnavailable:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise
+                    return self.lookup(target, source, stamp)
                 with self._cond:
                     self._cond.wait(min(remaining, 0.05))
 
@@ -157,20 +162,25 @@ class TfBuffer:
                 return chain
             chain.append(parent)
 
-    def _compose(self, frame: str, ancestor: str, stamp: Optional[float]) -> np.ndarray:
+    def _compose(self, frame: str, ancestor: str, stamp: Optional[float], extrapolate: bool = True) -> np.ndarray:
         T = np.eye(4)
         while frame != ancestor:
             parent = self._parent(frame)
-            T = self._edge(frame, stamp) @ T
+            T = self._edge(frame, stamp, extrapolate) @ T
             frame = parent
         return T
 
-    def _edge(self, child: str, stamp: Optional[float]) -> np.ndarray:
+    def _edge(self, child: str, stamp: Optional[float], extrapolate: bool = True) -> np.ndarray:
         if child in self._static:
             return self._static[child][1]
         parent, stamps, Ts = self._timed[child]
         if stamp is None:
             return Ts[-1]
+        if not extrapolate and stamp > stamps[-1]:
+            raise TransformUnavailable(
+                f"transform '{parent}' -> '{child}' has no sample at or after t={stamp:.3f} yet "
+                f"(newest {stamps[-1]:.3f})"
+            )
         i = bisect.bisect_left(stamps, stamp)
         if i < len(stamps) and stamps[i] == stamp:
             return Ts[i]

@@ -191,6 +191,31 @@ def test_tf_buffer_never_interpolates_across_a_gap():
     assert tf.lookup("map", "cam", 0.04)[0, 3] == pytest.approx(0.0)  # nearest sample within tolerance
 
 
+def test_wait_lookup_waits_for_the_pose_at_the_stamp_rather_than_take_the_previous_one():
+    """tf lagging the images by a frame: the previous pose (33 ms old, inside the 50 ms tolerance) must not be
+    used while the pose at the stamp is on its way; once the wait times out, the tolerance serves."""
+    import threading
+
+    tf = TfBuffer(tolerance=0.05)
+
+    def at(x):
+        T = np.eye(4)
+        T[0, 3] = x
+        return T
+
+    tf.set_transform("map", "cam", at(0.0), 1.0)
+    late = threading.Timer(0.05, lambda: tf.set_transform("map", "cam", at(1.0), 1.0 + 1 / 30))
+    late.start()
+    try:
+        assert tf.wait_lookup("map", "cam", 1.0 + 1 / 30, timeout_s=2.0)[0, 3] == pytest.approx(1.0)
+    finally:
+        late.join()
+    assert tf.lookup("map", "cam", 1.05)[0, 3] == pytest.approx(1.0)  # no wait: the nearest within tolerance
+    assert tf.wait_lookup("map", "cam", 1.05, timeout_s=0.02)[0, 3] == pytest.approx(1.0)  # nothing newer came
+    with pytest.raises(TransformUnavailable, match="outside"):
+        tf.wait_lookup("map", "cam", 1.2, timeout_s=0.02)
+
+
 def test_marker_book_deletes_vanished_ids():
     from visualization_msgs.msg import Marker
 

@@ -111,6 +111,27 @@ def test_room_instances_markers_cloud_frames_and_stamps(rig, room, room_frames):
     assert int(values["frames_processed"]) == len(room_frames) and int(values["drops_total"]) == 0
 
 
+def test_a_pose_arriving_after_its_images_is_waited_for(rig, room, room_frames):
+    """tf one step behind the images: the previous camera pose lies within the TF tolerance (33 ms < 50 ms) but
+    must not lift the frame; the node waits for the pose at the frame's stamp."""
+    from tf2_msgs.msg import TFMessage
+
+    r = rig({"tf_timeout_s": 5.0})
+    for k, f in enumerate(room_frames):
+        msgs = ros_messages.frame_messages(f, stamp_of(k))
+        n = r.counts["instances"]
+        r.publish(msgs, with_tf=False)
+        r.spin_for(0.05)  # the depth anchor completes the set and the worker asks for the pose first
+        r.pubs["tf"].publish(TFMessage(transforms=[msgs["tf"]]))
+        assert r.spin_until(lambda n=n: r.counts["instances"] > n, 10.0), r.node.drops()
+    assert r.node.drops() == {}
+    last = stamp_of(len(room_frames) - 1)
+    assert r.spin_until(lambda: r.got["cloud"] and conv.stamp_to_sec(r.got["cloud"][-1].header.stamp) == last, 2.0)
+    pts, _, ids = ros_messages.cloud_from_msg(r.got["cloud"][-1])
+    on = true_objects(room, pts, ids)
+    assert sorted(obj for obj, _ in on.values()) == [1, 2, 3, 5] and all(share >= 0.9 for _, share in on.values()), on
+
+
 @pytest.fixture
 def chat():
     """A stand-in MLLM on 127.0.0.1 (the labeller's openai transport): the first closed-set label request is
