@@ -258,10 +258,9 @@ def test_bad_input_is_counted_and_survived(rig, room_frames):
     assert r.got["query_result"][-1].error.startswith("empty query")
     info = _bad(good(7), "camera_info", width=999)
     send(info)  # camera_info of another image size
-    drops = r.node.drops()
     # each bad input counted once under its own reason, nothing else: two bad camera_infos (zeros, other size),
     # and the out-of-order frame's three images (depth, rgb, masks) rejected by the synchroniser
-    assert drops == {
+    expected = {
         "bad_rgb": 1,
         "bad_depth": 1,
         "bad_camera_info": 2,
@@ -270,6 +269,7 @@ def test_bad_input_is_counted_and_survived(rig, room_frames):
         "sync_out_of_order": 3,
         "empty_query": 1,
     }
+    assert r.spin_until(lambda: r.node.drops() == expected, 5.0), r.node.drops()  # a loaded CI may lag
     # and the node goes on: a good frame still gives its output
     feed(r, [room_frames[3]], start=20)
     assert conv.stamp_to_sec(r.got["instances"][-1].header.stamp) == pytest.approx(stamp_of(20), abs=1e-6)
