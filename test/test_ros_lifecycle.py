@@ -250,7 +250,7 @@ def test_set_vocabulary_and_enable(make, room_frames):
     )
     assert reply.success, reply.message
     assert list(r.node.get_parameter("perception.detector.vocabulary").value) == ["red mug", "kettle"]
-    assert r.spin_until(lambda: r.node.pipeline.vocabulary == ["red mug", "kettle"], 2.0)
+    assert r.spin_until(lambda: r.node.pipeline.vocabulary == ["red mug", "kettle"], 10.0)
     bad = r.call(SetVocabulary, "/opentrack/set_vocabulary", request=SetVocabulary.Request(classes=[" "]))
     assert not bad.success and "non-empty" in bad.message
     assert r.node.pipeline.vocabulary == ["red mug", "kettle"]
