@@ -46,6 +46,8 @@ class Associator:
         self.cfg = tracking_cfg
         self.lift_cfg = lift_cfg
         self.oracle_ids = oracle_ids
+        if not oracle_ids and tracking_cfg.association == "hungarian":
+            import scipy.optimize  # noqa: F401 - here, not in the first keyframe (a ~0.3 s import)
         # this keyframe's candidates, their visible voxels and pixels, and the observations' IoU with those
         self._seen_now: Tuple[List[int], List[np.ndarray], Optional[List[np.ndarray]], np.ndarray] = _NOTHING_SEEN
 
