@@ -261,6 +261,11 @@ class RefineConfig:
         "also merge touching tracks one keyframe saw in one mask and none apart when their features agree this "
         "much (cosine; the halves of an object seldom in view together); 0: off",
     )
+    consensus_once_max_both_masked: int = param(
+        2,
+        "... and when at most this many keyframes gave each of the two a mask of its own (the one that opened a "
+        "track counts): neighbours in view together take two masks again and again, an object's halves seldom",
+    )
     tau_contain: float = param(0.0, "also merge when |A n B| / min(|A|, |B|) >= this (partial-view duplicates); 0: off")
     contain_min_cos: float = param(0.5, "... and only when their features agree this much (cosine)")
     objectness_half_obs: float = param(

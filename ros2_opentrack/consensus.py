@@ -15,7 +15,10 @@ see both tracks:
           (association.spanned_neighbours), but it is no vote against merging.
 
 Two touching tracks are one object when at least refine.consensus_min_joint views saw them joint and joint views
-outnumber apart views refine.consensus_ratio to one (refine.merge_duplicates then joins them).
+outnumber apart views refine.consensus_ratio to one (refine.merge_duplicates then joins them). A third count,
+``both_masked`` (keyframes in which each took a mask of its own), weighs the weakest merge, one joint view and none
+apart (refine.consensus_once_max_both_masked): two objects in view together take two masks again and again, even
+when one track holds a few of the other's voxels and no view counts apart cleanly; an object's halves seldom do.
 Merged masks are a minority of a pair's views, so two neighbours stay apart; the pieces of one object are
 covered together whenever the camera sees more of it. Counts are kept only for touching tracks, and forgotten
 with their tracks, so the memory follows the map, not the run length."""
@@ -74,6 +77,7 @@ class Consensus:
         self.joint: Dict[Pair, int] = {}
         self.apart: Dict[Pair, int] = {}
         self.born: Dict[Pair, int] = {}  # views apart in a keyframe that opened one of the two (split evidence)
+        self.both: Dict[Pair, int] = {}  # keyframes in which each of the two took a mask of its own
         self._of: Dict[int, set] = {}  # track id -> the pairs it is in (forget / fold without a scan)
 
     def observe(
@@ -84,7 +88,7 @@ class Consensus:
         Any mask spanning both counts joint; only a track's own mask counts apart (see the module docstring).
         ``born``: the tracks that masks opened this keyframe; a view apart of a pair with one of them goes to
         ``born`` (split_evidence), not ``apart``: the new track is its mask, so either side leaving the other out
-        is trivially true."""
+        is trivially true. Two tracks whose masks are both among this keyframe's owners count ``both_masked``."""
         shown = np.flatnonzero(~np.isnan(cover[0])) if cover.size else np.zeros(0, np.int64)
         if len(shown) < 2:
             return
@@ -103,7 +107,10 @@ class Consensus:
         bmin = np.array([tracks[t].box_min for t in ids])
         bmax = np.array([tracks[t].box_max for t in ids])
         touching = geometry.box_gap(bmin[:, None], bmax[:, None], bmin[None], bmax[None]) <= self.touch_gap_m
-        for table, hit in ((self.joint, joint), (self.apart, apart & ~fresh), (self.born, apart & fresh)):
+        masked = np.isin(ids, [tid for tid in owners if tid is not None])
+        both = masked[:, None] & masked[None, :]
+        counted = ((self.joint, joint), (self.apart, apart & ~fresh), (self.born, apart & fresh), (self.both, both))
+        for table, hit in counted:
             for x, y in zip(*np.nonzero(np.triu(hit & touching, 1))):
                 self._count(table, ids[x], ids[y])
 
@@ -130,11 +137,15 @@ class Consensus:
         p = _pair(a, b)
         return self.apart.get(p, 0) + self.born.get(p, 0)
 
+    def both_masked(self, a: int, b: int) -> int:
+        """Keyframes in which a and b, both in view, each took a mask of its own (continued or opened)."""
+        return self.both.get(_pair(a, b), 0)
+
     def fold(self, keep: int, drop: int) -> None:
         """``drop`` was merged into ``keep``: its counts with third tracks add to keep's."""
         for p in list(self._of.get(drop, ())):
             other = p[0] if p[1] == drop else p[1]
-            for table in (self.joint, self.apart, self.born):
+            for table in self._tables():
                 n = table.pop(p, 0)
                 if n and other != keep:
                     table[_pair(keep, other)] = table.get(_pair(keep, other), 0) + n
@@ -147,20 +158,24 @@ class Consensus:
     def forget(self, track_ids: Iterable[int]) -> None:
         for tid in track_ids:
             for p in self._of.pop(tid, ()):
-                for table in (self.joint, self.apart, self.born):
+                for table in self._tables():
                     table.pop(p, None)
                 other = p[0] if p[1] == tid else p[1]
                 self._of.get(other, set()).discard(p)
 
+    def _tables(self) -> Tuple[Dict[Pair, int], ...]:
+        return (self.joint, self.apart, self.born, self.both)  # the column order of to_arrays
+
     def to_arrays(self) -> Tuple[np.ndarray, np.ndarray]:
-        """(K, 2) pairs and their (K, 3) joint / apart / born-apart counts (the map state)."""
-        pairs = sorted(set(self.joint) | set(self.apart) | set(self.born))
-        counts = [(self.joint.get(p, 0), self.apart.get(p, 0), self.born.get(p, 0)) for p in pairs]
-        return np.array(pairs, np.int64).reshape(-1, 2), np.array(counts, np.int64).reshape(-1, 3)
+        """(K, 2) pairs and their (K, 4) joint / apart / born-apart / both-masked counts (the map state)."""
+        tables = self._tables()
+        pairs = sorted(set().union(*tables))
+        counts = [tuple(table.get(p, 0) for table in tables) for p in pairs]
+        return np.array(pairs, np.int64).reshape(-1, 2), np.array(counts, np.int64).reshape(-1, len(tables))
 
     def restore(self, pairs: np.ndarray, counts: np.ndarray, track_ids) -> None:
-        """Counts saved by to_arrays (K x 3, or K x 2 joint / apart from states saved before born-apart counts);
-        pairs naming a track not in ``track_ids`` are dropped."""
+        """Counts saved by to_arrays (K x 4; K x 3 or K x 2 from states saved before both-masked or born-apart
+        counts: those start at 0); pairs naming a track not in ``track_ids`` are dropped."""
         self.clear()
         known = set(int(t) for t in track_ids)
         pairs = np.asarray(pairs).reshape(-1, 2)
@@ -170,16 +185,16 @@ class Consensus:
         for (a, b), row in zip(pairs, counts):
             a, b = int(a), int(b)
             if a in known and b in known and a != b:
-                for table, n in zip((self.joint, self.apart, self.born), row):
+                for table, n in zip(self._tables(), row):
                     if n > 0:
                         table[_pair(a, b)] = int(n)
                 self._of.setdefault(a, set()).add(_pair(a, b))
                 self._of.setdefault(b, set()).add(_pair(a, b))
 
     def clear(self) -> None:
-        for table in (self.joint, self.apart, self.born):
+        for table in self._tables():
             table.clear()
         self._of.clear()
 
     def __len__(self) -> int:
-        return len(set(self.joint) | set(self.apart) | set(self.born))
+        return len(set().union(*self._tables()))

@@ -19,8 +19,8 @@ never leaves a half-written state):
                  the scene map: map_block_ids, map_block_len, map_keys, map_colors (blocks oldest first);
                  the kept keyframe images: image_bytes (uint8, JPEG streams concatenated), image_len;
                  the view consensus of touching tracks: consensus_pairs (int64 Kx2 track ids),
-                 consensus_counts (int64 Kx3 joint / apart / born-apart views, Kx2 before
-                 born-apart counts; both optional).
+                 consensus_counts (int64 Kx4 joint / apart / born-apart views / keyframes
+                 both took a mask of their own; Kx3 and Kx2 from earlier states; both optional).
 
 No pickle: np.load(allow_pickle=False) reads it. Its size grows with the explored volume (tracks are capped in
 voxels, views are top-K, the scene map is capped), not with the length of the run. Loading checks the format,
@@ -314,10 +314,10 @@ def _build(meta: dict, arrays: Dict[str, np.ndarray], cfg) -> LoadedState:
     _fill_scene(tracker.scene, arrays)
     if "consensus_pairs" in arrays:  # view consensus counts (consensus.py); absent in states saved before them
         pairs, counts = arrays["consensus_pairs"], arrays["consensus_counts"]
-        if pairs.size % 2 or counts.size not in (pairs.size, pairs.size // 2 * 3):
+        if pairs.size % 2 or counts.size not in [pairs.size // 2 * n for n in (2, 3, 4)]:
             raise MapStateError(
                 f"consensus_counts holds {counts.size} values for {pairs.size // 2} track pairs; "
-                "expected 2 or 3 per pair"
+                "expected 2, 3 or 4 per pair"
             )
         tracker.consensus.restore(pairs, counts, tracker.tracks)
     counters = {k: int(v) for k, v in meta["counters"].items()}

@@ -86,7 +86,7 @@ def merge_duplicates(tracker, only_dirty: bool = True) -> Dict[int, int]:
             one = rc.consensus_min_joint > 0 and tracker.consensus.same_object(
                 t.id, other.id, rc.consensus_min_joint, rc.consensus_ratio
             )
-            one = one or _seen_once_as_one(tracker.consensus, t, other, rc.consensus_once_cos)
+            one = one or _seen_once_as_one(tracker.consensus, t, other, rc)
             if v >= rc.tau_merge or c or one:
                 keep, drop = (t, other) if (t.observations, -t.id) >= (other.observations, -other.id) else (other, t)
                 merge_tracks(keep, drop, tracker.cfg.max_track_voxels)
@@ -103,15 +103,21 @@ def merge_duplicates(tracker, only_dirty: bool = True) -> Dict[int, int]:
     return merged
 
 
-def _seen_once_as_one(consensus, a, b, min_cos: float) -> bool:
+def _seen_once_as_one(consensus, a, b, refine_cfg) -> bool:
     """One view saw a and b in one mask and none apart, and they look alike: the two sides or halves of one
     object (a wall panned along, a chair from front and back) are seldom in view together, so a single joint view
-    is all the evidence they get; two neighbours in view together are held apart by their own masks. Tracks a
-    detector named differently stay apart (an oven beside a fridge, in one box once)."""
-    if min_cos <= 0 or named_apart(a.det_label, b.det_label):
+    is all the evidence they get; two neighbours in view together are held apart by their own masks. That holds
+    only while few keyframes gave each a mask of its own (consensus_once_max_both_masked): a track that took a
+    look-alike neighbour's observation once covers part of it, so the neighbour's own masks never count apart
+    cleanly, but they come again and again. Tracks a detector named differently stay apart (an oven beside a
+    fridge, in one box once)."""
+    rc = refine_cfg
+    if rc.consensus_once_cos <= 0 or named_apart(a.det_label, b.det_label):
         return False
     joint, apart = consensus.counts(a.id, b.id)
-    return joint >= 1 and apart == 0 and cosine_matrix([a.feature], [b.feature])[0, 0] >= min_cos
+    if joint < 1 or apart > 0 or consensus.both_masked(a.id, b.id) > rc.consensus_once_max_both_masked:
+        return False
+    return cosine_matrix([a.feature], [b.feature])[0, 0] >= rc.consensus_once_cos
 
 
 def _within_voxels(keys: np.ndarray, seed_keys: np.ndarray, radius: int) -> np.ndarray:

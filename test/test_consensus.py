@@ -88,10 +88,12 @@ def test_counts_survive_to_arrays_and_restore_without_unknown_tracks():
     c.observe(np.array([[0.9, 0.9, 0.0]]), [1], [1, 2, 3], TRACKS)
     c.observe(np.array([[0.9, 0.1, 0.0], [0.1, 0.9, 0.0]]), [1, 2], [1, 2, 3], TRACKS)
     pairs, counts = c.to_arrays()
-    assert pairs.tolist() == [[1, 2]] and counts.tolist() == [[1, 1, 0]]
+    assert pairs.tolist() == [[1, 2]] and counts.tolist() == [[1, 1, 0, 1]]
     back = consensus()
     back.restore(pairs, counts, track_ids=[1, 2])
-    assert back.counts(1, 2) == (1, 1)
+    assert back.counts(1, 2) == (1, 1) and back.both_masked(1, 2) == 1
+    back.restore(pairs, counts[:, :3], track_ids=[1, 2])  # a state saved before both-masked counts
+    assert back.counts(1, 2) == (1, 1) and back.both_masked(1, 2) == 0
     back.restore(pairs, counts[:, :2], track_ids=[1, 2])  # a state saved before born-apart counts
     assert back.counts(1, 2) == (1, 1) and back.split_evidence(1, 2) == 1
     back.restore(pairs, counts, track_ids=[1])  # 2 is gone: its pair is dropped
@@ -111,6 +113,23 @@ def test_a_mask_that_opened_its_track_gives_split_evidence_not_a_view_apart():
     c.observe(apart, [1, 2], [1, 2, 3], TRACKS)  # seen apart again, both continued
     assert c.counts(1, 2) == (0, 1) and c.split_evidence(1, 2) == 2
     pairs, counts = c.to_arrays()
-    assert counts.tolist() == [[0, 1, 1]]
+    assert counts.tolist() == [[0, 1, 1, 2]]  # both took masks in both keyframes
     c.fold(keep=1, drop=2)
     assert len(c) == 0
+
+
+def test_keyframes_where_both_took_a_mask_of_their_own_are_counted_however_the_masks_cover():
+    """both_masked counts the keyframes in which each of two touching tracks in view took a mask of its own,
+    whatever the coverage says: track 1 holds part of its neighbour, so 2's mask covers half of 1 and no view
+    counts apart, yet the two took two masks."""
+    c = consensus()
+    murky = np.array([[0.6, 0.0, 0.0], [0.5, 0.9, 0.0]])  # 1's mask covers 60% of 1; 2's covers 2 and half of 1
+    for _ in range(3):
+        c.observe(murky, [1, 2], [1, 2, 3], TRACKS)
+    assert c.counts(1, 2) == (0, 0) and c.both_masked(1, 2) == 3
+    c.observe(murky, [1, None], [1, 2, 3], TRACKS)  # 2 took no mask here
+    c.observe(np.array([[0.9, np.nan, 0.0], [0.9, np.nan, 0.0]]), [1, 2], [1, 2, 3], TRACKS)  # 2 not in view
+    assert c.both_masked(1, 2) == 3
+    assert c.both_masked(1, 3) == 0 and c.both_masked(2, 3) == 0  # 3 is far: never counted
+    c.fold(keep=2, drop=1)
+    assert c.both_masked(1, 2) == 0 and len(c) == 0

@@ -109,7 +109,7 @@ def test_a_bad_state_fails_clearly_and_leaves_the_live_map(tmp_path, damage):
     elif damage == "consensus":  # view-consensus counts that do not fit their pairs
         with np.load(folder / "arrays.npz", allow_pickle=False) as npz:
             arrays = dict(npz)
-        arrays["consensus_pairs"], arrays["consensus_counts"] = np.array([[1, 2]]), np.array([1, 2, 3, 4])
+        arrays["consensus_pairs"], arrays["consensus_counts"] = np.array([[1, 2]]), np.array([1, 2, 3, 4, 5])
         np.savez(folder / "arrays.npz", **arrays)
     live = Pipeline(cfg)
     for f in frames(3):

@@ -113,12 +113,16 @@ def test_touching_tracks_the_consensus_joins_merge_though_their_boxes_do_not_ove
         ("rule off", False),
         ("another colour", False),
         ("another detector class", False),
+        ("in masks of their own in 2 keyframes", True),
+        ("in masks of their own in 3 keyframes", False),
     ],
 )
 def test_halves_seen_once_in_one_mask_and_never_apart_merge_when_they_look_alike(case, merges):
     """The two halves of a long cabinet, tracked apart (a scan along it saw them in turn), touching: one joint
     view and none apart joins them when they look alike, unless a view held them apart, their descriptors
-    disagree, a detector named them differently, or the rule is off (refine.consensus_once_cos = 0)."""
+    disagree, a detector named them differently, more keyframes than refine.consensus_once_max_both_masked (2)
+    gave each a mask of its own (two neighbours in view together), or the rule is off
+    (refine.consensus_once_cos = 0)."""
     cfg = config()
     cfg.masks.oracle_ids = True
     if case == "rule off":
@@ -129,9 +133,14 @@ def test_halves_seen_once_in_one_mask_and_never_apart_merge_when_they_look_alike
     pipe.step(make_frame(halves, colours, look_at((0.8, -2.0, 1.2), (0.8, 0.5, 0.4)), hw=HW, index=0))
     a, b = sorted(pipe.tracker.tracks)
     consensus = pipe.tracker.consensus
+    assert consensus.both_masked(a, b) == 1  # the keyframe that opened both
     consensus.joint.clear()  # what the views said is set by hand below
     consensus.apart.clear()
+    consensus.both.clear()
     consensus._count(consensus.joint, a, b)
+    if case.startswith("in masks of their own"):
+        for _ in range(int(case.split()[-2])):
+            consensus._count(consensus.both, a, b)
     if case == "also seen apart":
         consensus._count(consensus.apart, a, b)
     if case == "another detector class":

@@ -221,16 +221,19 @@ def test_neighbours_opened_apart_then_seen_in_one_mask_keep_their_own_points():
     second one mask over both, the rest one mask each again. The opening view is no vote for merging, but it
     is evidence that the two were segmented apart: the mask over both is split between their tracks instead
     of one track swallowing the other (after which the neighbour's own masks, lying inside it, would follow).
-    Expected: two instances with their own points. With tracking.split_spanning off the first track takes the
-    neighbour's points."""
+    Expected: two instances with their own points. Either of two rules suffices: the split (tracking.split_spanning)
+    or, when the first track did swallow the neighbour, the keyframes in which each took a mask of its own, which
+    keep the single joint view from merging them (refine.consensus_once_max_both_masked); with both off the two
+    end as one."""
     a, b = cube((0, 0.013, 0.25), 0.5), cube((0.52, 0.013, 0.25), 0.5)
     poses = arc((0.26, 0, 0.25), 2.2, 1.3, np.linspace(-120, -60, 8))
     foreign = {}
-    for split in (True, False):
-        cfg = core_config(tracking__split_spanning=split)
+    for split, max_both in ((True, 2), (False, 2), (True, 1000), (False, 1000)):
+        cfg = core_config(tracking__split_spanning=split, refine__consensus_once_max_both_masked=max_both)
         pipe = run(cfg, [a, b], [BROWN, BROWN], poses, lambda i, f: fused(f, {0, 1}, 0) if i == 1 else f.masks)
         instances = pipe.finalize()
         own = [max(inside(inst.points, a).mean(), inside(inst.points, b).mean()) for inst in instances]
-        foreign[split] = (len(instances), round(min(own), 2))
-    assert foreign[True][0] == 2 and foreign[True][1] >= 0.95, foreign
-    assert foreign[False] != foreign[True], foreign
+        foreign[split, max_both] = (len(instances), round(min(own), 2))
+    for rules in ((True, 2), (False, 2), (True, 1000)):
+        assert foreign[rules][0] == 2 and foreign[rules][1] >= 0.95, foreign
+    assert foreign[False, 1000] != foreign[True, 2], foreign
