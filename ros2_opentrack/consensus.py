@@ -15,7 +15,7 @@ see both tracks:
           (association.spanned_neighbours), but it is no vote against merging.
 
 Two touching tracks are one object when at least refine.consensus_min_joint views saw them joint and joint views
-outnumber apart views refine.consensus_ratio to one (refine.merge_duplicates then joins them). A third count,
+outnumber apart views refine.consensus_ratio to one (refine.merge_duplicates then joins them). One more count,
 ``both_masked`` (keyframes in which each took a mask of its own), weighs the weakest merge, one joint view and none
 apart (refine.consensus_once_max_both_masked): two objects in view together take two masks again and again, even
 when one track holds a few of the other's voxels and no view counts apart cleanly; an object's halves seldom do.
