@@ -266,6 +266,12 @@ class RefineConfig:
         "... and when at most this many keyframes gave each of the two a mask of its own (the one that opened a "
         "track counts): neighbours in view together take two masks again and again, an object's halves seldom",
     )
+    adopt_fragments_cos: float = param(
+        0.7,
+        "at the end of a run (finalize), a track seen fewer than min_observations times lends its points to the "
+        "touching reported instance it looks most like when their features agree this much (cosine) and no view "
+        "held them apart (a piece of the object seen once; the tracks stay as they are); 0: off",
+    )
     tau_contain: float = param(0.0, "also merge when |A n B| / min(|A|, |B|) >= this (partial-view duplicates); 0: off")
     contain_min_cos: float = param(0.5, "... and only when their features agree this much (cosine)")
     objectness_half_obs: float = param(

@@ -21,9 +21,11 @@ from .errors import InputError
 from .keyframes import KeyframeSelector
 from .labeling import TrackLabels
 from .lifting import lift_masks
+from .refine import fragment_adopters
 from .tracker import StepOutcome, Track, Tracker
 from .types import Frame, Instance, Mask2D, Observation, TrackState, View, validate_frame, validate_masks
 from .views import TrackViews
+from .voxel_store import isin_sorted
 
 log = logging.getLogger("ros2_opentrack")
 
@@ -335,11 +337,24 @@ class Pipeline:
         )
 
     def finalize(self, wait_s: float = 10.0) -> List[Instance]:
-        """Last refinement and merging over all tracks; label what is eligible and wait briefly for it."""
+        """Last refinement and merging over all tracks; label what is eligible and wait briefly for it. Tracks too
+        short to report lend their points to the instance they are a piece of (refine.fragment_adopters)."""
         self._refine_and_merge(only_dirty=False)
         self.labels.request(list(self.tracker.tracks.values()), self.views, self.vocabulary)
         self.labels.wait(wait_s)
-        return self.instances()
+        instances = self.instances()
+        self._lend_fragments(instances)
+        return instances
+
+    def _lend_fragments(self, instances: List[Instance]) -> None:
+        """Each fragment's consistent points the adopting instance does not hold yet join that instance."""
+        by_id, rc, tracks = {i.id: i for i in instances}, self.cfg.refine, self.tracker.tracks
+        for fragment, adopter in fragment_adopters(self.tracker).items():
+            inst, store = by_id.get(adopter), tracks[fragment].store
+            if inst is not None:
+                new = store.kept(rc.tau_vis, rc.min_visible) & ~isin_sorted(store.keys, tracks[adopter].store.keys)
+                inst.points = np.concatenate([inst.points, store.centers()[new]])
+                inst.colors = np.concatenate([inst.colors, store.colors[new]])
 
     def reset(self) -> None:
         """Forget every track and image; track ids keep counting up so late labels cannot hit new tracks."""

@@ -103,6 +103,39 @@ def merge_duplicates(tracker, only_dirty: bool = True) -> Dict[int, int]:
     return merged
 
 
+def fragment_adopters(tracker) -> Dict[int, int]:
+    """Fragment track id -> the track that reports its points at the end of a run (Pipeline.finalize). A track
+    seen fewer than refine.min_observations times is never reported, and its points would be lost. Often it is
+    a piece of the object beside it: a view of a part its track had not seen (no voxel shared), whose appearance
+    fell short of tau_match. The touching reported track it looks most like (cosine >= refine.adopt_fragments_cos)
+    takes its points, unless a view held the two apart or a detector named them differently. Nothing changes in
+    the tracks, so a map state saved after the run resumes as if the run had gone on."""
+    rc = tracker.refine_cfg
+    if rc.adopt_fragments_cos <= 0:
+        return {}
+    pad = tracker.consensus.touch_gap_m
+    adopters: Dict[int, int] = {}
+    for t in tracker.tracks.values():
+        if t.observations >= rc.min_observations or not len(t.feature):
+            continue
+        near = [tracker.tracks[u] for u in tracker.index.query(t.box_min - pad, t.box_max + pad) if u in tracker.tracks]
+        near = [
+            o
+            for o in near
+            if o.observations >= rc.min_observations
+            and len(o.feature) == len(t.feature)
+            and not named_apart(t.det_label, o.det_label)
+            and tracker.consensus.counts(t.id, o.id)[1] == 0
+            and geometry.box_gap(t.box_min, t.box_max, o.box_min, o.box_max) <= pad
+        ]
+        if near:
+            cos = cosine_matrix([t.feature], [o.feature for o in near])[0]
+            best = int(np.argmax(cos))
+            if cos[best] >= rc.adopt_fragments_cos:
+                adopters[t.id] = near[best].id
+    return adopters
+
+
 def _seen_once_as_one(consensus, a, b, refine_cfg) -> bool:
     """One view saw a and b in one mask and none apart, and they look alike: the two sides or halves of one
     object (a wall panned along, a chair from front and back) are seldom in view together, so a single joint view

@@ -278,3 +278,33 @@ def test_scene_map_box_query_trimmed_to_an_x_range_is_the_full_query_filtered_in
     got_keys, got_colors = scene.in_box((-0.5, -0.5, -0.5), (0.7, 0.5, 0.6), x_within=(-20, 31))
     np.testing.assert_array_equal(got_keys, keys[inside])
     np.testing.assert_array_equal(got_colors, colors[inside])
+
+
+@pytest.mark.parametrize(
+    "case, adopted",
+    [("same colour", True), ("another colour", False), ("held apart", False), ("rule off", False)],
+)
+def test_a_piece_seen_once_joins_the_object_it_touches_at_the_end(case, adopted):
+    """A small box on the side of a big one, the same colour, has a mask of its own in the first keyframe only
+    (the later views, from the other side, cannot see it): its track is seen once, too few to be reported
+    (refine.min_observations 2), so its points would be lost. At finalize it lends them to the big box's instance,
+    unless it looks different, a view held the two apart or the rule is off (refine.adopt_fragments_cos = 0). The
+    tracks stay as they were (a map state saved after the run resumes as if it had gone on)."""
+    cfg = core_config(refine_every=0, min_observations=2, masks__oracle_ids=True)
+    if case == "rule off":
+        cfg.refine.adopt_fragments_cos = 0.0
+    big, piece = cube((0.0, 0.0, 0.4), (0.6, 0.6, 0.8)), cube((0.4, 0.0, 0.3), (0.2, 0.3, 0.3))
+    colours = [RED, (30, 30, 200) if case == "another colour" else RED]
+    pipe = Pipeline(cfg)
+    poses = [look_at((2.5, 0.3, 1.2), (0.0, 0.0, 0.4))] + orbit((0.0, 0.0, 0.4), 2.5, 1.2, [150, 170, 190, 210])
+    for i, T in enumerate(poses):
+        pipe.step(make_frame([big, piece], colours, T, hw=HW, index=i))
+    by_source = {t.source_id: t for t in pipe.tracker.tracks.values()}
+    assert by_source[0].observations == 5 and by_source[1].observations == 1  # the later views never saw it
+    if case == "held apart":
+        pipe.tracker.consensus._count(pipe.tracker.consensus.apart, by_source[0].id, by_source[1].id)
+    (inst,) = pipe.finalize()  # the piece alone is never reported
+    assert inst.id == by_source[0].id and by_source[1].id in pipe.tracker.tracks
+    lo, hi = piece
+    in_piece = np.all((inst.points >= lo - 0.01) & (inst.points <= hi + 0.01), axis=1)
+    assert (in_piece.sum() > 50) == adopted, in_piece.sum()
