@@ -305,7 +305,7 @@ class Pipeline:
         rc = self.cfg.refine
         if t.observations < rc.min_observations:
             return None
-        keep = t.store.kept(rc.tau_vis, rc.min_visible)
+        keep = self._consistent(t.store)
         if keep.sum() < rc.min_points:
             return None
         named = self.labels.get(t.id)
@@ -346,13 +346,17 @@ class Pipeline:
         self._lend_fragments(instances)
         return instances
 
+    def _consistent(self, store) -> np.ndarray:
+        """Which of a track's points it reports: those the consistency vote keeps (refine.tau_vis)."""
+        return store.kept(self.cfg.refine.tau_vis, self.cfg.refine.min_visible)
+
     def _lend_fragments(self, instances: List[Instance]) -> None:
         """Each fragment's consistent points the adopting instance does not hold yet join that instance."""
-        by_id, rc, tracks = {i.id: i for i in instances}, self.cfg.refine, self.tracker.tracks
+        by_id, tracks = {i.id: i for i in instances}, self.tracker.tracks
         for fragment, adopter in fragment_adopters(self.tracker).items():
             inst, store = by_id.get(adopter), tracks[fragment].store
             if inst is not None:
-                new = store.kept(rc.tau_vis, rc.min_visible) & ~isin_sorted(store.keys, tracks[adopter].store.keys)
+                new = self._consistent(store) & ~isin_sorted(store.keys, tracks[adopter].store.keys)
                 inst.points = np.concatenate([inst.points, store.centers()[new]])
                 inst.colors = np.concatenate([inst.colors, store.colors[new]])
 
