@@ -242,17 +242,18 @@ def visibility(
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Which points the camera sees: in the image, in the depth range and not occluded (z <= observed depth +
     margin, where the observed depth is valid). Returns (visible (N,), in_frustum (N,), pixel indices (N, 2)
-    int (u, v); pixels are clipped into the image so they can index it)."""
+    int (u, v)); pixels of points outside the frustum are (0, 0), so every row can index the image."""
     uv, z = project(points_world, T_world_cam, K)
     h, w = depth.shape
-    frustum = in_view(uv, z, (h, w), depth_min, depth_max)
-    px = np.empty((len(z), 2), dtype=np.int64)
-    if not np.isfinite(uv).all():  # absurd poses overflow float32 to inf / NaN: clip those too, so they index
-        uv = np.nan_to_num(uv, nan=-1.0, posinf=max(h, w), neginf=-1.0)  # the image (and stay invisible)
-    px[:, 0] = np.clip(uv[:, 0], 0, w - 1)
-    px[:, 1] = np.clip(uv[:, 1], 0, h - 1)
-    observed = depth[px[:, 1], px[:, 0]]
-    visible = frustum & (observed > 0) & (z <= observed + margin)
+    inside = np.flatnonzero(in_view(uv, z, (h, w), depth_min, depth_max))  # NaN / inf pixels are never inside
+    frustum = np.zeros(len(z), bool)
+    frustum[inside] = True
+    px = np.zeros((len(z), 2), dtype=np.int64)
+    u, v = uv[inside, 0].astype(np.int64), uv[inside, 1].astype(np.int64)  # in [0, w) x [0, h): floor = truncate
+    px[inside, 0], px[inside, 1] = u, v
+    observed = np.take(depth, v * w + u)  # only the points in view: a flat gather
+    visible = np.zeros(len(z), bool)
+    visible[inside] = (observed > 0) & (z[inside] <= observed + margin)
     return visible, frustum, px
 
 

@@ -226,13 +226,16 @@ class Tracker:
             self.cfg.occlusion_margin_m,
         )
         in_mask = np.zeros(len(visible), bool)
-        n_visible = np.array([int(visible[s].sum()) for s in parts])
+        n_visible, n_frustum = _sums_per_slice(visible, parts), _sums_per_slice(frustum, parts)
         in_view = n_visible >= self.cfg.min_visible_fraction * np.maximum(1, sizes)  # not a sliver
         if masks is not None and len(masks):
+            width = frame.depth.shape[1]
             for tid, s in zip(ids, parts):
+                at = s.start + np.flatnonzero(visible[s])  # in_mask counts only where visible: look only there
+                flat = px[at, 1] * width + px[at, 0]
                 for mi in mask_of.get(tid, ()):  # every mask (part) the track was observed in
                     if mi >= 0:
-                        in_mask[s] |= masks[mi][px[s, 1], px[s, 0]]
+                        in_mask[at] |= np.take(masks[mi], flat)
             shown = [px[s][visible[s]] if ok else px[:0] for s, ok in zip(parts, in_view)]
             born = set() if self.refine_cfg.consensus_birth_apart else set(out.created)
             self._observe_consensus(ids, shown, observations, masks, dict(out.matched), born)
@@ -241,7 +244,7 @@ class Tracker:
             if tid in mask_of or not self.refine_cfg.vote_only_observed:
                 store.vote(visible[s], in_mask[s])
             seen[tid] = bool(in_view[k])
-            out.in_frustum[tid] = float(frustum[s].sum()) / max(1, sizes[k])
+            out.in_frustum[tid] = float(n_frustum[k]) / max(1, sizes[k])
         return seen
 
     def _observe_consensus(self, ids, shown, observations, masks, owner, born) -> None:
@@ -313,3 +316,9 @@ class Tracker:
 def _subset(obs: Observation, points: np.ndarray, voxels: np.ndarray) -> Observation:
     """``obs`` reduced to the points and voxels selected by two bool masks."""
     return dataclasses.replace(obs, points=obs.points[points], colors=obs.colors[points], voxels=obs.voxels[voxels])
+
+
+def _sums_per_slice(flags: np.ndarray, parts: Sequence[slice]) -> np.ndarray:
+    """Count of True in each of the consecutive slices ``parts`` of ``flags`` (one cumulative sum, no loop)."""
+    total = np.concatenate([[0], np.cumsum(flags, dtype=np.int64)])
+    return np.array([total[s.stop] - total[s.start] for s in parts], np.int64)

@@ -48,20 +48,20 @@ class PointStore:
 
     def add_keys(self, keys: np.ndarray, colors: np.ndarray, visible=None, in_mask=None) -> None:
         """Add voxels not yet stored (first colour wins), within the cap; counters start at 0 unless given."""
-        keys, first = np.unique(keys, return_index=True)
-        new = ~isin_sorted(keys, self.keys)
-        room = max(0, self.cap - len(self.keys))
-        sel = np.flatnonzero(new)[:room]
-        if len(sel) == 0:
+        keys, room = np.asarray(keys), max(0, self.cap - len(self.keys))
+        fresh = np.flatnonzero(~isin_sorted(keys, self.keys))  # most keys are known: sort only the others
+        if room == 0 or len(fresh) == 0:
             return
-        vis = np.zeros(len(sel), np.uint16) if visible is None else np.asarray(visible)[first[sel]]
-        inm = np.zeros(len(sel), np.uint16) if in_mask is None else np.asarray(in_mask)[first[sel]]
-        new_keys = keys[sel]  # sorted: merge in place, O(n) instead of re-sorting the store
+        new_keys, first = np.unique(keys[fresh], return_index=True)
+        first = fresh[first[:room]]  # the first occurrence of each new key, as np.unique over all keys gives
+        new_keys = new_keys[:room]  # sorted: merge in place, O(n) instead of re-sorting the store
+        vis = np.zeros(len(first), np.uint16) if visible is None else np.asarray(visible)[first]
+        inm = np.zeros(len(first), np.uint16) if in_mask is None else np.asarray(in_mask)[first]
         merge = _SortedMerge(np.searchsorted(self.keys, new_keys), len(self.keys))
         if self._centers is not None:
             self._centers = merge(self._centers, geometry.voxel_centers(new_keys, self.voxel))
         self.keys = merge(self.keys, new_keys)
-        self.colors = merge(self.colors, np.asarray(colors)[first[sel]])
+        self.colors = merge(self.colors, np.asarray(colors)[first])
         self.visible = merge(self.visible, vis.astype(np.uint16))
         self.in_mask = merge(self.in_mask, inm.astype(np.uint16))
 
