@@ -351,9 +351,12 @@ class Pipeline:
         return store.kept(self.cfg.refine.tau_vis, self.cfg.refine.min_visible)
 
     def _lend_fragments(self, instances: List[Instance]) -> None:
-        """Each fragment's consistent points the adopting instance does not hold yet join that instance."""
+        """Each fragment's consistent points the adopting instance does not hold yet join that instance. Removed or
+        moved tracks neither lend nor adopt: a piece seen at an object's old place is not that object."""
         by_id, tracks = {i.id: i for i in instances}, self.tracker.tracks
-        for fragment, adopter in fragment_adopters(self.tracker).items():
+        with self.tracker.changes.withheld(self.tracker):
+            adopters = fragment_adopters(self.tracker)
+        for fragment, adopter in adopters.items():
             inst, store = by_id.get(adopter), tracks[fragment].store
             if inst is not None:
                 new = self._consistent(store) & ~isin_sorted(store.keys, tracks[adopter].store.keys)

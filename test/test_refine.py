@@ -11,6 +11,7 @@ from ros2_opentrack import geometry  # noqa: E402
 from ros2_opentrack.association import pairwise_iou  # noqa: E402
 from ros2_opentrack.pipeline import Pipeline  # noqa: E402
 from ros2_opentrack.refine import expand  # noqa: E402
+from ros2_opentrack.types import Presence  # noqa: E402
 from ros2_opentrack.voxel_store import PointStore, SceneMap  # noqa: E402
 
 HW = (240, 320)
@@ -282,14 +283,15 @@ def test_scene_map_box_query_trimmed_to_an_x_range_is_the_full_query_filtered_in
 
 @pytest.mark.parametrize(
     "case, adopted",
-    [("same colour", True), ("another colour", False), ("held apart", False), ("rule off", False)],
+    [("same colour", True), ("another colour", False), ("held apart", False), ("removed", False), ("rule off", False)],
 )
 def test_a_piece_seen_once_joins_the_object_it_touches_at_the_end(case, adopted):
     """A small box on the side of a big one, the same colour, has a mask of its own in the first keyframe only
     (the later views, from the other side, cannot see it): its track is seen once, too few to be reported
     (refine.min_observations 2), so its points would be lost. At finalize it lends them to the big box's instance,
-    unless it looks different, a view held the two apart or the rule is off (refine.adopt_fragments_cos = 0). The
-    tracks stay as they were (a map state saved after the run resumes as if it had gone on)."""
+    unless it looks different, a view held the two apart, change detection marked the big box removed or the rule is
+    off (refine.adopt_fragments_cos = 0). The tracks stay as they were (a map state saved after the run resumes as if
+    it had gone on)."""
     cfg = core_config(refine_every=0, min_observations=2, masks__oracle_ids=True)
     if case == "rule off":
         cfg.refine.adopt_fragments_cos = 0.0
@@ -303,6 +305,8 @@ def test_a_piece_seen_once_joins_the_object_it_touches_at_the_end(case, adopted)
     assert by_source[0].observations == 5 and by_source[1].observations == 1  # the later views never saw it
     if case == "held apart":
         pipe.tracker.consensus._count(pipe.tracker.consensus.apart, by_source[0].id, by_source[1].id)
+    if case == "removed":  # change detection saw the big box gone: what is left at its place is not part of it
+        pipe.tracker.changes._set(by_source[0], Presence.REMOVED, stamp=9.0)
     (inst,) = pipe.finalize()  # the piece alone is never reported
     assert inst.id == by_source[0].id and by_source[1].id in pipe.tracker.tracks
     lo, hi = piece
