@@ -62,9 +62,10 @@ def mask_coverage(
 
 
 def _box(mask: np.ndarray) -> Tuple[int, int, int, int]:
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    rows = np.flatnonzero(mask.any(axis=1))
     if not len(rows):
         return (1, 1, 0, 0)
+    cols = np.flatnonzero(mask[rows[0] : rows[-1] + 1].any(axis=0))  # only the rows that hold the mask
     return (int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1]))
 
 

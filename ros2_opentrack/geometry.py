@@ -278,20 +278,19 @@ def frustum_corners(K: np.ndarray, T_world_cam: np.ndarray, hw, near: float, far
     return transform(T_world_cam, np.concatenate(corners))
 
 
-def frustum_planes(K: np.ndarray, T_world_cam: np.ndarray, hw, near: float, far: float) -> np.ndarray:
-    """(6, 4) world planes (n, d) with unit inward normals: n . x + d >= 0 inside."""
-    c = frustum_corners(K, T_world_cam, hw, near, far).astype(np.float64)
-    centre = c.mean(axis=0)
-    faces = [(0, 1, 2), (4, 6, 5), (0, 4, 1), (1, 5, 2), (2, 6, 3), (3, 7, 0)]  # near far top right bottom left
-    planes = []
-    for i, j, k in faces:
-        n = np.cross(c[j] - c[i], c[k] - c[i])
-        n /= np.linalg.norm(n)
-        d = -n @ c[i]
-        if n @ centre + d < 0:  # make the normal point inside
-            n, d = -n, -d
-        planes.append(np.append(n, d))
-    return np.array(planes)
+_FACES = np.array([(0, 1, 2), (4, 6, 5), (0, 4, 1), (1, 5, 2), (2, 6, 3), (3, 7, 0)])  # near far top right bottom left
+
+
+def frustum_planes(K: np.ndarray, T_world_cam: np.ndarray, hw, near: float, far: float, corners=None) -> np.ndarray:
+    """(6, 4) world planes (n, d) with unit inward normals: n . x + d >= 0 inside. ``corners``: the
+    frustum_corners() of the same view, when the caller has them already."""
+    c = (frustum_corners(K, T_world_cam, hw, near, far) if corners is None else corners).astype(np.float64)
+    a, b, e = c[_FACES[:, 0]], c[_FACES[:, 1]], c[_FACES[:, 2]]
+    n = np.cross(b - a, e - a)
+    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    d = -(n * a).sum(axis=1)
+    inward = np.where(n @ c.mean(axis=0) + d < 0, -1.0, 1.0)  # make the normals point inside
+    return np.column_stack([n * inward[:, None], d * inward])
 
 
 def boxes_in_frustum(box_min: np.ndarray, box_max: np.ndarray, planes: np.ndarray, margin: float = 0.0) -> np.ndarray:

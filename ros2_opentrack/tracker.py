@@ -140,7 +140,7 @@ class Tracker:
         if not near:
             return []
         planes = geometry.frustum_planes(
-            frame.K, frame.T_world_cam, hw, self.lift_cfg.depth_min_m, self.lift_cfg.depth_max_m
+            frame.K, frame.T_world_cam, hw, self.lift_cfg.depth_min_m, self.lift_cfg.depth_max_m, corners
         )
         bmin = np.array([self.tracks[t].box_min for t in near])
         bmax = np.array([self.tracks[t].box_max for t in near])

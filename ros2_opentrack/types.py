@@ -156,16 +156,15 @@ def validate_frame(frame: Frame, mask_drops: Optional[Dict[str, int]] = None, li
             f"pose translation {np.array2string(T[:3, 3], precision=3)} m lies beyond "
             f"validation.max_translation_m = {limits.max_translation_m:g}"
         )
-    valid = np.isfinite(depth) & (depth > 0)
-    if not valid.any():
+    depth = np.where((depth > 0) & (depth < np.inf), depth, np.float32(0.0))  # NaN, inf and <= 0: no reading
+    deepest = float(depth.max())  # a reduction over the cleaned image: no copy of the valid pixels
+    if deepest <= 0:
         raise InputError(f"frame {frame.index}: depth has no valid pixel (all zero or NaN)")
-    deepest = float(depth[valid].max())
     if deepest > limits.max_depth_m:
         raise InputError(
             f"depth holds {deepest:.3g} m, beyond validation.max_depth_m = {limits.max_depth_m:g} "
             f"(wrong unit or encoding?)"
         )
-    depth = np.where(valid, depth, 0.0).astype(np.float32, copy=False)
     masks = None
     if frame.masks is not None:
         masks, drops = validate_masks(frame.masks, (h, w), np.asarray(frame.rgb).shape[:2], f"frame {frame.index}")
