@@ -3,8 +3,9 @@
 config/opentrack.yaml and the ROS parameters are two views of this tree: the YAML holds it under
 ``<node>: ros__parameters:`` (ROS flattens nested keys to ``tracking.alpha``), and ``load_config`` reads the same
 file for the ROS-free CLI. Unknown keys are rejected by their dotted name, so a typo never passes silently.
-Defaults are the paper's (OpenTrack3D, sec. 4.1): alpha 0.5, tau_match 0.4, tau_vis 0.1, tau_merge 0.6,
-tau_exp 0.03 m.
+Defaults are the paper's (OpenTrack3D, sec. 4.1): alpha 0.5, tau_match 0.4, tau_merge 0.6, tau_exp 0.03 m; the
+paper's tau_vis 0.1 is a ratio over every frame that sees a point, ours (0.8) over the keyframes where the track has a
+mask (refine.vote_only_observed).
 """
 
 from __future__ import annotations
@@ -225,7 +226,11 @@ class TrackingConfig:
 class RefineConfig:
     """Streaming consistency refinement (paper 3.2.1) and duplicate merging (3.2.3)."""
 
-    tau_vis: float = param(0.4, "keep a voxel when in-mask / visible >= tau_vis (0.8 for fully visible scenes)")
+    tau_vis: float = param(
+        0.8,
+        "keep a voxel when in-mask / visible >= tau_vis, its views counted where its track has a mask "
+        "(vote_only_observed): masks that bleed or swell now and then leave their edges under it",
+    )
     vote_only_observed: bool = param(
         True,
         "count a voxel's views only in keyframes where its track has a mask: the "

@@ -12,7 +12,7 @@ def test_defaults_are_the_papers():
     assert cfg.tracking.tau_match == 0.4
     # the paper's tau_vis = 0.1 is a ratio over every frame that sees a point; ours counts only the keyframes
     # where the track has a mask (vote_only_observed), a sharper ratio with its own threshold (issue 9 ablation)
-    assert cfg.refine.vote_only_observed and cfg.refine.tau_vis == 0.4
+    assert cfg.refine.vote_only_observed and cfg.refine.tau_vis == 0.8
     assert cfg.refine.tau_merge == 0.6
     assert cfg.refine.tau_exp == 0.03
     cfg.validate()
