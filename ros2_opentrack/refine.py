@@ -74,10 +74,9 @@ def merge_duplicates(tracker, only_dirty: bool = True) -> Dict[int, int]:
         t = tracker.tracks.get(tid)
         if t is None or (only_dirty and not t.dirty):
             continue
-        near = [u for u in tracker.index.query(t.box_min - pad, t.box_max + pad) if u != tid and u in tracker.tracks]
-        if not near:
+        others = _touching(tracker, t, pad)
+        if not others:
             continue
-        others = [tracker.tracks[u] for u in near]
         iou = pairwise_iou([t.voxels], [o.voxels for o in others])[0]
         contained = contained_duplicates(t, others, iou, rc)
         for other, v, c in zip(others, iou, contained):
@@ -118,10 +117,9 @@ def fragment_adopters(tracker) -> Dict[int, int]:
     for t in tracker.tracks.values():
         if t.observations >= rc.min_observations or not len(t.feature):
             continue
-        near = [tracker.tracks[u] for u in tracker.index.query(t.box_min - pad, t.box_max + pad) if u in tracker.tracks]
         near = [
             o
-            for o in near
+            for o in _touching(tracker, t, pad)
             if o.observations >= rc.min_observations
             and len(o.feature) == len(t.feature)
             and not named_apart(t.det_label, o.det_label)
@@ -134,6 +132,15 @@ def fragment_adopters(tracker) -> Dict[int, int]:
             if cos[best] >= rc.adopt_fragments_cos:
                 adopters[t.id] = near[best].id
     return adopters
+
+
+def _touching(tracker, t, pad: float) -> List:
+    """The other tracks whose boxes the index finds within ``pad`` of t's (candidates: callers check the gap)."""
+    return [
+        tracker.tracks[u]
+        for u in tracker.index.query(t.box_min - pad, t.box_max + pad)
+        if u != t.id and u in tracker.tracks
+    ]
 
 
 def _seen_once_as_one(consensus, a, b, refine_cfg) -> bool:

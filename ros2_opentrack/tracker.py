@@ -230,13 +230,13 @@ class Tracker:
         in_view = n_visible >= self.cfg.min_visible_fraction * np.maximum(1, sizes)  # not a sliver
         if masks is not None and len(masks):
             width = frame.depth.shape[1]
-            for tid, s in zip(ids, parts):
-                at = s.start + np.flatnonzero(visible[s])  # in_mask counts only where visible: look only there
-                flat = px[at, 1] * width + px[at, 0]
+            seen_at = [s.start + np.flatnonzero(visible[s]) for s in parts]  # each track's visible points
+            for tid, at in zip(ids, seen_at):
+                flat = px[at, 1] * width + px[at, 0]  # in_mask counts only where visible: look only there
                 for mi in mask_of.get(tid, ()):  # every mask (part) the track was observed in
                     if mi >= 0:
                         in_mask[at] |= np.take(masks[mi], flat)
-            shown = [px[s][visible[s]] if ok else px[:0] for s, ok in zip(parts, in_view)]
+            shown = [px[at] if ok else px[:0] for at, ok in zip(seen_at, in_view)]
             born = set() if self.refine_cfg.consensus_birth_apart else set(out.created)
             self._observe_consensus(ids, shown, observations, masks, dict(out.matched), born)
         seen: Dict[int, bool] = {}
