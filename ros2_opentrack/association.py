@@ -15,7 +15,7 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import geometry
+from . import compiled, geometry
 from .consensus import mask_coverage
 from .types import Frame, Observation
 from .voxel_store import isin_sorted
@@ -313,9 +313,7 @@ def cosine_matrix(features_a: Sequence[np.ndarray], features_b: Sequence[np.ndar
 
 
 def pairwise_iou(voxels_a, voxels_b) -> np.ndarray:
-    """(len(a), len(b)) voxel IoU between two lists of sorted unique key arrays, in one sparse product."""
-    from scipy.sparse import csr_matrix
-
+    """(len(a), len(b)) voxel IoU between two lists of sorted unique key arrays."""
     na, nb = len(voxels_a), len(voxels_b)
     if na == 0 or nb == 0:
         return np.zeros((na, nb))
@@ -324,14 +322,25 @@ def pairwise_iou(voxels_a, voxels_b) -> np.ndarray:
     keys_a = np.concatenate(voxels_a) if size_a.sum() else np.zeros(0, np.int64)
     if len(keys_a) == 0:
         return np.zeros((na, nb))
+    keys_b = np.concatenate(voxels_b) if size_b.sum() else np.zeros(0, np.int64)
+    if compiled.ENABLED:  # a merge per pair of sorted lists
+        inter = compiled.intersections(keys_a, size_a.astype(np.int64), keys_b, size_b.astype(np.int64))
+    else:
+        inter = _sparse_intersections(keys_a, size_a, keys_b, size_b)
+    union = size_a[:, None] + size_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+
+
+def _sparse_intersections(keys_a, size_a, keys_b, size_b) -> np.ndarray:
+    """pairwise_iou's shared-voxel counts in one sparse product."""
+    from scipy.sparse import csr_matrix
+
+    na, nb = len(size_a), len(size_b)
     uniq, inv_a = np.unique(keys_a, return_inverse=True)
     row_a = np.repeat(np.arange(na), size_a.astype(np.int64))
-    keys_b = np.concatenate(voxels_b) if size_b.sum() else np.zeros(0, np.int64)
     row_b = np.repeat(np.arange(nb), size_b.astype(np.int64))
     pos = np.minimum(np.searchsorted(uniq, keys_b), len(uniq) - 1)
     hit = uniq[pos] == keys_b
     A = csr_matrix((np.ones(len(inv_a), np.float32), (row_a, inv_a.ravel())), shape=(na, len(uniq)))
     B = csr_matrix((np.ones(int(hit.sum()), np.float32), (row_b[hit], pos[hit])), shape=(nb, len(uniq)))
-    inter = (A @ B.T).toarray()
-    union = size_a[:, None] + size_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    return (A @ B.T).toarray()

@@ -12,6 +12,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from . import compiled
 from .errors import InputError
 from .types import validate_pose
 
@@ -243,6 +244,10 @@ def visibility(
     """Which points the camera sees: in the image, in the depth range and not occluded (z <= observed depth +
     margin, where the observed depth is valid). Returns (visible (N,), in_frustum (N,), pixel indices (N, 2)
     int (u, v)); pixels of points outside the frustum are (0, 0), so every row can index the image."""
+    depth_min, depth_max, margin = float(depth_min), float(depth_max), float(margin)  # compared in float32
+    if compiled.ENABLED and depth.dtype == np.float32:  # one pass per point, the same float32 operations
+        T = invert(T_world_cam).astype(np.float32)
+        return compiled.visibility(points_world, T, K, depth, depth_min, depth_max, margin)
     uv, z = project(points_world, T_world_cam, K)
     h, w = depth.shape
     inside = np.flatnonzero(in_view(uv, z, (h, w), depth_min, depth_max))  # NaN / inf pixels are never inside

@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import geometry
+from . import compiled, geometry
 from .config import DBSCAN_BACKENDS
 from .errors import BackendUnavailable, ConfigError
 from .types import Frame, Mask2D, Observation
@@ -272,6 +272,15 @@ def grid_dbscan(points: np.ndarray, group: np.ndarray, eps: float, min_points: i
     inverse = np.empty(len(keys), np.int64)
     inverse[order] = np.cumsum(first) - 1
     counts = np.diff(np.append(starts, len(sk)))
+    # the 3x3x3 cube of side 1.5 eps holds ~0.75 of the points of the eps ball (0.81 in volume, 0.72 on
+    # a surface): scale the threshold so grid and exact DBSCAN call the same points core
+    labels = compiled.grid_cell_labels if compiled.ENABLED else grid_cell_labels
+    return labels(cells, counts, 0.75 * min_points)[inverse]
+
+
+def grid_cell_labels(cells: np.ndarray, counts: np.ndarray, min_core: float) -> np.ndarray:
+    """Cluster label per cell of grid_dbscan (-1: noise) from the sorted unique ``cells`` and their point
+    ``counts``: a cell is core when its 3x3x3 neighbourhood holds >= ``min_core`` points."""
     n = len(cells)
     src_parts, dst_parts = _forward_neighbours(cells)
     src = np.concatenate(src_parts)
@@ -279,15 +288,13 @@ def grid_dbscan(points: np.ndarray, group: np.ndarray, eps: float, min_points: i
     density = (
         counts + np.bincount(src, weights=counts[dst], minlength=n) + np.bincount(dst, weights=counts[src], minlength=n)
     )
-    # the 3x3x3 cube of side 1.5 eps holds ~0.75 of the points of the eps ball (0.81 in volume, 0.72 on
-    # a surface): scale the threshold so grid and exact DBSCAN call the same points core
-    core = density >= 0.75 * min_points
+    core = density >= min_core
     cell_label = _core_components(src, dst, core)
     # border cells (not core) take the label of an adjacent core cell; the rest is noise (-1)
     for a, b in ((src, dst), (dst, src)):
         attach = np.flatnonzero(~core[a] & core[b])
         cell_label[a.take(attach)] = cell_label[b.take(attach)]
-    return cell_label[inverse]
+    return cell_label
 
 
 # the 13 "forward" neighbours (each pair is seen once, counted both ways): (0, 0, +1), then (dx, dy) columns

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import geometry
+from . import compiled, geometry
 from .config import OpenTrackConfig
 from .errors import InputError
 from .keyframes import KeyframeSelector
@@ -96,6 +96,9 @@ class Pipeline:
         self.labels = TrackLabels(self.labeler, p.labeler, box_thickness=self.cfg.views.box_thickness_px)
         self.keyframes = KeyframeSelector(self.cfg.keyframes)
         self._reset_counters()
+        seconds = compiled.warm_up()  # before the first keyframe, not in it
+        if seconds > 0.5:
+            log.info("compiled kernels (numba) ready in %.1f s; later runs load them from numba's cache", seconds)
 
     @classmethod
     def from_config(cls, config: OpenTrackConfig) -> "Pipeline":

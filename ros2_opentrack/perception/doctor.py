@@ -107,7 +107,7 @@ def model_rows(config: Any, all_backends: bool = False) -> List[Row]:
 
 def system_rows(config: Any) -> List[Row]:
     """open3d (+ libusb), rclpy, tensorrt, CUDA. Required only where the config depends on them."""
-    rows = [_open3d_row(config.dbscan.backend == "open3d")]
+    rows = [_open3d_row(config.dbscan.backend == "open3d"), _compiled_row()]
     ok, msg = _try_import("rclpy")
     rows.append(Row("ros", "rclpy", "-", msg, "only for the ROS node", ok, required=False))
     from .tensorrt_engine import tensorrt_status
@@ -148,6 +148,21 @@ def system_rows(config: Any) -> List[Row]:
     except Exception as exc:
         rows.append(Row("cuda", "torch", "-", f"{type(exc).__name__}: {exc}", "-", False, required=True))
     return rows
+
+
+def _compiled_row() -> Row:
+    """numba for the compiled loops (ros2_opentrack.compiled): optional, the numpy code gives the same results."""
+    import os
+
+    from .. import compiled
+
+    if compiled.ENABLED:
+        msg, note = f"ok (numba {compiled.numba.__version__})", "DBSCAN, visibility, IoU compiled"
+    elif os.environ.get("OPENTRACK_COMPILED", "1").lower() in ("0", "false", "no", "off"):
+        msg, note = "off (OPENTRACK_COMPILED=0)", "numpy code (same results, slower)"
+    else:
+        msg, note = "not installed (pip install numba)", "numpy code (same results, ~5 ms/keyframe slower)"
+    return Row("kernels", "numba", "cpu", msg, note, compiled.ENABLED, required=False)
 
 
 def _open3d_row(required: bool) -> Row:

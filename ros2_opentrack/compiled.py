@@ -1,0 +1,222 @@
+"""Compiled loops (numba) for three per-keyframe hot spots that numpy can only do in many passes over memory:
+grid DBSCAN's cell graph (lifting.grid_dbscan), the projection of every track's voxels into a keyframe
+(geometry.visibility) and the intersections of voxel sets (association.pairwise_iou).
+
+Each kernel returns exactly what the numpy code it stands in for returns, bit for bit (test_compiled.py compares
+them on random and real inputs), so results never depend on whether numba is installed. Without numba, or with
+OPENTRACK_COMPILED=0 in the environment, the callers run their numpy code. ``ENABLED`` is read at call time.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+numba = None
+if os.environ.get("OPENTRACK_COMPILED", "1").lower() not in ("0", "false", "no", "off"):
+    try:
+        import numba
+    except ImportError:  # optional: pip install numba (setup_env.sh installs it)
+        pass
+
+ENABLED = numba is not None
+
+
+def _jit(fn):
+    # nogil: with perception.overlap_stages the kernels of one keyframe run beside another thread's work;
+    # cache: compiled once per installation, not once per process
+    return numba.njit(nogil=True, cache=True)(fn) if numba is not None else fn
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Grid DBSCAN (lifting.grid_dbscan): cells are sorted unique keys (group << 48 | x << 32 | y << 16 | z)
+
+# key offsets of the four (dx, dy) columns of forward neighbours: (0, +1), (+1, -1), (+1, 0), (+1, +1)
+GRID_COLUMNS = np.array([1 << 16, (1 << 32) - (1 << 16), 1 << 32, (1 << 32) + (1 << 16)], np.int64)
+
+
+@_jit
+def _root(parent, i):
+    root = i
+    while parent[root] != root:
+        root = parent[root]
+    while parent[i] != root:  # path compression
+        parent[i], i = root, parent[i]
+    return root
+
+
+@_jit
+def _forward_edges(cells, columns):
+    """(src, dst) of each cell's occupied forward neighbours (z + 1, then each column's dz -1, 0, +1): by source,
+    and per source by rising destination (the offsets rise in that order)."""
+    n = len(cells)
+    src = np.empty(13 * n, np.int64)
+    dst = np.empty(13 * n, np.int64)
+    at = np.zeros(len(columns), np.int64)  # per column, the first cell not below the current one's dz = -1
+    m = 0
+    for i in range(n):
+        if i + 1 < n and cells[i + 1] == cells[i] + 1:
+            src[m], dst[m] = i, i + 1
+            m += 1
+        for c in range(len(columns)):
+            base = cells[i] + columns[c]
+            j = at[c]
+            while j < n and cells[j] < base - 1:
+                j += 1
+            at[c] = j
+            for q in range(j, min(j + 3, n)):
+                if cells[q] > base + 1:
+                    break
+                src[m], dst[m] = i, q
+                m += 1
+    return src[:m], dst[:m]
+
+
+@_jit
+def _grid_cell_labels(cells, counts, min_core, columns):
+    n = len(cells)
+    src, dst = _forward_edges(cells, columns)
+    density = counts.astype(np.float64)
+    for e in range(len(src)):
+        density[src[e]] += counts[dst[e]]
+        density[dst[e]] += counts[src[e]]
+    core = density >= min_core
+    parent = np.arange(n)
+    for e in range(len(src)):
+        if core[src[e]] and core[dst[e]]:
+            a, b = _root(parent, src[e]), _root(parent, dst[e])
+            parent[max(a, b)] = min(a, b)  # the root is the component's lowest cell
+    label = np.full(n, -1, np.int64)
+    n_labels = 0
+    for i in range(n):  # components numbered by their lowest cell, as connected_components + rank do
+        if core[i]:
+            r = _root(parent, i)
+            if r == i:
+                label[i] = n_labels
+                n_labels += 1
+            else:
+                label[i] = label[r]
+    # a border cell ends as numpy's two ordered scatters leave it (a neighbour's offset falls as its list rank
+    # rises): with the label of its lowest core neighbour below it, else of its highest core neighbour above
+    below = np.full(n, -1, np.int64)
+    above = np.full(n, -1, np.int64)
+    for e in range(len(src)):
+        a, b = src[e], dst[e]
+        if core[a] and not core[b] and below[b] < 0:
+            below[b] = a
+        elif core[b] and not core[a]:
+            above[a] = b
+    for i in range(n):
+        if below[i] >= 0:
+            label[i] = label[below[i]]
+        elif above[i] >= 0:
+            label[i] = label[above[i]]
+    return label
+
+
+def grid_cell_labels(cells: np.ndarray, counts: np.ndarray, min_core: float) -> np.ndarray:
+    """Cluster label per cell (-1: noise), as lifting.grid_cell_labels."""
+    return _grid_cell_labels(cells.astype(np.int64), counts.astype(np.int64), float(min_core), GRID_COLUMNS)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Visibility (geometry.visibility): the same float32 operations in the same order
+
+
+@_jit
+def _visibility(points, T, fx, fy, cx, cy, depth, depth_min, depth_max, margin):
+    n = len(points)
+    h, w = depth.shape
+    visible = np.zeros(n, np.bool_)
+    frustum = np.zeros(n, np.bool_)
+    px = np.zeros((n, 2), np.int64)
+    tiny, zero, width, height = np.float32(1e-9), np.float32(0.0), np.float32(w), np.float32(h)
+    for i in range(n):
+        x, y, zw = points[i, 0], points[i, 1], points[i, 2]
+        z = x * T[2, 0] + y * T[2, 1] + zw * T[2, 2] + T[2, 3]
+        if not (z > depth_min and z < depth_max):
+            continue
+        safe = z if abs(z) > tiny else tiny
+        u = fx * (x * T[0, 0] + y * T[0, 1] + zw * T[0, 2] + T[0, 3]) / safe + cx
+        v = fy * (x * T[1, 0] + y * T[1, 1] + zw * T[1, 2] + T[1, 3]) / safe + cy
+        if not (u >= zero and u < width and v >= zero and v < height):
+            continue
+        frustum[i] = True
+        px[i, 0], px[i, 1] = np.int64(u), np.int64(v)
+        observed = depth[px[i, 1], px[i, 0]]
+        visible[i] = observed > zero and z <= observed + margin
+    return visible, frustum, px
+
+
+def visibility(points, T_cam_world, K, depth, depth_min, depth_max, margin):
+    """(visible, in_frustum, pixels) as geometry.visibility, from float32 points and the float32 world-to-camera
+    transform."""
+    f = np.float32
+    return _visibility(
+        np.ascontiguousarray(points, np.float32),
+        np.ascontiguousarray(T_cam_world, np.float32),
+        f(K[0, 0]),
+        f(K[1, 1]),
+        f(K[0, 2]),
+        f(K[1, 2]),
+        np.ascontiguousarray(depth, np.float32),
+        f(depth_min),  # numpy compares float32 arrays with a Python float in float32 (NEP 50): so do we
+        f(depth_max),
+        f(margin),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Voxel-set intersections (association.pairwise_iou)
+
+
+@_jit
+def _intersections(keys_a, bounds_a, keys_b, bounds_b):
+    na, nb = len(bounds_a) - 1, len(bounds_b) - 1
+    out = np.zeros((na, nb))
+    for i in range(na):
+        a0, a1 = bounds_a[i], bounds_a[i + 1]
+        if a1 == a0:
+            continue
+        for j in range(nb):
+            b0, b1 = bounds_b[j], bounds_b[j + 1]
+            if b1 == b0 or keys_b[b1 - 1] < keys_a[a0] or keys_b[b0] > keys_a[a1 - 1]:
+                continue  # key ranges apart: nothing shared
+            p, q, shared = a0, b0, 0
+            while p < a1 and q < b1:  # merge of two sorted unique lists
+                if keys_a[p] < keys_b[q]:
+                    p += 1
+                elif keys_b[q] < keys_a[p]:
+                    q += 1
+                else:
+                    shared += 1
+                    p += 1
+                    q += 1
+            out[i, j] = shared
+    return out
+
+
+def intersections(keys_a, sizes_a, keys_b, sizes_b) -> np.ndarray:
+    """(len(sizes_a), len(sizes_b)) count of keys shared by each pair of sorted unique key sets, the sets given
+    concatenated with their sizes."""
+    bounds_a = np.concatenate([[0], np.cumsum(sizes_a)]).astype(np.int64)
+    bounds_b = np.concatenate([[0], np.cumsum(sizes_b)]).astype(np.int64)
+    return _intersections(keys_a.astype(np.int64), bounds_a, keys_b.astype(np.int64), bounds_b)
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def warm_up() -> float:
+    """Compile (or load from numba's cache) every kernel on a tiny input, so the first keyframe of a live stream
+    does not wait for it. Seconds spent; 0 when the kernels are off."""
+    if not ENABLED:
+        return 0.0
+    start = time.perf_counter()
+    grid_cell_labels(np.array([1, 2], np.int64), np.array([5, 5]), 7.5)
+    K = np.array([[1.0, 0, 1], [0, 1.0, 1], [0, 0, 1]])
+    visibility(np.ones((1, 3), np.float32), np.eye(4), K, np.ones((2, 2), np.float32), 0.1, 6.0, 0.05)
+    intersections(np.array([1, 2]), np.array([2]), np.array([2]), np.array([1]))
+    return time.perf_counter() - start

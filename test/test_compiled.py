@@ -1,0 +1,138 @@
+"""The numba kernels (ros2_opentrack.compiled) return exactly what the numpy code they stand in for returns: on
+random inputs built to hit their edge cases, and through a whole pipeline run on a rendered room."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ros2_opentrack import association, compiled, geometry, lifting, synthetic
+from ros2_opentrack.pipeline import Pipeline
+
+pytest.importorskip("numba")
+pytestmark = pytest.mark.skipif(not compiled.ENABLED, reason="OPENTRACK_COMPILED=0 turns the kernels off")
+
+
+@pytest.fixture
+def numpy_only(monkeypatch):
+    """Within the test, callers take their numpy code."""
+
+    def off():
+        monkeypatch.setattr(compiled, "ENABLED", False)
+
+    return off
+
+
+def _clustered_points(rng, n_groups):
+    """Blobs, sheets and scattered noise per group, some groups far apart and some touching (shared cells)."""
+    pts, group = [], []
+    for g in range(n_groups):
+        centre = rng.uniform(-2, 2, 3) if g % 3 else np.zeros(3)  # every third group sits on the first's place
+        blob = centre + rng.normal(0, rng.uniform(0.02, 0.3), (int(rng.integers(1, 800)), 3))
+        sheet = centre + np.c_[rng.uniform(-0.5, 0.5, (300, 2)), rng.normal(0, 0.005, 300)]
+        noise = centre + rng.uniform(-1, 1, (int(rng.integers(0, 60)), 3))
+        p = np.concatenate([blob, sheet, noise])
+        pts.append(p)
+        group.append(np.full(len(p), g))
+    return np.concatenate(pts).astype(np.float32), np.concatenate(group)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_grid_dbscan_kernel_matches_numpy(seed, numpy_only):
+    rng = np.random.default_rng(seed)
+    points, group = _clustered_points(rng, n_groups=int(rng.integers(1, 7)))
+    eps, min_points = float(rng.choice([0.03, 0.05, 0.1])), int(rng.choice([3, 10, 20]))
+    fast = lifting.grid_dbscan(points, group, eps, min_points)
+    numpy_only()
+    slow = lifting.grid_dbscan(points, group, eps, min_points)
+    assert (slow == -1).any() and (slow >= 0).any()  # the case has clusters and noise to agree on
+    np.testing.assert_array_equal(fast, slow)
+
+
+def test_grid_cell_labels_kernel_matches_numpy_on_dense_and_lone_cells():
+    """Packed cells along one z column (the z + 1 neighbour), across columns and groups, and lone cells."""
+    rng = np.random.default_rng(3)
+    x, y, z = rng.integers(1, 12, (3, 3000))
+    g = rng.integers(0, 3, 3000)
+    cells = np.unique((g << 48) | (x << 32) | (y << 16) | z)
+    counts = rng.integers(1, 6, len(cells))
+    for min_core in (1.0, 7.5, 20.0, 60.0):
+        np.testing.assert_array_equal(
+            compiled.grid_cell_labels(cells, counts, min_core), lifting.grid_cell_labels(cells, counts, min_core)
+        )
+    one = np.array([(1 << 32) | (1 << 16) | 1])
+    assert compiled.grid_cell_labels(one, np.array([9]), 7.5).tolist() == [0]
+    assert compiled.grid_cell_labels(one, np.array([2]), 7.5).tolist() == [-1]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_visibility_kernel_matches_numpy(seed, numpy_only):
+    """Points in front, behind, beside and at the edges of the image, occluded and not, over holes in depth."""
+    rng = np.random.default_rng(seed)
+    h, w = 48, 64
+    K = np.array([[50.0, 0, w / 2 - 0.5], [0, 50.0, h / 2 + 0.25], [0, 0, 1]])
+    T = geometry.look_at(rng.uniform(-1, 1, 3) + [0, -3, 1], rng.uniform(-0.5, 0.5, 3))
+    depth = rng.uniform(0.5, 5.0, (h, w)).astype(np.float32)
+    depth[rng.random((h, w)) < 0.2] = 0.0  # no reading
+    points = rng.uniform(-4, 4, (5000, 3)).astype(np.float32)
+    args = (points, T, K, depth, 0.1, 6.0, 0.05)
+    fast = geometry.visibility(*args)
+    numpy_only()
+    slow = geometry.visibility(*args)
+    assert slow[1].sum() > 100 and 0 < slow[0].sum() < slow[1].sum()
+    for a, b in zip(fast, slow):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_intersection_kernel_matches_sparse_product(seed, numpy_only):
+    rng = np.random.default_rng(seed)
+
+    def sets(n):  # sorted unique keys from a shared range, some empty, some far from the rest
+        out = []
+        for _ in range(n):
+            k = np.unique(rng.integers(0, 400, int(rng.integers(0, 120))))
+            out.append(k + (10_000 if rng.random() < 0.2 else 0))
+        return out
+
+    a, b = sets(int(rng.integers(1, 6))), sets(int(rng.integers(1, 9)))
+    fast = association.pairwise_iou(a, b)
+    numpy_only()
+    slow = association.pairwise_iou(a, b)
+    assert (slow > 0).any()
+    np.testing.assert_array_equal(fast, slow)
+    i, j = np.argwhere(slow > 0)[0]  # and against a count by hand
+    shared = len(np.intersect1d(a[i], b[j]))
+    assert slow[i, j] == shared / (len(a[i]) + len(b[j]) - shared)
+
+
+def _run(cfg, frames):
+    pipe = Pipeline(cfg)
+    for f in frames:
+        assert pipe.step(f).error is None
+    insts = pipe.finalize()
+    tracks = {
+        tid: (t.voxels.copy(), t.store.keys.copy(), t.store.in_mask.copy()) for tid, t in pipe.tracker.tracks.items()
+    }
+    return insts, tracks
+
+
+def test_pipeline_outputs_do_not_depend_on_the_kernels(numpy_only):
+    """A rendered room with merged, split and eroded masks: the same tracks, votes and instances either way."""
+    from _core_scene import core_config
+
+    scene = synthetic.make_room(seed=1, n_objects=5)
+    noise = synthetic.MaskNoise(p_merge=0.2, p_split=0.2)
+    frames = synthetic.render_sequence(scene, n_frames=20, hw=(240, 320), seed=1, noise=noise)
+    cfg = core_config(refine_every=5)
+    fast_insts, fast_tracks = _run(cfg, frames)
+    numpy_only()
+    slow_insts, slow_tracks = _run(cfg, frames)
+    assert len(slow_insts) >= 4 and fast_tracks.keys() == slow_tracks.keys()
+    for tid, arrays in slow_tracks.items():
+        for a, b in zip(fast_tracks[tid], arrays):
+            np.testing.assert_array_equal(a, b)
+    assert [i.id for i in fast_insts] == [i.id for i in slow_insts]
+    for a, b in zip(fast_insts, slow_insts):
+        np.testing.assert_array_equal(a.points, b.points)
