@@ -207,6 +207,91 @@ def intersections(keys_a, sizes_a, keys_b, sizes_b) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Sorted insertion into a track's point store (voxel_store.PointStore.add_keys)
+
+
+@_jit
+def _fresh_unique(keys, stored, room):
+    """Indices into ``keys`` of the first occurrence of each key not in ``stored`` (sorted), in key order, at
+    most ``room``: what isin_sorted + np.unique(return_index) + [:room] pick."""
+    lead = np.empty(len(keys), np.int64)  # a repeat of the key before it is never a first occurrence
+    m = 0
+    for i in range(len(keys)):
+        if i == 0 or keys[i] != keys[i - 1]:
+            lead[m] = i
+            m += 1
+    lead = lead[:m]
+    order = lead[np.argsort(keys[lead], kind="mergesort")]  # stable: the first occurrence leads each run
+    first = np.empty(min(m, room), np.int64)
+    k, p = 0, 0
+    for j in range(m):  # one merge walk against the stored keys
+        if k == len(first):
+            break
+        key = keys[order[j]]
+        if j > 0 and key == keys[order[j - 1]]:
+            continue
+        while p < len(stored) and stored[p] < key:
+            p += 1
+        if p == len(stored) or stored[p] != key:
+            first[k] = order[j]
+            k += 1
+    return first[:k]
+
+
+@_jit
+def _merged_slots(stored, new_keys):
+    """Place of each old and each new key in the sorted union (the keys are disjoint)."""
+    n, k = len(stored), len(new_keys)
+    old_at = np.empty(n, np.int64)
+    new_at = np.empty(k, np.int64)
+    i = j = 0
+    while i < n or j < k:
+        if j == k or (i < n and stored[i] < new_keys[j]):
+            old_at[i] = i + j
+            i += 1
+        else:
+            new_at[j] = i + j
+            j += 1
+    return old_at, new_at
+
+
+@_jit
+def _scatter(old, new, old_at, new_at):
+    out = np.empty((len(old) + len(new), old.shape[1]), old.dtype)
+    for i in range(len(old)):
+        for c in range(old.shape[1]):
+            out[old_at[i], c] = old[i, c]
+    for j in range(len(new)):
+        for c in range(old.shape[1]):
+            out[new_at[j], c] = new[j, c]
+    return out
+
+
+def fresh_unique(keys: np.ndarray, stored: np.ndarray, room: int) -> np.ndarray:
+    """Indices of the first occurrence of each of ``keys`` not in the sorted ``stored``, in key order, at most
+    ``room`` (as PointStore.add_keys picks them)."""
+    return _fresh_unique(np.ascontiguousarray(keys, np.int64), stored, int(room))
+
+
+def merged_slots(stored: np.ndarray, new_keys: np.ndarray):
+    """(old_slots, new_slots) of voxel_store._SortedMerge for disjoint sorted ``stored`` and ``new_keys``."""
+    return _merged_slots(stored, new_keys)
+
+
+def scatter(old: np.ndarray, new: np.ndarray, old_at: np.ndarray, new_at: np.ndarray) -> np.ndarray:
+    """The merged array of 1-D or (N, k) ``old`` and ``new``: ``old`` rows at ``old_at``, ``new`` rows at
+    ``new_at``."""
+    width = old.shape[1] if old.ndim > 1 else 1
+    out = _scatter(
+        np.ascontiguousarray(old).reshape(len(old), width),
+        np.ascontiguousarray(new, old.dtype).reshape(len(new), width),
+        old_at,
+        new_at,
+    )
+    return out.reshape((len(out),) + old.shape[1:])
+
+
+# ---------------------------------------------------------------------------------------------------------
 
 
 def warm_up() -> float:
@@ -219,4 +304,8 @@ def warm_up() -> float:
     K = np.array([[1.0, 0, 1], [0, 1.0, 1], [0, 0, 1]])
     visibility(np.ones((1, 3), np.float32), np.eye(4), K, np.ones((2, 2), np.float32), 0.1, 6.0, 0.05)
     intersections(np.array([1, 2]), np.array([2]), np.array([2]), np.array([1]))
+    old_at, new_at = merged_slots(np.array([1, 3]), np.array([2]))
+    fresh_unique(np.array([2, 2]), np.array([1, 3]), 4)
+    for dtype, row in ((np.int64, ()), (np.uint8, (3,)), (np.uint16, ()), (np.float32, (3,))):
+        scatter(np.zeros((2,) + row, dtype), np.zeros((1,) + row, dtype), old_at, new_at)
     return time.perf_counter() - start

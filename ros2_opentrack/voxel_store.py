@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from . import geometry
+from . import compiled, geometry
 
 
 class PointStore:
@@ -49,15 +49,15 @@ class PointStore:
     def add_keys(self, keys: np.ndarray, colors: np.ndarray, visible=None, in_mask=None) -> None:
         """Add voxels not yet stored (first colour wins), within the cap; counters start at 0 unless given."""
         keys, room = np.asarray(keys), max(0, self.cap - len(self.keys))
-        fresh = np.flatnonzero(~isin_sorted(keys, self.keys))  # most keys are known: sort only the others
-        if room == 0 or len(fresh) == 0:
+        if room == 0:
             return
-        new_keys, first = np.unique(keys[fresh], return_index=True)
-        first = fresh[first[:room]]  # the first occurrence of each new key, as np.unique over all keys gives
-        new_keys = new_keys[:room]  # sorted: merge in place, O(n) instead of re-sorting the store
+        first = _first_new(keys, self.keys, room)  # the first occurrence of each new key, in key order
+        if len(first) == 0:
+            return
+        new_keys = keys[first]  # sorted: merge in place, O(n) instead of re-sorting the store
         vis = np.zeros(len(first), np.uint16) if visible is None else np.asarray(visible)[first]
         inm = np.zeros(len(first), np.uint16) if in_mask is None else np.asarray(in_mask)[first]
-        merge = _SortedMerge(np.searchsorted(self.keys, new_keys), len(self.keys))
+        merge = _SortedMerge.of_keys(self.keys, new_keys)
         if self._centers is not None:
             self._centers = merge(self._centers, geometry.voxel_centers(new_keys, self.voxel))
         self.keys = merge(self.keys, new_keys)
@@ -94,16 +94,38 @@ class PointStore:
         self.add_keys(other.keys[rest], other.colors[rest], other.visible[rest], other.in_mask[rest])
 
 
+def _first_new(keys: np.ndarray, stored: np.ndarray, room: int) -> np.ndarray:
+    """Indices of the first occurrence of each of ``keys`` not in the sorted ``stored``, in key order, at most
+    ``room``."""
+    if compiled.ENABLED:
+        return compiled.fresh_unique(keys, stored, room)
+    fresh = np.flatnonzero(~isin_sorted(keys, stored))  # most keys are known: sort only the others
+    _, first = np.unique(keys[fresh], return_index=True)
+    return fresh[first[:room]]  # the first occurrence of each new key, as np.unique over all keys gives
+
+
 class _SortedMerge:
     """np.insert(old, at, new) for several arrays with the same ``at`` (sorted): the slots are computed once."""
 
-    def __init__(self, at: np.ndarray, n_old: int):
+    def __init__(self, at: np.ndarray, n_old: int, slots=None):
+        if slots is not None:
+            self.old_slots, self.new_slots = slots
+            return
         self.new_slots = at + np.arange(len(at))
         is_new = np.zeros(n_old + len(at), bool)
         is_new[self.new_slots] = True
         self.old_slots = np.flatnonzero(~is_new)
 
+    @classmethod
+    def of_keys(cls, stored: np.ndarray, new_keys: np.ndarray) -> "_SortedMerge":
+        """The merge of sorted ``new_keys`` (none of them stored) into the sorted ``stored``."""
+        if compiled.ENABLED:
+            return cls(None, len(stored), slots=compiled.merged_slots(stored, new_keys))
+        return cls(np.searchsorted(stored, new_keys), len(stored))
+
     def __call__(self, old: np.ndarray, new: np.ndarray) -> np.ndarray:
+        if compiled.ENABLED:
+            return compiled.scatter(old, new, self.old_slots, self.new_slots)
         out = np.empty((len(self.old_slots) + len(self.new_slots),) + old.shape[1:], old.dtype)
         dst = out
         if old.ndim == 2 and len(old) >= 1024:  # big (N, 3) arrays: scatter whole rows (2x faster)

@@ -136,3 +136,61 @@ def test_pipeline_outputs_do_not_depend_on_the_kernels(numpy_only):
     assert [i.id for i in fast_insts] == [i.id for i in slow_insts]
     for a, b in zip(fast_insts, slow_insts):
         np.testing.assert_array_equal(a.points, b.points)
+
+
+def _store_state(store):
+    return [store.keys, store.colors, store.visible, store.in_mask, store._centers]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_point_store_insertion_kernels_match_numpy(seed, numpy_only):
+    """Keys in runs and repeats, partly stored already, a cap that cuts the new ones, counters given or not,
+    centres cached or not: the same store either way."""
+    from ros2_opentrack.voxel_store import PointStore
+
+    rng = np.random.default_rng(seed)
+
+    def batches():
+        for _ in range(6):
+            keys = np.repeat(rng.integers(0, 3000, 400), rng.integers(1, 4, 400))  # runs of one voxel
+            rng.shuffle(keys[: len(keys) // 2])
+            colors = rng.integers(0, 255, (len(keys), 3)).astype(np.uint8)
+            counts = rng.integers(0, 9, (2, len(keys))).astype(np.uint16) if rng.random() < 0.5 else (None, None)
+            yield keys, colors, *counts
+
+    data = list(batches())
+
+    def fill():
+        store = PointStore(0.02, cap=int(rng.integers(300, 2500)) if seed % 2 else 10**6)
+        states = []
+        for k, (keys, colors, visible, in_mask) in enumerate(data):
+            if k == 2:
+                store.centers()  # from here on the cached centres are merged too
+            store.add_keys(keys, colors, visible, in_mask)
+            states.append([None if a is None else a.copy() for a in _store_state(store)])
+        return states
+
+    state = rng.bit_generator.state
+    fast = fill()
+    numpy_only()
+    rng.bit_generator.state = state
+    slow = fill()
+    assert len(slow[-1][0]) > len(slow[0][0]) > 0
+    for a_state, b_state in zip(fast, slow):
+        for a, b in zip(a_state, b_state):
+            assert (a is None) == (b is None)
+            if a is not None:
+                assert a.dtype == b.dtype
+                np.testing.assert_array_equal(a, b)
+
+
+def test_point_store_keeps_the_first_colour_of_each_new_voxel():
+    from ros2_opentrack.voxel_store import PointStore
+
+    store = PointStore(0.02, cap=3)
+    store.add_keys(np.array([7, 5]), np.array([[1, 1, 1], [2, 2, 2]], np.uint8))
+    store.add_keys(
+        np.array([9, 5, 9, 3, 1]), np.array([[3, 3, 3], [4, 4, 4], [5, 5, 5], [6, 6, 6], [8, 8, 8]], np.uint8)
+    )
+    assert store.keys.tolist() == [1, 5, 7]  # room for one more: the lowest new key
+    assert store.colors[:, 0].tolist() == [8, 2, 1]
