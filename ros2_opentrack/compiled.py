@@ -291,6 +291,66 @@ def scatter(old: np.ndarray, new: np.ndarray, old_at: np.ndarray, new_at: np.nda
     return out.reshape((len(out),) + old.shape[1:])
 
 
+@_jit
+def _merge_new(old_keys, old_colors, keys, colors):
+    """The sorted union of two sorted unique key lists with their colours, the old colour kept for a shared key;
+    None when ``keys`` adds nothing."""
+    n, k = len(old_keys), len(keys)
+    fresh = 0
+    p = 0
+    for j in range(k):
+        while p < n and old_keys[p] < keys[j]:
+            p += 1
+        if p == n or old_keys[p] != keys[j]:
+            fresh += 1
+    if fresh == 0:
+        return None
+    out_keys = np.empty(n + fresh, np.int64)
+    out_colors = np.empty((n + fresh, old_colors.shape[1]), old_colors.dtype)
+    i = j = m = 0
+    while i < n or j < k:
+        if j == k or (i < n and old_keys[i] <= keys[j]):
+            if j < k and old_keys[i] == keys[j]:
+                j += 1  # known voxel: keeps its colour
+            out_keys[m] = old_keys[i]
+            out_colors[m] = old_colors[i]
+            i += 1
+        else:
+            out_keys[m] = keys[j]
+            out_colors[m] = colors[j]
+            j += 1
+        m += 1
+    return out_keys, out_colors
+
+
+def merge_new(old_keys: np.ndarray, old_colors: np.ndarray, keys: np.ndarray, colors: np.ndarray):
+    """(keys, colours) of voxel_store.SceneMap's block after adding sorted unique ``keys`` (known keys keep their
+    colour), or None when all of them are known."""
+    return _merge_new(old_keys, np.ascontiguousarray(old_colors), keys, np.ascontiguousarray(colors, old_colors.dtype))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Index bounds of voxel keys (geometry.key_bounds)
+
+
+@_jit
+def _key_bounds(keys, bits, field, offset):
+    out = np.empty((2, 3), np.int64)
+    out[0, :] = np.iinfo(np.int64).max
+    out[1, :] = np.iinfo(np.int64).min
+    for key in keys:
+        for axis, shift in enumerate((2 * bits, bits, 0)):
+            v = ((key >> shift) & field) - offset
+            out[0, axis] = min(out[0, axis], v)
+            out[1, axis] = max(out[1, axis], v)
+    return out
+
+
+def key_bounds(keys: np.ndarray, bits: int, field: int, offset: int) -> np.ndarray:
+    """geometry.key_bounds in one pass over the keys."""
+    return _key_bounds(np.ascontiguousarray(keys, np.int64), bits, field, offset)
+
+
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -306,6 +366,8 @@ def warm_up() -> float:
     intersections(np.array([1, 2]), np.array([2]), np.array([2]), np.array([1]))
     old_at, new_at = merged_slots(np.array([1, 3]), np.array([2]))
     fresh_unique(np.array([2, 2]), np.array([1, 3]), 4)
+    merge_new(np.array([1, 3]), np.zeros((2, 3), np.uint8), np.array([2]), np.zeros((1, 3), np.uint8))
+    key_bounds(np.array([1, 3]), 21, (1 << 21) - 1, 1 << 20)
     for dtype, row in ((np.int64, ()), (np.uint8, (3,)), (np.uint16, ()), (np.float32, (3,))):
         scatter(np.zeros((2,) + row, dtype), np.zeros((1,) + row, dtype), old_at, new_at)
     return time.perf_counter() - start

@@ -123,6 +123,8 @@ def key_bounds(keys: np.ndarray) -> np.ndarray:
     """(2, 3) int64: the smallest and the largest voxel index per axis of non-empty ``keys``. From 1-D index
     columns: numpy reduces (N, 3) over axis 0 slowly. The voxel centres of these bounds are the bounds of
     voxel_centers(keys) (a centre is monotone in its index)."""
+    if compiled.ENABLED:
+        return compiled.key_bounds(keys, _BITS, _FIELD, _OFFSET)
     axes = key_axes(keys)
     return np.array([[a.min() for a in axes], [a.max() for a in axes]])
 

@@ -200,6 +200,11 @@ class SceneMap:
             self.blocks[block] = (keys, colors)
             self.n_points += len(keys)
             return
+        if compiled.ENABLED:  # one merge walk
+            merged = compiled.merge_new(old[0], old[1], keys, colors)
+            self.blocks[block] = old if merged is None else merged
+            self.n_points += len(self.blocks[block][0]) - len(old[0])
+            return
         pos = np.searchsorted(old[0], keys)
         new = np.flatnonzero(old[0][np.minimum(pos, len(old[0]) - 1)] != keys)  # isin_sorted, keeping the places
         if len(new) == 0:

@@ -46,4 +46,6 @@ if [ -f "$ROOT/scripts/build_msgs.sh" ]; then
   bash "$ROOT/scripts/build_msgs.sh" "$VENV"
 fi
 "$VENV/bin/python" -c "import torch; assert torch.__version__.startswith('$TORCH_VERSION'), torch.__version__"
+echo "[setup] compiling the numba kernels once (numba caches them; the first run would do it otherwise)"
+"$VENV/bin/python" -c "from ros2_opentrack import compiled; print(f'[setup] kernels ready in {compiled.warm_up():.1f} s')"
 echo "[setup] done: $VENV"

@@ -194,3 +194,41 @@ def test_point_store_keeps_the_first_colour_of_each_new_voxel():
     )
     assert store.keys.tolist() == [1, 5, 7]  # room for one more: the lowest new key
     assert store.colors[:, 0].tolist() == [8, 2, 1]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_scene_map_block_merge_kernel_matches_numpy(seed, numpy_only):
+    """Overlapping batches of points over a few blocks, with a bound that drops the oldest blocks."""
+    from ros2_opentrack.voxel_store import SceneMap
+
+    rng = np.random.default_rng(seed)
+    batches = []
+    for _ in range(8):
+        pts = rng.uniform(-0.4, 0.4, (1500, 3)).astype(np.float32) + rng.uniform(-0.3, 0.3, 3).astype(np.float32)
+        batches.append((pts, rng.integers(0, 255, (1500, 3)).astype(np.uint8)))
+
+    def fill():
+        scene = SceneMap(0.02, max_points=6000)
+        for pts, colors in batches:
+            scene.add(pts, colors)
+        return scene
+
+    fast = fill()
+    numpy_only()
+    slow = fill()
+    assert slow.n_points == fast.n_points <= 6000 and list(slow.blocks) == list(fast.blocks) and len(slow.blocks) >= 3
+    for (ka, ca), (kb, cb) in zip(fast.blocks.values(), slow.blocks.values()):
+        np.testing.assert_array_equal(ka, kb)
+        np.testing.assert_array_equal(ca, cb)
+    keys, colors = fast.in_box(np.full(3, -0.2), np.full(3, 0.2))
+    assert len(keys) > 0 and len(keys) == len(colors)
+
+
+def test_key_bounds_kernel_matches_numpy(numpy_only):
+    rng = np.random.default_rng(0)
+    keys = np.unique(geometry.pack_keys(rng.integers(-(1 << 20), 1 << 20, (500, 3))))
+    fast = geometry.key_bounds(keys)
+    numpy_only()
+    slow = geometry.key_bounds(keys)
+    np.testing.assert_array_equal(fast, slow)
+    assert slow.dtype == fast.dtype and (slow[0] < slow[1]).all()
