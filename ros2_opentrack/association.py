@@ -16,7 +16,7 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from . import compiled, geometry
-from .consensus import mask_coverage
+from .consensus import MaskSet
 from .types import Frame, Observation
 from .voxel_store import isin_sorted
 
@@ -220,8 +220,8 @@ def spanned_neighbours(
     pairs = [(i, t) for i, t in pairs if observations[i].mask_index >= 0]
     if not free or not pairs:
         return {}
-    cover = mask_coverage(
-        [masks[observations[i].mask_index] for i, _ in pairs], [visible_pixels[k] for k in free], cfg.min_seen_voxels
+    cover = MaskSet.of(masks).coverage(
+        [observations[i].mask_index for i, _ in pairs], [visible_pixels[k] for k in free], cfg.min_seen_voxels
     )
     out: dict = {}
     for row, col in zip(*np.nonzero(cover >= cfg.span_coverage)):  # NaN (too few visible) compares False

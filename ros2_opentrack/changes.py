@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Sequence, Set
 
 import numpy as np
 
-from . import geometry
+from . import compiled, geometry
 from .association import cosine_matrix, pairwise_iou
 from .refine import merge_tracks
 from .types import Presence
@@ -42,6 +42,7 @@ from .types import Presence
 _MAX_POINTS = 400  # voxel centres projected per track (an even subsample of larger tracks)
 _MIN_POINTS = 10  # unoccluded centres in view a keyframe needs to say anything about a track's place
 _MIN_UNOCCLUDED = 0.5  # ... and at least this share of its centres in view (mostly occluded: no evidence)
+_FAR = 1e9  # depth of no reading, for _nearest_around
 _WINDOW_PX = 5  # seen through: the observed depth in a window this wide around the pixel all lies behind
 _COVER_FRACTION = 0.3  # a present track covering this share of a removed one's voxels has taken its place
 
@@ -136,7 +137,7 @@ class ChangeDetector:
         observed = frame.depth[v, u]
         valid = inside & (observed > 0)
         margin = self.cfg.free_space_margin_m
-        through = valid & (_nearest_around(frame.depth)[v, u] > z + margin)
+        through = valid & (_nearest_around(frame.depth, u, v) > z + margin)
         surface = valid & (np.abs(observed - z) <= margin)
         seg = np.repeat(np.arange(n), sizes)
         n_through = np.bincount(seg, weights=through, minlength=n)
@@ -259,11 +260,13 @@ class ChangeDetector:
         self._away = None
 
 
-def _nearest_around(depth: np.ndarray) -> np.ndarray:
-    """Per pixel, the nearest valid depth within _WINDOW_PX (invalid pixels count as far): a point counts as
-    seen through only when everything around its pixel lies behind it, so the points of a surface seen edge-on,
-    at an object's silhouette, are no evidence."""
+def _nearest_around(depth: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """At each pixel (u, v), the nearest valid depth within _WINDOW_PX (invalid pixels count as far): a point
+    counts as seen through only when everything around its pixel lies behind it, so the points of a surface seen
+    edge-on, at an object's silhouette, are no evidence."""
+    if compiled.ENABLED:  # only at the pixels asked about
+        return compiled.nearest_at(depth, u, v, _WINDOW_PX, _FAR)
     import cv2
 
-    far = np.where(depth > 0, depth, np.float32(1e9)).astype(np.float32)
-    return cv2.erode(far, np.ones((_WINDOW_PX, _WINDOW_PX), np.uint8))
+    far = np.where(depth > 0, depth, np.float32(_FAR)).astype(np.float32)
+    return cv2.erode(far, np.ones((_WINDOW_PX, _WINDOW_PX), np.uint8))[v, u]

@@ -330,6 +330,27 @@ def merge_new(old_keys: np.ndarray, old_colors: np.ndarray, keys: np.ndarray, co
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Voxel keys of points (geometry.voxel_keys): floor in float64, then the packed fields
+
+
+@_jit
+def _voxel_keys(points, voxel_size, bits, offset):
+    out = np.empty(len(points), np.int64)
+    for i in range(len(points)):
+        key = 0
+        for axis in range(3):
+            index = np.int64(np.floor(np.float64(points[i, axis]) / voxel_size))
+            key = (key << bits) | (index + offset)
+        out[i] = key
+    return out
+
+
+def voxel_keys(points: np.ndarray, voxel_size: float, bits: int, offset: int) -> np.ndarray:
+    """Unsorted int64 keys of (N, 3) ``points``, as geometry.voxel_keys(unique=False)."""
+    return _voxel_keys(np.ascontiguousarray(points), float(voxel_size), bits, offset)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Index bounds of voxel keys (geometry.key_bounds)
 
 
@@ -352,6 +373,31 @@ def key_bounds(keys: np.ndarray, bits: int, field: int, offset: int) -> np.ndarr
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Nearest valid depth around a few pixels (changes._nearest_around, read at the projected points only)
+
+
+@_jit
+def _nearest_at(depth, u, v, half, far):
+    h, w = depth.shape
+    out = np.empty(len(u), np.float32)
+    for i in range(len(u)):
+        nearest = far
+        for y in range(max(0, v[i] - half), min(h, v[i] + half + 1)):
+            for x in range(max(0, u[i] - half), min(w, u[i] + half + 1)):
+                d = depth[y, x]
+                if d > 0 and d < nearest:
+                    nearest = d
+        out[i] = nearest
+    return out
+
+
+def nearest_at(depth: np.ndarray, u: np.ndarray, v: np.ndarray, window: int, far: float) -> np.ndarray:
+    """At each pixel (u, v), the smallest valid (> 0) depth in the ``window`` x ``window`` square around it
+    (``far`` when none), as a grey erosion of the image with invalid pixels set to ``far``, read there."""
+    return _nearest_at(np.ascontiguousarray(depth, np.float32), u, v, window // 2, np.float32(far))
+
+
+# ---------------------------------------------------------------------------------------------------------
 
 
 def warm_up() -> float:
@@ -368,6 +414,9 @@ def warm_up() -> float:
     fresh_unique(np.array([2, 2]), np.array([1, 3]), 4)
     merge_new(np.array([1, 3]), np.zeros((2, 3), np.uint8), np.array([2]), np.zeros((1, 3), np.uint8))
     key_bounds(np.array([1, 3]), 21, (1 << 21) - 1, 1 << 20)
+    for dtype in (np.float32, np.float64):
+        voxel_keys(np.zeros((1, 3), dtype), 0.02, 21, 1 << 20)
+    nearest_at(np.ones((2, 2), np.float32), np.zeros(1, np.int64), np.zeros(1, np.int64), 5, 1e9)
     for dtype, row in ((np.int64, ()), (np.uint8, (3,)), (np.uint16, ()), (np.float32, (3,))):
         scatter(np.zeros((2,) + row, dtype), np.zeros((1,) + row, dtype), old_at, new_at)
     return time.perf_counter() - start

@@ -38,17 +38,48 @@ def _pair(a: int, b: int) -> Pair:
     return (a, b) if a < b else (b, a)
 
 
+class MaskSet:
+    """One keyframe's HxW bool masks, with the tight pixel box of each found once, on first use: two stages of a
+    keyframe ask mask_coverage about the same masks."""
+
+    def __init__(self, masks):
+        self.masks = masks
+        self._boxes: Dict[int, Tuple[int, int, int, int]] = {}
+
+    @classmethod
+    def of(cls, masks) -> "MaskSet":
+        return masks if isinstance(masks, MaskSet) else cls(masks)
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.masks[i]
+
+    def box(self, i: int) -> Tuple[int, int, int, int]:
+        if i not in self._boxes:
+            self._boxes[i] = _box(self.masks[i])
+        return self._boxes[i]
+
+    def coverage(self, indices: Sequence[int], pixel_sets: Sequence[np.ndarray], min_points: int) -> np.ndarray:
+        """mask_coverage of the masks at ``indices``."""
+        return mask_coverage(
+            [self.masks[i] for i in indices], pixel_sets, min_points, boxes=[self.box(i) for i in indices]
+        )
+
+
 def mask_coverage(
-    masks: Sequence[np.ndarray], pixel_sets: Sequence[np.ndarray], min_points: int, max_points: int = 512
+    masks: Sequence[np.ndarray], pixel_sets: Sequence[np.ndarray], min_points: int, max_points: int = 512, boxes=None
 ) -> np.ndarray:
     """(masks, tracks) share of each track's visible points (their (x, y) pixels in ``pixel_sets``) inside each
     mask; NaN columns for tracks with fewer than ``min_points`` visible. In the image, not in voxels: a thin
     object on a table shares the table's coarse voxels, never its pixels. A share is estimated from at most
-    ``max_points`` evenly strided points per track (+-2% at 512: the thresholds are 0.2 and 0.7)."""
+    ``max_points`` evenly strided points per track (+-2% at 512: the thresholds are 0.2 and 0.7). ``boxes``: the
+    masks' tight boxes when the caller has them (MaskSet)."""
     cover = np.full((len(masks), len(pixel_sets)), np.nan)
     if not len(masks):
         return cover
-    boxes = np.array([_box(m) for m in masks])  # x0, y0, x1, y1 (inclusive); empty masks never overlap
+    boxes = np.array([_box(m) for m in masks] if boxes is None else boxes)  # x0, y0, x1, y1 (inclusive)
     for k, px in enumerate(pixel_sets):
         if len(px) < min_points:
             continue

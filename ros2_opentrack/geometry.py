@@ -94,7 +94,10 @@ def unpack_keys(keys: np.ndarray) -> np.ndarray:
 
 def voxel_keys(points: np.ndarray, voxel_size: float, unique: bool = True) -> np.ndarray:
     """int64 keys of the voxels holding ``points`` (sorted and unique by default)."""
-    keys = pack_keys(voxel_indices(points, voxel_size))
+    if compiled.ENABLED and np.ndim(points) == 2 and np.shape(points)[1] == 3:
+        keys = compiled.voxel_keys(np.asarray(points), voxel_size, _BITS, _OFFSET)
+    else:
+        keys = pack_keys(voxel_indices(points, voxel_size))
     return unique_keys(keys) if unique else keys
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from . import geometry
 from .association import Associator
 from .changes import ChangeDetector
-from .consensus import Consensus, mask_coverage
+from .consensus import Consensus, MaskSet
 from .refine import merge_duplicates, refine_track, resolve_contested
 from .spatial_index import SpatialIndex
 from .types import Frame, Observation, Presence, TrackState
@@ -95,6 +95,7 @@ class Tracker:
         """One keyframe: associate, update or open tracks, vote, age the missed ones. ``masks``: the frame's
         HxW bool masks (a list or an (N, H, W) array), indexed by Observation.mask_index."""
         out = StepOutcome()
+        masks = None if masks is None else MaskSet.of(masks)  # each mask's box found once, on first use
         out.candidates = self.candidates(frame)
         away = self.changes.set_aside(out.candidates, self.tracks)  # changes.py: removed tracks are no candidates
         out.matched = self.associate(observations, out.candidates, self.tracks, frame)
@@ -253,8 +254,8 @@ class Tracker:
         a track in ``born`` gets no view apart, only split evidence: a new track is its mask, so that the two
         leave each other out says little (the second part mask of an object opens a track beside the first's),
         but a mask over both later should still be split between them."""
-        lifted = [(masks[o.mask_index], owner.get(i)) for i, o in enumerate(observations) if o.mask_index >= 0]
-        cover = mask_coverage([m for m, _ in lifted], shown, self.cfg.min_seen_voxels)
+        lifted = [(o.mask_index, owner.get(i)) for i, o in enumerate(observations) if o.mask_index >= 0]
+        cover = MaskSet.of(masks).coverage([m for m, _ in lifted], shown, self.cfg.min_seen_voxels)
         owners = [tid for _, tid in lifted]
         self.consensus.observe(cover, owners, ids, self.tracks, born=born.intersection(owners))
 

@@ -232,3 +232,21 @@ def test_key_bounds_kernel_matches_numpy(numpy_only):
     slow = geometry.key_bounds(keys)
     np.testing.assert_array_equal(fast, slow)
     assert slow.dtype == fast.dtype and (slow[0] < slow[1]).all()
+
+
+def test_nearest_depth_around_pixels_matches_the_erosion(numpy_only):
+    """At pixels in the image's corners, edges and middle, over holes (0) and whole empty windows."""
+    from ros2_opentrack import changes
+
+    rng = np.random.default_rng(0)
+    depth = rng.uniform(0.3, 6.0, (48, 64)).astype(np.float32)
+    depth[rng.random(depth.shape) < 0.4] = 0.0
+    depth[20:30, 30:40] = 0.0  # a hole wider than the window
+    u = np.r_[0, 63, 0, 63, rng.integers(0, 64, 300), np.arange(30, 40)]
+    v = np.r_[0, 0, 47, 47, rng.integers(0, 48, 300), np.full(10, 25)]
+    fast = changes._nearest_around(depth, u, v)
+    numpy_only()
+    slow = changes._nearest_around(depth, u, v)
+    assert fast.dtype == slow.dtype == np.float32
+    np.testing.assert_array_equal(fast, slow)
+    assert (slow[-6:-4] == np.float32(changes._FAR)).all()  # the hole's middle: nothing valid around

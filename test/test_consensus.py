@@ -5,7 +5,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ros2_opentrack.consensus import Consensus, mask_coverage
+from ros2_opentrack import consensus as consensus_module
+from ros2_opentrack.consensus import Consensus, MaskSet, mask_coverage
 
 
 def box_track(x0, x1):
@@ -31,6 +32,23 @@ def test_mask_coverage_is_the_share_of_visible_pixels_inside_each_mask():
     assert cover[:, 0].tolist() == [1.0, 0.0]
     assert cover[:, 1].tolist() == [0.5, 0.25]
     assert np.isnan(cover[:, 2]).all()  # too few visible points: no evidence
+
+
+def test_mask_set_finds_each_box_once_and_covers_as_mask_coverage(monkeypatch):
+    rng = np.random.default_rng(0)
+    masks = [np.zeros((30, 40), bool) for _ in range(3)]
+    masks[0][2:9, 5:20] = masks[1][10:25, 18:35] = masks[2][0:30, 0:4] = True
+    pixels = [np.c_[rng.integers(0, 40, 80), rng.integers(0, 30, 80)] for _ in range(4)]
+    found = []
+    real_box = consensus_module._box
+    monkeypatch.setattr(consensus_module, "_box", lambda m: found.append(1) or real_box(m))
+    masks_set = MaskSet(masks)
+    first = masks_set.coverage([2, 0], pixels, min_points=5)
+    again = masks_set.coverage([0, 1, 2], pixels, min_points=5)
+    assert len(found) == 3  # masks 0 and 2 were asked twice, each box found once
+    np.testing.assert_array_equal(first, mask_coverage([masks[2], masks[0]], pixels, min_points=5))
+    np.testing.assert_array_equal(again, mask_coverage(masks, pixels, min_points=5))
+    assert masks_set.box(1) == (18, 10, 34, 24) and MaskSet.of(masks_set) is masks_set
 
 
 def test_one_mask_over_two_touching_tracks_counts_joint_own_masks_leaving_out_count_apart():
