@@ -372,6 +372,30 @@ def key_bounds(keys: np.ndarray, bits: int, field: int, offset: int) -> np.ndarr
     return _key_bounds(np.ascontiguousarray(keys, np.int64), bits, field, offset)
 
 
+@_jit
+def _shared_places(a, b):
+    ia = np.empty(min(len(a), len(b)), np.int64)
+    ib = np.empty(len(ia), np.int64)
+    i = j = m = 0
+    while i < len(a) and j < len(b):
+        if a[i] < b[j]:
+            i += 1
+        elif b[j] < a[i]:
+            j += 1
+        else:
+            ia[m], ib[m] = i, j
+            i += 1
+            j += 1
+            m += 1
+    return ia[:m], ib[:m]
+
+
+def shared_places(a: np.ndarray, b: np.ndarray):
+    """(ia, ib): where the keys two sorted unique arrays share sit in each, in key order (np.intersect1d's
+    indices)."""
+    return _shared_places(a, b)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Nearest valid depth around a few pixels (changes._nearest_around, read at the projected points only)
 
@@ -416,6 +440,7 @@ def warm_up() -> float:
     key_bounds(np.array([1, 3]), 21, (1 << 21) - 1, 1 << 20)
     for dtype in (np.float32, np.float64):
         voxel_keys(np.zeros((1, 3), dtype), 0.02, 21, 1 << 20)
+    shared_places(np.array([1, 3]), np.array([3]))
     nearest_at(np.ones((2, 2), np.float32), np.zeros(1, np.int64), np.zeros(1, np.int64), 5, 1e9)
     for dtype, row in ((np.int64, ()), (np.uint8, (3,)), (np.uint16, ()), (np.float32, (3,))):
         scatter(np.zeros((2,) + row, dtype), np.zeros((1,) + row, dtype), old_at, new_at)

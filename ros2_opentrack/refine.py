@@ -15,7 +15,7 @@ import numpy as np
 from . import geometry
 from .association import cosine_matrix, named_apart, pairwise_iou
 from .types import TrackState
-from .voxel_store import PointStore, SceneMap, isin_sorted
+from .voxel_store import PointStore, SceneMap, isin_sorted, shared_places
 
 
 def refine_track(track, scene: SceneMap, refine_cfg, voxel_size: float, max_voxels: int) -> None:
@@ -181,8 +181,8 @@ def resolve_contested(tracker, only_dirty: bool = True) -> int:
             other = tracker.tracks.get(u)
             if other is None or u == tid:
                 continue
-            shared, ia, ib = np.intersect1d(t.store.keys, other.store.keys, assume_unique=True, return_indices=True)
-            if not len(shared):
+            ia, ib = shared_places(t.store.keys, other.store.keys)
+            if not len(ia):
                 continue
             a, b = t.store.in_mask[ia].astype(np.int32), other.store.in_mask[ib].astype(np.int32)
             t_wins = (a > b) | ((a == b) & (_tie_rank(t) <= _tie_rank(other)))
@@ -192,7 +192,7 @@ def resolve_contested(tracker, only_dirty: bool = True) -> int:
                     keep[lose] = False
                     track.store.prune(keep)
                     changed[track.id] = track
-            moved += len(shared)
+            moved += len(ia)
     for track in changed.values():  # once per track (boxes only shrink: the queries above saw a superset)
         _follow_store(track, tracker)
     return moved

@@ -153,6 +153,14 @@ def _x_key_range(x_first: int, x_last: int) -> np.ndarray:
     return geometry.pack_keys(np.array([[x_first, low, low], [x_last + 1, low, low]]))
 
 
+def shared_places(a: np.ndarray, b: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(ia, ib): the places in sorted unique ``a`` and ``b`` of the keys they share, in key order."""
+    if compiled.ENABLED:  # one merge walk
+        return compiled.shared_places(a, b)
+    _, ia, ib = np.intersect1d(a, b, assume_unique=True, return_indices=True)
+    return ia, ib
+
+
 def isin_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
     """np.isin for a sorted ``sorted_keys``, by binary search."""
     if len(sorted_keys) == 0:

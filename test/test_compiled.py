@@ -250,3 +250,17 @@ def test_nearest_depth_around_pixels_matches_the_erosion(numpy_only):
     assert fast.dtype == slow.dtype == np.float32
     np.testing.assert_array_equal(fast, slow)
     assert (slow[-6:-4] == np.float32(changes._FAR)).all()  # the hole's middle: nothing valid around
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_shared_places_kernel_matches_intersect1d(seed, numpy_only):
+    from ros2_opentrack.voxel_store import shared_places
+
+    rng = np.random.default_rng(seed)
+    a, b = (np.unique(rng.integers(0, 500, int(rng.integers(0, 300)))) for _ in range(2))
+    fast = shared_places(a, b)
+    numpy_only()
+    slow = shared_places(a, b)
+    for x, y in zip(fast, slow):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(a[slow[0]], b[slow[1]])
