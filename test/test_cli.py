@@ -54,6 +54,28 @@ def test_run_then_eval(scene_dir, tmp_path, capsys):
     assert capsys.readouterr().out == f"no instance matches 'sofa' ({n} instances, 0 unlabelled)\n"
 
 
+def test_bench_times_each_stage_run_one_after_another(scene_dir, capsys, monkeypatch):
+    """bench runs the stages sequentially even where the config overlaps them (their times are then their costs),
+    and says so; --overlap keeps the overlap. Both print a row per stage with 16 keyframes."""
+    import ros2_opentrack.cli as cli_module
+
+    seen = []
+    real = cli_module.run_pipeline
+    monkeypatch.setattr(
+        cli_module,
+        "run_pipeline",
+        lambda cfg, *a, **k: seen.append(cfg.perception.overlap_stages) or real(cfg, *a, **k),
+    )
+    for extra, overlapped in (([], False), (["--overlap"], True)):
+        assert main(["bench", str(scene_dir), "--masks", "dataset", *SETS, *extra]) == 0
+        text = capsys.readouterr().out
+        assert ("overlapped" in text) == overlapped and ("one after another" in text) != overlapped
+        rows = {line.split()[0]: line.split()[1:] for line in text.splitlines() if line.split()}
+        assert rows["lift"][2] == rows["track"][2] == rows["total"][2] == "16"  # calls: one per keyframe
+        assert 0 < float(rows["lift"][0]) < float(rows["total"][0])
+    assert seen == [False, True]
+
+
 def test_error_exits_are_one_line(tmp_path, capsys):
     assert main(["run", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
