@@ -1,33 +1,45 @@
-"""Compiled loops (numba) for three per-keyframe hot spots that numpy can only do in many passes over memory:
-grid DBSCAN's cell graph (lifting.grid_dbscan), the projection of every track's voxels into a keyframe
-(geometry.visibility) and the intersections of voxel sets (association.pairwise_iou).
+"""Compiled loops (numba) for the per-keyframe hot spots that numpy can only do in many passes over memory:
+grid DBSCAN's cell graph (lifting.grid_dbscan), the projection of every track's voxels (geometry.visibility), the
+intersections of voxel sets (association.pairwise_iou, voxel_store.shared_places), sorted inserts into a track's
+store and the scene map (voxel_store), voxel keys and their bounds (geometry) and the nearest valid depth around
+projected pixels (changes).
 
-Each kernel returns exactly what the numpy code it stands in for returns, bit for bit (test_compiled.py compares
+Each kernel returns exactly what the numpy code beside its caller returns, bit for bit (test_compiled.py compares
 them on random and real inputs), so results never depend on whether numba is installed. Without numba, or with
 OPENTRACK_COMPILED=0 in the environment, the callers run their numpy code. ``ENABLED`` is read at call time.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
 import numpy as np
 
+log = logging.getLogger("ros2_opentrack")
+
 numba = None
+UNAVAILABLE = "OPENTRACK_COMPILED=0"  # why the numpy code runs (doctor), when it does
 if os.environ.get("OPENTRACK_COMPILED", "1").lower() not in ("0", "false", "no", "off"):
     try:
         import numba
-    except ImportError:  # optional: pip install numba (setup_env.sh installs it)
-        pass
+    except Exception as exc:  # optional (pip install numba); a broken install must not stop the package
+        UNAVAILABLE = f"numba does not import ({type(exc).__name__}: {exc})"
 
 ENABLED = numba is not None
 
 
 def _jit(fn):
     # nogil: with perception.overlap_stages the kernels of one keyframe run beside another thread's work;
-    # cache: compiled once per installation, not once per process
-    return numba.njit(nogil=True, cache=True)(fn) if numba is not None else fn
+    # cache: compiled once per installation, not once per process (where numba finds a writable place)
+    if numba is None:
+        return fn
+    try:
+        return numba.njit(nogil=True, cache=True)(fn)
+    except RuntimeError as exc:  # no writable cache location: compile in each process instead
+        log.debug("numba cannot cache %s: %s", fn.__name__, exc)
+        return numba.njit(nogil=True)(fn)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -264,3 +264,25 @@ def test_shared_places_kernel_matches_intersect1d(seed, numpy_only):
     for x, y in zip(fast, slow):
         np.testing.assert_array_equal(x, y)
     np.testing.assert_array_equal(a[slow[0]], b[slow[1]])
+
+
+def test_without_numba_the_numpy_code_runs_and_doctor_says_why():
+    """A machine without numba (here: its import blocked) imports the package, runs a pipeline and says so."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['numba'] = None\n"
+        "from ros2_opentrack import compiled, lifting\n"
+        "import numpy as np\n"
+        "assert not compiled.ENABLED and compiled.numba is None\n"
+        "rng = np.random.default_rng(0)\n"
+        "pts = rng.normal(0, 0.05, (500, 3)).astype(np.float32)\n"
+        "print(int((lifting.grid_dbscan(pts, np.zeros(500, np.int64), 0.05, 10) >= 0).sum()))\n"
+        "from ros2_opentrack.perception.doctor import _compiled_row\n"
+        "print(_compiled_row().deps)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    clustered, why = out.stdout.splitlines()
+    assert int(clustered) > 400 and why.startswith("numba does not import (ModuleNotFoundError")

@@ -152,17 +152,14 @@ def system_rows(config: Any) -> List[Row]:
 
 def _compiled_row() -> Row:
     """numba for the compiled loops (ros2_opentrack.compiled): optional, the numpy code gives the same results."""
-    import os
-
     from .. import compiled
 
     if compiled.ENABLED:
-        msg, note = f"ok (numba {compiled.numba.__version__})", "DBSCAN, visibility, IoU compiled"
-    elif os.environ.get("OPENTRACK_COMPILED", "1").lower() in ("0", "false", "no", "off"):
-        msg, note = "off (OPENTRACK_COMPILED=0)", "numpy code (same results, slower)"
+        msg, note = f"ok (numba {compiled.numba.__version__})", "hot loops compiled"
     else:
-        msg, note = "not installed (pip install numba)", "numpy code (same results, ~5 ms/keyframe slower)"
-    return Row("kernels", "numba", "cpu", msg, note, compiled.ENABLED, required=False)
+        msg = compiled.UNAVAILABLE.replace("No module named 'numba'", "not installed: pip install numba")
+        note = "numpy code (same results, ~8 ms/keyframe slower on 2 cores)"
+    return Row("kernels", "numba", "cpu", msg[:160], note, compiled.ENABLED, required=False)
 
 
 def _open3d_row(required: bool) -> Row:
