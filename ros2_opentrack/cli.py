@@ -457,7 +457,7 @@ def cmd_bench(args) -> int:
     print_summary(pipe, reader, instances, seconds)
     from . import compiled
 
-    kernels = "compiled (numba)" if compiled.ENABLED else "numpy (numba not installed or OPENTRACK_COMPILED=0)"
+    kernels = "compiled (numba)" if compiled.ENABLED else f"numpy ({compiled.UNAVAILABLE})"
     mode = "overlapped (stage times include waits)" if args.overlap else "one after another"
     print(f"stages      {mode}; kernels {kernels}")
     print(stage_table(results))

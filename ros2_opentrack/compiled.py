@@ -25,7 +25,10 @@ if os.environ.get("OPENTRACK_COMPILED", "1").lower() not in ("0", "false", "no",
     try:
         import numba
     except Exception as exc:  # optional (pip install numba); a broken install must not stop the package
-        UNAVAILABLE = f"numba does not import ({type(exc).__name__}: {exc})"
+        if str(exc) == "No module named 'numba'":
+            UNAVAILABLE = "numba not installed: pip install numba"
+        else:
+            UNAVAILABLE = f"numba does not import ({type(exc).__name__}: {exc})"
 
 ENABLED = numba is not None
 
@@ -436,11 +439,16 @@ def nearest_at(depth: np.ndarray, u: np.ndarray, v: np.ndarray, window: int, far
 # ---------------------------------------------------------------------------------------------------------
 
 
+_warmed = False
+
+
 def warm_up() -> float:
     """Compile (or load from numba's cache) every kernel on a tiny input, so the first keyframe of a live stream
-    does not wait for it. Seconds spent; 0 when the kernels are off."""
-    if not ENABLED:
+    does not wait for it; once per process. Seconds spent; 0 when the kernels are off or already warm."""
+    global _warmed
+    if not ENABLED or _warmed:
         return 0.0
+    _warmed = True
     start = time.perf_counter()
     grid_cell_labels(np.array([1, 2], np.int64), np.array([5, 5]), 7.5)
     K = np.array([[1.0, 0, 1], [0, 1.0, 1], [0, 0, 1]])

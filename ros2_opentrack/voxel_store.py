@@ -107,21 +107,23 @@ def _first_new(keys: np.ndarray, stored: np.ndarray, room: int) -> np.ndarray:
 class _SortedMerge:
     """np.insert(old, at, new) for several arrays with the same ``at`` (sorted): the slots are computed once."""
 
-    def __init__(self, at: np.ndarray, n_old: int, slots=None):
-        if slots is not None:
-            self.old_slots, self.new_slots = slots
-            return
-        self.new_slots = at + np.arange(len(at))
+    def __init__(self, old_slots: np.ndarray, new_slots: np.ndarray):
+        self.old_slots, self.new_slots = old_slots, new_slots
+
+    @classmethod
+    def at(cls, at: np.ndarray, n_old: int) -> "_SortedMerge":
+        """New items inserted before the old ones at ``at`` (np.insert's places)."""
+        new_slots = at + np.arange(len(at))
         is_new = np.zeros(n_old + len(at), bool)
-        is_new[self.new_slots] = True
-        self.old_slots = np.flatnonzero(~is_new)
+        is_new[new_slots] = True
+        return cls(np.flatnonzero(~is_new), new_slots)
 
     @classmethod
     def of_keys(cls, stored: np.ndarray, new_keys: np.ndarray) -> "_SortedMerge":
         """The merge of sorted ``new_keys`` (none of them stored) into the sorted ``stored``."""
         if compiled.ENABLED:
-            return cls(None, len(stored), slots=compiled.merged_slots(stored, new_keys))
-        return cls(np.searchsorted(stored, new_keys), len(stored))
+            return cls(*compiled.merged_slots(stored, new_keys))
+        return cls.at(np.searchsorted(stored, new_keys), len(stored))
 
     def __call__(self, old: np.ndarray, new: np.ndarray) -> np.ndarray:
         if compiled.ENABLED:
@@ -218,7 +220,7 @@ class SceneMap:
         if len(new) == 0:
             self.blocks[block] = old
             return
-        merge = _SortedMerge(pos[new], len(old[0]))  # sorted insertion: no re-sort of the block
+        merge = _SortedMerge.at(pos[new], len(old[0]))  # sorted insertion: no re-sort of the block
         self.blocks[block] = (merge(old[0], keys[new]), merge(old[1], colors[new]))
         self.n_points += len(new)
 

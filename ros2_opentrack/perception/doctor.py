@@ -157,8 +157,7 @@ def _compiled_row() -> Row:
     if compiled.ENABLED:
         msg, note = f"ok (numba {compiled.numba.__version__})", "hot loops compiled"
     else:
-        msg = compiled.UNAVAILABLE.replace("No module named 'numba'", "not installed: pip install numba")
-        note = "numpy code (same results, ~8 ms/keyframe slower on 2 cores)"
+        msg, note = compiled.UNAVAILABLE, "numpy code (same results, ~8 ms/keyframe slower on 2 cores)"
     return Row("kernels", "numba", "cpu", msg[:160], note, compiled.ENABLED, required=False)
 
 
