@@ -254,56 +254,116 @@ def _fresh_unique(keys, stored, room):
 
 
 @_jit
-def _merged_slots(stored, new_keys):
-    """Place of each old and each new key in the sorted union (the keys are disjoint)."""
-    n, k = len(stored), len(new_keys)
-    old_at = np.empty(n, np.int64)
-    new_at = np.empty(k, np.int64)
+def _store_insert(
+    stored,
+    colors,
+    visible,
+    in_mask,
+    centers,
+    keep_centers,
+    keys,
+    add_colors,
+    add_visible,
+    add_in_mask,
+    counted,
+    room,
+    voxel,
+    bits,
+    offset,
+):
+    """PointStore.add_keys in one pass: the first occurrence of each new key (_fresh_unique), merged in key order
+    into the keys, colours, counters and (``keep_centers``) voxel centres. ``counted``: the added voxels bring
+    their counters, else they start at 0. Returns (how many were added, keys, colors, visible, in_mask, centers)."""
+    first = _fresh_unique(keys, stored, room)
+    n, k = len(stored), len(first)
+    if k == 0:
+        return 0, stored, colors, visible, in_mask, centers
+    out_keys = np.empty(n + k, np.int64)
+    out_colors = np.empty((n + k, 3), np.uint8)
+    out_visible = np.empty(n + k, np.uint16)
+    out_in_mask = np.empty(n + k, np.uint16)
+    out_centers = np.empty((n + k if keep_centers else 0, 3), np.float32)
+    field = (1 << bits) - 1
     i = j = 0
-    while i < n or j < k:
-        if j == k or (i < n and stored[i] < new_keys[j]):
-            old_at[i] = i + j
+    for m in range(n + k):
+        if j == k or (i < n and stored[i] < keys[first[j]]):
+            out_keys[m] = stored[i]
+            out_visible[m], out_in_mask[m] = visible[i], in_mask[i]
+            for c in range(3):
+                out_colors[m, c] = colors[i, c]
+                if keep_centers:
+                    out_centers[m, c] = centers[i, c]
             i += 1
         else:
-            new_at[j] = i + j
+            src = first[j]
+            key = keys[src]
+            out_keys[m] = key
+            for c in range(3):
+                out_colors[m, c] = add_colors[src, c]
+            out_visible[m] = add_visible[src] if counted else 0
+            out_in_mask[m] = add_in_mask[src] if counted else 0
+            if keep_centers:  # geometry.voxel_centers: float32((index + 0.5) * voxel)
+                out_centers[m, 0] = np.float32((((key >> (2 * bits)) & field) - offset + 0.5) * voxel)
+                out_centers[m, 1] = np.float32((((key >> bits) & field) - offset + 0.5) * voxel)
+                out_centers[m, 2] = np.float32(((key & field) - offset + 0.5) * voxel)
             j += 1
-    return old_at, new_at
+    return k, out_keys, out_colors, out_visible, out_in_mask, out_centers
+
+
+def store_insert(store, keys, colors, visible, in_mask, room: int, bits: int, offset: int) -> bool:
+    """voxel_store.PointStore.add_keys (its numpy path's result, bit for bit) on ``store`` in place; whether it
+    added any voxel."""
+    counted = visible is not None or in_mask is not None
+    if counted:  # a counter not given starts at 0
+        visible, in_mask = (np.zeros(len(keys), np.uint16) if c is None else c for c in (visible, in_mask))
+    keep_centers = store._centers is not None
+    added, *arrays = _store_insert(
+        store.keys,
+        store.colors,
+        store.visible,
+        store.in_mask,
+        store._centers if keep_centers else np.zeros((0, 3), np.float32),
+        keep_centers,
+        np.ascontiguousarray(keys, np.int64),
+        np.ascontiguousarray(colors).astype(np.uint8, copy=False).reshape(-1, 3),
+        np.asarray(visible if counted else (), np.uint16),  # as add_keys' astype(np.uint16)
+        np.asarray(in_mask if counted else (), np.uint16),
+        counted,
+        int(room),
+        float(store.voxel),
+        int(bits),
+        int(offset),
+    )
+    if added:
+        store.keys, store.colors, store.visible, store.in_mask, centers = arrays
+        store._centers = centers if keep_centers else None
+    return bool(added)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Frame validation (types.validate_frame)
 
 
 @_jit
-def _scatter(old, new, old_at, new_at):
-    out = np.empty((len(old) + len(new), old.shape[1]), old.dtype)
-    for i in range(len(old)):
-        for c in range(old.shape[1]):
-            out[old_at[i], c] = old[i, c]
-    for j in range(len(new)):
-        for c in range(old.shape[1]):
-            out[new_at[j], c] = new[j, c]
-    return out
+def _clean_depth(depth):
+    out = np.empty(depth.shape, np.float32)
+    deepest = np.float32(0.0)
+    for y in range(depth.shape[0]):
+        for x in range(depth.shape[1]):
+            v = depth[y, x]
+            if not (v > 0 and v < np.inf):  # NaN, inf and <= 0: no reading
+                v = np.float32(0.0)
+            out[y, x] = v
+            if v > deepest:
+                deepest = v
+    return out, deepest
 
 
-def fresh_unique(keys: np.ndarray, stored: np.ndarray, room: int) -> np.ndarray:
-    """Indices of the first occurrence of each of ``keys`` not in the sorted ``stored``, in key order, at most
-    ``room`` (as PointStore.add_keys picks them)."""
-    return _fresh_unique(np.ascontiguousarray(keys, np.int64), stored, int(room))
-
-
-def merged_slots(stored: np.ndarray, new_keys: np.ndarray):
-    """(old_slots, new_slots) of voxel_store._SortedMerge for disjoint sorted ``stored`` and ``new_keys``."""
-    return _merged_slots(stored, new_keys)
-
-
-def scatter(old: np.ndarray, new: np.ndarray, old_at: np.ndarray, new_at: np.ndarray) -> np.ndarray:
-    """The merged array of 1-D or (N, k) ``old`` and ``new``: ``old`` rows at ``old_at``, ``new`` rows at
-    ``new_at``."""
-    width = old.shape[1] if old.ndim > 1 else 1
-    out = _scatter(
-        np.ascontiguousarray(old).reshape(len(old), width),
-        np.ascontiguousarray(new, old.dtype).reshape(len(new), width),
-        old_at,
-        new_at,
-    )
-    return out.reshape((len(out),) + old.shape[1:])
+def clean_depth(depth: np.ndarray):
+    """(float32 depth with NaN, inf and <= 0 set to 0, its maximum): types.validate_frame's np.where and max in
+    one pass."""
+    out, deepest = _clean_depth(depth)
+    return out, float(deepest)
 
 
 @_jit
@@ -454,14 +514,14 @@ def warm_up() -> float:
     K = np.array([[1.0, 0, 1], [0, 1.0, 1], [0, 0, 1]])
     visibility(np.ones((1, 3), np.float32), np.eye(4), K, np.ones((2, 2), np.float32), 0.1, 6.0, 0.05)
     intersections(np.array([1, 2]), np.array([2]), np.array([2]), np.array([1]))
-    old_at, new_at = merged_slots(np.array([1, 3]), np.array([2]))
-    fresh_unique(np.array([2, 2]), np.array([1, 3]), 4)
     merge_new(np.array([1, 3]), np.zeros((2, 3), np.uint8), np.array([2]), np.zeros((1, 3), np.uint8))
     key_bounds(np.array([1, 3]), 21, (1 << 21) - 1, 1 << 20)
     for dtype in (np.float32, np.float64):
         voxel_keys(np.zeros((1, 3), dtype), 0.02, 21, 1 << 20)
     shared_places(np.array([1, 3]), np.array([3]))
+    clean_depth(np.ones((2, 2), np.float32))
     nearest_at(np.ones((2, 2), np.float32), np.zeros(1, np.int64), np.zeros(1, np.int64), 5, 1e9)
-    for dtype, row in ((np.int64, ()), (np.uint8, (3,)), (np.uint16, ()), (np.float32, (3,))):
-        scatter(np.zeros((2,) + row, dtype), np.zeros((1,) + row, dtype), old_at, new_at)
+    from .voxel_store import PointStore
+
+    store_insert(PointStore(0.02, 8), np.array([2, 2]), np.zeros((2, 3), np.uint8), None, None, 8, 21, 1 << 20)
     return time.perf_counter() - start

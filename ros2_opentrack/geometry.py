@@ -20,6 +20,7 @@ from .types import validate_pose
 _BITS = 21
 _OFFSET = 1 << (_BITS - 1)
 _FIELD = (1 << _BITS) - 1
+KEY_BITS, KEY_OFFSET = _BITS, _OFFSET  # the key layout, for compiled.py
 
 
 def backproject(

@@ -9,6 +9,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from . import compiled
 from .errors import InputError
 
 log = logging.getLogger("ros2_opentrack")
@@ -156,8 +157,7 @@ def validate_frame(frame: Frame, mask_drops: Optional[Dict[str, int]] = None, li
             f"pose translation {np.array2string(T[:3, 3], precision=3)} m lies beyond "
             f"validation.max_translation_m = {limits.max_translation_m:g}"
         )
-    depth = np.where((depth > 0) & (depth < np.inf), depth, np.float32(0.0))  # NaN, inf and <= 0: no reading
-    deepest = float(depth.max())  # a reduction over the cleaned image: no copy of the valid pixels
+    depth, deepest = _clean_depth(depth)
     if deepest <= 0:
         raise InputError(f"frame {frame.index}: depth has no valid pixel (all zero or NaN)")
     if deepest > limits.max_depth_m:
@@ -182,6 +182,14 @@ def validate_frame(frame: Frame, mask_drops: Optional[Dict[str, int]] = None, li
         frame_id=frame.frame_id,
         source=frame.source,
     )
+
+
+def _clean_depth(depth: np.ndarray) -> Tuple[np.ndarray, float]:
+    """The float32 depth with NaN, inf and <= 0 set to 0 (no reading), and its deepest value."""
+    if compiled.ENABLED:  # one pass
+        return compiled.clean_depth(depth)
+    depth = np.where((depth > 0) & (depth < np.inf), depth, np.float32(0.0))
+    return depth, float(depth.max())  # a reduction over the cleaned image: no copy of the valid pixels
 
 
 def _check_focal(K: np.ndarray, limits) -> None:

@@ -51,6 +51,9 @@ class PointStore:
         keys, room = np.asarray(keys), max(0, self.cap - len(self.keys))
         if room == 0:
             return
+        if compiled.ENABLED:  # the steps below in one pass
+            compiled.store_insert(self, keys, colors, visible, in_mask, room, geometry.KEY_BITS, geometry.KEY_OFFSET)
+            return
         first = _first_new(keys, self.keys, room)  # the first occurrence of each new key, in key order
         if len(first) == 0:
             return
@@ -97,8 +100,6 @@ class PointStore:
 def _first_new(keys: np.ndarray, stored: np.ndarray, room: int) -> np.ndarray:
     """Indices of the first occurrence of each of ``keys`` not in the sorted ``stored``, in key order, at most
     ``room``."""
-    if compiled.ENABLED:
-        return compiled.fresh_unique(keys, stored, room)
     fresh = np.flatnonzero(~isin_sorted(keys, stored))  # most keys are known: sort only the others
     _, first = np.unique(keys[fresh], return_index=True)
     return fresh[first[:room]]  # the first occurrence of each new key, as np.unique over all keys gives
@@ -121,13 +122,9 @@ class _SortedMerge:
     @classmethod
     def of_keys(cls, stored: np.ndarray, new_keys: np.ndarray) -> "_SortedMerge":
         """The merge of sorted ``new_keys`` (none of them stored) into the sorted ``stored``."""
-        if compiled.ENABLED:
-            return cls(*compiled.merged_slots(stored, new_keys))
         return cls.at(np.searchsorted(stored, new_keys), len(stored))
 
     def __call__(self, old: np.ndarray, new: np.ndarray) -> np.ndarray:
-        if compiled.ENABLED:
-            return compiled.scatter(old, new, self.old_slots, self.new_slots)
         out = np.empty((len(self.old_slots) + len(self.new_slots),) + old.shape[1:], old.dtype)
         dst = out
         if old.ndim == 2 and len(old) >= 1024:  # big (N, 3) arrays: scatter whole rows (2x faster)

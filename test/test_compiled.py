@@ -252,6 +252,25 @@ def test_nearest_depth_around_pixels_matches_the_erosion(numpy_only):
     assert (slow[-6:-4] == np.float32(changes._FAR)).all()  # the hole's middle: nothing valid around
 
 
+def test_depth_cleaning_kernel_matches_numpy(numpy_only):
+    """NaN, +-inf, negative and zero depth read as no reading; a strided view is cleaned like a copy."""
+    from ros2_opentrack.types import _clean_depth
+
+    rng = np.random.default_rng(0)
+    depth = rng.uniform(-1.0, 9.0, (48, 64)).astype(np.float32)
+    for value, share in ((np.nan, 0.1), (np.inf, 0.05), (-np.inf, 0.05), (0.0, 0.1)):
+        depth[rng.random(depth.shape) < share] = value
+    views = (depth, depth[::2, 1::3], np.zeros((4, 4), np.float32))
+    fast = [_clean_depth(d) for d in views]
+    numpy_only()
+    slow = [_clean_depth(d) for d in views]
+    for (a, deep_a), (b, deep_b) in zip(fast, slow):
+        assert a.dtype == b.dtype == np.float32 and deep_a == deep_b
+        np.testing.assert_array_equal(a, b)
+    assert slow[0][1] == np.nanmax(np.where(np.isinf(depth), 0, depth)) and slow[2][1] == 0.0
+    assert (slow[0][0] >= 0).all() and np.isfinite(slow[0][0]).all()
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_shared_places_kernel_matches_intersect1d(seed, numpy_only):
     from ros2_opentrack.voxel_store import shared_places
