@@ -341,6 +341,61 @@ def store_insert(store, keys, colors, visible, in_mask, room: int, bits: int, of
 
 
 # ---------------------------------------------------------------------------------------------------------
+# How masks cover tracks' visible pixels (consensus.mask_coverage)
+
+
+@_jit
+def _sample_boxes(pixels, bounds, min_points, max_points):
+    """Per pixel set k (pixels[bounds[k]:bounds[k + 1]], x and y): its sampling step (0: under min_points) and
+    the box (x0, y0, x1, y1) of its strided sample."""
+    n_sets = len(bounds) - 1
+    steps = np.zeros(n_sets, np.int64)
+    boxes = np.zeros((n_sets, 4), np.int64)
+    for k in range(n_sets):
+        n = bounds[k + 1] - bounds[k]
+        if n < min_points:
+            continue
+        step = max(1, -(-n // max_points))
+        steps[k] = step
+        x0, y0 = pixels[bounds[k], 0], pixels[bounds[k], 1]
+        x1, y1 = x0, y0
+        for j in range(bounds[k], bounds[k + 1], step):
+            x, y = pixels[j, 0], pixels[j, 1]
+            x0, x1, y0, y1 = min(x0, x), max(x1, x), min(y0, y), max(y1, y)
+        boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3] = x0, y0, x1, y1
+    return steps, boxes
+
+
+@_jit
+def _coverage_row(mask, x0, y0, x1, y1, pixels, bounds, steps, boxes, out):
+    """out[k]: the share of pixel set k's strided sample inside ``mask`` (tight box x0, y0, x1, y1), for the
+    sets whose sample box meets the mask's; the others keep what ``out`` holds."""
+    for k in range(len(steps)):
+        step = steps[k]
+        if step == 0 or boxes[k, 0] > x1 or boxes[k, 2] < x0 or boxes[k, 1] > y1 or boxes[k, 3] < y0:
+            continue
+        inside = 0
+        taken = 0
+        for j in range(bounds[k], bounds[k + 1], step):
+            inside += mask[pixels[j, 1], pixels[j, 0]]
+            taken += 1
+        out[k] = inside / taken
+
+
+def mask_coverage(masks, boxes, pixel_sets, min_points: int, max_points: int) -> np.ndarray:
+    """consensus.mask_coverage (its numpy code's result, bit for bit): one kernel call per mask."""
+    sizes = [len(p) for p in pixel_sets]
+    pixels = np.concatenate(pixel_sets).astype(np.int64, copy=False) if sum(sizes) else np.zeros((0, 2), np.int64)
+    bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    steps, sample_boxes = _sample_boxes(pixels, bounds, int(min_points), int(max_points))
+    cover = np.full((len(masks), len(pixel_sets)), np.nan)
+    cover[:, steps > 0] = 0.0
+    for i, (mask, (x0, y0, x1, y1)) in enumerate(zip(masks, boxes)):
+        _coverage_row(mask, x0, y0, x1, y1, pixels, bounds, steps, sample_boxes, cover[i])
+    return cover
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Frame validation (types.validate_frame)
 
 
@@ -520,6 +575,7 @@ def warm_up() -> float:
         voxel_keys(np.zeros((1, 3), dtype), 0.02, 21, 1 << 20)
     shared_places(np.array([1, 3]), np.array([3]))
     clean_depth(np.ones((2, 2), np.float32))
+    mask_coverage([np.ones((2, 2), bool)], [(0, 0, 1, 1)], [np.zeros((1, 2), np.int64)], 1, 512)
     nearest_at(np.ones((2, 2), np.float32), np.zeros(1, np.int64), np.zeros(1, np.int64), 5, 1e9)
     from .voxel_store import PointStore
 

@@ -29,7 +29,7 @@ from typing import Dict, Iterable, Mapping, Sequence, Tuple
 
 import numpy as np
 
-from . import geometry
+from . import compiled, geometry
 
 Pair = Tuple[int, int]  # (smaller id, larger id)
 
@@ -76,6 +76,10 @@ def mask_coverage(
     object on a table shares the table's coarse voxels, never its pixels. A share is estimated from at most
     ``max_points`` evenly strided points per track (+-2% at 512: the thresholds are 0.2 and 0.7). ``boxes``: the
     masks' tight boxes when the caller has them (MaskSet)."""
+    if compiled.ENABLED and len(masks):  # one kernel call per mask
+        return compiled.mask_coverage(
+            masks, [_box(m) for m in masks] if boxes is None else boxes, pixel_sets, min_points, max_points
+        )
     cover = np.full((len(masks), len(pixel_sets)), np.nan)
     if not len(masks):
         return cover

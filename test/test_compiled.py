@@ -252,6 +252,34 @@ def test_nearest_depth_around_pixels_matches_the_erosion(numpy_only):
     assert (slow[-6:-4] == np.float32(changes._FAR)).all()  # the hole's middle: nothing valid around
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_mask_coverage_kernel_matches_numpy(seed, numpy_only):
+    """Masks near and far from each track's pixels, an empty mask, tracks under min_points (NaN) and over the
+    sample size (strided): the same shares either way."""
+    from ros2_opentrack.consensus import MaskSet, mask_coverage
+
+    rng = np.random.default_rng(seed)
+    h, w = 60, 80
+    masks = []
+    for _ in range(6):
+        m = np.zeros((h, w), bool)
+        x0, y0 = rng.integers(0, w - 10), rng.integers(0, h - 10)
+        m[y0 : y0 + rng.integers(3, 30), x0 : x0 + rng.integers(3, 40)] = True
+        m &= rng.random((h, w)) < 0.8
+        masks.append(m)
+    masks.append(np.zeros((h, w), bool))
+    pixel_sets = [
+        np.stack([rng.integers(0, w, n), rng.integers(0, h, n)], axis=1) for n in (0, 5, 40, 700, 1500, 12)
+    ]
+    fast = [mask_coverage(masks, pixel_sets, 10), MaskSet(masks).coverage([0, 3, 6, 6], pixel_sets, 10)]
+    numpy_only()
+    slow = [mask_coverage(masks, pixel_sets, 10), MaskSet(masks).coverage([0, 3, 6, 6], pixel_sets, 10)]
+    for a, b in zip(fast, slow):
+        np.testing.assert_array_equal(a, b)  # NaN where NaN
+    assert np.isnan(slow[0][:, [0, 1]]).all() and not np.isnan(slow[0][:, 2:5]).any()
+    assert (slow[0][-1, 2:5] == 0).all() and (slow[0][:, 2:5] > 0).any()
+
+
 def test_depth_cleaning_kernel_matches_numpy(numpy_only):
     """NaN, +-inf, negative and zero depth read as no reading; a strided view is cleaned like a copy."""
     from ros2_opentrack.types import _clean_depth
