@@ -273,11 +273,15 @@ def _store_insert(
 ):
     """PointStore.add_keys in one pass: the first occurrence of each new key (_fresh_unique), merged in key order
     into the keys, colours, counters and (``keep_centers``) voxel centres. ``counted``: the added voxels bring
-    their counters, else they start at 0. Returns (how many were added, keys, colors, visible, in_mask, centers)."""
+    their counters, else they start at 0. Returns (how many were added, their key bounds, keys, colors, visible,
+    in_mask, centers)."""
     first = _fresh_unique(keys, stored, room)
     n, k = len(stored), len(first)
+    bounds = np.empty((2, 3), np.int64)  # of the added keys (geometry.key_bounds)
+    bounds[0, :] = np.iinfo(np.int64).max
+    bounds[1, :] = np.iinfo(np.int64).min
     if k == 0:
-        return 0, stored, colors, visible, in_mask, centers
+        return 0, bounds, stored, colors, visible, in_mask, centers
     out_keys = np.empty(n + k, np.int64)
     out_colors = np.empty((n + k, 3), np.uint8)
     out_visible = np.empty(n + k, np.uint16)
@@ -298,6 +302,10 @@ def _store_insert(
             src = first[j]
             key = keys[src]
             out_keys[m] = key
+            for axis, shift in enumerate((2 * bits, bits, 0)):
+                v = ((key >> shift) & field) - offset
+                bounds[0, axis] = min(bounds[0, axis], v)
+                bounds[1, axis] = max(bounds[1, axis], v)
             for c in range(3):
                 out_colors[m, c] = add_colors[src, c]
             out_visible[m] = add_visible[src] if counted else 0
@@ -307,17 +315,17 @@ def _store_insert(
                 out_centers[m, 1] = np.float32((((key >> bits) & field) - offset + 0.5) * voxel)
                 out_centers[m, 2] = np.float32(((key & field) - offset + 0.5) * voxel)
             j += 1
-    return k, out_keys, out_colors, out_visible, out_in_mask, out_centers
+    return k, bounds, out_keys, out_colors, out_visible, out_in_mask, out_centers
 
 
 def store_insert(store, keys, colors, visible, in_mask, room: int, bits: int, offset: int) -> bool:
-    """voxel_store.PointStore.add_keys (its numpy path's result, bit for bit) on ``store`` in place; whether it
-    added any voxel."""
+    """voxel_store.PointStore.add_keys (its numpy path's result, bit for bit) on ``store`` in place: the key
+    bounds (geometry.key_bounds) of the voxels it added, None when it added none."""
     counted = visible is not None or in_mask is not None
     if counted:  # a counter not given starts at 0
         visible, in_mask = (np.zeros(len(keys), np.uint16) if c is None else c for c in (visible, in_mask))
     keep_centers = store._centers is not None
-    added, *arrays = _store_insert(
+    added, bounds, *arrays = _store_insert(
         store.keys,
         store.colors,
         store.visible,
@@ -334,10 +342,11 @@ def store_insert(store, keys, colors, visible, in_mask, room: int, bits: int, of
         int(bits),
         int(offset),
     )
-    if added:
-        store.keys, store.colors, store.visible, store.in_mask, centers = arrays
-        store._centers = centers if keep_centers else None
-    return bool(added)
+    if not added:
+        return None
+    store.keys, store.colors, store.visible, store.in_mask, centers = arrays
+    store._centers = centers if keep_centers else None
+    return bounds
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ class PointStore:
         self.visible = np.zeros(0, np.uint16)
         self.in_mask = np.zeros(0, np.uint16)
         self._centers: Optional[np.ndarray] = None
+        self._bounds: Optional[np.ndarray] = None  # geometry.key_bounds of the keys array in _bounds_of
+        self._bounds_of: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -38,7 +40,9 @@ class PointStore:
     def box(self) -> Tuple[np.ndarray, np.ndarray]:
         """(min, max) corners of the stored voxels (non-empty): centres -+ half a voxel, the values reducing
         centers() over axis 0 gives, from the keys' index bounds (numpy reduces (N, 3) over axis 0 slowly)."""
-        lo, hi = geometry.voxel_centers(geometry.pack_keys(geometry.key_bounds(self.keys)), self.voxel)
+        if self._bounds_of is not self.keys:  # keys replaced other than by add_keys (prune, a loaded state)
+            self._bounds, self._bounds_of = geometry.key_bounds(self.keys), self.keys
+        lo, hi = ((self._bounds + 0.5) * self.voxel).astype(np.float32)  # geometry.voxel_centers of the bounds
         half = self.voxel / 2
         return lo - half, hi + half
 
@@ -52,7 +56,12 @@ class PointStore:
         if room == 0:
             return
         if compiled.ENABLED:  # the steps below in one pass
-            compiled.store_insert(self, keys, colors, visible, in_mask, room, geometry.KEY_BITS, geometry.KEY_OFFSET)
+            old_keys = self.keys
+            added = compiled.store_insert(
+                self, keys, colors, visible, in_mask, room, geometry.KEY_BITS, geometry.KEY_OFFSET
+            )
+            if added is not None:
+                self._follow_bounds(old_keys, added)
             return
         first = _first_new(keys, self.keys, room)  # the first occurrence of each new key, in key order
         if len(first) == 0:
@@ -60,13 +69,23 @@ class PointStore:
         new_keys = keys[first]  # sorted: merge in place, O(n) instead of re-sorting the store
         vis = np.zeros(len(first), np.uint16) if visible is None else np.asarray(visible)[first]
         inm = np.zeros(len(first), np.uint16) if in_mask is None else np.asarray(in_mask)[first]
-        merge = _SortedMerge.of_keys(self.keys, new_keys)
+        old_keys, merge = self.keys, _SortedMerge.of_keys(self.keys, new_keys)
         if self._centers is not None:
             self._centers = merge(self._centers, geometry.voxel_centers(new_keys, self.voxel))
         self.keys = merge(self.keys, new_keys)
         self.colors = merge(self.colors, np.asarray(colors)[first])
         self.visible = merge(self.visible, vis.astype(np.uint16))
         self.in_mask = merge(self.in_mask, inm.astype(np.uint16))
+        self._follow_bounds(old_keys, geometry.key_bounds(new_keys))
+
+    def _follow_bounds(self, old_keys: np.ndarray, added: np.ndarray) -> None:
+        """An insert replaced ``old_keys`` by self.keys, adding keys whose bounds are ``added``: the cached bounds
+        grow by them, without a pass over the whole store (box() recomputes them when they were not cached)."""
+        if len(old_keys) and self._bounds_of is not old_keys:
+            return
+        if len(old_keys):
+            added = np.stack([np.minimum(self._bounds[0], added[0]), np.maximum(self._bounds[1], added[1])])
+        self._bounds, self._bounds_of = added, self.keys
 
     def vote(self, visible: np.ndarray, in_mask: np.ndarray) -> None:
         """One keyframe's votes: ``visible`` and ``in_mask`` are bool per stored voxel (in_mask implies visible)."""

@@ -199,6 +199,43 @@ def test_point_store_inserts_keep_keys_sorted_and_centres_in_step():
     np.testing.assert_array_equal(s.centers(), geometry.voxel_centers(s.keys, 0.1))
 
 
+def _set_arrays(store, n):
+    store.keys, store.colors = store.keys[:n].copy(), store.colors[:n].copy()
+    store.visible, store.in_mask, store._centers = store.visible[:n].copy(), store.in_mask[:n].copy(), None
+
+
+@pytest.mark.parametrize("compiled_kernels", [True, False])
+def test_point_store_box_follows_inserts_prunes_merges_and_loaded_keys(compiled_kernels, monkeypatch):
+    """The cached key bounds behind box() grow with each insert and are recomputed after anything else replaced
+    the keys: the box always equals the one of the voxel centres."""
+    from ros2_opentrack import compiled
+
+    monkeypatch.setattr(compiled, "ENABLED", compiled.ENABLED and compiled_kernels)
+    rng = np.random.default_rng(5)
+
+    def expected(store):
+        c = geometry.voxel_centers(store.keys, store.voxel)
+        return c.min(axis=0) - store.voxel / 2, c.max(axis=0) + store.voxel / 2
+
+    s = PointStore(0.1, cap=10**6)
+    steps = [
+        lambda: s.add_points(rng.uniform(0, 1, (50, 3)), np.zeros((50, 3), np.uint8)),
+        lambda: s.add_points(rng.uniform(-2, 0.5, (20, 3)), np.zeros((20, 3), np.uint8)),  # grows down
+        lambda: s.add_points(rng.uniform(0.2, 0.4, (20, 3)), np.zeros((20, 3), np.uint8)),  # inside: no change
+        lambda: s.prune(s.centers()[:, 0] > -1.0),  # shrinks
+        lambda: s.add_points(rng.uniform(2, 3, (5, 3)), np.zeros((5, 3), np.uint8)),  # after a prune
+        lambda: _set_arrays(s, len(s) // 2),  # arrays set directly (as a loaded map state does)
+    ]
+    other = PointStore(0.1, cap=10**6)
+    other.add_points(rng.uniform(4, 5, (30, 3)), np.zeros((30, 3), np.uint8))
+    steps.append(lambda: s.merge(other))
+    for step in steps:
+        step()
+        for got, want in zip(s.box(), expected(s)):
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    assert s.box()[1][0] > 4.9 and s.box()[0][0] > -1.1
+
+
 def test_instance_score_is_detector_score_times_track_length_objectness():
     from ros2_opentrack.pipeline import objectness
 
