@@ -405,6 +405,25 @@ def mask_coverage(masks, boxes, pixel_sets, min_points: int, max_points: int) ->
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Colour-histogram bins (perception.color_hist)
+
+
+@_jit
+def _joint_bins(hsv, lut):
+    out = np.empty(hsv.shape[:2], np.int32)
+    for y in range(hsv.shape[0]):
+        for x in range(hsv.shape[1]):
+            out[y, x] = np.int32(lut[0, hsv[y, x, 0], 0]) + lut[0, hsv[y, x, 1], 1] + lut[0, hsv[y, x, 2], 2]
+    return out
+
+
+def joint_bins(hsv: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """(H, W) int32 joint bin index of an HSV uint8 image: the sum of each channel's term in ``lut`` (1, 256, 3),
+    as ColorHistogramFeatures.bin_image's LUT, split and adds give it (no term sum reaches the uint8 limit)."""
+    return _joint_bins(hsv, lut)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Frame validation (types.validate_frame)
 
 
@@ -584,6 +603,7 @@ def warm_up() -> float:
         voxel_keys(np.zeros((1, 3), dtype), 0.02, 21, 1 << 20)
     shared_places(np.array([1, 3]), np.array([3]))
     clean_depth(np.ones((2, 2), np.float32))
+    joint_bins(np.zeros((1, 1, 3), np.uint8), np.zeros((1, 256, 3), np.uint8))
     mask_coverage([np.ones((2, 2), bool)], [(0, 0, 1, 1)], [np.zeros((1, 2), np.int64)], 1, 512)
     nearest_at(np.ones((2, 2), np.float32), np.zeros(1, np.int64), np.zeros(1, np.int64), 5, 1e9)
     from .voxel_store import PointStore

@@ -268,9 +268,7 @@ def test_mask_coverage_kernel_matches_numpy(seed, numpy_only):
         m &= rng.random((h, w)) < 0.8
         masks.append(m)
     masks.append(np.zeros((h, w), bool))
-    pixel_sets = [
-        np.stack([rng.integers(0, w, n), rng.integers(0, h, n)], axis=1) for n in (0, 5, 40, 700, 1500, 12)
-    ]
+    pixel_sets = [np.stack([rng.integers(0, w, n), rng.integers(0, h, n)], axis=1) for n in (0, 5, 40, 700, 1500, 12)]
     fast = [mask_coverage(masks, pixel_sets, 10), MaskSet(masks).coverage([0, 3, 6, 6], pixel_sets, 10)]
     numpy_only()
     slow = [mask_coverage(masks, pixel_sets, 10), MaskSet(masks).coverage([0, 3, 6, 6], pixel_sets, 10)]
@@ -278,6 +276,25 @@ def test_mask_coverage_kernel_matches_numpy(seed, numpy_only):
         np.testing.assert_array_equal(a, b)  # NaN where NaN
     assert np.isnan(slow[0][:, [0, 1]]).all() and not np.isnan(slow[0][:, 2:5]).any()
     assert (slow[0][-1, 2:5] == 0).all() and (slow[0][:, 2:5] > 0).any()
+
+
+@pytest.mark.parametrize("bins", [(12, 4, 4), (16, 8, 8)])  # a joint index in a byte, and one over it
+def test_colour_histogram_bins_kernel_matches_numpy(bins, numpy_only):
+    from ros2_opentrack.perception.color_hist import ColorHistogramFeatures
+
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (37, 53, 3)).astype(np.uint8)
+    rgb[0, :3] = [[0, 0, 0], [255, 255, 255], [255, 0, 0]]
+    features = ColorHistogramFeatures(bins)
+    fast = features.bin_image(rgb)
+    masks, boxes = [rng.random((37, 53)) < 0.3], np.array([[0, 0, 53, 37]], np.float32)
+    fast_desc = features.extract(rgb, masks, boxes)
+    numpy_only()
+    slow = features.bin_image(rgb)
+    assert fast.dtype == slow.dtype == np.int32
+    np.testing.assert_array_equal(fast, slow)
+    np.testing.assert_array_equal(fast_desc, features.extract(rgb, masks, boxes))
+    assert slow.max() < features.dim and len(np.unique(slow)) > features.dim // 4
 
 
 def test_depth_cleaning_kernel_matches_numpy(numpy_only):
