@@ -1,8 +1,9 @@
 """Compiled loops (numba) for the per-keyframe hot spots that numpy can only do in many passes over memory:
 grid DBSCAN's cell graph (lifting.grid_dbscan), the projection of every track's voxels (geometry.visibility), the
-intersections of voxel sets (association.pairwise_iou, voxel_store.shared_places), sorted inserts into a track's
-store and the scene map (voxel_store), voxel keys and their bounds (geometry) and the nearest valid depth around
-projected pixels (changes).
+intersections of voxel sets (association.pairwise_iou, voxel_store.shared_places), a track store's insert and the
+scene map's block merges (voxel_store), how masks cover tracks' visible pixels (consensus.mask_coverage), voxel keys
+and their bounds (geometry), the nearest valid depth around projected pixels (changes), depth cleaning
+(types.validate_frame) and the colour histogram's joint bins (perception.color_hist).
 
 Each kernel returns exactly what the numpy code beside its caller returns, bit for bit (test_compiled.py compares
 them on random and real inputs), so results never depend on whether numba is installed. Without numba, or with
@@ -318,19 +319,21 @@ def _store_insert(
     return k, bounds, out_keys, out_colors, out_visible, out_in_mask, out_centers
 
 
-def store_insert(store, keys, colors, visible, in_mask, room: int, bits: int, offset: int) -> bool:
-    """voxel_store.PointStore.add_keys (its numpy path's result, bit for bit) on ``store`` in place: the key
-    bounds (geometry.key_bounds) of the voxels it added, None when it added none."""
+def store_insert(arrays, voxel: float, keys, colors, visible, in_mask, room: int, bits: int, offset: int):
+    """voxel_store.PointStore.add_keys (its numpy path's result, bit for bit) on a store's ``arrays`` (keys,
+    colors, visible, in_mask and its cached voxel centres or None): None when no voxel was added, else (the added
+    voxels' key bounds (geometry.key_bounds), the store's new arrays in the same order)."""
     counted = visible is not None or in_mask is not None
     if counted:  # a counter not given starts at 0
         visible, in_mask = (np.zeros(len(keys), np.uint16) if c is None else c for c in (visible, in_mask))
-    keep_centers = store._centers is not None
-    added, bounds, *arrays = _store_insert(
-        store.keys,
-        store.colors,
-        store.visible,
-        store.in_mask,
-        store._centers if keep_centers else np.zeros((0, 3), np.float32),
+    stored, stored_colors, stored_visible, stored_in_mask, centers = arrays
+    keep_centers = centers is not None
+    added, bounds, *out = _store_insert(
+        stored,
+        stored_colors,
+        stored_visible,
+        stored_in_mask,
+        centers if keep_centers else np.zeros((0, 3), np.float32),
         keep_centers,
         np.ascontiguousarray(keys, np.int64),
         np.ascontiguousarray(colors).astype(np.uint8, copy=False).reshape(-1, 3),
@@ -338,15 +341,13 @@ def store_insert(store, keys, colors, visible, in_mask, room: int, bits: int, of
         np.asarray(in_mask if counted else (), np.uint16),
         counted,
         int(room),
-        float(store.voxel),
+        float(voxel),
         int(bits),
         int(offset),
     )
     if not added:
         return None
-    store.keys, store.colors, store.visible, store.in_mask, centers = arrays
-    store._centers = centers if keep_centers else None
-    return bounds
+    return bounds, (*out[:4], out[4] if keep_centers else None)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -606,7 +607,7 @@ def warm_up() -> float:
     joint_bins(np.zeros((1, 1, 3), np.uint8), np.zeros((1, 256, 3), np.uint8))
     mask_coverage([np.ones((2, 2), bool)], [(0, 0, 1, 1)], [np.zeros((1, 2), np.int64)], 1, 512)
     nearest_at(np.ones((2, 2), np.float32), np.zeros(1, np.int64), np.zeros(1, np.int64), 5, 1e9)
-    from .voxel_store import PointStore
-
-    store_insert(PointStore(0.02, 8), np.array([2, 2]), np.zeros((2, 3), np.uint8), None, None, 8, 21, 1 << 20)
+    empty = (np.zeros(0, np.int64), np.zeros((0, 3), np.uint8), np.zeros(0, np.uint16), np.zeros(0, np.uint16))
+    for centers in (None, np.zeros((0, 3), np.float32)):
+        store_insert((*empty, centers), 0.02, np.array([2, 2]), np.zeros((2, 3), np.uint8), None, None, 8, 21, 1 << 20)
     return time.perf_counter() - start

@@ -57,10 +57,11 @@ class PointStore:
             return
         if compiled.ENABLED:  # the steps below in one pass
             old_keys = self.keys
-            added = compiled.store_insert(
-                self, keys, colors, visible, in_mask, room, geometry.KEY_BITS, geometry.KEY_OFFSET
-            )
-            if added is not None:
+            arrays = (self.keys, self.colors, self.visible, self.in_mask, self._centers)
+            bits, offset = geometry.KEY_BITS, geometry.KEY_OFFSET
+            done = compiled.store_insert(arrays, self.voxel, keys, colors, visible, in_mask, room, bits, offset)
+            if done is not None:
+                added, (self.keys, self.colors, self.visible, self.in_mask, self._centers) = done
                 self._follow_bounds(old_keys, added)
             return
         first = _first_new(keys, self.keys, room)  # the first occurrence of each new key, in key order
