@@ -103,6 +103,9 @@ class Associator:
         )
         sized = np.array([len(o.voxels) for o in observations]) >= self.cfg.min_seen_voxels
         boxes = np.array([o.box for o in observations], np.float64).reshape(-1, 4)
+        if compiled.ENABLED:  # one pass per (box, track) pair, no (boxes, pixels) temporaries
+            outside = compiled.outside_boxes(visible_pixels, seen, boxes)
+            return (iou <= self.cfg.elsewhere_max_iou) & outside & seen[None, :] & sized[:, None]
         outside = np.ones((len(observations), len(tracks)), bool)
         for k, px in enumerate(visible_pixels):
             if seen[k]:

@@ -1,7 +1,8 @@
 """Compiled loops (numba) for the per-keyframe hot spots that numpy can only do in many passes over memory:
 grid DBSCAN's cell graph (lifting.grid_dbscan), the projection of every track's voxels (geometry.visibility), the
 intersections of voxel sets (association.pairwise_iou, voxel_store.shared_places), a track store's insert and the
-scene map's block merges (voxel_store), how masks cover tracks' visible pixels (consensus.mask_coverage), voxel keys
+scene map's block merges (voxel_store), how masks cover tracks' visible pixels (consensus.mask_coverage) and how
+much of them lies in each observation's box (association.seen_elsewhere), voxel keys
 and their bounds (geometry), the nearest valid depth around projected pixels (changes), depth cleaning
 (types.validate_frame) and the colour histogram's joint bins (perception.color_hist).
 
@@ -405,6 +406,33 @@ def mask_coverage(masks, boxes, pixel_sets, min_points: int, max_points: int) ->
     return cover
 
 
+@_jit
+def _outside_boxes(pixels, bounds, seen, boxes):
+    """(boxes, sets): fewer than half of pixel set k inside box i ([x0, x1) x [y0, y1)), for the sets in ``seen``
+    (True for the others)."""
+    out = np.ones((len(boxes), len(bounds) - 1), np.bool_)
+    for k in range(len(bounds) - 1):
+        if not seen[k]:
+            continue
+        n = bounds[k + 1] - bounds[k]
+        for i in range(len(boxes)):
+            inside = 0
+            for j in range(bounds[k], bounds[k + 1]):
+                x, y = pixels[j, 0], pixels[j, 1]
+                if x >= boxes[i, 0] and x < boxes[i, 2] and y >= boxes[i, 1] and y < boxes[i, 3]:
+                    inside += 1
+            out[i, k] = n > 0 and inside / n < 0.5  # an empty set: numpy's mean is NaN, and NaN < 0.5 is False
+    return out
+
+
+def outside_boxes(pixel_sets, seen, boxes) -> np.ndarray:
+    """association.Associator.seen_elsewhere's (observations, tracks) "mostly outside the box" test."""
+    sizes = [len(p) for p in pixel_sets]
+    pixels = np.concatenate(pixel_sets).astype(np.int64, copy=False) if sum(sizes) else np.zeros((0, 2), np.int64)
+    bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    return _outside_boxes(pixels, bounds, np.asarray(seen, np.bool_), np.asarray(boxes, np.float64).reshape(-1, 4))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Colour-histogram bins (perception.color_hist)
 
@@ -604,6 +632,7 @@ def warm_up() -> float:
         voxel_keys(np.zeros((1, 3), dtype), 0.02, 21, 1 << 20)
     shared_places(np.array([1, 3]), np.array([3]))
     clean_depth(np.ones((2, 2), np.float32))
+    outside_boxes([np.zeros((1, 2), np.int64)], np.ones(1, bool), np.zeros((1, 4)))
     joint_bins(np.zeros((1, 1, 3), np.uint8), np.zeros((1, 256, 3), np.uint8))
     mask_coverage([np.ones((2, 2), bool)], [(0, 0, 1, 1)], [np.zeros((1, 2), np.int64)], 1, 512)
     nearest_at(np.ones((2, 2), np.float32), np.zeros(1, np.int64), np.zeros(1, np.int64), 5, 1e9)

@@ -297,6 +297,32 @@ def test_colour_histogram_bins_kernel_matches_numpy(bins, numpy_only):
     assert slow.max() < features.dim and len(np.unique(slow)) > features.dim // 4
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_seen_elsewhere_kernel_matches_numpy(seed, numpy_only):
+    """Tracks half inside a box, wholly outside, too small to count, and one with no visible pixel."""
+    from types import SimpleNamespace
+
+    from ros2_opentrack.config import TrackingConfig
+
+    rng = np.random.default_rng(seed)
+    cfg = TrackingConfig()
+    n_obs, n_tracks = 5, 6
+    observations = [
+        SimpleNamespace(voxels=np.arange(int(rng.integers(0, 40))), box=np.sort(rng.uniform(0, 80, 4)).tolist())
+        for _ in range(n_obs)
+    ]
+    tracks = [SimpleNamespace(voxels=np.arange(int(rng.integers(1, 60)))) for _ in range(n_tracks)]
+    pixels = [rng.integers(0, 80, (int(rng.integers(0, 50)), 2)) for _ in range(n_tracks - 1)] + [np.zeros((0, 2), int)]
+    visible = [np.arange(len(p)) for p in pixels]
+    iou = rng.uniform(0, 0.05, (n_obs, n_tracks))
+    assoc = association.Associator(cfg, None)
+    fast = assoc.seen_elsewhere(observations, tracks, visible, pixels, iou)
+    numpy_only()
+    slow = assoc.seen_elsewhere(observations, tracks, visible, pixels, iou)
+    np.testing.assert_array_equal(fast, slow)
+    assert slow.dtype == fast.dtype == bool
+
+
 def test_depth_cleaning_kernel_matches_numpy(numpy_only):
     """NaN, +-inf, negative and zero depth read as no reading; a strided view is cleaned like a copy."""
     from ros2_opentrack.types import _clean_depth
