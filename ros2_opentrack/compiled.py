@@ -2,9 +2,9 @@
 grid DBSCAN's cell graph (lifting.grid_dbscan), the projection of every track's voxels (geometry.visibility), the
 intersections of voxel sets (association.pairwise_iou, voxel_store.shared_places), a track store's insert and the
 scene map's block merges (voxel_store), how masks cover tracks' visible pixels (consensus.mask_coverage) and how
-much of them lies in each observation's box (association.seen_elsewhere), voxel keys
-and their bounds (geometry), the nearest valid depth around projected pixels (changes), depth cleaning
-(types.validate_frame) and the colour histogram's joint bins (perception.color_hist).
+much of them lies in each observation's box (association.seen_elsewhere), voxel keys and their bounds (geometry),
+the nearest valid depth around projected pixels (changes), depth cleaning (types.validate_frame) and the colour
+histogram's joint bins (perception.color_hist).
 
 Each kernel returns exactly what the numpy code beside its caller returns, bit for bit (test_compiled.py compares
 them on random and real inputs), so results never depend on whether numba is installed. Without numba, or with
