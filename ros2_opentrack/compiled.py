@@ -401,7 +401,12 @@ def mask_coverage(masks, boxes, pixel_sets, min_points: int, max_points: int) ->
     steps, sample_boxes = _sample_boxes(pixels, bounds, int(min_points), int(max_points))
     cover = np.full((len(masks), len(pixel_sets)), np.nan)
     cover[:, steps > 0] = 0.0
+    read = sample_boxes[steps > 0]  # the kernel reads masks there unchecked: refuse what numpy would refuse
     for i, (mask, (x0, y0, x1, y1)) in enumerate(zip(masks, boxes)):
+        if len(read) and (
+            read[:, :2].min() < 0 or read[:, 2].max() >= mask.shape[1] or read[:, 3].max() >= mask.shape[0]
+        ):
+            raise IndexError(f"mask_coverage: pixels outside the {mask.shape[1]}x{mask.shape[0]} mask {i}")
         _coverage_row(mask, x0, y0, x1, y1, pixels, bounds, steps, sample_boxes, cover[i])
     return cover
 

@@ -278,6 +278,15 @@ def test_mask_coverage_kernel_matches_numpy(seed, numpy_only):
     assert (slow[0][-1, 2:5] == 0).all() and (slow[0][:, 2:5] > 0).any()
 
 
+def test_mask_coverage_kernel_refuses_pixels_outside_the_masks():
+    """The kernel reads masks unchecked: pixels beyond them raise as numpy's indexing does, never read memory."""
+    from ros2_opentrack.consensus import mask_coverage
+
+    masks = [np.ones((10, 10), bool)]
+    with pytest.raises(IndexError):
+        mask_coverage(masks, [np.array([[2, 3]] * 20 + [[12, 3]])], 10)
+
+
 @pytest.mark.parametrize("bins", [(12, 4, 4), (16, 8, 8)])  # a joint index in a byte, and one over it
 def test_colour_histogram_bins_kernel_matches_numpy(bins, numpy_only):
     from ros2_opentrack.perception.color_hist import ColorHistogramFeatures
