@@ -215,12 +215,24 @@ def _intersections(keys_a, bounds_a, keys_b, bounds_b):
     return out
 
 
+def _slice_bounds(sizes) -> np.ndarray:
+    """[0, cumulative sizes...]: set k of a concatenation is [bounds[k], bounds[k + 1])."""
+    return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+
+def _packed_pixels(pixel_sets):
+    """Pixel sets ((n, 2) x, y each) as one int64 array and their _slice_bounds, for a kernel."""
+    sizes = [len(p) for p in pixel_sets]
+    pixels = np.concatenate(pixel_sets).astype(np.int64, copy=False) if sum(sizes) else np.zeros((0, 2), np.int64)
+    return pixels, _slice_bounds(sizes)
+
+
 def intersections(keys_a, sizes_a, keys_b, sizes_b) -> np.ndarray:
     """(len(sizes_a), len(sizes_b)) count of keys shared by each pair of sorted unique key sets, the sets given
     concatenated with their sizes."""
-    bounds_a = np.concatenate([[0], np.cumsum(sizes_a)]).astype(np.int64)
-    bounds_b = np.concatenate([[0], np.cumsum(sizes_b)]).astype(np.int64)
-    return _intersections(keys_a.astype(np.int64), bounds_a, keys_b.astype(np.int64), bounds_b)
+    return _intersections(
+        keys_a.astype(np.int64), _slice_bounds(sizes_a), keys_b.astype(np.int64), _slice_bounds(sizes_b)
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -305,17 +317,15 @@ def _store_insert(
             key = keys[src]
             out_keys[m] = key
             for axis, shift in enumerate((2 * bits, bits, 0)):
-                v = ((key >> shift) & field) - offset
+                v = ((key >> shift) & field) - offset  # the voxel index on this axis
                 bounds[0, axis] = min(bounds[0, axis], v)
                 bounds[1, axis] = max(bounds[1, axis], v)
+                if keep_centers:  # geometry.voxel_centers: float32((index + 0.5) * voxel)
+                    out_centers[m, axis] = np.float32((v + 0.5) * voxel)
             for c in range(3):
                 out_colors[m, c] = add_colors[src, c]
             out_visible[m] = add_visible[src] if counted else 0
             out_in_mask[m] = add_in_mask[src] if counted else 0
-            if keep_centers:  # geometry.voxel_centers: float32((index + 0.5) * voxel)
-                out_centers[m, 0] = np.float32((((key >> (2 * bits)) & field) - offset + 0.5) * voxel)
-                out_centers[m, 1] = np.float32((((key >> bits) & field) - offset + 0.5) * voxel)
-                out_centers[m, 2] = np.float32(((key & field) - offset + 0.5) * voxel)
             j += 1
     return k, bounds, out_keys, out_colors, out_visible, out_in_mask, out_centers
 
@@ -395,17 +405,14 @@ def _coverage_row(mask, x0, y0, x1, y1, pixels, bounds, steps, boxes, out):
 
 def mask_coverage(masks, boxes, pixel_sets, min_points: int, max_points: int) -> np.ndarray:
     """consensus.mask_coverage (its numpy code's result, bit for bit): one kernel call per mask."""
-    sizes = [len(p) for p in pixel_sets]
-    pixels = np.concatenate(pixel_sets).astype(np.int64, copy=False) if sum(sizes) else np.zeros((0, 2), np.int64)
-    bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    pixels, bounds = _packed_pixels(pixel_sets)
     steps, sample_boxes = _sample_boxes(pixels, bounds, int(min_points), int(max_points))
     cover = np.full((len(masks), len(pixel_sets)), np.nan)
     cover[:, steps > 0] = 0.0
     read = sample_boxes[steps > 0]  # the kernel reads masks there unchecked: refuse what numpy would refuse
+    lowest, right, bottom = (read[:, :2].min(), read[:, 2].max(), read[:, 3].max()) if len(read) else (0, -1, -1)
     for i, (mask, (x0, y0, x1, y1)) in enumerate(zip(masks, boxes)):
-        if len(read) and (
-            read[:, :2].min() < 0 or read[:, 2].max() >= mask.shape[1] or read[:, 3].max() >= mask.shape[0]
-        ):
+        if lowest < 0 or right >= mask.shape[1] or bottom >= mask.shape[0]:
             raise IndexError(f"mask_coverage: pixels outside the {mask.shape[1]}x{mask.shape[0]} mask {i}")
         _coverage_row(mask, x0, y0, x1, y1, pixels, bounds, steps, sample_boxes, cover[i])
     return cover
@@ -432,9 +439,7 @@ def _outside_boxes(pixels, bounds, seen, boxes):
 
 def outside_boxes(pixel_sets, seen, boxes) -> np.ndarray:
     """association.Associator.seen_elsewhere's (observations, tracks) "mostly outside the box" test."""
-    sizes = [len(p) for p in pixel_sets]
-    pixels = np.concatenate(pixel_sets).astype(np.int64, copy=False) if sum(sizes) else np.zeros((0, 2), np.int64)
-    bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    pixels, bounds = _packed_pixels(pixel_sets)
     return _outside_boxes(pixels, bounds, np.asarray(seen, np.bool_), np.asarray(boxes, np.float64).reshape(-1, 4))
 
 
