@@ -271,6 +271,14 @@ class RefineConfig:
         "... and when at most this many keyframes gave each of the two a mask of its own (the one that opened a "
         "track counts): neighbours in view together take two masks again and again, an object's halves seldom",
     )
+    handover_cos: float = param(
+        0.9,
+        "also merge touching tracks whose lives overlap by at most handover_max_overlap keyframes, that no "
+        "keyframe masked each on its own or held apart, when their features agree this much (cosine): one "
+        "object scanned along, its track handing over to a new one; 0: off",
+    )
+    handover_max_overlap: int = param(2, "... keyframes in which both tracks were alive (first to last observed)")
+    handover_min_voxels: int = param(60, "... and each has at least this many coarse voxels (tracking.voxel_size_m)")
     adopt_fragments_cos: float = param(
         0.7,
         "at the end of a run (finalize), a track seen fewer than min_observations times lends its points to the "

@@ -5,8 +5,10 @@ never leaves a half-written state):
 
     state.json   {"format": "ros2_opentrack.map_state", "version": 1, "config": {...the whole config tree...},
                   "counters": {next_id, terminated_total, frames, keyframes, merged, last_frame_index (highest
-                               frame index stepped; absent in older states)}, "vocabulary": [...],
-                  "tracks": [{id, first_seen, last_seen, first_frame, last_frame, observations, state, misses,
+                               frame index stepped), tracker_keyframes (Tracker.keyframes); the last two
+                               absent in older states}, "vocabulary": [...],
+                  "tracks": [{id, first_seen, last_seen, first_frame, last_frame, first_keyframe, last_keyframe
+                              (absent in older states: -1, unknown), observations, state, misses,
                               source_id, det_label, det_score_sum, label, label_score, labelled_size,
                               presence, presence_since, moved_from, moved_to, empty_count, there_count
                               (changes.py; absent in older states: present),
@@ -127,6 +129,7 @@ def _counters(pipeline) -> Dict[str, int]:
         "keyframes": pipeline._keyframes,
         "merged": pipeline._merged,
         "last_frame_index": getattr(pipeline, "_last_index", -1),
+        "tracker_keyframes": pipeline.tracker.keyframes,
     }
 
 
@@ -138,6 +141,8 @@ def _track_meta(t: Track, pipeline) -> dict:
         "last_seen": t.last_seen,
         "first_frame": t.first_frame,
         "last_frame": t.last_frame,
+        "first_keyframe": t.first_keyframe,
+        "last_keyframe": t.last_keyframe,
         "observations": t.observations,
         "state": t.state.value,
         "misses": t.misses,
@@ -322,6 +327,7 @@ def _build(meta: dict, arrays: Dict[str, np.ndarray], cfg) -> LoadedState:
         tracker.consensus.restore(pairs, counts, tracker.tracks)
     counters = {k: int(v) for k, v in meta["counters"].items()}
     tracker.next_id, tracker.terminated_total = counters["next_id"], counters["terminated_total"]
+    tracker.keyframes = counters.get("tracker_keyframes", counters["keyframes"])
     if tracker.tracks and max(tracker.tracks) >= tracker.next_id:
         raise MapStateError("a track id is not below the stored id counter")
     return LoadedState(
@@ -366,6 +372,8 @@ def _track(tm: dict, a: Dict[str, np.ndarray], cfg) -> Track:
         last_seen=float(tm["last_seen"]),
         first_frame=int(tm["first_frame"]),
         last_frame=int(tm["last_frame"]),
+        first_keyframe=int(tm.get("first_keyframe", -1)),
+        last_keyframe=int(tm.get("last_keyframe", -1)),
         observations=int(tm["observations"]),
         state=TrackState(tm["state"]),
         misses=int(tm["misses"]),

@@ -86,6 +86,7 @@ def merge_duplicates(tracker, only_dirty: bool = True) -> Dict[int, int]:
                 t.id, other.id, rc.consensus_min_joint, rc.consensus_ratio
             )
             one = one or _seen_once_as_one(tracker.consensus, t, other, rc)
+            one = one or _handed_over(tracker, t, other)
             if v >= rc.tau_merge or c or one:
                 keep, drop = (t, other) if (t.observations, -t.id) >= (other.observations, -other.id) else (other, t)
                 merge_tracks(keep, drop, tracker.cfg.max_track_voxels)
@@ -158,6 +159,28 @@ def _seen_once_as_one(consensus, a, b, refine_cfg) -> bool:
     if joint < 1 or apart > 0 or consensus.both_masked(a.id, b.id) > rc.consensus_once_max_both_masked:
         return False
     return cosine_matrix([a.feature], [b.feature])[0, 0] >= rc.consensus_once_cos
+
+
+def _handed_over(tracker, a, b) -> bool:
+    """b took over where a left off (or a where b did): one object scanned along (a long table, a wall), whose
+    track lost it when the view moved on to a part it had not seen, and a new track opened beside it. Their lives
+    barely overlap (<= refine.handover_max_overlap keyframes), no keyframe gave each a mask of its own and none
+    held them apart, their voxels touch and they look alike. Neighbours are in view together: they take masks of
+    their own, side by side, for as long as the camera sees them (a door in a wall, a chair at a table). Small
+    tracks (a part mask, a sliver) need more than this; named apart stays apart."""
+    rc, consensus = tracker.refine_cfg, tracker.consensus
+    if rc.handover_cos <= 0 or min(a.first_keyframe, b.first_keyframe) < 0 or named_apart(a.det_label, b.det_label):
+        return False
+    overlap = min(a.last_keyframe, b.last_keyframe) - max(a.first_keyframe, b.first_keyframe) + 1
+    if overlap > rc.handover_max_overlap or min(len(a.voxels), len(b.voxels)) < rc.handover_min_voxels:
+        return False
+    if consensus.counts(a.id, b.id)[1] > 0 or consensus.both_masked(a.id, b.id) > 0:
+        return False
+    if len(a.feature) != len(b.feature) or not len(a.feature):
+        return False
+    if cosine_matrix([a.feature], [b.feature])[0, 0] < rc.handover_cos:
+        return False
+    return bool(geometry.keys_near(a.voxels, b.voxels, 1).any())
 
 
 def _within_voxels(keys: np.ndarray, seed_keys: np.ndarray, radius: int) -> np.ndarray:
@@ -238,6 +261,8 @@ def merge_tracks(keep, drop, max_voxels: int) -> None:
     keep.det_score_sum += drop.det_score_sum
     keep.first_seen, keep.first_frame = min(keep.first_seen, drop.first_seen), min(keep.first_frame, drop.first_frame)
     keep.last_seen, keep.last_frame = max(keep.last_seen, drop.last_seen), max(keep.last_frame, drop.last_frame)
+    keep.first_keyframe = min(keep.first_keyframe, drop.first_keyframe)  # -1 (unknown) stays unknown
+    keep.last_keyframe = max(keep.last_keyframe, drop.last_keyframe)
     keep.det_label = keep.det_label or drop.det_label
     keep.misses = min(keep.misses, drop.misses)
     keep.state = TrackState.ACTIVE if TrackState.ACTIVE in (keep.state, drop.state) else keep.state

@@ -34,6 +34,8 @@ class Track:
     first_frame: int
     last_frame: int
     observations: int = 1
+    first_keyframe: int = -1  # Tracker.keyframes when opened / last observed (-1: unknown, a map state saved
+    last_keyframe: int = -1  # before they were kept); keyframes, not frames: the keyframe rate may vary
     state: TrackState = TrackState.ACTIVE
     misses: int = 0  # keyframes it should have been seen but was not (reset on a match)
     source_id: Optional[int] = None  # dataset instance id (masks.oracle_ids studies)
@@ -81,6 +83,7 @@ class Tracker:
         self.scene = SceneMap(refine_cfg.map_voxel_m, refine_cfg.max_map_points)
         self.next_id = 1
         self.terminated_total = 0
+        self.keyframes = 0  # steps taken: the clock of track lifetimes (Track.first_keyframe, last_keyframe)
         self.associate = Associator(tracking_cfg, lift_cfg, oracle_ids)
         self.changes = ChangeDetector(tracking_cfg, lift_cfg)  # changes.py: presence of tracks (issue 11)
         self.consensus = Consensus(  # consensus.py: one object in pieces, or two objects?
@@ -96,6 +99,7 @@ class Tracker:
         HxW bool masks (a list or an (N, H, W) array), indexed by Observation.mask_index."""
         out = StepOutcome()
         masks = None if masks is None else MaskSet.of(masks)  # each mask's box found once, on first use
+        self.keyframes += 1
         out.candidates = self.candidates(frame)
         away = self.changes.set_aside(out.candidates, self.tracks)  # changes.py: removed tracks are no candidates
         out.matched = self.associate(observations, out.candidates, self.tracks, frame)
@@ -161,6 +165,8 @@ class Tracker:
             last_seen=frame.stamp,
             first_frame=frame.index,
             last_frame=frame.index,
+            first_keyframe=self.keyframes,
+            last_keyframe=self.keyframes,
             source_id=obs.source_id,
             det_label=obs.label,
             det_score_sum=obs.score,
@@ -204,7 +210,7 @@ class Tracker:
         if not again:
             t.observations += 1
             t.det_score_sum += obs.score
-        t.last_seen, t.last_frame = frame.stamp, frame.index
+        t.last_seen, t.last_frame, t.last_keyframe = frame.stamp, frame.index, self.keyframes
         t.misses = 0
         t.state = TrackState.ACTIVE
         t.det_label = t.det_label or obs.label

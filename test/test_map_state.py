@@ -45,12 +45,16 @@ def test_resume_continues_like_one_run(tmp_path):
     first.tracker.consensus.restore(np.array([[a, b]]), np.array([[1, 2]]), first.tracker.tracks)
     first.save_state(tmp_path / "map")
     n_tracks, next_id = len(first.tracker.tracks), first.tracker.next_id
+    lives = {t.id: (t.first_keyframe, t.last_keyframe) for t in first.tracker.tracks.values()}
     consensus = first.tracker.consensus.to_arrays()
     first.close()
 
     resumed = Pipeline(config())
     resumed.load_state(tmp_path / "map")
     assert len(resumed.tracker.tracks) == n_tracks and resumed.tracker.next_id == next_id
+    assert resumed.tracker.keyframes == 8  # the clock of track lifetimes (refine.handover_*) goes on
+    assert {t.id: (t.first_keyframe, t.last_keyframe) for t in resumed.tracker.tracks.values()} == lives
+    assert all(1 <= lo <= hi <= 8 for lo, hi in lives.values()) and min(lives.values())[0] == 1
     for saved, loaded in zip(consensus, resumed.tracker.consensus.to_arrays()):  # view consensus counts too
         np.testing.assert_array_equal(saved, loaded)
     assert resumed.stats.frames == 8 and resumed.stats.images_stored == first.stats.images_stored
@@ -79,6 +83,25 @@ def test_state_files_are_plain_arrays_and_json(tmp_path):
         assert npz["store_keys_len"].sum() == sum(len(t.store) for t in pipe.tracker.tracks.values())
     pipe.save_state(tmp_path / "map")  # saving over an existing state replaces it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["map"]
+
+
+def test_a_state_saved_before_track_lifetimes_loads_with_them_unknown(tmp_path):
+    pipe = Pipeline(config())
+    for f in frames(6):
+        pipe.step(f)
+    pipe.save_state(tmp_path / "map")
+    meta_path = tmp_path / "map" / "state.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["counters"]["tracker_keyframes"]
+    for tm in meta["tracks"]:
+        del tm["first_keyframe"], tm["last_keyframe"]
+    meta_path.write_text(json.dumps(meta))
+    resumed = Pipeline(config())
+    resumed.load_state(tmp_path / "map")
+    assert resumed.tracker.keyframes == 6  # from the pipeline's keyframe count
+    assert {(t.first_keyframe, t.last_keyframe) for t in resumed.tracker.tracks.values()} == {(-1, -1)}
+    resumed.step(frames(7)[6])
+    assert all(t.last_keyframe in (-1, 7) for t in resumed.tracker.tracks.values())
 
 
 def _live(pipe):

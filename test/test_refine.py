@@ -126,6 +126,7 @@ def test_halves_seen_once_in_one_mask_and_never_apart_merge_when_they_look_alike
     (refine.consensus_once_cos = 0)."""
     cfg = config()
     cfg.masks.oracle_ids = True
+    cfg.refine.handover_cos = 0.0  # counts set by hand below: two tracks born together would pass for a handover
     if case == "rule off":
         cfg.refine.consensus_once_cos = 0.0
     colours = [RED, (30, 30, 200) if case == "another colour" else RED]
@@ -149,6 +150,53 @@ def test_halves_seen_once_in_one_mask_and_never_apart_merge_when_they_look_alike
     merged = pipe._refine_and_merge(only_dirty=False)
     assert (len(pipe.tracker.tracks) == 1) == merges, merged
     assert bool(merged) == merges
+
+
+@pytest.mark.parametrize(
+    "case, merges",
+    [
+        ("handed over", True),
+        ("returned to the first half", False),
+        ("in view together", False),
+        ("another colour", False),
+        ("another detector class", False),
+        ("rule off", False),
+    ],
+)
+def test_a_track_that_hands_over_to_a_new_one_beside_it_is_merged(case, merges):
+    """A long cabinet scanned along at close range: its left half is seen in three keyframes, then its right
+    half in three, never both in one view, so two tracks open (true ids). Their lives do not overlap, no view
+    held them apart, their voxels touch and they look alike: one object (refine.handover_cos). They stay two
+    when the camera came back to the left half (their lives overlap: a neighbour seen before and after), when
+    one view showed both in masks of their own, when they look different or were named differently, or when
+    the rule is off."""
+    cfg = config()
+    cfg.masks.oracle_ids = True
+    if case == "rule off":
+        cfg.refine.handover_cos = 0.0
+    colours = [RED, (30, 30, 200) if case == "another colour" else RED]
+    halves = [cube((0.5, 0.5, 0.4), (1.0, 0.5, 0.8)), cube((1.5, 0.5, 0.4), (1.0, 0.5, 0.8))]
+    xs = [0.3, 0.4, 0.5] + ([1.0] if case == "in view together" else []) + [1.5, 1.6, 1.7]
+    xs += [0.4, 0.3] if case == "returned to the first half" else []
+    pipe = Pipeline(cfg)
+    for i, x in enumerate(xs):
+        frame = make_frame(halves, colours, look_at((x, -0.3, 0.9), (x, 0.5, 0.4)), hw=HW, index=i)
+        assert len(frame.masks) == (2 if x == 1.0 else 1)  # the close view sees one half at a time
+        pipe.step(frame)
+    assert len(pipe.tracker.tracks) == 2
+    a, b = (pipe.tracker.tracks[t] for t in sorted(pipe.tracker.tracks))
+    if case == "another detector class":
+        a.det_label, b.det_label = "cabinet", "refrigerator"
+    lives = (a.first_keyframe, a.last_keyframe, b.first_keyframe, b.last_keyframe)
+    expected = {"returned to the first half": (1, 8, 4, 6), "in view together": (1, 4, 4, 7)}
+    assert lives == expected.get(case, (1, 3, 4, 6))
+    merged = pipe._refine_and_merge(only_dirty=False)
+    assert (merged == {b.id: a.id}) == merges, merged
+    assert len(pipe.tracker.tracks) == (1 if merges else 2)
+    if merges:
+        (kept,) = pipe.tracker.tracks.values()
+        assert (kept.first_keyframe, kept.last_keyframe) == (1, 6)
+        assert kept.box_min[0] < 0.1 and kept.box_max[0] > 1.9  # the whole cabinet
 
 
 def test_pairwise_iou_matches_the_definition():
