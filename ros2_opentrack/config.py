@@ -279,6 +279,9 @@ class RefineConfig:
     )
     handover_max_overlap: int = param(2, "... keyframes in which both tracks were alive (first to last observed)")
     handover_min_voxels: int = param(60, "... and each has at least this many coarse voxels (tracking.voxel_size_m)")
+    handover_min_observations: int = param(
+        3, "... and each was observed in at least this many keyframes (a track seen once has taken nothing over)"
+    )
     adopt_fragments_cos: float = param(
         0.7,
         "at the end of a run (finalize), a track seen fewer than min_observations times lends its points to the "

@@ -167,12 +167,15 @@ def _handed_over(tracker, a, b) -> bool:
     barely overlap (<= refine.handover_max_overlap keyframes), no keyframe gave each a mask of its own and none
     held them apart, their voxels touch and they look alike. Neighbours are in view together: they take masks of
     their own, side by side, for as long as the camera sees them (a door in a wall, a chair at a table). Small
-    tracks (a part mask, a sliver) need more than this; named apart stays apart."""
+    tracks (a part mask, a sliver) and tracks seen once (a neighbour's first mask, beside a track that had
+    swallowed part of it) need more than this; named apart stays apart."""
     rc, consensus = tracker.refine_cfg, tracker.consensus
     if rc.handover_cos <= 0 or min(a.first_keyframe, b.first_keyframe) < 0 or named_apart(a.det_label, b.det_label):
         return False
     overlap = min(a.last_keyframe, b.last_keyframe) - max(a.first_keyframe, b.first_keyframe) + 1
     if overlap > rc.handover_max_overlap or min(len(a.voxels), len(b.voxels)) < rc.handover_min_voxels:
+        return False
+    if min(a.observations, b.observations) < rc.handover_min_observations:
         return False
     if consensus.counts(a.id, b.id)[1] > 0 or consensus.both_masked(a.id, b.id) > 0:
         return False

@@ -157,6 +157,7 @@ def test_halves_seen_once_in_one_mask_and_never_apart_merge_when_they_look_alike
     [
         ("handed over", True),
         ("returned to the first half", False),
+        ("the new one seen once", False),
         ("in view together", False),
         ("another colour", False),
         ("another detector class", False),
@@ -168,15 +169,16 @@ def test_a_track_that_hands_over_to_a_new_one_beside_it_is_merged(case, merges):
     half in three, never both in one view, so two tracks open (true ids). Their lives do not overlap, no view
     held them apart, their voxels touch and they look alike: one object (refine.handover_cos). They stay two
     when the camera came back to the left half (their lives overlap: a neighbour seen before and after), when
-    one view showed both in masks of their own, when they look different or were named differently, or when
-    the rule is off."""
+    the new track was seen once (refine.handover_min_observations), when one view showed both in masks of their
+    own, when they look different or were named differently, or when the rule is off."""
     cfg = config()
     cfg.masks.oracle_ids = True
     if case == "rule off":
         cfg.refine.handover_cos = 0.0
     colours = [RED, (30, 30, 200) if case == "another colour" else RED]
     halves = [cube((0.5, 0.5, 0.4), (1.0, 0.5, 0.8)), cube((1.5, 0.5, 0.4), (1.0, 0.5, 0.8))]
-    xs = [0.3, 0.4, 0.5] + ([1.0] if case == "in view together" else []) + [1.5, 1.6, 1.7]
+    xs = [0.3, 0.4, 0.5] + ([1.0] if case == "in view together" else [])
+    xs += [1.5] if case == "the new one seen once" else [1.5, 1.6, 1.7]
     xs += [0.4, 0.3] if case == "returned to the first half" else []
     pipe = Pipeline(cfg)
     for i, x in enumerate(xs):
@@ -189,6 +191,7 @@ def test_a_track_that_hands_over_to_a_new_one_beside_it_is_merged(case, merges):
         a.det_label, b.det_label = "cabinet", "refrigerator"
     lives = (a.first_keyframe, a.last_keyframe, b.first_keyframe, b.last_keyframe)
     expected = {"returned to the first half": (1, 8, 4, 6), "in view together": (1, 4, 4, 7)}
+    expected["the new one seen once"] = (1, 3, 4, 4)
     assert lives == expected.get(case, (1, 3, 4, 6))
     merged = pipe._refine_and_merge(only_dirty=False)
     assert (merged == {b.id: a.id}) == merges, merged
