@@ -179,9 +179,7 @@ def _handed_over(tracker, a, b) -> bool:
         return False
     if consensus.counts(a.id, b.id)[1] > 0 or consensus.both_masked(a.id, b.id) > 0:
         return False
-    if len(a.feature) != len(b.feature) or not len(a.feature):
-        return False
-    if cosine_matrix([a.feature], [b.feature])[0, 0] < rc.handover_cos:
+    if cosine_matrix([a.feature], [b.feature])[0, 0] < rc.handover_cos:  # 0 for missing or mismatched descriptors
         return False
     return bool(geometry.keys_near(a.voxels, b.voxels, 1).any())
 
