@@ -50,12 +50,13 @@ class Associator:
             import scipy.optimize  # noqa: F401 - here, not in the first keyframe (a ~0.3 s import)
         # this keyframe's candidates, their visible voxels and pixels, and the observations' IoU with those
         self._seen_now: Tuple[List[int], List[np.ndarray], Optional[List[np.ndarray]], np.ndarray] = _NOTHING_SEEN
+        self._score: Optional[np.ndarray] = None  # this keyframe's eq. 1 scores, -1 where a gate rules a pair out
 
     def __call__(
         self, observations: Sequence[Observation], candidate_ids: Sequence[int], tracks: Mapping, frame: Frame = None
     ) -> Pairs:
         """Pairs for this keyframe. ``tracks``: id -> Track (the oracle looks beyond the candidates)."""
-        self._seen_now = _NOTHING_SEEN
+        self._seen_now, self._score = _NOTHING_SEEN, None
         if not observations:
             return []
         if self.oracle_ids:
@@ -75,7 +76,19 @@ class Associator:
             return associate_greedy(observations, candidate_ids, np.where(gate, iou, 0.0), self.cfg.tau_match)
         cos = cosine_matrix([o.feature for o in observations], [t.feature for t in candidates])
         score = np.where(gate, self.cfg.alpha * cos + (1.0 - self.cfg.alpha) * iou, -1.0)
+        self._score = score
         return associate_hungarian(score, candidate_ids, self.cfg.tau_match, self.cfg.assign_margin)
+
+    def nearest_miss(self, observation: int, margin: float, continued=()) -> int:
+        """The candidate this keyframe's observation scored best with among those the gates admit, when that
+        score is within ``margin`` of tau_match and no other observation continued it (after __call__ on the
+        same keyframe), or 0: for an observation left unmatched, the track it nearly continued."""
+        if self._score is None or not self._score.shape[1] or margin <= 0:
+            return 0
+        row = self._score[observation]
+        best = int(np.argmax(row))
+        tid = int(self._seen_now[0][best])
+        return tid if row[best] >= max(0.0, self.cfg.tau_match - margin) and tid not in continued else 0
 
     def visible_voxels(self, frame: Frame, tracks) -> Tuple[List[np.ndarray], List[np.ndarray]]:
         """Each track's voxels inside this frustum and not occluded by this depth, and their pixels (one

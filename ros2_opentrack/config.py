@@ -288,6 +288,11 @@ class RefineConfig:
         "touching reported instance it looks most like when their features agree this much (cosine) and no view "
         "held them apart (a piece of the object seen once; the tracks stay as they are); 0: off",
     )
+    adopt_near_miss: float = param(
+        0.05,
+        "... but first the reported track its opening observation nearly continued: the best score the "
+        "association's gates admitted, within this of tracking.tau_match; 0: off",
+    )
     tau_contain: float = param(0.0, "also merge when |A n B| / min(|A|, |B|) >= this (partial-view duplicates); 0: off")
     contain_min_cos: float = param(0.5, "... and only when their features agree this much (cosine)")
     objectness_half_obs: float = param(

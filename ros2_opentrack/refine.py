@@ -94,6 +94,7 @@ def merge_duplicates(tracker, only_dirty: bool = True) -> Dict[int, int]:
                 tracker.index.insert(keep.id, keep.box_min, keep.box_max)
                 tracker.remove(drop.id)
                 merged[drop.id] = keep.id
+                _redirect_near_misses(tracker, drop.id, keep.id)
                 if drop is t:
                     break
     for removed, kept in list(merged.items()):  # chains a -> b -> c report the final survivor
@@ -107,9 +108,12 @@ def fragment_adopters(tracker) -> Dict[int, int]:
     """Fragment track id -> the track that reports its points at the end of a run (Pipeline.finalize). A track
     seen fewer than refine.min_observations times is never reported, and its points would be lost. Often it is
     a piece of the object beside it: a view of a part its track had not seen (no voxel shared), whose appearance
-    fell short of tau_match. The touching reported track it looks most like (cosine >= refine.adopt_fragments_cos)
-    takes its points, unless a view held the two apart or a detector named them differently. Nothing changes in
-    the tracks, so a map state saved after the run resumes as if the run had gone on."""
+    fell short of tau_match. It goes to the reported track its opening observation nearly continued
+    (Track.born_near, refine.adopt_near_miss: the association's gates admitted that pair, and on a cabinet front a
+    door's far end looks more like the cabinet than like the door's first end), else to the touching reported
+    track it looks most like; either way only with cosine >= refine.adopt_fragments_cos, unless a view held the
+    two apart or a detector named them differently. Nothing changes in the tracks, so a map state saved after the
+    run resumes as if the run had gone on."""
     rc = tracker.refine_cfg
     if rc.adopt_fragments_cos <= 0:
         return {}
@@ -119,20 +123,33 @@ def fragment_adopters(tracker) -> Dict[int, int]:
         if t.observations >= rc.min_observations or not len(t.feature):
             continue
         near = [
+            o for o in _touching(tracker, t, pad) if geometry.box_gap(t.box_min, t.box_max, o.box_min, o.box_max) <= pad
+        ]
+        nearly = tracker.tracks.get(t.born_near)
+        if nearly is not None and nearly.id != t.id and all(o.id != nearly.id for o in near):
+            near.append(nearly)  # need not touch: the association's spatial gate admitted it
+        near = [
             o
-            for o in _touching(tracker, t, pad)
+            for o in near
             if o.observations >= rc.min_observations
             and len(o.feature) == len(t.feature)
             and not named_apart(t.det_label, o.det_label)
             and tracker.consensus.counts(t.id, o.id)[1] == 0
-            and geometry.box_gap(t.box_min, t.box_max, o.box_min, o.box_max) <= pad
         ]
         if near:
             cos = cosine_matrix([t.feature], [o.feature for o in near])[0]
-            best = int(np.argmax(cos))
+            nearly_at = [k for k, o in enumerate(near) if o.id == t.born_near and cos[k] >= rc.adopt_fragments_cos]
+            best = nearly_at[0] if nearly_at else int(np.argmax(cos))
             if cos[best] >= rc.adopt_fragments_cos:
                 adopters[t.id] = near[best].id
     return adopters
+
+
+def _redirect_near_misses(tracker, dropped: int, kept: int) -> None:
+    """A track that nearly continued a track merged away nearly continued the one it merged into."""
+    for u in tracker.tracks.values():
+        if u.born_near == dropped:
+            u.born_near = kept if u.id != kept else 0
 
 
 def _touching(tracker, t, pad: float) -> List:

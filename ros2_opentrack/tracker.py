@@ -39,6 +39,7 @@ class Track:
     state: TrackState = TrackState.ACTIVE
     misses: int = 0  # keyframes it should have been seen but was not (reset on a match)
     source_id: Optional[int] = None  # dataset instance id (masks.oracle_ids studies)
+    born_near: int = 0  # the track its opening observation nearly continued (refine.fragment_adopters; 0: none)
     det_label: Optional[str] = None  # first detector class seen for it
     det_score_sum: float = 0.0
     box_min: np.ndarray = field(default_factory=lambda: np.zeros(3))
@@ -116,9 +117,11 @@ class Tracker:
             self._absorb(self.tracks[tid], obs, frame, again=tid in absorbed)
             absorbed.setdefault(tid, []).append(obs.mask_index)
         taken = {i for i, _ in out.matched} | own.consumed
+        continued = set(absorbed)
         for i, obs in enumerate(observations):
             if i not in taken:
                 t = self._open(obs, frame)
+                t.born_near = self.associate.nearest_miss(i, self.refine_cfg.adopt_near_miss, continued)
                 out.created.append(t.id)
                 out.matched.append((i, t.id))
                 absorbed[t.id] = [obs.mask_index]

@@ -400,3 +400,52 @@ def test_a_piece_seen_once_joins_the_object_it_touches_at_the_end(case, adopted)
     lo, hi = piece
     in_piece = np.all((inst.points >= lo - 0.01) & (inst.points <= hi + 0.01), axis=1)
     assert (in_piece.sum() > 50) == adopted, in_piece.sum()
+
+
+def _fragment_scene(born_near: bool, held_apart: bool = False, near_cos: float = 0.78):
+    """A door seen in two ends 0.5 m apart, on a big cabinet front of nearly its colour: the door's track (3
+    observations), the cabinet's (10, touching everything) and a piece of the door seen once at the far end,
+    touching the cabinet only. Features in 2-D: the piece has cosine 0.83 with the cabinet, ``near_cos`` with the
+    door."""
+    from test_tracker import _obs
+
+    from ros2_opentrack.tracker import Tracker
+
+    cfg = core_config(refine_every=0, min_observations=2)
+    tr = Tracker(cfg.tracking, cfg.refine, cfg.lift)
+    frame = make_frame([], [], look_at((0, -4, 1), (0, 0, 0.5)), hw=HW)
+
+    def unit(degrees):
+        return [np.cos(np.radians(degrees)), np.sin(np.radians(degrees))]
+
+    piece_at = np.degrees(np.arccos(near_cos))  # the door's feature at 0 degrees
+    door = tr._open(_obs((0.0, 0, 0.5), unit(0)), frame)
+    cabinet = tr._open(_obs((0.45, 0.1, 0.5), unit(piece_at - np.degrees(np.arccos(0.83)))), frame)
+    cabinet.store.add_points(_obs((1.0, 0.1, 0.5), [1, 0]).points, np.zeros((200, 3), np.uint8))  # 0.25-1.2 m
+    cabinet.update_box()
+    tr.index.insert(cabinet.id, cabinet.box_min, cabinet.box_max)
+    piece = tr._open(_obs((0.9, 0, 0.5), unit(piece_at)), frame)  # 0.7-1.1 m; the door ends at 0.2 m
+    door.observations, cabinet.observations = 3, 10
+    piece.born_near = door.id if born_near else 0
+    if held_apart:
+        tr.consensus._count(tr.consensus.apart, door.id, piece.id)
+    return tr, door, cabinet, piece
+
+
+@pytest.mark.parametrize(
+    "case, goes_to",
+    [("nearly continued", "door"), ("no near miss", "cabinet"), ("held apart", "cabinet"), ("unlike", "cabinet")],
+)
+def test_a_piece_seen_once_goes_to_the_track_it_nearly_continued(case, goes_to):
+    """refine.fragment_adopters: a fragment's points go to the reported track its opening observation nearly
+    continued (Track.born_near: the best score the association's gates admitted), though it does not touch it
+    and a touching neighbour looks more like it; to the touching look-alike when it has no near miss, when a view
+    held it apart from that track, or when that track looks too different (cosine below
+    refine.adopt_fragments_cos)."""
+    from ros2_opentrack.refine import fragment_adopters
+
+    tr, door, cabinet, piece = _fragment_scene(
+        born_near=case != "no near miss", held_apart=case == "held apart", near_cos=0.6 if case == "unlike" else 0.78
+    )
+    assert geometry.box_gap(piece.box_min, piece.box_max, door.box_min, door.box_max) > 0.3  # not touching
+    assert fragment_adopters(tr) == {piece.id: {"door": door.id, "cabinet": cabinet.id}[goes_to]}

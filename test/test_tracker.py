@@ -2,6 +2,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _core_scene import core_config, cube, look_at, make_frame, orbit  # noqa: E402
@@ -275,3 +276,25 @@ def test_a_part_straddling_a_look_alike_neighbour_moves_to_the_track_it_overlaps
         assoc = Associator(cfg, OpenTrackConfig().lift)
         moved[margin] = assoc._reassign_parts(observations, [(0, 10), (1, 20)], [10, 20], visible, iou, tracks)
     assert moved == {0.15: {1: 10}, 0.0: {}, 0.25: {}}
+
+
+@pytest.mark.parametrize("margin, remembered", [(0.05, True), (0.03, False), (0.0, False)])
+def test_a_new_track_remembers_the_track_its_opening_observation_nearly_continued(margin, remembered):
+    """An observation beside a track (no voxel shared, cosine 0.72: eq. 1 gives 0.36 < tau_match 0.4) opens a new
+    track, which remembers the one it nearly continued (Track.born_near; refine.fragment_adopters gives its points
+    there if it stays a fragment) when the score is within refine.adopt_near_miss of tau_match (0: off). A
+    look-alike (cosine 1) beyond tracking.max_gap_m is no near miss: the spatial gate rules it out; an observation
+    no gate admits anywhere remembers none (0). (Whole-track IoU: these observations have no image boxes for the
+    "seen elsewhere" gate.)"""
+    cfg = config(visible_iou=False)
+    cfg.refine.adopt_near_miss = margin
+    tr = Tracker(cfg.tracking, cfg.refine, cfg.lift)
+    frame = make_frame([], [], look_at((0, -4, 1), (0, 0, 0.5)), hw=HW)
+    alike = np.array([0.72, np.sqrt(1 - 0.72**2)], np.float32)
+    near = tr._open(_obs((0.0, 0, 0.5), [1, 0]), frame)
+    tr._open(_obs((2.0, 0, 0.5), alike), frame)  # 1.6 m between the boxes
+    out = tr.step(frame, [_obs((0.6, 0, 0.5), alike), _obs((-2.5, 0, 0.5), [0, 1])])
+    assert len(out.created) == 2, out.matched
+    beside, alone = (tr.tracks[t] for t in out.created)
+    assert beside.born_near == (near.id if remembered else 0)
+    assert alone.born_near == 0
