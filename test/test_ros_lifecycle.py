@@ -173,27 +173,36 @@ def test_configure_fails_cleanly_on_a_missing_weight_file(make, tmp_path):
 
 
 class SlowLabeler:
-    """Labels every track as the first vocabulary class at once; query confirmations (tasks mode) take
-    ``delay`` seconds and confirm."""
+    """Labels every track as the first vocabulary class at once; a query confirmation (tasks mode) waits until
+    the test calls ``release()`` (at most ``timeout`` seconds), then confirms. Held, not slept: whether frames
+    flow meanwhile is then a matter of order, not of the machine's speed."""
 
     text_matcher = None
 
-    def __init__(self, delay: float):
-        self.delay = delay
+    def __init__(self, timeout: float = 30.0):
+        self.timeout = timeout
         self.confirming = threading.Event()
+        self._released = threading.Event()
         self.confirmed = 0
+
+    def release(self) -> None:
+        self._released.set()
+
+    def hold(self) -> None:
+        self.confirming.clear()
+        self._released.clear()
 
     def label(self, requests):
         if any(r.mode == "tasks" for r in requests):
             self.confirming.set()
-            time.sleep(self.delay)
+            self._released.wait(self.timeout)
             self.confirmed += 1
             return [LabelResult(r.track_id, None, task_indices=[0], score=1.0) for r in requests]
         return [LabelResult(r.track_id, r.choices[0], score=0.9) for r in requests]
 
 
 def test_frames_keep_flowing_while_a_slow_labeller_confirms_a_query(make, room_frames):
-    slow = SlowLabeler(delay=2.5)
+    slow = SlowLabeler()
     extra = {"perception.labeler.min_observations": 2, "perception.detector.vocabulary": ["mug", "kettle"]}
     pipeline = Pipeline(from_flat({k: v for k, v in {**BASE, **extra}.items() if "." in k}), labeler=slow)
     r = make(extra, pipeline=pipeline, multi_threaded=True)
@@ -211,31 +220,32 @@ def test_frames_keep_flowing_while_a_slow_labeller_confirms_a_query(make, room_f
     # 1. the ~/query service (a planner's call): frames go on while it waits for the MLLM
     future = r.call(Query, "/opentrack/query", request=Query.Request(query="mug"), wait=False)
     assert r.spin_until(slow.confirming.is_set, 5.0)
-    t0 = time.monotonic()
-    feed(r, room_frames[:4], start=60)  # each waits for its Instance3DArray
-    assert time.monotonic() - t0 < slow.delay and not future.done(), "frames waited for the query"
+    feed(r, room_frames[:4], start=60)  # each waits for its Instance3DArray: fails if frames wait for the query
+    assert not future.done() and slow.confirmed == 0, "the query did not wait for its confirmation"
+    slow.release()
     assert r.spin_until(future.done, 10.0)
     answer = future.result().result
     assert answer.error == "" and answer.ids and set(answer.labels) == {"mug"}
     assert slow.confirmed == 1
 
     # 2. the query topic: the same, answered on query_result
-    slow.confirming.clear()
+    slow.hold()
     n = r.counts["query_result"]
     r.pubs["query"].publish(String(data="mug"))
     assert r.spin_until(slow.confirming.is_set, 5.0)
-    t0 = time.monotonic()
     feed(r, room_frames[4:7], start=70)
-    assert time.monotonic() - t0 < slow.delay and r.counts["query_result"] == n
+    assert r.counts["query_result"] == n and slow.confirmed == 1
+    slow.release()
     assert r.spin_until(lambda: r.counts["query_result"] >= n + 1 and r.got["query_result"][-1].ids, 10.0)
 
     # 3. bounded: one worker, no backlog -> a second concurrent query is answered busy and counted
     r.node._query_slots = threading.Semaphore(1)
-    slow.confirming.clear()
+    slow.hold()
     first = r.call(Query, "/opentrack/query", request=Query.Request(query="mug"), wait=False)
     assert r.spin_until(slow.confirming.is_set, 5.0)
     busy = r.call(Query, "/opentrack/query", request=Query.Request(query="mug"))
     assert busy.result.error.startswith("busy") and r.node.drops().get("query_overflow") == 1
+    slow.release()
     assert r.spin_until(first.done, 10.0) and first.result().result.ids
 
 
