@@ -83,7 +83,7 @@ class Associator:
         """The candidate this keyframe's observation scored best with among those the gates admit, when that
         score is within ``margin`` of tau_match and no other observation continued it (after __call__ on the
         same keyframe), or 0: for an observation left unmatched, the track it nearly continued."""
-        if self._score is None or not self._score.shape[1] or margin <= 0:
+        if self._score is None or margin <= 0:  # set only when there were candidates
             return 0
         row = self._score[observation]
         best = int(np.argmax(row))

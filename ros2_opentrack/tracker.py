@@ -117,11 +117,10 @@ class Tracker:
             self._absorb(self.tracks[tid], obs, frame, again=tid in absorbed)
             absorbed.setdefault(tid, []).append(obs.mask_index)
         taken = {i for i, _ in out.matched} | own.consumed
-        continued = set(absorbed)
         for i, obs in enumerate(observations):
             if i not in taken:
-                t = self._open(obs, frame)
-                t.born_near = self.associate.nearest_miss(i, self.refine_cfg.adopt_near_miss, continued)
+                t = self._open(obs, frame)  # absorbed: the tracks continued so far (new ones are no candidates)
+                t.born_near = self.associate.nearest_miss(i, self.refine_cfg.adopt_near_miss, absorbed)
                 out.created.append(t.id)
                 out.matched.append((i, t.id))
                 absorbed[t.id] = [obs.mask_index]
