@@ -36,7 +36,6 @@ import numpy as np
 
 from . import compiled, geometry
 from .association import cosine_matrix, pairwise_iou
-from .refine import merge_tracks
 from .types import Presence
 
 _MAX_POINTS = 400  # voxel centres projected per track (an even subsample of larger tracks)
@@ -95,7 +94,9 @@ class ChangeDetector:
         empty, there = self.evidence(frame, [tracks[tid] for tid in ids])
         forgotten: List[int] = []
         for tid, e, h in zip(ids, empty, there):
-            t = tracks[tid]
+            t = tracks.get(tid)
+            if t is None:  # folded into a track back at its place (_refilled) earlier in this loop
+                continue
             if t.presence == Presence.PRESENT:
                 t.empty_count = t.empty_count + 1 if e else (0 if h else t.empty_count)
                 if t.empty_count >= self.cfg.removed_after_keyframes:
@@ -226,11 +227,11 @@ class ChangeDetector:
             same = [o for o, c in zip(near, cos) if c >= self.cfg.moved_min_cos]
         self._set(t, Presence.PRESENT, stamp)
         for o in same:  # the object is back: its identity continues (and the moves it made)
-            merge_tracks(t, o, self.cfg.max_track_voxels)
             if o.moved_from is not None and o.moved_from in tracker.tracks:
                 t.moved_from = o.moved_from
                 tracker.tracks[o.moved_from].moved_to = t.id
-            tracker.index.insert(t.id, t.box_min, t.box_max)
+            tracker.merge(t, o)
+            tracker.terminated_total += 1
         return [o.id for o in same]
 
     def _over_cap(self, tracks) -> List[int]:

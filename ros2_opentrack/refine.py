@@ -89,12 +89,8 @@ def merge_duplicates(tracker, only_dirty: bool = True) -> Dict[int, int]:
             one = one or _handed_over(tracker, t, other)
             if v >= rc.tau_merge or c or one:
                 keep, drop = (t, other) if (t.observations, -t.id) >= (other.observations, -other.id) else (other, t)
-                merge_tracks(keep, drop, tracker.cfg.max_track_voxels)
-                tracker.consensus.fold(keep.id, drop.id)
-                tracker.index.insert(keep.id, keep.box_min, keep.box_max)
-                tracker.remove(drop.id)
+                tracker.merge(keep, drop)
                 merged[drop.id] = keep.id
-                _redirect_near_misses(tracker, drop.id, keep.id)
                 if drop is t:
                     break
     for removed, kept in list(merged.items()):  # chains a -> b -> c report the final survivor
@@ -143,13 +139,6 @@ def fragment_adopters(tracker) -> Dict[int, int]:
             if cos[best] >= rc.adopt_fragments_cos:
                 adopters[t.id] = near[best].id
     return adopters
-
-
-def _redirect_near_misses(tracker, dropped: int, kept: int) -> None:
-    """A track that nearly continued a track merged away nearly continued the one it merged into."""
-    for u in tracker.tracks.values():
-        if u.born_near == dropped:
-            u.born_near = kept if u.id != kept else 0
 
 
 def _touching(tracker, t, pad: float) -> List:

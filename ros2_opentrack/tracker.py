@@ -17,7 +17,7 @@ from . import geometry
 from .association import Associator
 from .changes import ChangeDetector
 from .consensus import Consensus, MaskSet
-from .refine import merge_duplicates, refine_track, resolve_contested
+from .refine import merge_duplicates, merge_tracks, refine_track, resolve_contested
 from .spatial_index import SpatialIndex
 from .types import Frame, Observation, Presence, TrackState
 from .voxel_store import PointStore, SceneMap, isin_sorted
@@ -292,6 +292,19 @@ class Tracker:
         if t is not None:
             t.state = TrackState.TERMINATED
         return t
+
+    def merge(self, keep: Track, drop: Track) -> None:
+        """``drop`` is the same object as ``keep``: its points, views and counts go to keep, its view consensus
+        with third tracks adds to keep's, a track that nearly continued it nearly continued keep
+        (refine.fragment_adopters), and it leaves the map. The one way two tracks become one (duplicate
+        merging, change detection's object back at its place)."""
+        merge_tracks(keep, drop, self.cfg.max_track_voxels)
+        self.consensus.fold(keep.id, drop.id)
+        self.index.insert(keep.id, keep.box_min, keep.box_max)
+        self.remove(drop.id)
+        for u in self.tracks.values():
+            if u.born_near == drop.id:
+                u.born_near = keep.id if u.id != keep.id else 0
 
     # ---------------------------------------------------------------------------------------------
     def refine(self, only_dirty: bool = True) -> None:

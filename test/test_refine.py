@@ -449,3 +449,34 @@ def test_a_piece_seen_once_goes_to_the_track_it_nearly_continued(case, goes_to):
     )
     assert geometry.box_gap(piece.box_min, piece.box_max, door.box_min, door.box_max) > 0.3  # not touching
     assert fragment_adopters(tr) == {piece.id: {"door": door.id, "cabinet": cabinet.id}[goes_to]}
+
+
+@pytest.mark.parametrize("through", ["duplicate merging", "object back at its place"])
+def test_merging_a_track_hands_its_near_misses_and_view_evidence_to_the_survivor(through):
+    """Tracker.merge, the one way two tracks become one: the merged-away track leaves the map and the index, its
+    points join the survivor's, a fragment that nearly continued it nearly continues the survivor (so
+    fragment_adopters still finds it), and views that held it apart from a third track hold the survivor apart
+    too. Both callers: duplicate merging, and change detection folding a newcomer into the removed track whose
+    place it fills (changes.ChangeDetector._refilled)."""
+    from test_tracker import _obs
+
+    from ros2_opentrack.refine import merge_duplicates
+
+    tr, door, cabinet, piece = _fragment_scene(born_near=True, held_apart=True)
+    again = tr._open(_obs((0.0, 0, 0.5), [1, 0]), make_frame([], [], look_at((0, -4, 1), (0, 0, 0.5)), hw=HW))
+    again.first_seen = 5.0
+    door_voxels = door.voxels.copy()
+    piece.born_near = again.id  # the piece nearly continued the newcomer
+    tr.consensus._count(tr.consensus.apart, again.id, cabinet.id)
+    if through == "duplicate merging":  # the door's points, seen fewer times: it goes into the door
+        assert merge_duplicates(tr, only_dirty=False) == {again.id: door.id}
+    else:  # the door was taken away; the track opened where it was is the door back
+        tr.changes._set(door, Presence.REMOVED, stamp=3.0)
+        assert tr.changes._refilled(door, tr, stamp=6.0) == [again.id]
+        assert door.presence == Presence.PRESENT
+    survivor, gone = door, again
+    assert gone.id not in tr.tracks and gone.id not in tr.index.query(survivor.box_min, survivor.box_max)
+    assert np.isin(door_voxels, survivor.voxels).all()
+    assert piece.born_near == survivor.id
+    assert tr.consensus.counts(survivor.id, piece.id)[1] == 1  # the door was held apart from the piece
+    assert tr.consensus.counts(survivor.id, cabinet.id)[1] == 1  # folded from the newcomer
