@@ -2,9 +2,10 @@
 
     s = alpha * cos(f_T, f_I) + (1 - alpha) * IoU_voxel,   Hungarian assignment, accepted when s >= tau_match
 
-Two gates keep eq. 1 from joining look-alikes: a pair is admissible only when the boxes are within max_gap_m, and
-a track the camera plainly sees elsewhere cannot take an observation by appearance alone. With visible_iou the
-IoU is taken against the part of the track this camera can see now. Modes (tracking.association): hungarian
+Three gates keep eq. 1 from joining look-alikes: a pair is admissible only when the boxes are within max_gap_m, and
+a track the camera plainly sees elsewhere, or whose surface it sees where the mask leaves it out, cannot take an
+observation by appearance alone. With visible_iou the IoU is taken against the part of the track this camera can
+see now. Modes (tracking.association): hungarian
 (the paper), greedy_iou (the baseline: voxel IoU only, greedy); masks.oracle_ids associates by dataset ids.
 """
 
@@ -53,9 +54,15 @@ class Associator:
         self._score: Optional[np.ndarray] = None  # this keyframe's eq. 1 scores, -1 where a gate rules a pair out
 
     def __call__(
-        self, observations: Sequence[Observation], candidate_ids: Sequence[int], tracks: Mapping, frame: Frame = None
+        self,
+        observations: Sequence[Observation],
+        candidate_ids: Sequence[int],
+        tracks: Mapping,
+        frame: Frame = None,
+        masks: Optional[MaskSet] = None,
     ) -> Pairs:
-        """Pairs for this keyframe. ``tracks``: id -> Track (the oracle looks beyond the candidates)."""
+        """Pairs for this keyframe. ``tracks``: id -> Track (the oracle looks beyond the candidates); ``masks``:
+        the frame's masks, indexed by Observation.mask_index (for left_out)."""
         self._seen_now, self._score = _NOTHING_SEEN, None
         if not observations:
             return []
@@ -64,14 +71,16 @@ class Associator:
         if not candidate_ids:
             return []
         candidates = [tracks[t] for t in candidate_ids]
-        track_voxels, track_pixels = [t.voxels for t in candidates], None
+        track_voxels, track_pixels, surface_pixels = [t.voxels for t in candidates], None, None
         if frame is not None and self.cfg.visible_iou:
-            track_voxels, track_pixels = self.visible_voxels(frame, candidates)
+            track_voxels, track_pixels, surface_pixels = self.visible_voxels(frame, candidates)
         iou = pairwise_iou([o.voxels for o in observations], track_voxels)
         self._seen_now = (list(candidate_ids), track_voxels, track_pixels, iou)  # for ownership() / spanned()
         gate = spatial_gate(observations, candidates, self.cfg.max_gap_m)
         if track_pixels is not None:
             gate &= ~self.seen_elsewhere(observations, candidates, track_voxels, track_pixels, iou)
+        if surface_pixels is not None and masks is not None:
+            gate &= ~self.left_out(observations, MaskSet.of(masks), surface_pixels, iou)
         if self.cfg.association == "greedy_iou":
             return associate_greedy(observations, candidate_ids, np.where(gate, iou, 0.0), self.cfg.tau_match)
         cos = cosine_matrix([o.feature for o in observations], [t.feature for t in candidates])
@@ -90,18 +99,45 @@ class Associator:
         tid = int(self._seen_now[0][best])
         return tid if row[best] >= max(0.0, self.cfg.tau_match - margin) and tid not in continued else 0
 
-    def visible_voxels(self, frame: Frame, tracks) -> Tuple[List[np.ndarray], List[np.ndarray]]:
-        """Each track's voxels inside this frustum and not occluded by this depth, and their pixels (one
-        projection for all): one view's observation can only cover what the camera sees, so IoU with the whole
-        track (every side of the object seen so far) would fall as the track grows and split objects seen from
-        a new side."""
+    def visible_voxels(self, frame: Frame, tracks) -> Tuple[List[np.ndarray], List[np.ndarray], List[np.ndarray]]:
+        """Each track's voxels inside this frustum and not occluded by this depth, their pixels (one
+        projection for all), and the pixels of those on the surface this depth shows (within surface_margin_m;
+        none when 0): one view's observation can only cover what the camera sees, so IoU with the whole track
+        (every side of the object seen so far) would fall as the track grows and split objects seen from a
+        new side."""
         centers = [t.voxel_centers(self.cfg.voxel_size_m) for t in tracks]
         if sum(len(c) for c in centers) == 0:
-            return [t.voxels for t in tracks], [np.zeros((0, 2), np.int64) for _ in tracks]
+            nothing = [np.zeros((0, 2), np.int64) for _ in tracks]
+            return [t.voxels for t in tracks], nothing, nothing
         visible, _, px, parts = geometry.visibility_by_set(
             centers, frame, self.lift_cfg.depth_min_m, self.lift_cfg.depth_max_m, self.cfg.occlusion_margin_m
         )
-        return ([t.voxels[visible[s]] for t, s in zip(tracks, parts)], [px[s][visible[s]] for s in parts])
+        on_surface = np.zeros(len(visible), bool)
+        if self.cfg.surface_margin_m > 0:
+            on_surface[visible] = geometry.on_surface(
+                np.concatenate(centers)[visible], px[visible], frame, self.cfg.surface_margin_m
+            )
+        return (
+            [t.voxels[visible[s]] for t, s in zip(tracks, parts)],
+            [px[s][visible[s]] for s in parts],
+            [px[s][on_surface[s]] for s in parts],
+        )
+
+    def left_out(self, observations, masks: MaskSet, surface_pixels, iou) -> np.ndarray:
+        """(observations, tracks) pairs where this view shows the track's surface (visible_voxels) and the
+        observation's mask leaves it out (covers at most surface_cover_max of it), sharing no voxel: the mask is
+        of something beside the track (the far end of a door after a corner turn, next to a cabinet whose own
+        mask the segmenter dropped: the cabinet in full view, outside the door's mask). Appearance alone must
+        not join them. A track seen from a new side has its known surface behind the new one, off the surface
+        this depth shows, so a first view of an object's back is never ruled out."""
+        out = np.zeros(iou.shape, bool)
+        rows = [
+            i for i, o in enumerate(observations) if o.mask_index >= 0 and len(o.voxels) >= self.cfg.min_seen_voxels
+        ]
+        if rows:
+            cover = masks.coverage([observations[i].mask_index for i in rows], surface_pixels, self.cfg.min_seen_voxels)
+            out[rows] = (cover <= self.cfg.surface_cover_max) & (iou[rows] <= 0.0)  # NaN (too little shown): False
+        return out
 
     def seen_elsewhere(self, observations, tracks, visible_voxels, visible_pixels, iou) -> np.ndarray:
         """(observations, tracks) pairs where the camera plainly sees the track somewhere else: min_seen_voxels

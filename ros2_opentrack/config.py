@@ -163,6 +163,14 @@ class TrackingConfig:
     elsewhere_max_iou: float = param(
         0.1, "... and the observation shares at most this voxel IoU with it (a brush, not an overlap)"
     )
+    surface_margin_m: float = param(
+        0.03,
+        "a track whose surface this view shows (at least min_seen_voxels visible voxels within this of the "
+        "observed depth) and that an observation's mask leaves out (covers at most surface_cover_max of it) "
+        "cannot take that observation by appearance alone (no voxel shared): the mask is of something beside "
+        "it; 0: off",
+    )
+    surface_cover_max: float = param(0.1, "... leaves it out: covers at most this share of its surface pixels")
     reassign_parts: bool = param(
         True,
         "a matched observation lying mostly (part_containment) inside a track another observation continues this "

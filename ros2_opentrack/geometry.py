@@ -280,6 +280,16 @@ def visibility_by_set(
     return visible, frustum, px, [slice(bounds[k], bounds[k + 1]) for k in range(len(point_sets))]
 
 
+def on_surface(points_world: np.ndarray, pixels: np.ndarray, view, margin: float) -> np.ndarray:
+    """(N,) bool: is each point (in view, at its ``pixels`` (u, v)) within ``margin`` of the depth ``view`` (a
+    Frame) observes there: on the surface the camera sees, not hidden behind it nor seen through."""
+    if not len(points_world):
+        return np.zeros(0, bool)
+    _, z = project(points_world, view.T_world_cam, view.K)
+    observed = view.depth[pixels[:, 1], pixels[:, 0]]
+    return (observed > 0) & (np.abs(z - observed) <= np.float32(margin))
+
+
 def frustum_corners(K: np.ndarray, T_world_cam: np.ndarray, hw, near: float, far: float) -> np.ndarray:
     """(8, 3) world corners of the view frustum: near plane then far plane."""
     h, w = hw

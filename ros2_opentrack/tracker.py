@@ -103,7 +103,7 @@ class Tracker:
         self.keyframes += 1
         out.candidates = self.candidates(frame)
         away = self.changes.set_aside(out.candidates, self.tracks)  # changes.py: removed tracks are no candidates
-        out.matched = self.associate(observations, out.candidates, self.tracks, frame)
+        out.matched = self.associate(observations, out.candidates, self.tracks, frame, masks)
         own = self.associate.ownership(observations, out.matched, self.tracks)
         out.matched = [(i, own.reassigned.get(i, t)) for i, t in out.matched]
         spanned = self.associate.spanned(observations, out.matched, masks, self.tracks, self.consensus)
