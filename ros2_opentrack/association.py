@@ -5,8 +5,8 @@
 Three gates keep eq. 1 from joining look-alikes: a pair is admissible only when the boxes are within max_gap_m, and
 a track the camera plainly sees elsewhere, or whose surface it sees where the mask leaves it out, cannot take an
 observation by appearance alone. With visible_iou the IoU is taken against the part of the track this camera can
-see now. Modes (tracking.association): hungarian
-(the paper), greedy_iou (the baseline: voxel IoU only, greedy); masks.oracle_ids associates by dataset ids.
+see now. Modes (tracking.association): hungarian (the paper), greedy_iou (the baseline: voxel IoU only, greedy);
+masks.oracle_ids associates by dataset ids.
 """
 
 from __future__ import annotations
