@@ -4,15 +4,16 @@
 
 Three gates keep eq. 1 from joining look-alikes: a pair is admissible only when the boxes are within max_gap_m, and
 a track the camera plainly sees elsewhere, or whose surface it sees where the mask leaves it out, cannot take an
-observation by appearance alone. With visible_iou the IoU is taken against the part of the track this camera can
-see now. Modes (tracking.association): hungarian (the paper), greedy_iou (the baseline: voxel IoU only, greedy);
-masks.oracle_ids associates by dataset ids.
+observation by appearance alone. A pair matched by appearance alone to a track out of view is no continuation
+either (beside(): the observation opens a track linked to it, for view consensus to decide). With visible_iou the
+IoU is taken against the part of the track this camera can see now. Modes (tracking.association): hungarian (the
+paper), greedy_iou (the baseline: voxel IoU only, greedy); masks.oracle_ids associates by dataset ids.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -23,6 +24,15 @@ from .voxel_store import isin_sorted
 
 Pairs = List[Tuple[int, int]]  # (observation index, track id)
 _NOTHING_SEEN = ([], [], None, np.zeros((0, 0)))
+
+
+class Visible(NamedTuple):
+    """What one view shows of each track (Associator.visible_voxels), one entry per track."""
+
+    voxels: List[np.ndarray]  # its coarse voxels in the frustum and not occluded
+    pixels: List[np.ndarray]  # their (u, v) pixels
+    surface_pixels: List[np.ndarray]  # the pixels of those on the surface this depth shows
+    in_frustum: np.ndarray  # (tracks,) how many of its voxels lie in the frustum, occluded or not
 
 
 @dataclass
@@ -52,6 +62,7 @@ class Associator:
         # this keyframe's candidates, their visible voxels and pixels, and the observations' IoU with those
         self._seen_now: Tuple[List[int], List[np.ndarray], Optional[List[np.ndarray]], np.ndarray] = _NOTHING_SEEN
         self._score: Optional[np.ndarray] = None  # this keyframe's eq. 1 scores, -1 where a gate rules a pair out
+        self._out_of_view: Optional[np.ndarray] = None  # (candidates,) bool: out of view this keyframe (beside())
 
     def __call__(
         self,
@@ -63,7 +74,7 @@ class Associator:
     ) -> Pairs:
         """Pairs for this keyframe. ``tracks``: id -> Track (the oracle looks beyond the candidates); ``masks``:
         the frame's masks, indexed by Observation.mask_index (for left_out)."""
-        self._seen_now, self._score = _NOTHING_SEEN, None
+        self._seen_now, self._score, self._out_of_view = _NOTHING_SEEN, None, None
         if not observations:
             return []
         if self.oracle_ids:
@@ -73,7 +84,9 @@ class Associator:
         candidates = [tracks[t] for t in candidate_ids]
         track_voxels, track_pixels, surface_pixels = [t.voxels for t in candidates], None, None
         if frame is not None and self.cfg.visible_iou:
-            track_voxels, track_pixels, surface_pixels = self.visible_voxels(frame, candidates)
+            shown = self.visible_voxels(frame, candidates)
+            track_voxels, track_pixels, surface_pixels = shown.voxels, shown.pixels, shown.surface_pixels
+            self._out_of_view = self.out_of_view(candidates, shown.in_frustum)
         iou = pairwise_iou([o.voxels for o in observations], track_voxels)
         self._seen_now = (list(candidate_ids), track_voxels, track_pixels, iou)  # for ownership() / spanned()
         gate = spatial_gate(observations, candidates, self.cfg.max_gap_m)
@@ -99,17 +112,17 @@ class Associator:
         tid = int(self._seen_now[0][best])
         return tid if row[best] >= max(0.0, self.cfg.tau_match - margin) and tid not in continued else 0
 
-    def visible_voxels(self, frame: Frame, tracks) -> Tuple[List[np.ndarray], List[np.ndarray], List[np.ndarray]]:
+    def visible_voxels(self, frame: Frame, tracks) -> Visible:
         """Each track's voxels inside this frustum and not occluded by this depth, their pixels (one
-        projection for all), and the pixels of those on the surface this depth shows (within surface_margin_m;
-        none when 0): one view's observation can only cover what the camera sees, so IoU with the whole track
-        (every side of the object seen so far) would fall as the track grows and split objects seen from a
-        new side."""
+        projection for all), the pixels of those on the surface this depth shows (within surface_margin_m;
+        none when 0), and how many of its voxels the frustum holds: one view's observation can only cover what
+        the camera sees, so IoU with the whole track (every side of the object seen so far) would fall as the
+        track grows and split objects seen from a new side."""
         centers = [t.voxel_centers(self.cfg.voxel_size_m) for t in tracks]
         if sum(len(c) for c in centers) == 0:
             nothing = [np.zeros((0, 2), np.int64) for _ in tracks]
-            return [t.voxels for t in tracks], nothing, nothing
-        visible, _, px, parts = geometry.visibility_by_set(
+            return Visible([t.voxels for t in tracks], nothing, nothing, np.zeros(len(tracks), np.int64))
+        visible, frustum, px, parts = geometry.visibility_by_set(
             centers, frame, self.lift_cfg.depth_min_m, self.lift_cfg.depth_max_m, self.cfg.occlusion_margin_m
         )
         on_surface = np.zeros(len(visible), bool)
@@ -117,11 +130,38 @@ class Associator:
             on_surface[visible] = geometry.on_surface(
                 np.concatenate(centers)[visible], px[visible], frame, self.cfg.surface_margin_m
             )
-        return (
+        return Visible(
             [t.voxels[visible[s]] for t, s in zip(tracks, parts)],
             [px[s][visible[s]] for s in parts],
             [px[s][on_surface[s]] for s in parts],
+            np.array([np.count_nonzero(frustum[s]) for s in parts], np.int64),
         )
+
+    def out_of_view(self, tracks, in_frustum: np.ndarray) -> Optional[np.ndarray]:
+        """(tracks,) bool: fewer than out_of_view_voxels of the track's voxels lie in this frustum, and under
+        half of them (a small track wholly in view is in view); None when out_of_view_voxels is 0 (off)."""
+        if self.cfg.out_of_view_voxels <= 0:
+            return None
+        sizes = np.array([len(t.voxels) for t in tracks])
+        return (in_frustum < self.cfg.out_of_view_voxels) & (2 * in_frustum < sizes)
+
+    def beside(self, pairs: Pairs) -> Dict[int, int]:
+        """Of this keyframe's pairs (after ownership()), those that join an observation to a track out of view by
+        appearance alone (no visible voxel shared): observation index -> track id. The camera cannot see that
+        track, so the observation shows something beside what was seen of it: the object's next stretch (a
+        wall panned along, the far half of a table) or a look-alike neighbour (a chair beside the one seen
+        before, a small box beside a big one). One view cannot tell which, so the observation opens a track of
+        its own, linked to that one (Track.born_beside): view consensus joins them once a view shows both as
+        one and keeps them apart once each takes a mask of its own (refine.merge_duplicates)."""
+        ids, _, _, iou = self._seen_now
+        if self._out_of_view is None or not pairs:
+            return {}
+        column = {tid: j for j, tid in enumerate(ids)}
+        return {
+            i: tid
+            for i, tid in pairs
+            if tid in column and self._out_of_view[column[tid]] and iou[i, column[tid]] <= 0.0
+        }
 
     def left_out(self, observations, masks: MaskSet, surface_pixels, iou) -> np.ndarray:
         """(observations, tracks) pairs where this view shows the track's surface (visible_voxels) and the

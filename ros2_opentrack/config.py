@@ -171,6 +171,13 @@ class TrackingConfig:
         "it; 0: off",
     )
     surface_cover_max: float = param(0.1, "... leaves it out: covers at most this share of its surface pixels")
+    out_of_view_voxels: int = param(
+        10,
+        "a track with fewer than this many coarse voxels in the frustum (and under half of them) is out of view: "
+        "an observation matched to it by appearance alone (no voxel shared) shows something beside it, its next "
+        "stretch or a look-alike neighbour, and opens a track of its own linked to it (Track.born_beside), which "
+        "view consensus or a handover (refine.beside_idle_keyframes) joins later; 0: off",
+    )
     reassign_parts: bool = param(
         True,
         "a matched observation lying mostly (part_containment) inside a track another observation continues this "
@@ -289,6 +296,12 @@ class RefineConfig:
     handover_min_voxels: int = param(60, "... and each has at least this many coarse voxels (tracking.voxel_size_m)")
     handover_min_observations: int = param(
         3, "... and each was observed in at least this many keyframes (a track seen once has taken nothing over)"
+    )
+    beside_idle_keyframes: int = param(
+        10,
+        "a track opened beside an out-of-view track it looked like (tracking.out_of_view_voxels) hands over from "
+        "it without touching it, once neither was observed for this many keyframes (or at the end of a run): the "
+        "camera moved on without a view that showed them apart",
     )
     adopt_fragments_cos: float = param(
         0.7,

@@ -20,8 +20,9 @@ outnumber apart views refine.consensus_ratio to one (refine.merge_duplicates the
 apart (refine.consensus_once_max_both_masked): two objects in view together take two masks again and again, even
 when one track holds a few of the other's voxels and no view counts apart cleanly; an object's halves seldom do.
 Merged masks are a minority of a pair's views, so two neighbours stay apart; the pieces of one object are
-covered together whenever the camera sees more of it. Counts are kept only for touching tracks, and forgotten
-with their tracks, so the memory follows the map, not the run length."""
+covered together whenever the camera sees more of it. Counts are kept only for touching tracks (and for a track
+and the one it opened beside, Track.born_beside), and forgotten with their tracks, so the memory follows the map,
+not the run length."""
 
 from __future__ import annotations
 
@@ -117,14 +118,22 @@ class Consensus:
         self._of: Dict[int, set] = {}  # track id -> the pairs it is in (forget / fold without a scan)
 
     def observe(
-        self, cover: np.ndarray, owners: Sequence, track_ids: Sequence[int], tracks: Mapping, born: Iterable = ()
+        self,
+        cover: np.ndarray,
+        owners: Sequence,
+        track_ids: Sequence[int],
+        tracks: Mapping,
+        born: Iterable = (),
+        linked: Iterable[Pair] = (),
     ) -> None:
         """Count one keyframe. ``cover[i, k]``: the share of track k's visible points inside mask i (mask_coverage;
         a NaN column: too few visible to tell); ``owners[i]``: the track mask i continued or opened (None: none).
         Any mask spanning both counts joint; only a track's own mask counts apart (see the module docstring).
         ``born``: the tracks that masks opened this keyframe; a view apart of a pair with one of them goes to
         ``born`` (split_evidence), not ``apart``: the new track is its mask, so either side leaving the other out
-        is trivially true. Two tracks whose masks are both among this keyframe's owners count ``both_masked``."""
+        is trivially true. Two tracks whose masks are both among this keyframe's owners count ``both_masked``.
+        ``linked``: pairs counted whether or not they touch (a track and the out-of-view track it opened beside,
+        Track.born_beside: the far half of a table need not touch the near half's track)."""
         shown = np.flatnonzero(~np.isnan(cover[0])) if cover.size else np.zeros(0, np.int64)
         if len(shown) < 2:
             return
@@ -143,6 +152,9 @@ class Consensus:
         bmin = np.array([tracks[t].box_min for t in ids])
         bmax = np.array([tracks[t].box_max for t in ids])
         touching = geometry.box_gap(bmin[:, None], bmax[:, None], bmin[None], bmax[None]) <= self.touch_gap_m
+        for a, b in linked:
+            if a in column and b in column:
+                touching[column[a], column[b]] = touching[column[b], column[a]] = True
         masked = np.isin(ids, [tid for tid in owners if tid is not None])
         both = masked[:, None] & masked[None, :]
         counted = ((self.joint, joint), (self.apart, apart & ~fresh), (self.born, apart & fresh), (self.both, both))

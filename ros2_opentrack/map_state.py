@@ -8,7 +8,7 @@ never leaves a half-written state):
                                frame index stepped), tracker_keyframes (Tracker.keyframes); the last two
                                absent in older states}, "vocabulary": [...],
                   "tracks": [{id, first_seen, last_seen, first_frame, last_frame, first_keyframe, last_keyframe
-                              (absent in older states: -1, unknown), born_near (absent: 0, none),
+                              (absent in older states: -1, unknown), born_near, born_beside (absent: 0, none),
                               observations, state, misses,
                               source_id, det_label, det_score_sum, label, label_score, labelled_size,
                               presence, presence_since, moved_from, moved_to, empty_count, there_count
@@ -145,6 +145,7 @@ def _track_meta(t: Track, pipeline) -> dict:
         "first_keyframe": t.first_keyframe,
         "last_keyframe": t.last_keyframe,
         "born_near": t.born_near,
+        "born_beside": t.born_beside,
         "observations": t.observations,
         "state": t.state.value,
         "misses": t.misses,
@@ -377,6 +378,7 @@ def _track(tm: dict, a: Dict[str, np.ndarray], cfg) -> Track:
         first_keyframe=int(tm.get("first_keyframe", -1)),
         last_keyframe=int(tm.get("last_keyframe", -1)),
         born_near=int(tm.get("born_near", 0)),
+        born_beside=int(tm.get("born_beside", 0)),
         observations=int(tm["observations"]),
         state=TrackState(tm["state"]),
         misses=int(tm["misses"]),

@@ -274,10 +274,10 @@ class Pipeline:
             ],
         )
 
-    def _refine_and_merge(self, only_dirty: bool) -> Dict[int, int]:
+    def _refine_and_merge(self, only_dirty: bool, final: bool = False) -> Dict[int, int]:
         with self.tracker.changes.withheld(self.tracker):  # removed places: frozen, never merged (changes.py)
             self.tracker.refine(only_dirty=only_dirty)
-            merged = self.tracker.merge_duplicates(only_dirty=only_dirty)
+            merged = self.tracker.merge_duplicates(only_dirty=only_dirty, final=final)
             self.tracker.resolve_contested(only_dirty=only_dirty)
         for removed, kept in merged.items():
             self.views.move(removed, kept)
@@ -342,7 +342,7 @@ class Pipeline:
     def finalize(self, wait_s: float = 10.0) -> List[Instance]:
         """Last refinement and merging over all tracks; label what is eligible and wait briefly for it. Tracks too
         short to report lend their points to the instance they are a piece of (refine.fragment_adopters)."""
-        self._refine_and_merge(only_dirty=False)
+        self._refine_and_merge(only_dirty=False, final=True)
         self.labels.request(list(self.tracker.tracks.values()), self.views, self.vocabulary)
         self.labels.wait(wait_s)
         instances = self.instances()

@@ -64,17 +64,21 @@ def expand(store: PointStore, scene: SceneMap, radius_m: float, max_box_voxels: 
     return len(store) - before
 
 
-def merge_duplicates(tracker, only_dirty: bool = True) -> Dict[int, int]:
+def merge_duplicates(tracker, only_dirty: bool = True, final: bool = False) -> Dict[int, int]:
     """NMS by voxel IoU >= tau_merge (or containment, see contained_duplicates), longest track first; the
-    shorter is merged into the longer and removed from ``tracker``. Returns removed id -> kept id."""
+    shorter is merged into the longer and removed from ``tracker``. Returns removed id -> kept id. ``final``: the
+    end of a run (no later view will come: a track opened beside another hands over without waiting)."""
     rc = tracker.refine_cfg
     merged: Dict[int, int] = {}
     pad = tracker.consensus.touch_gap_m  # consensus pairs touch: their boxes need not overlap
+    links = _beside_links(tracker)
     for tid in merge_order({t.id: t.observations for t in tracker.tracks.values()}):
         t = tracker.tracks.get(tid)
         if t is None or (only_dirty and not t.dirty):
             continue
         others = _touching(tracker, t, pad)
+        near = {o.id for o in others}
+        others += [tracker.tracks[u] for u in links.get(t.id, ()) if u not in near and u in tracker.tracks]
         if not others:
             continue
         iou = pairwise_iou([t.voxels], [o.voxels for o in others])[0]
@@ -86,7 +90,7 @@ def merge_duplicates(tracker, only_dirty: bool = True) -> Dict[int, int]:
                 t.id, other.id, rc.consensus_min_joint, rc.consensus_ratio
             )
             one = one or _seen_once_as_one(tracker.consensus, t, other, rc)
-            one = one or _handed_over(tracker, t, other)
+            one = one or _handed_over(tracker, t, other, final)
             if v >= rc.tau_merge or c or one:
                 keep, drop = (t, other) if (t.observations, -t.id) >= (other.observations, -other.id) else (other, t)
                 tracker.merge(keep, drop)
@@ -167,19 +171,35 @@ def _seen_once_as_one(consensus, a, b, refine_cfg) -> bool:
     return cosine_matrix([a.feature], [b.feature])[0, 0] >= rc.consensus_once_cos
 
 
-def _handed_over(tracker, a, b) -> bool:
+def _beside_links(tracker) -> Dict[int, List[int]]:
+    """Track id -> the tracks linked to it by Track.born_beside, both ways (merge candidates that need not touch)."""
+    links: Dict[int, List[int]] = {}
+    for t in tracker.tracks.values():
+        if t.born_beside:
+            links.setdefault(t.id, []).append(t.born_beside)
+            links.setdefault(t.born_beside, []).append(t.id)
+    return links
+
+
+def _handed_over(tracker, a, b, final: bool = False) -> bool:
     """b took over where a left off (or a where b did): one object scanned along (a long table, a wall), whose
     track lost it when the view moved on to a part it had not seen, and a new track opened beside it. Their lives
     barely overlap (<= refine.handover_max_overlap keyframes), no keyframe gave each a mask of its own and none
     held them apart, their voxels touch and they look alike. Neighbours are in view together: they take masks of
     their own, side by side, for as long as the camera sees them (a door in a wall, a chair at a table). Small
     tracks (a part mask, a sliver) and tracks seen once (a neighbour's first mask, beside a track that had
-    swallowed part of it) need more than this; named apart stays apart."""
+    swallowed part of it) need more than this; named apart stays apart. A track opened beside b while b was out
+    of view (Track.born_beside: its first mask matched b by appearance) need not touch it nor be large, but waits
+    until neither was observed for refine.beside_idle_keyframes (or the run's end): a look-alike neighbour is
+    often seen with b soon after, each in a mask of its own."""
     rc, consensus = tracker.refine_cfg, tracker.consensus
     if rc.handover_cos <= 0 or min(a.first_keyframe, b.first_keyframe) < 0 or named_apart(a.det_label, b.det_label):
         return False
+    beside = a.born_beside == b.id or b.born_beside == a.id
+    if beside and not final and tracker.keyframes - max(a.last_keyframe, b.last_keyframe) < rc.beside_idle_keyframes:
+        return False
     overlap = min(a.last_keyframe, b.last_keyframe) - max(a.first_keyframe, b.first_keyframe) + 1
-    if overlap > rc.handover_max_overlap or min(len(a.voxels), len(b.voxels)) < rc.handover_min_voxels:
+    if overlap > rc.handover_max_overlap or (min(len(a.voxels), len(b.voxels)) < rc.handover_min_voxels and not beside):
         return False
     if min(a.observations, b.observations) < rc.handover_min_observations:
         return False
@@ -187,7 +207,7 @@ def _handed_over(tracker, a, b) -> bool:
         return False
     if cosine_matrix([a.feature], [b.feature])[0, 0] < rc.handover_cos:  # 0 for missing or mismatched descriptors
         return False
-    return bool(geometry.keys_near(a.voxels, b.voxels, 1).any())
+    return beside or bool(geometry.keys_near(a.voxels, b.voxels, 1).any())
 
 
 def _within_voxels(keys: np.ndarray, seed_keys: np.ndarray, radius: int) -> np.ndarray:

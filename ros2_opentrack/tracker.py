@@ -40,6 +40,7 @@ class Track:
     misses: int = 0  # keyframes it should have been seen but was not (reset on a match)
     source_id: Optional[int] = None  # dataset instance id (masks.oracle_ids studies)
     born_near: int = 0  # the track its opening observation nearly continued (refine.fragment_adopters; 0: none)
+    born_beside: int = 0  # the out-of-view track its opening observation matched by appearance alone (0: none)
     det_label: Optional[str] = None  # first detector class seen for it
     det_score_sum: float = 0.0
     box_min: np.ndarray = field(default_factory=lambda: np.zeros(3))
@@ -106,6 +107,8 @@ class Tracker:
         out.matched = self.associate(observations, out.candidates, self.tracks, frame, masks)
         own = self.associate.ownership(observations, out.matched, self.tracks)
         out.matched = [(i, own.reassigned.get(i, t)) for i, t in out.matched]
+        beside = self.associate.beside(out.matched)  # opens a linked track instead (association.beside)
+        out.matched = [(i, t) for i, t in out.matched if i not in beside]
         spanned = self.associate.spanned(observations, out.matched, masks, self.tracks, self.consensus)
         absorbed: Dict[int, List[int]] = {}  # track id -> mask indices it was observed in this keyframe
         for obs_i, tid in out.matched + [(s.observation, s.track_id) for s in own.shares]:
@@ -120,7 +123,8 @@ class Tracker:
         for i, obs in enumerate(observations):
             if i not in taken:
                 t = self._open(obs, frame)  # absorbed: the tracks continued so far (new ones are no candidates)
-                t.born_near = self.associate.nearest_miss(i, self.refine_cfg.adopt_near_miss, absorbed)
+                t.born_beside = beside.get(i, 0)
+                t.born_near = t.born_beside or self.associate.nearest_miss(i, self.refine_cfg.adopt_near_miss, absorbed)
                 out.created.append(t.id)
                 out.matched.append((i, t.id))
                 absorbed[t.id] = [obs.mask_index]
@@ -265,7 +269,8 @@ class Tracker:
         lifted = [(o.mask_index, owner.get(i)) for i, o in enumerate(observations) if o.mask_index >= 0]
         cover = MaskSet.of(masks).coverage([m for m, _ in lifted], shown, self.cfg.min_seen_voxels)
         owners = [tid for _, tid in lifted]
-        self.consensus.observe(cover, owners, ids, self.tracks, born=born.intersection(owners))
+        linked = [(t, self.tracks[t].born_beside) for t in ids if self.tracks[t].born_beside]
+        self.consensus.observe(cover, owners, ids, self.tracks, born=born.intersection(owners), linked=linked)
 
     def _age(self, candidate_ids, mask_of, seen) -> List[int]:
         """Missed while it should have been seen: count; dormant after dormant_after misses, terminated
@@ -305,6 +310,8 @@ class Tracker:
         for u in self.tracks.values():
             if u.born_near == drop.id:
                 u.born_near = keep.id if u.id != keep.id else 0
+            if u.born_beside == drop.id:
+                u.born_beside = keep.id if u.id != keep.id else 0
 
     # ---------------------------------------------------------------------------------------------
     def refine(self, only_dirty: bool = True) -> None:
@@ -319,9 +326,9 @@ class Tracker:
         """Voxel ownership between neighbours (refine.resolve_contested)."""
         return resolve_contested(self, only_dirty) if self.refine_cfg.exclusive_voxels else 0
 
-    def merge_duplicates(self, only_dirty: bool = True) -> Dict[int, int]:
+    def merge_duplicates(self, only_dirty: bool = True, final: bool = False) -> Dict[int, int]:
         """Duplicate merging (refine.merge_duplicates). Returns removed id -> kept id."""
-        return merge_duplicates(self, only_dirty)
+        return merge_duplicates(self, only_dirty, final)
 
     def mark_clean(self) -> None:
         for t in self.tracks.values():

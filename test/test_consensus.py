@@ -66,6 +66,18 @@ def test_one_mask_over_two_touching_tracks_counts_joint_own_masks_leaving_out_co
     assert c.counts(1, 2) == (1, 1)
 
 
+def test_a_linked_pair_counts_though_it_does_not_touch():
+    """Track 3 opened beside track 1 while 1 was out of view (Track.born_beside): the far half of a table need not
+    touch the near half's track, and a view of both still counts, joint or apart and both masked."""
+    c = consensus()
+    c.observe(np.array([[0.9, 0.0, 0.9]]), [1], [1, 2, 3], TRACKS, linked=[(3, 1)])  # one mask over 1 and 3
+    assert c.counts(1, 3) == (1, 0)
+    c.observe(np.array([[0.9, 0.0, 0.1], [0.0, 0.0, 0.9]]), [1, 3], [1, 2, 3], TRACKS, linked=[(3, 1)])
+    assert c.counts(1, 3) == (1, 1) and c.both_masked(1, 3) == 1
+    c.observe(np.array([[0.9, 0.0, 0.9]]), [1], [1, 2, 3], TRACKS)  # not linked: far apart, not counted
+    assert c.counts(1, 3) == (1, 1) and c.counts(2, 3) == (0, 0)
+
+
 def test_a_mask_over_the_cup_on_a_table_and_the_cups_own_mask_count_both_ways():
     """The table's mask (track 1) covers the cup (track 2); the cup's own mask leaves the table out."""
     c = consensus()

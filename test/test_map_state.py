@@ -45,6 +45,7 @@ def test_resume_continues_like_one_run(tmp_path):
     first.tracker.consensus.restore(np.array([[a, b]]), np.array([[1, 2]]), first.tracker.tracks)
     some = min(first.tracker.tracks)
     first.tracker.tracks[max(first.tracker.tracks)].born_near = some  # a near miss (refine.fragment_adopters)
+    first.tracker.tracks[max(first.tracker.tracks)].born_beside = some  # opened beside it (association.beside)
     first.save_state(tmp_path / "map")
     n_tracks, next_id = len(first.tracker.tracks), first.tracker.next_id
     lives = {t.id: (t.first_keyframe, t.last_keyframe) for t in first.tracker.tracks.values()}
@@ -57,6 +58,7 @@ def test_resume_continues_like_one_run(tmp_path):
     assert resumed.tracker.keyframes == 8  # the clock of track lifetimes (refine.handover_*) goes on
     assert {t.id: (t.first_keyframe, t.last_keyframe) for t in resumed.tracker.tracks.values()} == lives
     assert resumed.tracker.tracks[max(resumed.tracker.tracks)].born_near == some
+    assert resumed.tracker.tracks[max(resumed.tracker.tracks)].born_beside == some
     assert all(1 <= lo <= hi <= 8 for lo, hi in lives.values()) and min(lives.values())[0] == 1
     for saved, loaded in zip(consensus, resumed.tracker.consensus.to_arrays()):  # view consensus counts too
         np.testing.assert_array_equal(saved, loaded)
@@ -97,13 +99,17 @@ def test_a_state_saved_before_track_lifetimes_loads_with_them_unknown(tmp_path):
     meta = json.loads(meta_path.read_text())
     del meta["counters"]["tracker_keyframes"]
     for tm in meta["tracks"]:
-        del tm["first_keyframe"], tm["last_keyframe"], tm["born_near"]
+        del tm["first_keyframe"], tm["last_keyframe"], tm["born_near"], tm["born_beside"]
     meta_path.write_text(json.dumps(meta))
     resumed = Pipeline(config())
     resumed.load_state(tmp_path / "map")
     assert resumed.tracker.keyframes == 6  # from the pipeline's keyframe count
     assert {(t.first_keyframe, t.last_keyframe) for t in resumed.tracker.tracks.values()} == {(-1, -1)}
-    assert {t.born_near for t in resumed.tracker.tracks.values()} == {0}
+    assert (
+        {t.born_near for t in resumed.tracker.tracks.values()}
+        == {t.born_beside for t in resumed.tracker.tracks.values()}
+        == {0}
+    )
     resumed.step(frames(7)[6])
     assert all(t.last_keyframe in (-1, 7) for t in resumed.tracker.tracks.values())
 

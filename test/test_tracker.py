@@ -343,8 +343,51 @@ def test_a_mask_that_leaves_out_a_track_in_full_view_does_not_continue_it_by_app
     cabinet = tr._open(_panel(-0.95, -0.15, 0.05, 0.85, 0.91, unit(np.degrees(np.arccos(0.9)))), frame)
     door = tr._open(_panel(-0.9, -0.3, 0.1, 0.7, 0.99, unit(-np.degrees(np.arccos(0.82)))), frame)
     assert len(np.intersect1d(obs.voxels, door.voxels)) == len(np.intersect1d(obs.voxels, cabinet.voxels)) == 0
-    visible, _, surface = tr.associate.visible_voxels(frame, [cabinet, door])
+    shown = tr.associate.visible_voxels(frame, [cabinet, door])
+    visible, surface = shown.voxels, shown.surface_pixels
     assert len(visible[1]) > 0.9 * len(door.voxels) and len(surface[1]) == 0  # behind the cabinet, in the margin
     assert len(surface[0]) == (len(cabinet.voxels) if surface_margin_m else 0)
     pairs = tr.associate([obs], [cabinet.id, door.id], tr.tracks, frame, [door_mask])
     assert pairs == [(0, {"door": door.id, "cabinet": cabinet.id}[continues])]
+
+
+def _seen_end_on(x, n=3):
+    """n close views (1 m away) of the stretch of the floor-standing scene around x, stepping 5 cm sideways."""
+    return [look_at((x + dx, -1.0, 1.0), (x + dx, 0, 0.4)) for dx in np.arange(n) * 0.05]
+
+
+@pytest.mark.parametrize("out_of_view_voxels", [10, 0])
+def test_a_look_alike_beside_a_track_out_of_view_opens_its_own_track_and_stays_apart(out_of_view_voxels):
+    """Two look-alike boxes 0.8 m apart. Close views show the left one, then only the right one: the left one's
+    track is wholly out of the frustum, and the right one's first mask shares no voxel with it but looks the
+    same (eq. 1: 0.5 >= tau_match). It opens a track of its own, linked to the left one (Track.born_beside); a wide
+    view then shows both, each in a mask of its own, and they end as two instances with their own points. With
+    tracking.out_of_view_voxels 0 the right box continues the left box's track, which keeps both."""
+    boxes = [cube((-0.8, 0, 0.4), (0.8, 0.6, 0.8)), cube((0.8, 0, 0.4), (0.8, 0.6, 0.8))]
+    pipe = Pipeline(config(out_of_view_voxels=out_of_view_voxels))
+    (left,) = run(pipe, boxes, [RED, RED], _seen_end_on(-0.8), drop={1})[0].created
+    right = run(pipe, boxes, [RED, RED], _seen_end_on(0.8), drop={0})
+    if not out_of_view_voxels:
+        assert right[0].created == [] and list(pipe.tracker.tracks) == [left]
+        return
+    (first,) = right[0].created
+    assert pipe.tracker.tracks[first].born_beside == left
+    run(pipe, boxes, [RED, RED], [look_at((dx, -3.5, 1.5), (0, 0, 0.4)) for dx in (0.0, 0.1)])
+    instances = sorted(pipe.finalize(), key=lambda i: i.centroid[0])
+    assert [round(float(i.centroid[0]), 1) for i in instances] == [-0.8, 0.8]
+    for inst, x in zip(instances, (-0.8, 0.8)):
+        assert np.all(np.abs(inst.points[:, 0] - x) <= 0.45)  # its own points only (half-width 0.4 + a voxel)
+
+
+def test_an_objects_far_half_seen_after_its_near_half_left_view_joins_it_at_the_end():
+    """One 2.4 m table seen close up, its left half first, then its right half with the left half out of view:
+    the right half's first mask opens a track beside the left half's (Track.born_beside), and no later view
+    shows the two apart (nor together). They hand over (refine.merge_duplicates) when the run ends: one
+    instance spanning the table."""
+    table = [cube((0, 0, 0.4), (2.4, 0.6, 0.8))]
+    pipe = Pipeline(config())
+    (near,) = run(pipe, table, [RED], _seen_end_on(-0.8))[0].created
+    far = run(pipe, table, [RED], _seen_end_on(0.8))
+    assert pipe.tracker.tracks[far[0].created[0]].born_beside == near and len(pipe.tracker.tracks) == 2
+    (table_instance,) = pipe.finalize()
+    assert table_instance.points[:, 0].min() < -1.0 and table_instance.points[:, 0].max() > 1.0
