@@ -176,7 +176,7 @@ class TrackingConfig:
         "a track with fewer than this many coarse voxels in the frustum (and under half of them) is out of view: "
         "an observation matched to it by appearance alone (no voxel shared) shows something beside it, its next "
         "stretch or a look-alike neighbour, and opens a track of its own linked to it (Track.born_beside), which "
-        "view consensus or a handover (refine.beside_idle_keyframes) joins later; 0: off",
+        "view consensus joins or holds apart later, or refine.beside_idle_keyframes joins; 0: off",
     )
     reassign_parts: bool = param(
         True,
@@ -299,9 +299,10 @@ class RefineConfig:
     )
     beside_idle_keyframes: int = param(
         10,
-        "a track opened beside an out-of-view track it looked like (tracking.out_of_view_voxels) hands over from "
-        "it without touching it, once neither was observed for this many keyframes (or at the end of a run): the "
-        "camera moved on without a view that showed them apart",
+        "a track opened beside an out-of-view track it looked like (tracking.out_of_view_voxels) joins it once "
+        "neither was observed for this many keyframes (or at the end of a run), when their lives barely overlap "
+        "(handover_max_overlap), no view showed them apart and they still look alike (consensus_once_cos): the "
+        "camera moved on, and eq. 1's match stands",
     )
     adopt_fragments_cos: float = param(
         0.7,

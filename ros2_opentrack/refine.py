@@ -90,7 +90,8 @@ def merge_duplicates(tracker, only_dirty: bool = True, final: bool = False) -> D
                 t.id, other.id, rc.consensus_min_joint, rc.consensus_ratio
             )
             one = one or _seen_once_as_one(tracker.consensus, t, other, rc)
-            one = one or _handed_over(tracker, t, other, final)
+            one = one or _handed_over(tracker, t, other)
+            one = one or _beside_unrefuted(tracker, t, other, final)
             if v >= rc.tau_merge or c or one:
                 keep, drop = (t, other) if (t.observations, -t.id) >= (other.observations, -other.id) else (other, t)
                 tracker.merge(keep, drop)
@@ -181,25 +182,19 @@ def _beside_links(tracker) -> Dict[int, List[int]]:
     return links
 
 
-def _handed_over(tracker, a, b, final: bool = False) -> bool:
+def _handed_over(tracker, a, b) -> bool:
     """b took over where a left off (or a where b did): one object scanned along (a long table, a wall), whose
     track lost it when the view moved on to a part it had not seen, and a new track opened beside it. Their lives
     barely overlap (<= refine.handover_max_overlap keyframes), no keyframe gave each a mask of its own and none
     held them apart, their voxels touch and they look alike. Neighbours are in view together: they take masks of
     their own, side by side, for as long as the camera sees them (a door in a wall, a chair at a table). Small
     tracks (a part mask, a sliver) and tracks seen once (a neighbour's first mask, beside a track that had
-    swallowed part of it) need more than this; named apart stays apart. A track opened beside b while b was out
-    of view (Track.born_beside: its first mask matched b by appearance) need not touch it nor be large, but waits
-    until neither was observed for refine.beside_idle_keyframes (or the run's end): a look-alike neighbour is
-    often seen with b soon after, each in a mask of its own."""
+    swallowed part of it) need more than this; named apart stays apart."""
     rc, consensus = tracker.refine_cfg, tracker.consensus
     if rc.handover_cos <= 0 or min(a.first_keyframe, b.first_keyframe) < 0 or named_apart(a.det_label, b.det_label):
         return False
-    beside = a.born_beside == b.id or b.born_beside == a.id
-    if beside and not final and tracker.keyframes - max(a.last_keyframe, b.last_keyframe) < rc.beside_idle_keyframes:
-        return False
     overlap = min(a.last_keyframe, b.last_keyframe) - max(a.first_keyframe, b.first_keyframe) + 1
-    if overlap > rc.handover_max_overlap or (min(len(a.voxels), len(b.voxels)) < rc.handover_min_voxels and not beside):
+    if overlap > rc.handover_max_overlap or min(len(a.voxels), len(b.voxels)) < rc.handover_min_voxels:
         return False
     if min(a.observations, b.observations) < rc.handover_min_observations:
         return False
@@ -207,7 +202,30 @@ def _handed_over(tracker, a, b, final: bool = False) -> bool:
         return False
     if cosine_matrix([a.feature], [b.feature])[0, 0] < rc.handover_cos:  # 0 for missing or mismatched descriptors
         return False
-    return beside or bool(geometry.keys_near(a.voxels, b.voxels, 1).any())
+    return bool(geometry.keys_near(a.voxels, b.voxels, 1).any())
+
+
+def _beside_unrefuted(tracker, a, b, final: bool = False) -> bool:
+    """b was opened beside a while a was out of view (Track.born_beside, or a beside b): eq. 1 matched b's first
+    mask to a by appearance, and association.beside() held the decision back, since one view cannot tell the next
+    stretch of an object from a look-alike beside it. The camera has since moved on, neither was observed for
+    refine.beside_idle_keyframes (or the run has ended), and no view showed them apart (neither a mask each in one
+    keyframe nor one's mask leaving the other out): the match stands and they become one. A neighbour is seen
+    with b soon after, each in a mask of its own, and stays apart; one mask over both merges them sooner (view
+    consensus, which counts such pairs though they need not touch). Named apart stays apart."""
+    if not (a.born_beside == b.id or b.born_beside == a.id) or named_apart(a.det_label, b.det_label):
+        return False
+    rc = tracker.refine_cfg
+    idle = tracker.keyframes - max(a.last_keyframe, b.last_keyframe)
+    if not final and idle < rc.beside_idle_keyframes:
+        return False
+    overlap = min(a.last_keyframe, b.last_keyframe) - max(a.first_keyframe, b.first_keyframe) + 1
+    if overlap > rc.handover_max_overlap:
+        return False
+    consensus = tracker.consensus
+    if consensus.counts(a.id, b.id)[1] > 0 or consensus.both_masked(a.id, b.id) > 0:
+        return False
+    return cosine_matrix([a.feature], [b.feature])[0, 0] >= rc.consensus_once_cos  # still alike, as when matched
 
 
 def _within_voxels(keys: np.ndarray, seed_keys: np.ndarray, radius: int) -> np.ndarray:

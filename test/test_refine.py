@@ -480,3 +480,44 @@ def test_merging_a_track_hands_its_near_misses_and_view_evidence_to_the_survivor
     assert piece.born_near == survivor.id
     assert tr.consensus.counts(survivor.id, piece.id)[1] == 1  # the door was held apart from the piece
     assert tr.consensus.counts(survivor.id, cabinet.id)[1] == 1  # folded from the newcomer
+
+
+@pytest.mark.parametrize(
+    "case, joined",
+    [
+        ("idle", True),
+        ("still observed", False),
+        ("run ended", True),
+        ("each in its own mask once", False),
+        ("held apart once", False),
+        ("lives overlap", False),
+        ("no longer alike", False),
+    ],
+)
+def test_a_track_opened_beside_an_out_of_view_track_joins_it_once_idle_and_unrefuted(case, joined):
+    """refine._beside_unrefuted: the far track was opened beside the near one while the near one was out of view
+    (Track.born_beside: eq. 1 matched it by appearance, association.beside held that back). 1.5 m apart, nothing
+    else would join them (handover off). Once neither was observed for refine.beside_idle_keyframes (10), or the
+    run has ended, and no view showed them apart, the match stands; a keyframe that gave each a mask of its own
+    or held them apart refutes it; so do lives that overlap (a neighbour in view alongside, both tracks going),
+    and features that no longer agree to refine.consensus_once_cos (0.85; here cosine 0.8)."""
+    from test_tracker import _obs
+
+    from ros2_opentrack.tracker import Tracker
+
+    cfg = core_config(refine_every=0)
+    cfg.refine.handover_cos = 0.0
+    tr = Tracker(cfg.tracking, cfg.refine, cfg.lift)
+    frame = make_frame([], [], look_at((0, -4, 1), (0, 0, 0.5)), hw=HW)
+    near = tr._open(_obs((0.0, 0, 0.5), [1, 0]), frame)
+    far = tr._open(_obs((1.5, 0, 0.5), [0.8, 0.6] if case == "no longer alike" else [1, 0]), frame)
+    far.born_beside = near.id
+    near.first_keyframe, near.last_keyframe = 1, 5
+    far.first_keyframe, far.last_keyframe = (3, 8) if case == "lives overlap" else (6, 8)
+    tr.keyframes = 12 if case in ("still observed", "run ended") else 18
+    if case == "each in its own mask once":
+        tr.consensus._count(tr.consensus.both, near.id, far.id)
+    if case == "held apart once":
+        tr.consensus._count(tr.consensus.apart, near.id, far.id)
+    merged = tr.merge_duplicates(only_dirty=False, final=case == "run ended")
+    assert (merged == {far.id: near.id}) == joined and (far.id in tr.tracks) != joined

@@ -382,7 +382,7 @@ def test_a_look_alike_beside_a_track_out_of_view_opens_its_own_track_and_stays_a
 def test_an_objects_far_half_seen_after_its_near_half_left_view_joins_it_at_the_end():
     """One 2.4 m table seen close up, its left half first, then its right half with the left half out of view:
     the right half's first mask opens a track beside the left half's (Track.born_beside), and no later view
-    shows the two apart (nor together). They hand over (refine.merge_duplicates) when the run ends: one
+    shows the two apart (nor together). Eq. 1's match stands when the run ends (refine._beside_unrefuted): one
     instance spanning the table."""
     table = [cube((0, 0, 0.4), (2.4, 0.6, 0.8))]
     pipe = Pipeline(config())
