@@ -152,8 +152,8 @@ class Associator:
         wall panned along, the far half of a table) or a look-alike neighbour (a chair beside the one seen
         before, a small box beside a big one). One view cannot tell which, so the observation opens a track of
         its own, linked to that one (Track.born_beside): view consensus joins them once a view shows both as
-        one and keeps them apart once each takes a mask of its own; when the camera moves on without either,
-        the match stands (refine.merge_duplicates)."""
+        one and keeps them apart once each takes a mask of its own; left unsettled at the end of a run, the
+        match stands (refine.merge_duplicates)."""
         ids, _, _, iou = self._seen_now
         if self._out_of_view is None or not pairs:
             return {}

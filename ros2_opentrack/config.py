@@ -176,7 +176,7 @@ class TrackingConfig:
         "a track with fewer than this many coarse voxels in the frustum (and under half of them) is out of view: "
         "an observation matched to it by appearance alone (no voxel shared) shows something beside it, its next "
         "stretch or a look-alike neighbour, and opens a track of its own linked to it (Track.born_beside), which "
-        "view consensus joins or holds apart later, or refine.beside_idle_keyframes joins; 0: off",
+        "view consensus joins or holds apart later; unsettled at the end of a run, the match stands; 0: off",
     )
     reassign_parts: bool = param(
         True,
@@ -296,13 +296,6 @@ class RefineConfig:
     handover_min_voxels: int = param(60, "... and each has at least this many coarse voxels (tracking.voxel_size_m)")
     handover_min_observations: int = param(
         3, "... and each was observed in at least this many keyframes (a track seen once has taken nothing over)"
-    )
-    beside_idle_keyframes: int = param(
-        10,
-        "a track opened beside an out-of-view track it looked like (tracking.out_of_view_voxels) joins it once "
-        "neither was observed for this many keyframes (or at the end of a run), when their lives barely overlap "
-        "(handover_max_overlap), no view showed them apart and they still look alike (consensus_once_cos): the "
-        "camera moved on, and eq. 1's match stands",
     )
     adopt_fragments_cos: float = param(
         0.7,

@@ -67,7 +67,8 @@ def expand(store: PointStore, scene: SceneMap, radius_m: float, max_box_voxels: 
 def merge_duplicates(tracker, only_dirty: bool = True, final: bool = False) -> Dict[int, int]:
     """NMS by voxel IoU >= tau_merge (or containment, see contained_duplicates), longest track first; the
     shorter is merged into the longer and removed from ``tracker``. Returns removed id -> kept id. ``final``: the
-    end of a run (no later view will come: a track opened beside another hands over without waiting)."""
+    end of a run (Pipeline.finalize): no later view will come, so a match association.beside() deferred is settled
+    (_beside_unrefuted)."""
     rc = tracker.refine_cfg
     merged: Dict[int, int] = {}
     pad = tracker.consensus.touch_gap_m  # consensus pairs touch: their boxes need not overlap
@@ -205,24 +206,20 @@ def _handed_over(tracker, a, b) -> bool:
     return bool(geometry.keys_near(a.voxels, b.voxels, 1).any())
 
 
-def _beside_unrefuted(tracker, a, b, final: bool = False) -> bool:
-    """b was opened beside a while a was out of view (Track.born_beside, or a beside b): eq. 1 matched b's first
-    mask to a by appearance, and association.beside() held the decision back, since one view cannot tell the next
-    stretch of an object from a look-alike beside it. The camera has since moved on, neither was observed for
-    refine.beside_idle_keyframes (or the run has ended), and no view showed them apart (neither a mask each in one
-    keyframe nor one's mask leaving the other out): the match stands and they become one. A neighbour is seen
-    with b soon after, each in a mask of its own, and stays apart; one mask over both merges them sooner (view
-    consensus, which counts such pairs though they need not touch). Named apart stays apart."""
-    if not (a.born_beside == b.id or b.born_beside == a.id) or named_apart(a.det_label, b.det_label):
+def _beside_unrefuted(tracker, a, b, final: bool) -> bool:
+    """At the end of a run: b was opened beside a while a was out of view (Track.born_beside, or a beside b): eq. 1
+    matched b's first mask to a by appearance, and association.beside() held that back, since one view cannot tell
+    the next stretch of an object from a look-alike beside it. No view since showed them as one (view consensus
+    would have merged them) nor apart (a mask each in one keyframe, or one's mask leaving the other out), their
+    lives barely overlap (refine.handover_max_overlap) and they still look alike (refine.consensus_once_cos): the
+    match stands. Only at the end: a loop brings the camera back to a neighbour long after it left, and then the
+    neighbour takes a mask of its own. Named apart stays apart."""
+    if not final or not (a.born_beside == b.id or b.born_beside == a.id) or named_apart(a.det_label, b.det_label):
         return False
-    rc = tracker.refine_cfg
-    idle = tracker.keyframes - max(a.last_keyframe, b.last_keyframe)
-    if not final and idle < rc.beside_idle_keyframes:
-        return False
+    rc, consensus = tracker.refine_cfg, tracker.consensus
     overlap = min(a.last_keyframe, b.last_keyframe) - max(a.first_keyframe, b.first_keyframe) + 1
     if overlap > rc.handover_max_overlap:
         return False
-    consensus = tracker.consensus
     if consensus.counts(a.id, b.id)[1] > 0 or consensus.both_masked(a.id, b.id) > 0:
         return False
     return cosine_matrix([a.feature], [b.feature])[0, 0] >= rc.consensus_once_cos  # still alike, as when matched
