@@ -134,7 +134,7 @@ class Associator:
             [t.voxels[visible[s]] for t, s in zip(tracks, parts)],
             [px[s][visible[s]] for s in parts],
             [px[s][on_surface[s]] for s in parts],
-            np.array([np.count_nonzero(frustum[s]) for s in parts], np.int64),
+            geometry.sums_per_slice(frustum, parts),
         )
 
     def out_of_view(self, tracks, in_frustum: np.ndarray) -> Optional[np.ndarray]:

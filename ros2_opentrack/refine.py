@@ -183,6 +183,16 @@ def _beside_links(tracker) -> Dict[int, List[int]]:
     return links
 
 
+def _lives_overlap(a, b) -> int:
+    """Keyframes in which both tracks were alive (first to last observed); <= 0 when one began after the other."""
+    return min(a.last_keyframe, b.last_keyframe) - max(a.first_keyframe, b.first_keyframe) + 1
+
+
+def _shown_apart(consensus, a, b) -> bool:
+    """Some keyframe held a and b apart or gave each a mask of its own (consensus.py)."""
+    return consensus.counts(a.id, b.id)[1] > 0 or consensus.both_masked(a.id, b.id) > 0
+
+
 def _handed_over(tracker, a, b) -> bool:
     """b took over where a left off (or a where b did): one object scanned along (a long table, a wall), whose
     track lost it when the view moved on to a part it had not seen, and a new track opened beside it. Their lives
@@ -194,12 +204,9 @@ def _handed_over(tracker, a, b) -> bool:
     rc, consensus = tracker.refine_cfg, tracker.consensus
     if rc.handover_cos <= 0 or min(a.first_keyframe, b.first_keyframe) < 0 or named_apart(a.det_label, b.det_label):
         return False
-    overlap = min(a.last_keyframe, b.last_keyframe) - max(a.first_keyframe, b.first_keyframe) + 1
-    if overlap > rc.handover_max_overlap or min(len(a.voxels), len(b.voxels)) < rc.handover_min_voxels:
+    if _lives_overlap(a, b) > rc.handover_max_overlap or min(len(a.voxels), len(b.voxels)) < rc.handover_min_voxels:
         return False
-    if min(a.observations, b.observations) < rc.handover_min_observations:
-        return False
-    if consensus.counts(a.id, b.id)[1] > 0 or consensus.both_masked(a.id, b.id) > 0:
+    if min(a.observations, b.observations) < rc.handover_min_observations or _shown_apart(consensus, a, b):
         return False
     if cosine_matrix([a.feature], [b.feature])[0, 0] < rc.handover_cos:  # 0 for missing or mismatched descriptors
         return False
@@ -216,11 +223,8 @@ def _beside_unrefuted(tracker, a, b, final: bool) -> bool:
     neighbour takes a mask of its own. Named apart stays apart."""
     if not final or not (a.born_beside == b.id or b.born_beside == a.id) or named_apart(a.det_label, b.det_label):
         return False
-    rc, consensus = tracker.refine_cfg, tracker.consensus
-    overlap = min(a.last_keyframe, b.last_keyframe) - max(a.first_keyframe, b.first_keyframe) + 1
-    if overlap > rc.handover_max_overlap:
-        return False
-    if consensus.counts(a.id, b.id)[1] > 0 or consensus.both_masked(a.id, b.id) > 0:
+    rc = tracker.refine_cfg
+    if _lives_overlap(a, b) > rc.handover_max_overlap or _shown_apart(tracker.consensus, a, b):
         return False
     return cosine_matrix([a.feature], [b.feature])[0, 0] >= rc.consensus_once_cos  # still alike, as when matched
 

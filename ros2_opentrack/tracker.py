@@ -239,7 +239,7 @@ class Tracker:
             self.cfg.occlusion_margin_m,
         )
         in_mask = np.zeros(len(visible), bool)
-        n_visible, n_frustum = _sums_per_slice(visible, parts), _sums_per_slice(frustum, parts)
+        n_visible, n_frustum = geometry.sums_per_slice(visible, parts), geometry.sums_per_slice(frustum, parts)
         in_view = n_visible >= self.cfg.min_visible_fraction * np.maximum(1, sizes)  # not a sliver
         if masks is not None and len(masks):
             width = frame.depth.shape[1]
@@ -345,10 +345,3 @@ class Tracker:
 def _subset(obs: Observation, points: np.ndarray, voxels: np.ndarray) -> Observation:
     """``obs`` reduced to the points and voxels selected by two bool masks."""
     return dataclasses.replace(obs, points=obs.points[points], colors=obs.colors[points], voxels=obs.voxels[voxels])
-
-
-def _sums_per_slice(flags: np.ndarray, parts: Sequence[slice]) -> np.ndarray:
-    """Count of True in each of the consecutive slices ``parts`` of ``flags``: one cumulative sum, not a reduction
-    per slice (a few hundred small numpy calls per keyframe)."""
-    total = np.concatenate([[0], np.cumsum(flags, dtype=np.int64)])
-    return np.array([total[s.stop] - total[s.start] for s in parts], np.int64)
